@@ -1,0 +1,40 @@
+"""cogvideo_c: CogVideoX in C and CUDA behind diffusers' Python API."""
+
+from ._load import _C
+from .memory import (
+    OutOfMemoryError,
+    max_memory_allocated,
+    memory_allocated,
+    memory_stats,
+    reset_peak_memory_stats,
+    set_memory_limit,
+)
+from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """What was compiled: backends, BLAS, OpenMP threads, compiler."""
+    return _C.build_info()
+
+
+def cuda_is_available():
+    """True when the CUDA backend was compiled and a device can run it."""
+    return _C.cuda_device_count() > 0
+
+
+__all__ = [
+    "AutoencoderKLCogVideoX",
+    "AutoencoderKLOutput",
+    "DecoderOutput",
+    "DiagonalGaussianDistribution",
+    "OutOfMemoryError",
+    "build_info",
+    "cuda_is_available",
+    "max_memory_allocated",
+    "memory_allocated",
+    "memory_stats",
+    "reset_peak_memory_stats",
+    "set_memory_limit",
+]

@@ -1,0 +1,58 @@
+"""Reading a component folder the way diffusers' from_pretrained does: config.json plus safetensors weights."""
+
+import json
+import os
+
+
+class FrozenConfig(dict):
+    """A config dict whose keys also read as attributes (diffusers' `model.config.scaling_factor`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("the config is frozen")
+
+
+def component_dir(path, subfolder=None):
+    path = os.fspath(path)
+    if subfolder:
+        path = os.path.join(path, subfolder)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no model folder at '{path}': cogvideo_c loads local folders in diffusers layout (it does not download)"
+        )
+    return path
+
+
+def read_config(folder, class_name):
+    cfg_path = os.path.join(folder, "config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"'{folder}' has no config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, found {type(cfg).__name__}")
+    found = cfg.get("_class_name", class_name)
+    if found != class_name:
+        raise ValueError(f"{cfg_path} describes a {found}, not a {class_name}")
+    return cfg
+
+
+def weights_file(folder, stem="diffusion_pytorch_model"):
+    """The safetensors file (or sharded index) of a component folder."""
+    for name in (f"{stem}.safetensors", f"{stem}.safetensors.index.json", "model.safetensors",
+                 "model.safetensors.index.json"):
+        candidate = os.path.join(folder, name)
+        if os.path.exists(candidate):
+            return candidate
+    if any(n.endswith(".bin") for n in os.listdir(folder)):
+        raise OSError(f"'{folder}' holds only PyTorch .bin weights; cogvideo_c reads safetensors (save with "
+                      "safe_serialization=True)")
+    raise FileNotFoundError(f"'{folder}' has no {stem}.safetensors (or sharded .safetensors.index.json)")

@@ -1,0 +1,202 @@
+"""Model classes with diffusers' names, signatures and defaults, backed by the C core."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import configuration
+from ._dtypes import resolve_dtype
+from ._load import _C
+from .memory import OutOfMemoryError
+
+
+@dataclass
+class DecoderOutput:
+    sample: np.ndarray
+
+
+class DiagonalGaussianDistribution:
+    """diffusers' posterior: moments [B, 2C, ...] split into mean and logvar (clamped to [-30, 20])."""
+
+    def __init__(self, parameters):
+        self.parameters = parameters
+        self.mean, self.logvar = np.split(parameters, 2, axis=1)
+        self.logvar = np.clip(self.logvar, -30.0, 20.0)
+        self.std = np.exp(0.5 * self.logvar)
+        self.var = np.exp(self.logvar)
+
+    def sample(self, generator=None):
+        noise = _standard_normal(self.mean.shape, generator)
+        return (self.mean + self.std * noise).astype(self.mean.dtype, copy=False)
+
+    def mode(self):
+        return self.mean
+
+    def kl(self, other=None):
+        axes = tuple(range(1, self.mean.ndim))
+        if other is None:
+            return 0.5 * np.sum(self.mean**2 + self.var - 1.0 - self.logvar, axis=axes)
+        return 0.5 * np.sum(
+            (self.mean - other.mean) ** 2 / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
+            axis=axes,
+        )
+
+
+@dataclass
+class AutoencoderKLOutput:
+    latent_dist: DiagonalGaussianDistribution
+
+
+def _standard_normal(shape, generator):
+    """N(0, 1) float32 noise from an int seed, a NumPy Generator, or a torch.Generator (drawn as torch draws it)."""
+    if generator is None or isinstance(generator, (int, np.integer)):
+        return np.random.default_rng(generator).standard_normal(shape, dtype=np.float32)
+    if isinstance(generator, np.random.Generator):
+        return generator.standard_normal(shape, dtype=np.float32)
+    if type(generator).__module__.startswith("torch"):
+        import torch  # only reached when the caller already uses torch
+
+        return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+    raise TypeError(f"generator must be an int seed, a numpy Generator or a torch.Generator, not {type(generator)}")
+
+
+def _as_int(cfg, key, default):
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
+    return int(value)
+
+
+class AutoencoderKLCogVideoX:
+    """diffusers.AutoencoderKLCogVideoX on the cogvideo_c core: decode/encode with frame batches, slicing, tiling."""
+
+    _DEFAULTS = dict(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 256, 512),
+        layers_per_block=3, act_fn="silu", norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4,
+        sample_height=480, sample_width=720, scaling_factor=1.15258426, shift_factor=None, latents_mean=None,
+        latents_std=None, force_upcast=True, use_quant_conv=False, use_post_quant_conv=False,
+        invert_scale_latents=False,
+    )
+
+    def __init__(self, config, weights_path, dtype="float32"):
+        cfg = dict(self._DEFAULTS)
+        cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        blocks = cfg["block_out_channels"]
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise ValueError(f"config 'block_out_channels' must be a non-empty list, got {blocks!r}")
+        blocks = tuple(_as_int({"b": b}, "b", 0) for b in blocks)
+        n = len(blocks)
+        for key, kind in (("down_block_types", "CogVideoXDownBlock3D"), ("up_block_types", "CogVideoXUpBlock3D")):
+            types = cfg.get(key, [kind] * n)
+            if list(types) != [kind] * n:
+                raise ValueError(f"config '{key}' must be {n} x '{kind}' (one per block_out_channels), got {types!r}")
+        if cfg["act_fn"] not in ("silu", "swish"):
+            raise ValueError(f"config 'act_fn' {cfg['act_fn']!r} is not supported (the CogVideoX VAE uses silu)")
+        if cfg["use_quant_conv"] or cfg["use_post_quant_conv"]:
+            raise ValueError("use_quant_conv / use_post_quant_conv are not supported (no CogVideoX VAE uses them)")
+        core_cfg = (
+            _as_int(cfg, "in_channels", 3), _as_int(cfg, "out_channels", 3), _as_int(cfg, "latent_channels", 16),
+            blocks, _as_int(cfg, "layers_per_block", 3), _as_int(cfg, "norm_num_groups", 32),
+            float(cfg["norm_eps"]), _as_int(cfg, "temporal_compression_ratio", 4),
+        )
+        cfg["block_out_channels"] = blocks
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.VAE(core_cfg, weights_path, dtype)
+        self.use_slicing = False
+        self.use_tiling = False
+        self.num_latent_frames_batch_size = 2
+        self.num_sample_frames_batch_size = 8
+        self.tile_sample_min_height = int(cfg["sample_height"]) // 2
+        self.tile_sample_min_width = int(cfg["sample_width"]) // 2
+        self._update_latent_tile()
+        self.tile_overlap_factor_height = 1 / 6
+        self.tile_overlap_factor_width = 1 / 5
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+        """Loads a diffusers-layout folder (config.json + safetensors). torch_dtype: float32 (default), float16,
+        bfloat16, as a string, NumPy or torch dtype; weights are converted at load."""
+        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
+        cfg = configuration.read_config(folder, "AutoencoderKLCogVideoX")
+        return cls(cfg, configuration.weights_file(folder), resolve_dtype(torch_dtype))
+
+    @property
+    def weight_bytes(self):
+        return self._core.weight_bytes
+
+    @property
+    def num_weight_groups(self):
+        return self._core.num_weight_groups
+
+    def _update_latent_tile(self):
+        factor = 2 ** (len(self.config.block_out_channels) - 1)
+        self.tile_latent_min_height = int(self.tile_sample_min_height / factor)
+        self.tile_latent_min_width = int(self.tile_sample_min_width / factor)
+
+    def enable_slicing(self):
+        self.use_slicing = True
+
+    def disable_slicing(self):
+        self.use_slicing = False
+
+    def enable_tiling(self, tile_sample_min_height=None, tile_sample_min_width=None, tile_overlap_factor_height=None,
+                      tile_overlap_factor_width=None):
+        """As diffusers: arguments left None (or 0) keep their current value."""
+        for name, value in (("tile_overlap_factor_height", tile_overlap_factor_height),
+                            ("tile_overlap_factor_width", tile_overlap_factor_width)):
+            if value is not None and value and not 0 < value < 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        for name, value in (("tile_sample_min_height", tile_sample_min_height),
+                            ("tile_sample_min_width", tile_sample_min_width)):
+            if value is not None and value and (int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.use_tiling = True
+        self.tile_sample_min_height = int(tile_sample_min_height or self.tile_sample_min_height)
+        self.tile_sample_min_width = int(tile_sample_min_width or self.tile_sample_min_width)
+        self._update_latent_tile()
+        self.tile_overlap_factor_height = tile_overlap_factor_height or self.tile_overlap_factor_height
+        self.tile_overlap_factor_width = tile_overlap_factor_width or self.tile_overlap_factor_width
+
+    def disable_tiling(self):
+        self.use_tiling = False
+
+    def _tiling(self):
+        if not self.use_tiling:
+            return None
+        return (self.tile_sample_min_height, self.tile_sample_min_width, float(self.tile_overlap_factor_height),
+                float(self.tile_overlap_factor_width))
+
+    def _run(self, array, decode):
+        array = np.asarray(array)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"expected a real-valued array, got dtype {array.dtype}")
+        run = self._core.decode if decode else self._core.encode
+        try:
+            return run(array, self.use_slicing, self._tiling())
+        except OutOfMemoryError as err:
+            hints = []
+            if not self.use_tiling:
+                hints.append("vae.enable_tiling()")
+            if array.ndim == 5 and array.shape[0] > 1 and not self.use_slicing:
+                hints.append("vae.enable_slicing()")
+            hint = f"; {' and '.join(hints)} would need less memory" if hints else ""
+            raise OutOfMemoryError(f"{err}{hint}") from None
+
+    def decode(self, z, return_dict=True):
+        """z [B, latent_channels, F, h, w] -> DecoderOutput(sample=[B, out_channels, F', 8h, 8w]) (float32)."""
+        sample = self._run(z, decode=True)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def encode(self, x, return_dict=True):
+        """x [B, in_channels, F, H, W] -> AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution)."""
+        posterior = DiagonalGaussianDistribution(self._run(x, decode=False))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def forward(self, sample, sample_posterior=False, return_dict=True, generator=None):
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        dec = self.decode(z).sample
+        return DecoderOutput(sample=dec) if return_dict else (dec,)
+
+    __call__ = forward

@@ -1,0 +1,103 @@
+#include "dtype.h"
+
+#include <string.h>
+
+size_t cvx_dtype_size(cvx_dtype dt) { return dt == CVX_F32 ? 4 : 2; }
+
+const char *cvx_dtype_name(cvx_dtype dt) {
+    switch (dt) {
+    case CVX_F32: return "float32";
+    case CVX_F16: return "float16";
+    case CVX_BF16: return "bfloat16";
+    }
+    return "unknown";
+}
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float cvx_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13)); /* inf / nan */
+    if (exp == 0) {
+        if (mant == 0) return bits_f32(sign);
+        /* subnormal: value = mant * 2^-24, exact in f32 */
+        float v = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+uint16_t cvx_f32_to_f16(float f) {
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u) /* inf or nan (keep a quiet nan payload bit) */
+        return (uint16_t)(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u | ((abs >> 13) & 0x3ffu) : 0u));
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: overflow to inf */
+    if (abs < 0x38800000u) {                                      /* below the smallest normal half: subnormal */
+        if (abs < 0x33000000u) return sign;                       /* < 2^-25 rounds to zero */
+        uint32_t exp = abs >> 23;
+        uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126u - exp; /* value = mant * 2^(exp-150); half subnormal unit 2^-24 */
+        uint32_t q = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1u);
+        uint32_t halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u); /* round to nearest even on the 13 dropped bits */
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+float cvx_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t cvx_f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet nan */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+void cvx_convert(void *dst, cvx_dtype dst_dt, const void *src, cvx_dtype src_dt, size_t n) {
+    if (dst_dt == src_dt) {
+        if (dst != src) memcpy(dst, src, n * cvx_dtype_size(dst_dt));
+        return;
+    }
+    if (dst_dt == CVX_F32) {
+        float *d = dst;
+        const uint16_t *s = src;
+        if (src_dt == CVX_F16)
+            for (size_t i = 0; i < n; i++) d[i] = cvx_f16_to_f32(s[i]);
+        else
+            for (size_t i = 0; i < n; i++) d[i] = cvx_bf16_to_f32(s[i]);
+        return;
+    }
+    if (src_dt == CVX_F32) {
+        uint16_t *d = dst;
+        const float *s = src;
+        if (dst_dt == CVX_F16)
+            for (size_t i = 0; i < n; i++) d[i] = cvx_f32_to_f16(s[i]);
+        else
+            for (size_t i = 0; i < n; i++) d[i] = cvx_f32_to_bf16(s[i]);
+        return;
+    }
+    /* f16 <-> bf16 goes through f32 (exact widening, one rounding) */
+    uint16_t *d = dst;
+    const uint16_t *s = src;
+    for (size_t i = 0; i < n; i++) {
+        float v = src_dt == CVX_F16 ? cvx_f16_to_f32(s[i]) : cvx_bf16_to_f32(s[i]);
+        d[i] = dst_dt == CVX_F16 ? cvx_f32_to_f16(v) : cvx_f32_to_bf16(v);
+    }
+}

@@ -1,0 +1,37 @@
+/* Safetensors reading: memory-mapped, single files and sharded checkpoints (*.safetensors.index.json).
+ *
+ * Every header offset and size is bounds-checked against the file before any tensor is exposed: a truncated file,
+ * a header length past the end, overlapping or out-of-range data offsets, a size that does not match dtype x shape,
+ * an unknown dtype or malformed JSON is reported as CVX_ERR_IO with the file (and tensor) named. */
+#ifndef CVX_SAFETENSORS_H
+#define CVX_SAFETENSORS_H
+
+#include <stdint.h>
+
+#include "../core/dtype.h"
+#include "../core/status.h"
+
+#define CVX_ST_MAX_DIMS 8
+
+typedef struct cvx_st_tensor {
+    const char *name;
+    cvx_dtype dtype;
+    int ndim;
+    int64_t shape[CVX_ST_MAX_DIMS];
+    uint64_t nbytes;
+    const void *data; /* points into the read-only mapping; valid until cvx_st_close */
+} cvx_st_tensor;
+
+typedef struct cvx_st_file cvx_st_file; /* one checkpoint: one or more mapped shard files */
+
+/* Opens `path`: a .safetensors file, or a *.safetensors.index.json whose "weight_map" names the shard files
+ * (relative to the index's folder). Only F32, F16 and BF16 tensors are accepted. */
+cvx_status cvx_st_open(const char *path, cvx_st_file **out);
+void cvx_st_close(cvx_st_file *f);
+
+int cvx_st_count(const cvx_st_file *f);
+const cvx_st_tensor *cvx_st_at(const cvx_st_file *f, int i);
+/* NULL when the checkpoint holds no tensor of that name. */
+const cvx_st_tensor *cvx_st_find(const cvx_st_file *f, const char *name);
+
+#endif

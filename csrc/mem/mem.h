@@ -1,0 +1,59 @@
+/* The memory manager: every tensor byte of cogvideo_c comes from here.
+ *
+ * Devices: the host ("cpu"), an emulated accelerator ("emu": a separate pool in host RAM with its own limit and
+ * statistics, so that budgets and offload paths can be exercised where no GPU exists) and, in CUDA builds, "cuda".
+ * Each device keeps statistics like torch.cuda.memory_stats (current/peak allocated and reserved bytes, counts),
+ * split by what the bytes hold (weights or activations), and an optional limit past which an allocation fails with
+ * CVX_ERR_OOM and leaves nothing allocated. */
+#ifndef CVX_MEM_H
+#define CVX_MEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/status.h"
+
+typedef enum cvx_device { CVX_DEVICE_CPU = 0, CVX_DEVICE_EMU = 1, CVX_DEVICE_CUDA = 2 } cvx_device;
+#define CVX_NUM_DEVICES 3
+
+typedef enum cvx_mem_kind { CVX_MEM_WEIGHTS = 0, CVX_MEM_ACTIVATIONS = 1 } cvx_mem_kind;
+#define CVX_NUM_MEM_KINDS 2
+
+typedef struct cvx_mem_stats {
+    int64_t allocated_bytes;      /* bytes handed out and not yet freed */
+    int64_t peak_allocated_bytes; /* max of allocated_bytes since the last reset */
+    int64_t reserved_bytes;       /* bytes held from the system, headers and alignment included */
+    int64_t peak_reserved_bytes;
+    int64_t kind_allocated_bytes[CVX_NUM_MEM_KINDS]; /* allocated_bytes by cvx_mem_kind */
+    int64_t kind_peak_bytes[CVX_NUM_MEM_KINDS];
+    int64_t num_allocs;  /* allocation calls that succeeded */
+    int64_t num_frees;
+    int64_t num_active;  /* live allocations */
+    int64_t num_ooms;    /* allocations refused */
+    int64_t limit_bytes; /* 0: no limit */
+} cvx_mem_stats;
+
+const char *cvx_device_name(cvx_device dev);
+/* Parses "cpu", "emu" or "cuda"/"cuda:0". */
+cvx_status cvx_device_parse(const char *name, cvx_device *out);
+
+/* Allocates `bytes` (64-byte aligned, may be 0) on `dev`. Fails with CVX_ERR_OOM past the device's limit or when
+ * the system refuses; nothing is allocated then. */
+cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out);
+/* Like cvx_mem_alloc, zero-filled. */
+cvx_status cvx_mem_calloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out);
+/* Frees a pointer from cvx_mem_alloc; NULL is ignored. */
+void cvx_mem_free(void *ptr);
+/* The size that was asked for when `ptr` was allocated. */
+size_t cvx_mem_size(const void *ptr);
+
+void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out);
+/* Peaks (total and per kind) restart from the current values. */
+void cvx_mem_reset_peak(cvx_device dev);
+/* bytes <= 0 removes the limit. A limit below what is allocated now is accepted: later allocations fail. */
+void cvx_mem_set_limit(cvx_device dev, int64_t bytes);
+
+/* Copies between any two devices' memory. */
+cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes);
+
+#endif

@@ -1,0 +1,47 @@
+/* AutoencoderKLCogVideoX (diffusers) on the CPU: the causal 3D VAE, with frame-batched decode/encode, slicing and
+ * tiling exactly as diffusers runs them. */
+#ifndef CVX_VAE_H
+#define CVX_VAE_H
+
+#include "../core/tensor.h"
+#include "../io/safetensors.h"
+
+#define CVX_VAE_MAX_BLOCKS 8
+
+typedef struct cvx_vae_config {
+    int in_channels, out_channels, latent_channels;
+    int num_blocks; /* len(block_out_channels) == len(down_block_types) == len(up_block_types) */
+    int block_out_channels[CVX_VAE_MAX_BLOCKS];
+    int layers_per_block;
+    int norm_num_groups;
+    float norm_eps;
+    int temporal_compression_ratio;
+} cvx_vae_config;
+
+typedef struct cvx_vae_tiling {
+    int enabled;
+    int tile_sample_min_height, tile_sample_min_width;
+    double tile_overlap_factor_height, tile_overlap_factor_width;
+} cvx_vae_tiling;
+
+typedef struct cvx_vae cvx_vae;
+
+/* Builds the module tree for `cfg` and loads its weights from `st` converted to `dtype`. */
+cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out);
+void cvx_vae_free(cvx_vae *vae);
+int64_t cvx_vae_weight_bytes(const cvx_vae *vae);
+int cvx_vae_num_weight_groups(const cvx_vae *vae);
+
+/* z [B, latent, F, h, w] -> out [B, out_channels, F', h', w'] (allocated here). Output size is known before any
+ * work: cvx_vae_decode_shape. */
+cvx_status cvx_vae_decode_shape(const cvx_vae *vae, const int64_t zshape[5], const cvx_vae_tiling *tiling,
+                                int64_t out_shape[5]);
+cvx_status cvx_vae_decode(cvx_vae *vae, const cvx_tensor *z, int slicing, const cvx_vae_tiling *tiling,
+                          cvx_tensor *out);
+/* x [B, in_channels, F, H, W] -> moments [B, 2 * latent, F', H', W'] (mean then logvar). */
+cvx_status cvx_vae_encode_shape(const cvx_vae *vae, const int64_t xshape[5], const cvx_vae_tiling *tiling,
+                                int64_t out_shape[5]);
+cvx_status cvx_vae_encode(cvx_vae *vae, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
+                          cvx_tensor *out);
+
+#endif

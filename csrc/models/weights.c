@@ -1,0 +1,170 @@
+#include "weights.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../mem/mem.h"
+
+void cvx_weights_declare(cvx_weights *ws, int group, int as_f32, void **slot, int ndim, const int64_t *shape,
+                         const char *fmt, ...) {
+    if (ws->decl_status != CVX_OK) return;
+    if (ws->count == ws->capacity) {
+        int cap = ws->capacity ? 2 * ws->capacity : 64;
+        cvx_weight_decl *d = realloc(ws->decls, (size_t)cap * sizeof(*d));
+        if (!d) {
+            ws->decl_status = CVX_FAIL(CVX_ERR_OOM, "out of host memory declaring weights");
+            return;
+        }
+        ws->decls = d;
+        ws->capacity = cap;
+    }
+    cvx_weight_decl *d = &ws->decls[ws->count++];
+    memset(d, 0, sizeof(*d));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->name, sizeof(d->name), fmt, ap);
+    va_end(ap);
+    d->ndim = ndim;
+    for (int i = 0; i < ndim; i++) d->shape[i] = shape[i];
+    d->group = group;
+    d->as_f32 = as_f32;
+    d->slot = slot;
+    if (group + 1 > ws->num_groups) ws->num_groups = group + 1;
+}
+
+static int64_t decl_numel(const cvx_weight_decl *d) {
+    int64_t n = 1;
+    for (int i = 0; i < d->ndim; i++) n *= d->shape[i];
+    return n;
+}
+
+static void shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
+    size_t at = 0;
+    at += (size_t)snprintf(buf + at, size - at, "[");
+    for (int i = 0; i < ndim && at < size; i++)
+        at += (size_t)snprintf(buf + at, size - at, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (at < size) snprintf(buf + at, size - at, "]");
+}
+
+/* Appends an item to a bounded, comma-separated list, counting what does not fit. */
+static void list_add(char *list, size_t size, int *count, const char *name) {
+    size_t len = strlen(list);
+    if (*count < 5 && len + strlen(name) + 3 < size)
+        snprintf(list + len, size - len, "%s%s", len ? ", " : "", name);
+    (*count)++;
+}
+
+static size_t slot_bytes(const cvx_weight_decl *d, cvx_dtype dtype) {
+    size_t b = (size_t)decl_numel(d) * (d->as_f32 ? 4 : cvx_dtype_size(dtype));
+    return (b + 63) & ~(size_t)63; /* keep every tensor 64-byte aligned inside its group */
+}
+
+cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype) {
+    if (ws->decl_status != CVX_OK) return ws->decl_status;
+    char missing[512] = "", unexpected[512] = "", mismatched[768] = "";
+    int n_missing = 0, n_unexpected = 0, n_mismatched = 0;
+    for (int i = 0; i < ws->count; i++) {
+        const cvx_weight_decl *d = &ws->decls[i];
+        const cvx_st_tensor *t = cvx_st_find(st, d->name);
+        if (!t) {
+            char item[CVX_WEIGHT_NAME_MAX + 2];
+            snprintf(item, sizeof(item), "'%s'", d->name);
+            list_add(missing, sizeof(missing), &n_missing, item);
+            continue;
+        }
+        int same = t->ndim == d->ndim;
+        for (int k = 0; same && k < d->ndim; k++) same = t->shape[k] == d->shape[k];
+        if (!same) {
+            char want[96], got[96], item[CVX_WEIGHT_NAME_MAX + 200];
+            shape_str(want, sizeof(want), d->ndim, d->shape);
+            shape_str(got, sizeof(got), t->ndim, t->shape);
+            snprintf(item, sizeof(item), "'%s' has shape %s, expected %s", d->name, got, want);
+            list_add(mismatched, sizeof(mismatched), &n_mismatched, item);
+        }
+    }
+    for (int i = 0; i < cvx_st_count(st); i++) {
+        const char *name = cvx_st_at(st, i)->name;
+        int found = 0;
+        for (int k = 0; k < ws->count && !found; k++) found = strcmp(ws->decls[k].name, name) == 0;
+        if (!found) {
+            char item[CVX_WEIGHT_NAME_MAX + 2];
+            snprintf(item, sizeof(item), "'%.*s'", CVX_WEIGHT_NAME_MAX - 1, name);
+            list_add(unexpected, sizeof(unexpected), &n_unexpected, item);
+        }
+    }
+    if (n_missing || n_unexpected || n_mismatched) {
+        char more_m[32] = "", more_u[32] = "", more_s[32] = "";
+        if (n_missing > 5) snprintf(more_m, sizeof(more_m), " and %d more", n_missing - 5);
+        if (n_unexpected > 5) snprintf(more_u, sizeof(more_u), " and %d more", n_unexpected - 5);
+        if (n_mismatched > 5) snprintf(more_s, sizeof(more_s), " and %d more", n_mismatched - 5);
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "checkpoint does not match the config: %d missing tensor(s)%s%s%s; %d unexpected%s%s%s; "
+                        "%d wrongly shaped%s%s%s",
+                        n_missing, n_missing ? " " : "", missing, more_m, n_unexpected, n_unexpected ? " " : "",
+                        unexpected, more_u, n_mismatched, n_mismatched ? " " : "", mismatched, more_s);
+    }
+
+    ws->group_data = calloc((size_t)ws->num_groups, sizeof(void *));
+    ws->group_bytes = calloc((size_t)ws->num_groups, sizeof(int64_t));
+    if (!ws->group_data || !ws->group_bytes) {
+        cvx_weights_free(ws);
+        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+    }
+    for (int i = 0; i < ws->count; i++) ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
+    for (int g = 0; g < ws->num_groups; g++) {
+        cvx_status st_alloc =
+            cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &ws->group_data[g]);
+        if (st_alloc != CVX_OK) {
+            cvx_weights_free(ws);
+            return st_alloc;
+        }
+    }
+    int64_t *fill = calloc((size_t)ws->num_groups, sizeof(int64_t));
+    if (!fill) {
+        cvx_weights_free(ws);
+        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+    }
+    for (int i = 0; i < ws->count; i++) {
+        cvx_weight_decl *d = &ws->decls[i];
+        const cvx_st_tensor *t = cvx_st_find(st, d->name);
+        char *dst = (char *)ws->group_data[d->group] + fill[d->group];
+        const size_t n = (size_t)decl_numel(d);
+        if (d->as_f32 && dtype != CVX_F32 && t->dtype != dtype) {
+            /* round through the requested dtype first, so values equal what torch_dtype= gives in diffusers */
+            cvx_convert(dst, dtype, t->data, t->dtype, n);
+            uint16_t *tmp = malloc(n * 2 + 2);
+            if (!tmp) {
+                free(fill);
+                cvx_weights_free(ws);
+                return CVX_FAIL(CVX_ERR_OOM, "out of host memory converting '%s'", d->name);
+            }
+            memcpy(tmp, dst, n * 2);
+            cvx_convert(dst, CVX_F32, tmp, dtype, n);
+            free(tmp);
+        } else if (d->as_f32 && dtype != CVX_F32) {
+            cvx_convert(dst, CVX_F32, t->data, t->dtype, n);
+        } else {
+            cvx_convert(dst, d->as_f32 ? CVX_F32 : dtype, t->data, t->dtype, n);
+        }
+        *d->slot = dst;
+        fill[d->group] += (int64_t)slot_bytes(d, dtype);
+    }
+    free(fill);
+    return CVX_OK;
+}
+
+int64_t cvx_weights_total_bytes(const cvx_weights *ws) {
+    int64_t total = 0;
+    for (int g = 0; ws->group_bytes && g < ws->num_groups; g++) total += ws->group_bytes[g];
+    return total;
+}
+
+void cvx_weights_free(cvx_weights *ws) {
+    for (int g = 0; ws->group_data && g < ws->num_groups; g++) cvx_mem_free(ws->group_data[g]);
+    free(ws->group_data);
+    free(ws->group_bytes);
+    free(ws->decls);
+    memset(ws, 0, sizeof(*ws));
+}

@@ -1,0 +1,45 @@
+/* Weight registry: a model declares each parameter by its exact diffusers state-dict name, expected shape, weight
+ * group and the pointer slot that should point at it; loading then checks the checkpoint against the declarations
+ * (missing, unexpected and wrongly shaped tensors are all named in one error) and copies each group into one
+ * contiguous buffer from the memory manager, converting to the requested dtype. */
+#ifndef CVX_WEIGHTS_H
+#define CVX_WEIGHTS_H
+
+#include <stdint.h>
+
+#include "../core/dtype.h"
+#include "../core/status.h"
+#include "../io/safetensors.h"
+
+#define CVX_WEIGHT_NAME_MAX 160
+
+typedef struct cvx_weight_decl {
+    char name[CVX_WEIGHT_NAME_MAX];
+    int ndim;
+    int64_t shape[5];
+    int group;
+    int as_f32;  /* small vectors (biases, norm affines) are kept in f32 whatever the weight dtype */
+    void **slot; /* receives the address of the loaded data */
+} cvx_weight_decl;
+
+typedef struct cvx_weights {
+    cvx_weight_decl *decls;
+    int count, capacity;
+    int num_groups;
+    void **group_data;      /* [num_groups] one buffer each */
+    int64_t *group_bytes;   /* [num_groups] */
+    cvx_status decl_status; /* first failure while declaring, reported by cvx_weights_load */
+} cvx_weights;
+
+/* Declares a parameter: the name is printf-formatted; ndim dimensions follow as int64_t values. */
+void cvx_weights_declare(cvx_weights *ws, int group, int as_f32, void **slot, int ndim, const int64_t *shape,
+                         const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 7, 8)))
+#endif
+    ;
+cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype);
+int64_t cvx_weights_total_bytes(const cvx_weights *ws);
+void cvx_weights_free(cvx_weights *ws);
+
+#endif

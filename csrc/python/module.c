@@ -1,0 +1,371 @@
+/* cogvideo_c._C: the CPython + NumPy glue. Argument parsing, arrays in and out, C errors as Python exceptions;
+ * no model logic lives here. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../core/status.h"
+#include "../core/tensor.h"
+#include "../io/safetensors.h"
+#include "../mem/mem.h"
+#include "../models/vae.h"
+#include "../ops/ops.h"
+
+static PyObject *OutOfMemoryError;
+
+/* Turns the thread-local C error into the matching Python exception; returns NULL for `return raise_status(..)`. */
+static PyObject *raise_status(cvx_status st) {
+    PyObject *type = PyExc_RuntimeError;
+    if (st == CVX_ERR_INVALID) type = PyExc_ValueError;
+    else if (st == CVX_ERR_OOM) type = OutOfMemoryError;
+    else if (st == CVX_ERR_IO) type = PyExc_OSError;
+    PyErr_SetString(type, cvx_error_message());
+    cvx_error_clear();
+    return NULL;
+}
+
+static int parse_device(PyObject *arg, cvx_device *dev) {
+    const char *name = "cpu";
+    if (arg && arg != Py_None) {
+        name = PyUnicode_AsUTF8(arg);
+        if (!name) return -1;
+    }
+    cvx_status st = cvx_device_parse(name, dev);
+    if (st != CVX_OK) {
+        raise_status(st);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_dtype(const char *name, cvx_dtype *dt) {
+    if (strcmp(name, "float32") == 0) *dt = CVX_F32;
+    else if (strcmp(name, "float16") == 0) *dt = CVX_F16;
+    else if (strcmp(name, "bfloat16") == 0) *dt = CVX_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError, "unsupported dtype '%s' (float32, float16 or bfloat16)", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- memory ------------------------------------------------------------------------------------------------- */
+
+static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_stats s;
+    cvx_mem_get_stats(dev, &s);
+    /* key names follow torch.cuda.memory_stats where there is an equivalent */
+    return Py_BuildValue(
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
+        (long long)s.allocated_bytes, "allocated_bytes.all.peak", (long long)s.peak_allocated_bytes,
+        "reserved_bytes.all.current", (long long)s.reserved_bytes, "reserved_bytes.all.peak",
+        (long long)s.peak_reserved_bytes, "weights_bytes.current", (long long)s.kind_allocated_bytes[CVX_MEM_WEIGHTS],
+        "weights_bytes.peak", (long long)s.kind_peak_bytes[CVX_MEM_WEIGHTS], "activations_bytes.current",
+        (long long)s.kind_allocated_bytes[CVX_MEM_ACTIVATIONS], "activations_bytes.peak",
+        (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
+        "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active,
+        "num_ooms", (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes);
+}
+
+static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_reset_peak(dev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_set_memory_limit(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    long long bytes = 0;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "OL", &dev_obj, &bytes) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_set_limit(dev, bytes);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+#ifdef _OPENMP
+    const int openmp = 1;
+#else
+    const int openmp = 0;
+#endif
+#ifdef CVX_WITH_CUDA
+    const int cuda = 1;
+#else
+    const int cuda = 0;
+#endif
+    return Py_BuildValue("{s:N,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda", PyBool_FromLong(cuda),
+                         "blas", "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
+                         PyBool_FromLong(openmp), "compiler", __VERSION__);
+}
+
+#ifdef CVX_WITH_CUDA
+int cvx_cuda_device_count(void);
+#endif
+
+static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+#ifdef CVX_WITH_CUDA
+    int n;
+    Py_BEGIN_ALLOW_THREADS n = cvx_cuda_device_count();
+    Py_END_ALLOW_THREADS return PyLong_FromLong(n);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
+/* ---- safetensors ------------------------------------------------------------------------------------------------ */
+
+static PyObject *py_safetensors_index(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_obj = NULL;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    cvx_st_file *f = NULL;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_st_open(PyBytes_AS_STRING(path_obj), &f);
+    Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    if (st != CVX_OK) return raise_status(st);
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < cvx_st_count(f); i++) {
+        const cvx_st_tensor *t = cvx_st_at(f, i);
+        PyObject *shape = PyTuple_New(t->ndim);
+        for (int k = 0; shape && k < t->ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(t->shape[k]));
+        PyObject *item = shape ? Py_BuildValue("(sN)", cvx_dtype_name(t->dtype), shape) : NULL;
+        if (!item || PyDict_SetItemString(out, t->name, item) < 0) Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    cvx_st_close(f);
+    return out;
+}
+
+/* ---- arrays --------------------------------------------------------------------------------------------------- */
+
+static void capsule_free(PyObject *capsule) { cvx_mem_free(PyCapsule_GetPointer(capsule, "cvx_mem")); }
+
+/* Hands an f32 tensor to NumPy: the array owns the memory-manager buffer and frees it when collected, so the
+ * statistics keep counting the output while it is alive. */
+static PyObject *tensor_to_array(cvx_tensor *t) {
+    npy_intp dims[CVX_MAX_DIMS];
+    for (int i = 0; i < t->ndim; i++) dims[i] = (npy_intp)t->shape[i];
+    PyObject *arr = PyArray_SimpleNewFromData(t->ndim, dims, NPY_FLOAT32, t->data);
+    if (!arr) {
+        cvx_tensor_release(t);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(t->data, "cvx_mem", capsule_free);
+    if (!capsule || PyArray_SetBaseObject((PyArrayObject *)arr, capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(arr);
+        cvx_tensor_release(t);
+        return NULL;
+    }
+    t->data = NULL; /* owned by the array now */
+    return arr;
+}
+
+/* A float32, C-contiguous, aligned 5-D view of any array-like (float64 or strided input is converted). */
+static PyArrayObject *array_in5(PyObject *obj, const char *what, cvx_tensor *t) {
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!arr) return NULL;
+    if (PyArray_NDIM(arr) != 5) {
+        PyErr_Format(PyExc_ValueError, "%s must be 5-D [batch, channels, frames, height, width], got %d-D", what,
+                     PyArray_NDIM(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    memset(t, 0, sizeof(*t));
+    t->data = PyArray_DATA(arr);
+    t->dtype = CVX_F32;
+    t->device = CVX_DEVICE_CPU;
+    t->ndim = 5;
+    for (int i = 0; i < 5; i++) t->shape[i] = PyArray_DIM(arr, i);
+    return arr;
+}
+
+/* ---- the VAE ------------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD cvx_vae *vae;
+} VAEObject;
+
+static void VAE_dealloc(VAEObject *self) {
+    cvx_vae_free(self->vae);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* VAE(config: tuple, weights_path: str, dtype: str) where config is (in_channels, out_channels, latent_channels,
+ * block_out_channels: tuple, layers_per_block, norm_num_groups, norm_eps, temporal_compression_ratio). */
+static int VAE_init(VAEObject *self, PyObject *args, PyObject *kwds) {
+    (void)kwds;
+    cvx_vae_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    PyObject *blocks = NULL, *path_obj = NULL;
+    const char *dtype_name = NULL;
+    double eps = 0.0;
+    if (!PyArg_ParseTuple(args, "(iiiO!iidi)O&s", &cfg.in_channels, &cfg.out_channels, &cfg.latent_channels,
+                          &PyTuple_Type, &blocks, &cfg.layers_per_block, &cfg.norm_num_groups, &eps,
+                          &cfg.temporal_compression_ratio, PyUnicode_FSConverter, &path_obj, &dtype_name))
+        return -1;
+    cvx_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype) < 0) goto fail;
+    cfg.norm_eps = (float)eps;
+    cfg.num_blocks = (int)PyTuple_GET_SIZE(blocks);
+    if (cfg.num_blocks < 1 || cfg.num_blocks > CVX_VAE_MAX_BLOCKS) {
+        PyErr_Format(PyExc_ValueError, "block_out_channels must have 1 to %d entries", CVX_VAE_MAX_BLOCKS);
+        goto fail;
+    }
+    for (int i = 0; i < cfg.num_blocks; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(blocks, i));
+        if (v == -1 && PyErr_Occurred()) goto fail;
+        cfg.block_out_channels[i] = (int)v;
+    }
+    cvx_st_file *st_file = NULL;
+    cvx_status st;
+    cvx_vae *vae = NULL;
+    Py_BEGIN_ALLOW_THREADS st = cvx_st_open(PyBytes_AS_STRING(path_obj), &st_file);
+    if (st == CVX_OK) st = cvx_vae_create(&cfg, st_file, dtype, &vae);
+    cvx_st_close(st_file); /* the weights were copied into their groups */
+    Py_END_ALLOW_THREADS if (st != CVX_OK) {
+        raise_status(st);
+        goto fail;
+    }
+    cvx_vae_free(self->vae);
+    self->vae = vae;
+    Py_DECREF(path_obj);
+    return 0;
+fail:
+    Py_XDECREF(path_obj);
+    return -1;
+}
+
+static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
+    memset(t, 0, sizeof(*t));
+    if (obj == Py_None) return 0;
+    t->enabled = 1;
+    return PyArg_ParseTuple(obj, "iidd", &t->tile_sample_min_height, &t->tile_sample_min_width,
+                            &t->tile_overlap_factor_height, &t->tile_overlap_factor_width)
+               ? 0
+               : -1;
+}
+
+/* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling) */
+static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
+    PyObject *input = NULL, *tiling_obj = Py_None;
+    int slicing = 0;
+    if (!PyArg_ParseTuple(args, "O|pO", &input, &slicing, &tiling_obj)) return NULL;
+    cvx_vae_tiling tiling;
+    if (parse_tiling(tiling_obj, &tiling) < 0) return NULL;
+    cvx_tensor x, out = {0};
+    PyArrayObject *arr = array_in5(input, decode ? "latents" : "sample", &x);
+    if (!arr) return NULL;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = decode ? cvx_vae_decode(self->vae, &x, slicing, &tiling, &out)
+                                       : cvx_vae_encode(self->vae, &x, slicing, &tiling, &out);
+    Py_END_ALLOW_THREADS Py_DECREF(arr);
+    if (st != CVX_OK) return raise_status(st);
+    return tensor_to_array(&out);
+}
+
+static PyObject *VAE_decode(VAEObject *self, PyObject *args) { return VAE_run(self, args, 1); }
+static PyObject *VAE_encode(VAEObject *self, PyObject *args) { return VAE_run(self, args, 0); }
+
+/* output_shape(input_shape, decode: bool, tiling) -> the output shape, computed before any work */
+static PyObject *VAE_output_shape(VAEObject *self, PyObject *args) {
+    int64_t in[5], out[5];
+    long long v[5];
+    int decode = 1;
+    PyObject *tiling_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "(LLLLL)|pO", &v[0], &v[1], &v[2], &v[3], &v[4], &decode, &tiling_obj)) return NULL;
+    for (int i = 0; i < 5; i++) in[i] = v[i];
+    cvx_vae_tiling tiling;
+    if (parse_tiling(tiling_obj, &tiling) < 0) return NULL;
+    cvx_status st = decode ? cvx_vae_decode_shape(self->vae, in, &tiling, out)
+                           : cvx_vae_encode_shape(self->vae, in, &tiling, out);
+    if (st != CVX_OK) return raise_status(st);
+    return Py_BuildValue("(LLLLL)", (long long)out[0], (long long)out[1], (long long)out[2], (long long)out[3],
+                         (long long)out[4]);
+}
+
+static PyObject *VAE_weight_bytes(VAEObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(cvx_vae_weight_bytes(self->vae));
+}
+
+static PyObject *VAE_weight_groups(VAEObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(cvx_vae_num_weight_groups(self->vae));
+}
+
+static PyMethodDef VAE_methods[] = {
+    {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z, slicing=False, tiling=None) -> ndarray"},
+    {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x, slicing=False, tiling=None) -> moments ndarray"},
+    {"output_shape", (PyCFunction)VAE_output_shape, METH_VARARGS,
+     "output_shape(shape, decode=True, tiling=None) -> tuple"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef VAE_getset[] = {
+    {"weight_bytes", (getter)VAE_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"num_weight_groups", (getter)VAE_weight_groups, NULL, "number of weight groups", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject VAEType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cogvideo_c._C.VAE",
+    .tp_basicsize = sizeof(VAEObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)VAE_init,
+    .tp_dealloc = (destructor)VAE_dealloc,
+    .tp_methods = VAE_methods,
+    .tp_getset = VAE_getset,
+    .tp_doc = "The CogVideoX VAE in C (use cogvideo_c.AutoencoderKLCogVideoX).",
+};
+
+/* ---- module -------------------------------------------------------------------------------------------------- */
+
+static PyMethodDef module_methods[] = {
+    {"memory_stats", py_memory_stats, METH_VARARGS, "memory_stats(device='cpu') -> dict"},
+    {"reset_peak_memory_stats", py_reset_peak_memory_stats, METH_VARARGS, "reset_peak_memory_stats(device='cpu')"},
+    {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
+    {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
+    {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices that can run (0 without CUDA)"},
+    {"safetensors_index", py_safetensors_index, METH_VARARGS,
+     "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "cogvideo_c C core", -1, module_methods,
+                                        NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__C(void) {
+    import_array();
+    cvx_ops_init();
+    if (PyType_Ready(&VAEType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    OutOfMemoryError = PyErr_NewExceptionWithDoc("cogvideo_c.OutOfMemoryError",
+                                                 "A device memory limit or the system refused an allocation.",
+                                                 PyExc_MemoryError, NULL);
+    if (!OutOfMemoryError || PyModule_AddObject(m, "OutOfMemoryError", OutOfMemoryError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(OutOfMemoryError);
+    Py_INCREF(&VAEType);
+    if (PyModule_AddObject(m, "VAE", (PyObject *)&VAEType) < 0) {
+        Py_DECREF(&VAEType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

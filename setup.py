@@ -1,0 +1,90 @@
+"""Builds cogvideo_c._C: the C11 core (always) and the CUDA backend (when a CUDA toolkit is found).
+
+GEMMs go to the scipy-openblas32 wheel (the OpenBLAS NumPy itself builds against), so a fresh machine needs only
+Python and a C compiler: everything else comes through pip. OpenMP comes with the compiler.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import numpy
+import scipy_openblas32
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+C_DIRS = ["core", "mem", "io", "ops/cpu", "models", "python"]
+
+
+def find_cuda():
+    """The CUDA toolkit root, or None: CUDA_HOME / CUDA_PATH, then nvcc on PATH, then /usr/local/cuda."""
+    if os.environ.get("CVX_DISABLE_CUDA"):
+        return None
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return root
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+class BuildExt(build_ext):
+    """Compiles csrc/ops/cuda/*.cu with nvcc when CUDA is found; otherwise says so and builds the CPU backend."""
+
+    def build_extension(self, ext):
+        cuda = find_cuda()
+        cu_files = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
+        if cuda and cu_files:
+            objects = []
+            out_dir = os.path.join(self.build_temp, "cuda")
+            os.makedirs(out_dir, exist_ok=True)
+            try:
+                for src in cu_files:
+                    obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                    cmd = [os.path.join(cuda, "bin", "nvcc"), "-c", src, "-o", obj, "-O3", "-Xcompiler", "-fPIC"]
+                    subprocess.check_call(cmd)
+                    objects.append(obj)
+                lib64 = os.path.join(cuda, "lib64")
+                ext.extra_objects += objects
+                ext.define_macros.append(("CVX_WITH_CUDA", "1"))
+                ext.library_dirs.append(lib64)
+                ext.libraries.append("cudart")
+                ext.extra_link_args.append("-Wl,-rpath," + lib64)
+                print(f"cogvideo_c: CUDA toolkit found at {cuda}: building the CUDA backend")
+            except (OSError, subprocess.CalledProcessError) as err:
+                print(f"cogvideo_c: nvcc failed ({err}); building without the CUDA backend", file=sys.stderr)
+        else:
+            print("cogvideo_c: no CUDA toolkit found (CUDA_HOME, nvcc on PATH, /usr/local/cuda): CPU backend only")
+        super().build_extension(ext)
+
+
+sources = []
+for d in C_DIRS:
+    sources += sorted(glob.glob(os.path.join("csrc", d, "*.c")))
+
+blas_lib = scipy_openblas32.get_lib_dir()
+cflags = ["-std=c11", "-O3", "-fopenmp", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+if sysconfig.get_platform().startswith("linux"):
+    cflags.append("-D_GNU_SOURCE")
+
+ext = Extension(
+    "cogvideo_c._C",
+    sources=sources,
+    include_dirs=[numpy.get_include(), scipy_openblas32.get_include_dir()],
+    library_dirs=[blas_lib],
+    libraries=[scipy_openblas32.get_library()],
+    extra_compile_args=cflags,
+    # The rpath finds the BLAS where it was at build time; cogvideo_c/__init__.py also preloads it from the
+    # installed scipy-openblas32 wheel, which covers isolated builds whose build environment is gone.
+    extra_link_args=["-fopenmp", "-Wl,-rpath," + blas_lib],
+    define_macros=[("CVX_HAVE_OPENBLAS", "1")],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

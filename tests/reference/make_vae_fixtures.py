@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Generate VAE parity fixtures (random-weight AutoencoderKLCogVideoX models + diffusers golden outputs).
+
+Run from the repository root with the reference environment (torch + diffusers, never runtime deps of cogvideo_c):
+
+    /tmp/cvx-reference/bin/python tests/reference/make_vae_fixtures.py
+
+Writes (everything under tests/fixtures/vae/, which is deleted and recreated):
+  <model>/, <model>_f16/, <model>_bf16/   diffusers save_pretrained(safe_serialization=True) directories
+  <model>.npz                             inputs and golden outputs of all cases of that model (and its 16-bit copies)
+  manifest.json                           one entry per case (see tests/test_vae_parity.py)
+
+Golden outputs always come from diffusers in float32; the 16-bit files are loaded with torch_dtype=float32.
+The script is deterministic (fixed torch / numpy seeds, fixed zip timestamps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import diffusers
+from diffusers import AutoencoderKLCogVideoX
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "vae"
+
+BLOCKS = 4
+MODELS = {
+    # diffusers' own model-level test config (tests/models/autoencoders/test_models_autoencoder_cogvideox.py)
+    "tiny": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * BLOCKS,
+        up_block_types=("CogVideoXUpBlock3D",) * BLOCKS,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ),
+    # More channels / layers, non-default eps, scaling factor and sample size (=> default tile sizes 32x48 px,
+    # 4x6 latents, so the *default* tiling parameters are reachable at small sizes). Channel change 8 -> 16 gives
+    # conv_shortcut layers in encoder.down_blocks.1 and decoder.up_blocks.3.
+    "mid": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * BLOCKS,
+        up_block_types=("CogVideoXUpBlock3D",) * BLOCKS,
+        block_out_channels=(8, 16, 16, 16),
+        latent_channels=8,
+        layers_per_block=2,
+        norm_num_groups=4,
+        norm_eps=1e-5,
+        temporal_compression_ratio=4,
+        sample_height=64,
+        sample_width=96,
+        scaling_factor=0.7,
+    ),
+}
+SEEDS = {"tiny": 1234, "mid": 5678}
+WEIGHT_GAIN = 1.0  # conv weights ~ N(0, (gain^2 / fan_in)): decoder output std ~0.9, not saturated
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rerandomize(model: torch.nn.Module, seed: int, clamp_logvar_channels: bool = False) -> None:
+    """Moderate-scale random weights: convs N(0, 1/fan_in), biases N(0, 0.1^2), GroupNorm weights 1 + N(0, 0.1^2),
+    SpatialNorm conv_y biases 1 + N(0, 0.1^2) (so the spatial scale is ~1, not ~0)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(shape):
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.GroupNorm):
+                mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
+                mod.bias.copy_(0.1 * rn(mod.bias.shape))
+            elif isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                fan_in = mod.weight[0].numel()
+                mod.weight.copy_(rn(mod.weight.shape) * (WEIGHT_GAIN / math.sqrt(fan_in)))
+                b = 0.1 * rn(mod.bias.shape)
+                if name.endswith("conv_y.conv"):
+                    b = b + 1.0
+                mod.bias.copy_(b)
+        if clamp_logvar_channels:
+            # Push two logvar channels outside [-30, 20] so DiagonalGaussianDistribution's clamp is exercised.
+            lc = model.config.latent_channels
+            bias = model.encoder.conv_out.conv.bias
+            bias[lc + 0] = 25.0
+            bias[lc + 1] = -35.0
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def build_model(name: str) -> AutoencoderKLCogVideoX:
+    torch.manual_seed(SEEDS[name])
+    model = AutoencoderKLCogVideoX(**MODELS[name]).eval()
+    rerandomize(model, SEEDS[name] + 1, clamp_logvar_channels=(name == "mid"))
+    return model
+
+
+def load_fp32(model_dir: Path) -> AutoencoderKLCogVideoX:
+    m = AutoencoderKLCogVideoX.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    for p in m.parameters():
+        assert p.dtype == torch.float32
+    return m
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+
+
+def latent_input(rng: np.random.Generator, shape) -> np.ndarray:
+    # standard normal latents, rounded to multiples of 2^-10 (still float32; the rounding only makes them compress)
+    z = rng.standard_normal(shape)
+    return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
+
+
+def pixel_input(rng: np.random.Generator, shape) -> np.ndarray:
+    # like real 8-bit video frames mapped to [-1, 1]: k / 127.5 - 1, k in 0..255
+    k = rng.integers(0, 256, size=shape)
+    return (k / 127.5 - 1.0).astype(np.float32)
+
+
+def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
+    """Tile grid exactly as diffusers computes it (tiled_decode / tiled_encode), plus the resulting output size."""
+    H, W = shape[-2], shape[-1]
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    if op == "decode":
+        triggered = W > vae.tile_latent_min_width or H > vae.tile_latent_min_height
+        step_h = int(vae.tile_latent_min_height * (1 - vae.tile_overlap_factor_height))
+        step_w = int(vae.tile_latent_min_width * (1 - vae.tile_overlap_factor_width))
+        tile_h, tile_w = vae.tile_latent_min_height, vae.tile_latent_min_width
+        blend_h = int(vae.tile_sample_min_height * vae.tile_overlap_factor_height)
+        blend_w = int(vae.tile_sample_min_width * vae.tile_overlap_factor_width)
+        limit_h = vae.tile_sample_min_height - blend_h
+        limit_w = vae.tile_sample_min_width - blend_w
+        scale = f  # latent -> pixels
+
+        def out_size(n):  # tile of n latents decodes to 8n pixels
+            return n * f
+    else:
+        triggered = W > vae.tile_sample_min_width or H > vae.tile_sample_min_height
+        step_h = int(vae.tile_sample_min_height * (1 - vae.tile_overlap_factor_height))
+        step_w = int(vae.tile_sample_min_width * (1 - vae.tile_overlap_factor_width))
+        tile_h, tile_w = vae.tile_sample_min_height, vae.tile_sample_min_width
+        blend_h = int(vae.tile_latent_min_height * vae.tile_overlap_factor_height)
+        blend_w = int(vae.tile_latent_min_width * vae.tile_overlap_factor_width)
+        limit_h = vae.tile_latent_min_height - blend_h
+        limit_w = vae.tile_latent_min_width - blend_w
+        scale = f
+
+        def out_size(n):  # n pixels -> latents (3 stride-2 convs with right/bottom pad 1)
+            for _ in range(len(vae.config.block_out_channels) - 1):
+                n = (n + 1 - 3) // 2 + 1
+            return n
+
+    rows = list(range(0, H, step_h))
+    cols = list(range(0, W, step_w))
+    out_h = sum(min(out_size(min(tile_h, H - i)), limit_h) for i in rows)
+    out_w = sum(min(out_size(min(tile_w, W - j)), limit_w) for j in cols)
+    regular_h = H * scale if op == "decode" else out_size(H)
+    regular_w = W * scale if op == "decode" else out_size(W)
+    return dict(
+        triggered=bool(triggered),
+        tile_rows=len(rows),
+        tile_cols=len(cols),
+        tile_count=len(rows) * len(cols),
+        stride=[step_h, step_w],
+        tile_size=[tile_h, tile_w],
+        blend_extent=[blend_h, blend_w],
+        row_limit=[limit_h, limit_w],
+        predicted_out_hw=[out_h, out_w],
+        untiled_out_hw=[regular_h, regular_w],
+        stride_matches_kept_size=(out_h == regular_h and out_w == regular_w),
+    )
+
+
+def num_frame_batches(op: str, frames: int) -> int:
+    bs = 2 if op == "decode" else 8
+    return max(frames // bs, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cases
+# ----------------------------------------------------------------------------------------------------------------
+
+T_CONSISTENT = dict(  # stride == kept size: 32 px tiles (4 latents), stride 3 latents = 24 px = 32 - int(32/4)
+    tile_sample_min_height=32,
+    tile_sample_min_width=48,
+    tile_overlap_factor_height=1 / 4,
+    tile_overlap_factor_width=1 / 6,
+)
+T_MISMATCH = dict(  # spec §12 item 1: stride 1 latent (8 px) but kept size 16 - 4 = 12 px -> output larger than 8x
+    tile_sample_min_height=16,
+    tile_sample_min_width=24,
+    tile_overlap_factor_height=1 / 4,
+    tile_overlap_factor_width=1 / 6,
+)
+T_DEFAULT: dict = {}  # enable_tiling() with no arguments: the model's __init__ defaults
+
+
+def cases_for(model: str) -> list[dict]:
+    """Each case: name, variant (""/"_f16"/"_bf16"), op, input shape, slicing, tiling kwargs or None."""
+    L = MODELS[model]["latent_channels"]
+    C = MODELS[model]["in_channels"]
+    cs: list[dict] = []
+
+    def add(name, op, shape, slicing=False, tiling=None, variants=("",), input_from=None, note=None):
+        for v in variants:
+            cs.append(
+                dict(
+                    name=f"{model}{v}_{name}",
+                    base=name,
+                    variant=v,
+                    op=op,
+                    shape=tuple(shape),
+                    slicing=slicing,
+                    tiling=tiling,
+                    input_from=input_from,
+                    note=note,
+                )
+            )
+
+    sixteen = ("", "_f16", "_bf16")
+    if model == "tiny":
+        # decode: latent frame counts 1..5 (frame batches [0,1) / [0,2) / [0,3) / [0,2),[2,4) / [0,3),[3,5)), 3x5 latents
+        for F in (1, 2, 3, 4, 5):
+            add(f"decode_f{F}", "decode", (1, L, F, 3, 5), variants=sixteen if F == 3 else ("",))
+        add("decode_b2", "decode", (2, L, 3, 2, 3))
+        add("decode_b2_slicing", "decode", (2, L, 3, 2, 3), slicing=True, input_from="decode_b2")
+        # default tiling parameters (240x360 px tiles = 30x45 latents, factors 1/6, 1/5). A full 2-D grid would need
+        # >= 31x46 latents (a 248x368 output, 1.1 MB), so use two thin grids: 2x1 tiles (vertical blend, extent 40 px)
+        # and 1x2 tiles (horizontal blend, extent 72 px). 2-D grids are covered by the custom-parameter cases.
+        add("decode_tiling_default_rows", "decode", (1, L, 1, 31, 6), tiling=T_DEFAULT)
+        add("decode_tiling_default_cols", "decode", (1, L, 1, 4, 46), tiling=T_DEFAULT)
+        # custom tiling with consistent stride; 5 latent frames = two frame batches [0,3), [3,5) inside each tile;
+        # 5x6 latents: triggered by the height only (W == tile width is not "greater"), yet 2x2 tiles; the last tile
+        # column is 1 latent (8 px) thin, i.e. fully blended (extent min(48, 8, 8) = 8)
+        add("decode_tiling_custom_f5", "decode", (1, L, 5, 5, 6), tiling=T_CONSISTENT)
+        add("decode_tiling_custom_b2_slicing", "decode", (2, L, 1, 5, 7), slicing=True, tiling=T_CONSISTENT)
+        add("decode_tiling_custom_b2", "decode", (2, L, 1, 5, 7), tiling=T_CONSISTENT,
+            input_from="decode_tiling_custom_b2_slicing")
+        add("decode_tiling_mismatch", "decode", (1, L, 1, 6, 10), tiling=T_MISMATCH,
+            note="diffusers' tile stride (8 px) and kept size (12/20 px) disagree: output larger than 8x latent")
+        # encode: pixel frame counts 1, 9, 17 (standard), 12 (even: one 12-frame batch), 5 at odd-ish size 20x28
+        for F in (1, 9, 17):
+            add(f"encode_f{F}", "encode", (1, C, F, 16, 24), variants=sixteen if F == 9 else ("",))
+        add("encode_f12", "encode", (1, C, 12, 16, 24))
+        add("encode_f5_20x28", "encode", (1, C, 5, 20, 28))
+        add("encode_b2", "encode", (2, C, 9, 16, 24))
+        add("encode_b2_slicing", "encode", (2, C, 9, 16, 24), slicing=True, input_from="encode_b2")
+        # tiled encode with the default parameters (240x360 px tiles, blend 5x9 latents, kept 25x36): thin grids
+        # 2x1 (248x48 px) and 1x2 (32x368 px), as for decode
+        add("encode_tiling_default_rows", "encode", (1, C, 1, 248, 48), tiling=T_DEFAULT)
+        add("encode_tiling_default_cols", "encode", (1, C, 1, 32, 368), tiling=T_DEFAULT)
+        add("encode_tiling_custom_f9", "encode", (1, C, 9, 56, 88), tiling=T_CONSISTENT)
+        add("encode_tiling_mismatch", "encode", (1, C, 1, 32, 48), tiling=T_MISMATCH,
+            note="pixel stride 12 px = 1.5 latents, blend extent 0, kept 2 latents: output larger than H/8")
+    else:
+        for F in (1, 2, 3, 4, 5):
+            add(f"decode_f{F}", "decode", (1, L, F, 2, 3), variants=sixteen if F == 3 else ("",))
+        add("decode_b2_slicing", "decode", (2, L, 2, 2, 3), slicing=True)
+        # default tiling of this config: 32x48 px tiles (4x6 latents), factors 1/6, 1/5 -> stride 3x4 latents but
+        # kept size 27x39 px: output 43x63 for 5x7 latents (not 40x56)
+        add("decode_tiling_default", "decode", (1, L, 2, 5, 7), tiling=T_DEFAULT,
+            note="default tiling for sample 64x96: stride 24x32 px, kept 27x39 px -> output larger than 8x latent")
+        add("decode_tiling_custom", "decode", (1, L, 1, 7, 11), tiling=T_CONSISTENT, variants=sixteen)
+        for F in (1, 9, 17):
+            add(f"encode_f{F}", "encode", (1, C, F, 16, 24), variants=sixteen if F == 9 else ("",))
+        add("encode_b2_slicing", "encode", (2, C, 1, 16, 24), slicing=True)
+        add("encode_tiling_default", "encode", (1, C, 1, 40, 56), tiling=T_DEFAULT,
+            note="default tiling for sample 64x96: 32x48 px tiles, stride 26x38 px, blend extent 0x1, kept 4x5")
+        add("encode_tiling_custom", "encode", (1, C, 1, 56, 88), tiling=T_CONSISTENT)
+    return cs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    torch.set_grad_enabled(False)
+    diffusers.utils.logging.set_verbosity_error()  # silence the ".to(float16) with no fp32 modules" warning
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+
+    manifest_cases = []
+    for model_name in MODELS:
+        # ---- models: f32 + 16-bit copies (built once, saved, reloaded through from_pretrained in fp32) ----
+        model = build_model(model_name)
+        dirs = {"": OUT / model_name, "_f16": OUT / f"{model_name}_f16", "_bf16": OUT / f"{model_name}_bf16"}
+        model.save_pretrained(str(dirs[""]), safe_serialization=True)
+        model.to(torch.float16).save_pretrained(str(dirs["_f16"]), safe_serialization=True)
+        model = build_model(model_name)  # fresh fp32 copy (avoid any f32->f16->f32 round trip)
+        model.to(torch.bfloat16).save_pretrained(str(dirs["_bf16"]), safe_serialization=True)
+        del model
+        loaded = {v: load_fp32(d) for v, d in dirs.items()}
+
+        rng = np.random.default_rng(SEEDS[model_name])
+        arrays: dict[str, np.ndarray] = {}
+        inputs: dict[str, str] = {}  # base case name -> npz key of its input
+        npz_name = f"{model_name}.npz"
+
+        for case in cases_for(model_name):
+            name, op, shape = case["name"], case["op"], case["shape"]
+            # ---- input (shared between variants and with input_from) ----
+            base_in = case["input_from"] or case["base"]
+            if base_in not in inputs:
+                key = f"{model_name}_{base_in}__input"
+                arrays[key] = latent_input(rng, shape) if op == "decode" else pixel_input(rng, shape)
+                inputs[base_in] = key
+            in_key = inputs[base_in]
+            x_np = arrays[in_key]
+            assert x_np.shape == shape, (name, x_np.shape, shape)
+
+            # ---- a fresh fp32 model state for this case ----
+            vae = loaded[case["variant"]]
+            vae.disable_slicing()
+            vae.disable_tiling()
+            # restore __init__ tile defaults (enable_tiling mutates them)
+            sh, sw = vae.config.sample_height, vae.config.sample_width
+            f = 2 ** (len(vae.config.block_out_channels) - 1)
+            vae.tile_sample_min_height, vae.tile_sample_min_width = sh // 2, sw // 2
+            vae.tile_latent_min_height = int(vae.tile_sample_min_height / f)
+            vae.tile_latent_min_width = int(vae.tile_sample_min_width / f)
+            vae.tile_overlap_factor_height, vae.tile_overlap_factor_width = 1 / 6, 1 / 5
+            if case["slicing"]:
+                vae.enable_slicing()
+            tiling_rec = None
+            info = None
+            if case["tiling"] is not None:
+                vae.enable_tiling(**case["tiling"])
+                tiling_rec = {
+                    "tile_sample_min_height": vae.tile_sample_min_height,
+                    "tile_sample_min_width": vae.tile_sample_min_width,
+                    "tile_overlap_factor_height": vae.tile_overlap_factor_height,
+                    "tile_overlap_factor_width": vae.tile_overlap_factor_width,
+                }
+                info = tiling_info(vae, op, shape)
+                assert info["triggered"], (name, info)
+                assert info["tile_count"] > 1, (name, info)
+
+            # ---- count sub-network calls to prove which path ran ----
+            calls = {"n": 0, "tiled": 0}
+            net = vae.decoder if op == "decode" else vae.encoder
+            hook = net.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+            tiled_fn_name = "tiled_decode" if op == "decode" else "tiled_encode"
+            orig_tiled = getattr(vae, tiled_fn_name)
+
+            def counting(*a, _orig=orig_tiled, **k):
+                calls["tiled"] += 1
+                return _orig(*a, **k)
+
+            setattr(vae, tiled_fn_name, counting)
+            try:
+                x = torch.from_numpy(x_np.copy())
+                if op == "decode":
+                    out = {"sample": vae.decode(x).sample}
+                else:
+                    dist = vae.encode(x).latent_dist
+                    out = {"mean": dist.mean, "logvar": dist.logvar}
+            finally:
+                hook.remove()
+                delattr(vae, tiled_fn_name)
+
+            B, F = shape[0], shape[2]
+            slices = B if (case["slicing"] and B > 1) else 1
+            tiles = info["tile_count"] if info else 1
+            expect_calls = slices * tiles * num_frame_batches(op, F)
+            assert calls["n"] == expect_calls, (name, calls, expect_calls)
+            assert calls["tiled"] == (slices if info else 0), (name, calls)
+
+            out_keys = {}
+            out_shapes = {}
+            for k, t in out.items():
+                a = t.detach().to(torch.float32).contiguous().numpy()
+                assert np.isfinite(a).all(), (name, k)
+                key = f"{name}__{k}"
+                arrays[key] = a
+                out_keys[k] = key
+                out_shapes[k] = list(a.shape)
+            if info:
+                main_out = out["sample"] if op == "decode" else out["mean"]
+                assert list(main_out.shape[-2:]) == info["predicted_out_hw"], (name, main_out.shape, info)
+
+            entry = {
+                "name": name,
+                "model_dir": dirs[case["variant"]].name,
+                "weights_dtype": {"": "float32", "_f16": "float16", "_bf16": "bfloat16"}[case["variant"]],
+                "op": op,
+                "input": in_key,
+                "input_shape": list(shape),
+                "outputs": out_keys,
+                "output_shapes": out_shapes,
+                "slicing": case["slicing"],
+                "tiling": tiling_rec,
+                # the keyword arguments actually passed to enable_tiling ({} = the model's defaults); "tiling" holds
+                # the resulting effective values
+                "tiling_args": case["tiling"],
+                "npz": npz_name,
+                "decoder_or_encoder_calls": calls["n"],
+            }
+            if info:
+                entry["tiling_info"] = info
+            if case["note"]:
+                entry["note"] = case["note"]
+            manifest_cases.append(entry)
+            stats = " ".join(
+                f"{k}{out_shapes[k]} std={float(t.std()):.3f} max|.|={float(t.abs().max()):.3f}" for k, t in out.items()
+            )
+            extra = ""
+            if info:
+                extra = (
+                    f" tiles={info['tile_rows']}x{info['tile_cols']} stride={info['stride']} "
+                    f"kept={info['row_limit']} blend={info['blend_extent']}"
+                    f"{'' if info['stride_matches_kept_size'] else ' (stride != kept size)'}"
+                )
+            print(f"  {name:40s} {op} in{list(shape)} -> {stats}{extra}")
+
+        save_npz(OUT / npz_name, arrays)
+        with zipfile.ZipFile(OUT / npz_name) as zf:
+            big = sorted(zf.infolist(), key=lambda i: -i.compress_size)[:8]
+            print(f"  {npz_name}: largest members " + ", ".join(f"{i.filename} {i.compress_size / 1024:.0f}K" for i in big))
+
+    manifest = {
+        "description": "AutoencoderKLCogVideoX parity fixtures; goldens computed by diffusers in float32 on CPU "
+        "(16-bit weight files loaded with torch_dtype=float32). Made by tests/reference/make_vae_fixtures.py.",
+        "made_with": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
+        "tolerance_max_abs": 1e-4,
+        "models": {
+            name: {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
+            for name, cfg in MODELS.items()
+        },
+        "cases": manifest_cases,
+    }
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+    total = 0
+    print("\nfiles:")
+    for p in sorted(OUT.rglob("*")):
+        if p.is_file():
+            total += p.stat().st_size
+            print(f"  {p.relative_to(OUT)}  {p.stat().st_size / 1024:.1f} KiB")
+    print(f"{len(manifest_cases)} cases; total size of {OUT.relative_to(ROOT)}: {total / 2**20:.2f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
