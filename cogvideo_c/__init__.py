@@ -9,6 +9,7 @@ from .memory import (
     reset_peak_memory_stats,
     set_memory_limit,
 )
+from . import tiny
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 
 __version__ = "0.1.0"

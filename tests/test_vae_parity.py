@@ -72,11 +72,11 @@ def _compare(name: str, what: str, got, want: np.ndarray) -> float:
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     max_diff = float(diff.max()) if diff.size else 0.0
     if not max_diff <= TOL:
-        idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
         n_bad = int((diff > TOL).sum())
         pytest.fail(
             f"{name} {what}: max abs diff {max_diff:.3e} > {TOL:.0e} at index {idx} "
-            f"(got {got[idx]!r}, diffusers {want[idx]!r}); {n_bad}/{diff.size} elements over tolerance; "
+            f"(got {float(got[idx])!r}, diffusers {float(want[idx])!r}); {n_bad}/{diff.size} elements over tolerance; "
             f"mean abs diff {float(diff.mean()):.3e}"
         )
     return max_diff

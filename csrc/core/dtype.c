@@ -70,34 +70,39 @@ uint16_t cvx_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Element access through memcpy: safetensors does not align tensor data, so a source may start at any byte. */
+static inline float load_f32(const void *base, size_t i) {
+    float v;
+    memcpy(&v, (const char *)base + 4 * i, 4);
+    return v;
+}
+
+static inline uint16_t load_u16(const void *base, size_t i) {
+    uint16_t v;
+    memcpy(&v, (const char *)base + 2 * i, 2);
+    return v;
+}
+
+static inline float load_as_f32(const void *src, cvx_dtype dt, size_t i) {
+    switch (dt) {
+    case CVX_F16: return cvx_f16_to_f32(load_u16(src, i));
+    case CVX_BF16: return cvx_bf16_to_f32(load_u16(src, i));
+    default: return load_f32(src, i);
+    }
+}
+
 void cvx_convert(void *dst, cvx_dtype dst_dt, const void *src, cvx_dtype src_dt, size_t n) {
     if (dst_dt == src_dt) {
-        if (dst != src) memcpy(dst, src, n * cvx_dtype_size(dst_dt));
+        if (dst != src) memmove(dst, src, n * cvx_dtype_size(dst_dt));
         return;
     }
-    if (dst_dt == CVX_F32) {
-        float *d = dst;
-        const uint16_t *s = src;
-        if (src_dt == CVX_F16)
-            for (size_t i = 0; i < n; i++) d[i] = cvx_f16_to_f32(s[i]);
-        else
-            for (size_t i = 0; i < n; i++) d[i] = cvx_bf16_to_f32(s[i]);
-        return;
-    }
-    if (src_dt == CVX_F32) {
-        uint16_t *d = dst;
-        const float *s = src;
-        if (dst_dt == CVX_F16)
-            for (size_t i = 0; i < n; i++) d[i] = cvx_f32_to_f16(s[i]);
-        else
-            for (size_t i = 0; i < n; i++) d[i] = cvx_f32_to_bf16(s[i]);
-        return;
-    }
-    /* f16 <-> bf16 goes through f32 (exact widening, one rounding) */
-    uint16_t *d = dst;
-    const uint16_t *s = src;
     for (size_t i = 0; i < n; i++) {
-        float v = src_dt == CVX_F16 ? cvx_f16_to_f32(s[i]) : cvx_bf16_to_f32(s[i]);
-        d[i] = dst_dt == CVX_F16 ? cvx_f32_to_f16(v) : cvx_f32_to_bf16(v);
+        const float v = load_as_f32(src, src_dt, i); /* widening is exact, so f16 <-> bf16 rounds once */
+        if (dst_dt == CVX_F32) {
+            memcpy((char *)dst + 4 * i, &v, 4);
+        } else {
+            const uint16_t h = dst_dt == CVX_F16 ? cvx_f32_to_f16(v) : cvx_f32_to_bf16(v);
+            memcpy((char *)dst + 2 * i, &h, 2);
+        }
     }
 }

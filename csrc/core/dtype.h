@@ -18,7 +18,8 @@ uint16_t cvx_f32_to_f16(float f);
 float cvx_bf16_to_f32(uint16_t h);
 uint16_t cvx_f32_to_bf16(float f);
 
-/* Converts n elements between any two dtypes (src and dst must not overlap unless identical). */
+/* Converts n elements between any two dtypes; src may be unaligned (src and dst must not overlap unless
+ * identical). */
 void cvx_convert(void *dst, cvx_dtype dst_dt, const void *src, cvx_dtype src_dt, size_t n);
 
 #endif

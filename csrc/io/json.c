@@ -404,7 +404,7 @@ static cvx_status json_parse_container(json_parser *p, cvx_json *v, int depth) {
             }
             p->pos++;
         }
-        cvx_json *item;
+        cvx_json *item = NULL;
         CVX_CHECK(json_append(p, v, &capacity, key, &item));
         CVX_CHECK(json_parse_value(p, item, depth + 1));
         json_skip_ws(p);

@@ -79,26 +79,29 @@ static void st_shard_release(st_shard *s) {
     memset(s, 0, sizeof(*s));
 }
 
-/* Every dtype the format defines, so that a valid file in a type we do not read is told apart from garbage. */
-static const char *const st_known_dtypes[] = {"BOOL", "U8",  "I8",      "F8_E5M2", "F8_E4M3", "F8_E8M0",
+static const struct {
+    const char *name;
+    cvx_dtype dtype;
+} st_read_dtypes[] = {{"F32", CVX_F32}, {"F16", CVX_F16}, {"BF16", CVX_BF16}};
+
+/* The format's other dtypes, so that a valid file of a type we do not read is told apart from garbage. */
+static const char *const st_other_dtypes[] = {"BOOL", "U8",  "I8",      "F8_E5M2", "F8_E4M3", "F8_E8M0",
                                               "I16",  "U16", "I32",     "U32",     "I64",     "U64",
                                               "F64",  "F4",  "F6_E2M3", "F6_E3M2", "C64"};
 
 static cvx_status st_parse_dtype(const char *path, const char *name, const char *s, cvx_dtype *out) {
-    if (strcmp(s, "F32") == 0)
-        *out = CVX_F32;
-    else if (strcmp(s, "F16") == 0)
-        *out = CVX_F16;
-    else if (strcmp(s, "BF16") == 0)
-        *out = CVX_BF16;
-    else {
-        for (size_t i = 0; i < sizeof(st_known_dtypes) / sizeof(st_known_dtypes[0]); i++)
-            if (strcmp(s, st_known_dtypes[i]) == 0)
-                return CVX_FAIL(CVX_ERR_IO, "'%s': unsupported dtype '%s' for tensor '%s' (F32, F16 and BF16 are)",
-                                path, s, name);
-        return CVX_FAIL(CVX_ERR_IO, "'%s': unknown dtype '%.40s' for tensor '%s'", path, s, name);
+    for (size_t i = 0; i < sizeof(st_read_dtypes) / sizeof(st_read_dtypes[0]); i++) {
+        if (strcmp(s, st_read_dtypes[i].name) == 0) {
+            *out = st_read_dtypes[i].dtype;
+            return CVX_OK;
+        }
     }
-    return CVX_OK;
+    for (size_t i = 0; i < sizeof(st_other_dtypes) / sizeof(st_other_dtypes[0]); i++)
+        if (strcmp(s, st_other_dtypes[i]) == 0)
+            return CVX_FAIL(CVX_ERR_IO,
+                            "'%s': unsupported dtype '%s' for tensor '%s' (only F32, F16 and BF16 are read)", path, s,
+                            name);
+    return CVX_FAIL(CVX_ERR_IO, "'%s': unknown dtype '%.40s' for tensor '%s'", path, s, name);
 }
 
 /* Reads a JSON array of non-negative integers; `what` names it ("shape", "data_offsets"). */

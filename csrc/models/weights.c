@@ -77,7 +77,7 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
         int same = t->ndim == d->ndim;
         for (int k = 0; same && k < d->ndim; k++) same = t->shape[k] == d->shape[k];
         if (!same) {
-            char want[96], got[96], item[CVX_WEIGHT_NAME_MAX + 200];
+            char want[96], got[96], item[CVX_WEIGHT_NAME_MAX + 256];
             shape_str(want, sizeof(want), d->ndim, d->shape);
             shape_str(got, sizeof(got), t->ndim, t->shape);
             snprintf(item, sizeof(item), "'%s' has shape %s, expected %s", d->name, got, want);
