@@ -46,8 +46,8 @@ uint16_t cvx_f32_to_f16(float f) {
     if (abs >= 0x7f800000u) /* inf or nan (keep a quiet nan payload bit) */
         return (uint16_t)(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u | ((abs >> 13) & 0x3ffu) : 0u));
     if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: overflow to inf */
-    if (abs < 0x38800000u) {                                      /* below the smallest normal half: subnormal */
-        if (abs < 0x33000000u) return sign;                       /* < 2^-25 rounds to zero */
+    if (abs < 0x38800000u) {                                   /* below the smallest normal half: subnormal */
+        if (abs < 0x33000000u) return sign;                    /* < 2^-25 rounds to zero */
         uint32_t exp = abs >> 23;
         uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
         uint32_t shift = 126u - exp; /* value = mant * 2^(exp-150); half subnormal unit 2^-24 */

@@ -30,17 +30,17 @@ const char *cvx_status_name(cvx_status status);
 #define CVX_FAIL(status, ...) cvx_error_set((status), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Returns from the enclosing function on failure (nothing to clean up). */
-#define CVX_CHECK(expr)                                                                                      \
-    do {                                                                                                     \
-        cvx_status cvx_check_st_ = (expr);                                                                   \
-        if (cvx_check_st_ != CVX_OK) return cvx_check_st_;                                                   \
+#define CVX_CHECK(expr)                                                                                                \
+    do {                                                                                                               \
+        cvx_status cvx_check_st_ = (expr);                                                                             \
+        if (cvx_check_st_ != CVX_OK) return cvx_check_st_;                                                             \
     } while (0)
 
 /* Jumps to `fail` on failure; the function keeps its status in a variable named `st`. */
-#define CVX_TRY(expr)                                                                                        \
-    do {                                                                                                     \
-        st = (expr);                                                                                         \
-        if (st != CVX_OK) goto fail;                                                                         \
+#define CVX_TRY(expr)                                                                                                  \
+    do {                                                                                                               \
+        st = (expr);                                                                                                   \
+        if (st != CVX_OK) goto fail;                                                                                   \
     } while (0)
 
 #endif

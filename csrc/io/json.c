@@ -34,8 +34,7 @@ static cvx_status json_fail_at(const json_parser *p, const char *file, int line,
 static void json_free_contents(cvx_json *v) {
     for (size_t i = 0; i < v->count; i++) {
         json_free_contents(&v->items[i]);
-        if (v->keys)
-            free(v->keys[i]);
+        if (v->keys) free(v->keys[i]);
     }
     free(v->items);
     free(v->keys);
@@ -43,35 +42,26 @@ static void json_free_contents(cvx_json *v) {
 }
 
 void cvx_json_free(cvx_json *v) {
-    if (!v)
-        return;
+    if (!v) return;
     json_free_contents(v);
     free(v);
 }
 
 const cvx_json *cvx_json_get(const cvx_json *obj, const char *key) {
-    if (!obj || obj->type != CVX_JSON_OBJECT)
-        return NULL;
+    if (!obj || obj->type != CVX_JSON_OBJECT) return NULL;
     for (size_t i = 0; i < obj->count; i++)
-        if (strcmp(obj->keys[i], key) == 0)
-            return &obj->items[i];
+        if (strcmp(obj->keys[i], key) == 0) return &obj->items[i];
     return NULL;
 }
 
 const char *cvx_json_type_name(cvx_json_type type) {
     switch (type) {
-    case CVX_JSON_NULL:
-        return "null";
-    case CVX_JSON_BOOL:
-        return "a boolean";
-    case CVX_JSON_NUMBER:
-        return "a number";
-    case CVX_JSON_STRING:
-        return "a string";
-    case CVX_JSON_ARRAY:
-        return "an array";
-    case CVX_JSON_OBJECT:
-        return "an object";
+    case CVX_JSON_NULL: return "null";
+    case CVX_JSON_BOOL: return "a boolean";
+    case CVX_JSON_NUMBER: return "a number";
+    case CVX_JSON_STRING: return "a string";
+    case CVX_JSON_ARRAY: return "an array";
+    case CVX_JSON_OBJECT: return "an object";
     }
     return "an unknown value";
 }
@@ -79,8 +69,7 @@ const char *cvx_json_type_name(cvx_json_type type) {
 static void json_skip_ws(json_parser *p) {
     while (p->pos < p->len) {
         char c = p->text[p->pos];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-            break;
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
         p->pos++;
     }
 }
@@ -90,10 +79,8 @@ static int json_peek(const json_parser *p) { return p->pos < p->len ? (unsigned 
 
 static cvx_status json_unexpected(json_parser *p, const char *expected) {
     int c = json_peek(p);
-    if (c < 0)
-        return JSON_FAIL(p, "unexpected end of input, expected %s", expected);
-    if (c >= 0x20 && c < 0x7f)
-        return JSON_FAIL(p, "unexpected '%c', expected %s", c, expected);
+    if (c < 0) return JSON_FAIL(p, "unexpected end of input, expected %s", expected);
+    if (c >= 0x20 && c < 0x7f) return JSON_FAIL(p, "unexpected '%c', expected %s", c, expected);
     return JSON_FAIL(p, "unexpected byte 0x%02x, expected %s", c, expected);
 }
 
@@ -149,26 +136,19 @@ static size_t json_utf8_len(const unsigned char *s, size_t avail) {
         n = 2;
     } else if (c >= 0xe0 && c <= 0xef) {
         n = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        if (c == 0xed)
-            hi = 0x9f;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
     } else if (c >= 0xf0 && c <= 0xf4) {
         n = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        if (c == 0xf4)
-            hi = 0x8f;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
     } else {
         return 0;
     }
-    if (n > avail)
-        return 0;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
+    if (n > avail) return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
+        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
     return n;
 }
 
@@ -177,13 +157,10 @@ static cvx_status json_parse_string(json_parser *p, char **out, size_t *out_len)
     *out = NULL;
     size_t start = p->pos + 1, end = start;
     /* First find the closing quote: the decoded text is never longer than the raw text. */
-    while (end < p->len && p->text[end] != '"')
-        end += p->text[end] == '\\' ? 2 : 1;
-    if (end >= p->len)
-        return JSON_FAIL(p, "unterminated string");
+    while (end < p->len && p->text[end] != '"') end += p->text[end] == '\\' ? 2 : 1;
+    if (end >= p->len) return JSON_FAIL(p, "unterminated string");
     char *buf = malloc(end - start + 1);
-    if (!buf)
-        return JSON_OOM(p);
+    if (!buf) return JSON_OOM(p);
     size_t n = 0;
     size_t i = start;
     while (i < end) {
@@ -251,10 +228,8 @@ static int json_is_digit(int c) { return c >= '0' && c <= '9'; }
 static cvx_status json_parse_number(json_parser *p, cvx_json *v) {
     size_t start = p->pos;
     int negative = json_peek(p) == '-';
-    if (negative)
-        p->pos++;
-    if (!json_is_digit(json_peek(p)))
-        return json_unexpected(p, "a digit");
+    if (negative) p->pos++;
+    if (!json_is_digit(json_peek(p))) return json_unexpected(p, "a digit");
     /* Exact integer value, for sizes and offsets that a double would round above 2^53. */
     uint64_t magnitude = 0;
     int overflow = 0;
@@ -263,8 +238,7 @@ static cvx_status json_parse_number(json_parser *p, cvx_json *v) {
     } else {
         while (json_is_digit(json_peek(p))) {
             uint64_t d = (uint64_t)(json_peek(p) - '0');
-            if (magnitude > (UINT64_MAX - d) / 10u)
-                overflow = 1;
+            if (magnitude > (UINT64_MAX - d) / 10u) overflow = 1;
             magnitude = magnitude * 10u + d;
             p->pos++;
         }
@@ -273,32 +247,25 @@ static cvx_status json_parse_number(json_parser *p, cvx_json *v) {
     if (json_peek(p) == '.') {
         is_int = 0;
         p->pos++;
-        if (!json_is_digit(json_peek(p)))
-            return json_unexpected(p, "a digit after '.'");
-        while (json_is_digit(json_peek(p)))
-            p->pos++;
+        if (!json_is_digit(json_peek(p))) return json_unexpected(p, "a digit after '.'");
+        while (json_is_digit(json_peek(p))) p->pos++;
     }
     if (json_peek(p) == 'e' || json_peek(p) == 'E') {
         is_int = 0;
         p->pos++;
-        if (json_peek(p) == '+' || json_peek(p) == '-')
-            p->pos++;
-        if (!json_is_digit(json_peek(p)))
-            return json_unexpected(p, "a digit in the exponent");
-        while (json_is_digit(json_peek(p)))
-            p->pos++;
+        if (json_peek(p) == '+' || json_peek(p) == '-') p->pos++;
+        if (!json_is_digit(json_peek(p))) return json_unexpected(p, "a digit in the exponent");
+        while (json_is_digit(json_peek(p))) p->pos++;
     }
     /* strtod needs a NUL-terminated copy: the text may end right after the number. */
     size_t n = p->pos - start;
     char small[64];
     char *copy = n < sizeof(small) ? small : malloc(n + 1);
-    if (!copy)
-        return JSON_OOM(p);
+    if (!copy) return JSON_OOM(p);
     memcpy(copy, p->text + start, n);
     copy[n] = '\0';
     double number = strtod(copy, NULL);
-    if (copy != small)
-        free(copy);
+    if (copy != small) free(copy);
     if (isinf(number)) {
         p->pos = start;
         return JSON_FAIL(p, "number out of range");
@@ -317,8 +284,7 @@ static cvx_status json_parse_value(json_parser *p, cvx_json *v, int depth);
 
 static cvx_status json_parse_literal(json_parser *p, const char *word, cvx_json_type type, int boolean, cvx_json *v) {
     size_t n = strlen(word);
-    if (p->len - p->pos < n || memcmp(p->text + p->pos, word, n) != 0)
-        return json_unexpected(p, "a value");
+    if (p->len - p->pos < n || memcmp(p->text + p->pos, word, n) != 0) return json_unexpected(p, "a value");
     p->pos += n;
     v->type = type;
     v->boolean = boolean;
@@ -329,11 +295,9 @@ static int json_key_cmp(const void *a, const void *b) { return strcmp(*(char *co
 
 /* Rejects an object with a repeated key: sorts a copy of the key pointers and compares neighbours. */
 static cvx_status json_check_unique_keys(json_parser *p, const cvx_json *v) {
-    if (v->count < 2)
-        return CVX_OK;
+    if (v->count < 2) return CVX_OK;
     char **sorted = malloc(v->count * sizeof(*sorted));
-    if (!sorted)
-        return JSON_OOM(p);
+    if (!sorted) return JSON_OOM(p);
     memcpy(sorted, v->keys, v->count * sizeof(*sorted));
     qsort(sorted, v->count, sizeof(*sorted), json_key_cmp);
     cvx_status st = CVX_OK;
@@ -369,8 +333,7 @@ static cvx_status json_append(json_parser *p, cvx_json *v, size_t *capacity, cha
         *capacity = cap;
     }
     memset(&v->items[v->count], 0, sizeof(v->items[0]));
-    if (v->type == CVX_JSON_OBJECT)
-        v->keys[v->count] = key;
+    if (v->type == CVX_JSON_OBJECT) v->keys[v->count] = key;
     *out = &v->items[v->count++];
     return CVX_OK;
 }
@@ -379,8 +342,7 @@ static cvx_status json_append(json_parser *p, cvx_json *v, size_t *capacity, cha
 static cvx_status json_parse_container(json_parser *p, cvx_json *v, int depth) {
     int is_object = p->text[p->pos] == '{';
     char close = is_object ? '}' : ']';
-    if (depth >= CVX_JSON_MAX_DEPTH)
-        return JSON_FAIL(p, "nesting deeper than %d levels", CVX_JSON_MAX_DEPTH);
+    if (depth >= CVX_JSON_MAX_DEPTH) return JSON_FAIL(p, "nesting deeper than %d levels", CVX_JSON_MAX_DEPTH);
     v->type = is_object ? CVX_JSON_OBJECT : CVX_JSON_ARRAY;
     p->pos++;
     json_skip_ws(p);
@@ -394,8 +356,7 @@ static cvx_status json_parse_container(json_parser *p, cvx_json *v, int depth) {
         json_skip_ws(p);
         if (is_object) {
             size_t key_len;
-            if (json_peek(p) != '"')
-                return json_unexpected(p, "a string key");
+            if (json_peek(p) != '"') return json_unexpected(p, "a string key");
             CVX_CHECK(json_parse_string(p, &key, &key_len));
             json_skip_ws(p);
             if (json_peek(p) != ':') {
@@ -412,8 +373,7 @@ static cvx_status json_parse_container(json_parser *p, cvx_json *v, int depth) {
             p->pos++;
             continue;
         }
-        if (json_peek(p) != close)
-            return json_unexpected(p, is_object ? "',' or '}'" : "',' or ']'");
+        if (json_peek(p) != close) return json_unexpected(p, is_object ? "',' or '}'" : "',' or ']'");
         p->pos++;
         return is_object ? json_check_unique_keys(p, v) : CVX_OK;
     }
@@ -424,20 +384,13 @@ static cvx_status json_parse_value(json_parser *p, cvx_json *v, int depth) {
     int c = json_peek(p);
     switch (c) {
     case '{':
-    case '[':
-        return json_parse_container(p, v, depth);
-    case '"':
-        v->type = CVX_JSON_STRING;
-        return json_parse_string(p, &v->string, &v->string_len);
-    case 't':
-        return json_parse_literal(p, "true", CVX_JSON_BOOL, 1, v);
-    case 'f':
-        return json_parse_literal(p, "false", CVX_JSON_BOOL, 0, v);
-    case 'n':
-        return json_parse_literal(p, "null", CVX_JSON_NULL, 0, v);
+    case '[': return json_parse_container(p, v, depth);
+    case '"': v->type = CVX_JSON_STRING; return json_parse_string(p, &v->string, &v->string_len);
+    case 't': return json_parse_literal(p, "true", CVX_JSON_BOOL, 1, v);
+    case 'f': return json_parse_literal(p, "false", CVX_JSON_BOOL, 0, v);
+    case 'n': return json_parse_literal(p, "null", CVX_JSON_NULL, 0, v);
     default:
-        if (c == '-' || json_is_digit(c))
-            return json_parse_number(p, v);
+        if (c == '-' || json_is_digit(c)) return json_parse_number(p, v);
         return json_unexpected(p, "a value");
     }
 }
@@ -446,8 +399,7 @@ cvx_status cvx_json_parse(const char *text, size_t len, const char *source, cvx_
     *out = NULL;
     json_parser p = {text, len, 0, source};
     cvx_json *root = calloc(1, sizeof(*root));
-    if (!root)
-        return JSON_OOM(&p);
+    if (!root) return JSON_OOM(&p);
     cvx_status st;
     CVX_TRY(json_parse_value(&p, root, 0));
     json_skip_ws(&p);

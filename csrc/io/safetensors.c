@@ -47,8 +47,7 @@ static cvx_status st_map_file(const char *path, void **map, size_t *size) {
     *map = NULL;
     *size = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return CVX_FAIL(CVX_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (fd < 0) return CVX_FAIL(CVX_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat sb;
     cvx_status st = CVX_OK;
     if (fstat(fd, &sb) != 0) {
@@ -71,8 +70,7 @@ static cvx_status st_map_file(const char *path, void **map, size_t *size) {
 }
 
 static void st_shard_release(st_shard *s) {
-    if (s->map)
-        munmap(s->map, s->map_size);
+    if (s->map) munmap(s->map, s->map_size);
     free(s->entries);
     free(s->names);
     free(s->path);
@@ -107,8 +105,7 @@ static cvx_status st_parse_dtype(const char *path, const char *name, const char 
 /* Reads a JSON array of non-negative integers; `what` names it ("shape", "data_offsets"). */
 static cvx_status st_parse_uints(const char *path, const char *name, const char *what, const cvx_json *arr,
                                  size_t max_count, uint64_t *vals, size_t *count) {
-    if (!arr)
-        return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' has no \"%s\"", path, name, what);
+    if (!arr) return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' has no \"%s\"", path, name, what);
     if (arr->type != CVX_JSON_ARRAY)
         return CVX_FAIL(CVX_ERR_IO, "'%s': \"%s\" of tensor '%s' is %s, not an array", path, what, name,
                         cvx_json_type_name(arr->type));
@@ -136,8 +133,7 @@ static cvx_status st_parse_entry(const char *path, const char *name, const cvx_j
         return CVX_FAIL(CVX_ERR_IO, "'%s': entry of tensor '%s' is %s, not an object", path, name,
                         cvx_json_type_name(info->type));
     const cvx_json *dtype = cvx_json_get(info, "dtype");
-    if (!dtype)
-        return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' has no \"dtype\"", path, name);
+    if (!dtype) return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' has no \"dtype\"", path, name);
     if (dtype->type != CVX_JSON_STRING)
         return CVX_FAIL(CVX_ERR_IO, "'%s': \"dtype\" of tensor '%s' is %s, not a string", path, name,
                         cvx_json_type_name(dtype->type));
@@ -148,8 +144,7 @@ static cvx_status st_parse_entry(const char *path, const char *name, const cvx_j
     CVX_CHECK(st_parse_uints(path, name, "shape", cvx_json_get(info, "shape"), CVX_ST_MAX_DIMS, dims, &ndim));
     uint64_t numel = 1;
     for (size_t i = 0; i < ndim; i++)
-        if (dims[i] == 0)
-            numel = 0;
+        if (dims[i] == 0) numel = 0;
     for (size_t i = 0; i < ndim && numel != 0; i++) {
         if (dims[i] > UINT64_MAX / numel)
             return CVX_FAIL(CVX_ERR_IO, "'%s': shape of tensor '%s' overflows 64 bits", path, name);
@@ -177,8 +172,7 @@ static cvx_status st_parse_entry(const char *path, const char *name, const cvx_j
                         (unsigned long long)(end - begin), (unsigned long long)(numel * elem));
 
     e->t.ndim = (int)ndim;
-    for (size_t i = 0; i < ndim; i++)
-        e->t.shape[i] = (int64_t)dims[i];
+    for (size_t i = 0; i < ndim; i++) e->t.shape[i] = (int64_t)dims[i];
     e->t.nbytes = end - begin;
     e->t.data = data + begin;
     e->begin = begin;
@@ -188,8 +182,7 @@ static cvx_status st_parse_entry(const char *path, const char *name, const cvx_j
 
 static int st_entry_by_begin(const void *a, const void *b) {
     const st_entry *x = a, *y = b;
-    if (x->begin != y->begin)
-        return x->begin < y->begin ? -1 : 1;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
@@ -220,17 +213,14 @@ static cvx_status st_shard_load_entries(st_shard *s, const cvx_json *header, uin
         count++;
         names_bytes += strlen(header->keys[i]) + 1;
     }
-    if (count > (size_t)INT32_MAX)
-        return CVX_FAIL(CVX_ERR_IO, "'%s': too many tensors (%zu)", s->path, count);
+    if (count > (size_t)INT32_MAX) return CVX_FAIL(CVX_ERR_IO, "'%s': too many tensors (%zu)", s->path, count);
     s->entries = calloc(count ? count : 1, sizeof(*s->entries));
     s->names = malloc(names_bytes ? names_bytes : 1);
-    if (!s->entries || !s->names)
-        return CVX_FAIL(CVX_ERR_OOM, "out of memory reading the header of '%s'", s->path);
+    if (!s->entries || !s->names) return CVX_FAIL(CVX_ERR_OOM, "out of memory reading the header of '%s'", s->path);
 
     char *name = s->names;
     for (size_t i = 0; i < header->count; i++) {
-        if (strcmp(header->keys[i], "__metadata__") == 0)
-            continue;
+        if (strcmp(header->keys[i], "__metadata__") == 0) continue;
         st_entry *e = &s->entries[s->num_entries];
         size_t n = strlen(header->keys[i]) + 1;
         memcpy(name, header->keys[i], n);
@@ -246,8 +236,7 @@ static cvx_status st_shard_load_entries(st_shard *s, const cvx_json *header, uin
     const st_entry *prev = NULL;
     for (int i = 0; i < s->num_entries; i++) {
         const st_entry *e = &s->entries[i];
-        if (e->begin == e->end)
-            continue;
+        if (e->begin == e->end) continue;
         if (prev && e->begin < prev->end)
             return CVX_FAIL(CVX_ERR_IO, "'%s': tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", s->path,
                             prev->t.name, (unsigned long long)prev->begin, (unsigned long long)prev->end, e->t.name,
@@ -262,16 +251,14 @@ static cvx_status st_shard_load_entries(st_shard *s, const cvx_json *header, uin
 /* Maps and checks one .safetensors file into s (zeroed on entry; release it with st_shard_release on failure). */
 static cvx_status st_shard_open(st_shard *s, const char *path) {
     s->path = strdup(path);
-    if (!s->path)
-        return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
+    if (!s->path) return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
     CVX_CHECK(st_map_file(path, &s->map, &s->map_size));
     if (s->map_size < 8)
         return CVX_FAIL(CVX_ERR_IO, "'%s': file is %zu bytes, shorter than the 8-byte header length", path,
                         s->map_size);
     const unsigned char *bytes = s->map;
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--)
-        header_len = header_len << 8 | bytes[i]; /* little-endian u64 */
+    for (int i = 7; i >= 0; i--) header_len = header_len << 8 | bytes[i]; /* little-endian u64 */
     if (header_len > ST_MAX_HEADER_BYTES)
         return CVX_FAIL(CVX_ERR_IO, "'%s': header length %llu is implausibly large (limit %llu)", path,
                         (unsigned long long)header_len, ST_MAX_HEADER_BYTES);
@@ -313,8 +300,7 @@ static char *st_join_dir(const char *index_path, const char *file) {
     size_t dir_len = slash ? (size_t)(slash - index_path) + 1 : 0;
     size_t n = strlen(file);
     char *out = malloc(dir_len + n + 1);
-    if (!out)
-        return NULL;
+    if (!out) return NULL;
     memcpy(out, index_path, dir_len);
     memcpy(out + dir_len, file, n + 1);
     return out;
@@ -370,16 +356,14 @@ static cvx_status st_open_index(cvx_st_file *f, const char *path) {
             goto fail;
         }
         int k = 0; /* shards are few: a linear search is enough */
-        while (k < f->num_shards && strcmp(f->shards[k].path, shard_path) != 0)
-            k++;
+        while (k < f->num_shards && strcmp(f->shards[k].path, shard_path) != 0) k++;
         st = CVX_OK;
         if (k == f->num_shards) {
             f->num_shards++; /* counted before opening, so that cvx_st_close releases a half-opened shard */
             st = st_shard_open(&f->shards[k], shard_path);
         }
         free(shard_path);
-        if (st != CVX_OK)
-            goto fail;
+        if (st != CVX_OK) goto fail;
         shard_of[i] = k;
     }
 
@@ -398,23 +382,19 @@ static cvx_status st_open_index(cvx_st_file *f, const char *path) {
 fail:
     free(shard_of);
     cvx_json_free(index);
-    if (map)
-        munmap(map, size);
+    if (map) munmap(map, size);
     return st;
 }
 
 static cvx_status st_open_single(cvx_st_file *f, const char *path) {
     f->shards = calloc(1, sizeof(*f->shards));
-    if (!f->shards)
-        return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
+    if (!f->shards) return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
     f->num_shards = 1;
     const st_shard *s = &f->shards[0];
     CVX_CHECK(st_shard_open(&f->shards[0], path));
     f->tensors = calloc(s->num_entries ? (size_t)s->num_entries : 1, sizeof(*f->tensors));
-    if (!f->tensors)
-        return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
-    for (int i = 0; i < s->num_entries; i++)
-        f->tensors[i] = s->entries[i].t; /* already in name order */
+    if (!f->tensors) return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
+    for (int i = 0; i < s->num_entries; i++) f->tensors[i] = s->entries[i].t; /* already in name order */
     f->num_tensors = s->num_entries;
     return CVX_OK;
 }
@@ -422,8 +402,7 @@ static cvx_status st_open_single(cvx_st_file *f, const char *path) {
 cvx_status cvx_st_open(const char *path, cvx_st_file **out) {
     *out = NULL;
     cvx_st_file *f = calloc(1, sizeof(*f));
-    if (!f)
-        return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
+    if (!f) return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
     cvx_status st = st_ends_with(path, ".index.json") ? st_open_index(f, path) : st_open_single(f, path);
     if (st != CVX_OK) {
         cvx_st_close(f);
@@ -434,10 +413,8 @@ cvx_status cvx_st_open(const char *path, cvx_st_file **out) {
 }
 
 void cvx_st_close(cvx_st_file *f) {
-    if (!f)
-        return;
-    for (int i = 0; i < f->num_shards; i++)
-        st_shard_release(&f->shards[i]);
+    if (!f) return;
+    for (int i = 0; i < f->num_shards; i++) st_shard_release(&f->shards[i]);
     free(f->shards);
     free(f->tensors);
     free(f);
@@ -446,14 +423,12 @@ void cvx_st_close(cvx_st_file *f) {
 int cvx_st_count(const cvx_st_file *f) { return f ? f->num_tensors : 0; }
 
 const cvx_st_tensor *cvx_st_at(const cvx_st_file *f, int i) {
-    if (!f || i < 0 || i >= f->num_tensors)
-        return NULL;
+    if (!f || i < 0 || i >= f->num_tensors) return NULL;
     return &f->tensors[i];
 }
 
 const cvx_st_tensor *cvx_st_find(const cvx_st_file *f, const char *name) {
-    if (!f || !name)
-        return NULL;
+    if (!f || !name) return NULL;
     cvx_st_tensor key;
     key.name = name;
     return bsearch(&key, f->tensors, (size_t)f->num_tensors, sizeof(*f->tensors), st_tensor_by_name);

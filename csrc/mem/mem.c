@@ -34,10 +34,14 @@ const char *cvx_device_name(cvx_device dev) {
 }
 
 cvx_status cvx_device_parse(const char *name, cvx_device *out) {
-    if (strcmp(name, "cpu") == 0) *out = CVX_DEVICE_CPU;
-    else if (strcmp(name, "emu") == 0) *out = CVX_DEVICE_EMU;
-    else if (strcmp(name, "cuda") == 0 || strcmp(name, "cuda:0") == 0) *out = CVX_DEVICE_CUDA;
-    else return CVX_FAIL(CVX_ERR_INVALID, "unknown device '%s' (expected 'cpu', 'emu' or 'cuda')", name);
+    if (strcmp(name, "cpu") == 0)
+        *out = CVX_DEVICE_CPU;
+    else if (strcmp(name, "emu") == 0)
+        *out = CVX_DEVICE_EMU;
+    else if (strcmp(name, "cuda") == 0 || strcmp(name, "cuda:0") == 0)
+        *out = CVX_DEVICE_CUDA;
+    else
+        return CVX_FAIL(CVX_ERR_INVALID, "unknown device '%s' (expected 'cpu', 'emu' or 'cuda')", name);
     return CVX_OK;
 }
 
@@ -57,9 +61,13 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
     *out = NULL;
     if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)kind >= CVX_NUM_MEM_KINDS)
         return CVX_FAIL(CVX_ERR_INVALID, "bad device %d or memory kind %d", (int)dev, (int)kind);
-    if (dev == CVX_DEVICE_CUDA)
-        return CVX_FAIL(CVX_ERR_INVALID, "the CUDA device is not available in this build");
-    if (bytes > ((size_t)1 << 50)) return CVX_FAIL(CVX_ERR_OOM, "%s: allocation of %zu bytes is absurd", cvx_device_name(dev), bytes);
+    if (dev == CVX_DEVICE_CUDA) return CVX_FAIL(CVX_ERR_INVALID, "the CUDA device is not available in this build");
+    if (bytes > ((size_t)1 << 50)) {
+        pthread_mutex_lock(&mem_lock);
+        mem_stats[dev].num_ooms++;
+        pthread_mutex_unlock(&mem_lock);
+        return CVX_FAIL(CVX_ERR_OOM, "%s: allocation of %zu bytes is absurd", cvx_device_name(dev), bytes);
+    }
     size_t reserved = MEM_ALIGN + ((bytes + MEM_ALIGN - 1) / MEM_ALIGN) * MEM_ALIGN;
 
     pthread_mutex_lock(&mem_lock);
@@ -125,12 +133,17 @@ void cvx_mem_free(void *ptr) {
 size_t cvx_mem_size(const void *ptr) { return ptr ? (size_t)header_of(ptr)->bytes : 0; }
 
 void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
     pthread_mutex_lock(&mem_lock);
     *out = mem_stats[dev];
     pthread_mutex_unlock(&mem_lock);
 }
 
 void cvx_mem_reset_peak(cvx_device dev) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return;
     pthread_mutex_lock(&mem_lock);
     cvx_mem_stats *s = &mem_stats[dev];
     s->peak_allocated_bytes = s->allocated_bytes;
@@ -140,6 +153,7 @@ void cvx_mem_reset_peak(cvx_device dev) {
 }
 
 void cvx_mem_set_limit(cvx_device dev, int64_t bytes) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return;
     pthread_mutex_lock(&mem_lock);
     mem_stats[dev].limit_bytes = bytes > 0 ? bytes : 0;
     pthread_mutex_unlock(&mem_lock);

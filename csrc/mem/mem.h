@@ -26,7 +26,7 @@ typedef struct cvx_mem_stats {
     int64_t peak_reserved_bytes;
     int64_t kind_allocated_bytes[CVX_NUM_MEM_KINDS]; /* allocated_bytes by cvx_mem_kind */
     int64_t kind_peak_bytes[CVX_NUM_MEM_KINDS];
-    int64_t num_allocs;  /* allocation calls that succeeded */
+    int64_t num_allocs; /* allocation calls that succeeded */
     int64_t num_frees;
     int64_t num_active;  /* live allocations */
     int64_t num_ooms;    /* allocations refused */

@@ -27,10 +27,10 @@ typedef struct vae_spatial_norm { /* CogVideoXSpatialNorm3D */
 
 typedef struct vae_resnet { /* CogVideoXResnetBlock3D */
     int in_channels, out_channels;
-    vae_norm norm1, norm2;         /* encoder: GroupNorm */
+    vae_norm norm1, norm2;           /* encoder: GroupNorm */
     vae_spatial_norm snorm1, snorm2; /* decoder: SpatialNorm3D */
-    cvx_conv_weight conv1, conv2;  /* causal 3x3x3 */
-    cvx_conv_weight conv_shortcut; /* 1x1x1, only when the channel count changes */
+    cvx_conv_weight conv1, conv2;    /* causal 3x3x3 */
+    cvx_conv_weight conv_shortcut;   /* 1x1x1, only when the channel count changes */
     int has_shortcut;
 } vae_resnet;
 
@@ -71,8 +71,8 @@ struct cvx_vae {
 
 /* ---- declaration of the weights by their diffusers names -------------------------------------------------------- */
 
-static void decl_conv(cvx_weights *ws, int group, cvx_conv_weight *cw, int co, int ci, int kt, int kh, int kw,
-                      int ndim, const char *prefix) {
+static void decl_conv(cvx_weights *ws, int group, cvx_conv_weight *cw, int co, int ci, int kt, int kh, int kw, int ndim,
+                      const char *prefix) {
     cw->co = co, cw->ci = ci, cw->kt = kt, cw->kh = kh, cw->kw = kw;
     const int64_t shape5[5] = {co, ci, kt, kh, kw}, shape4[4] = {co, ci, kh, kw}, bias[1] = {co};
     cvx_weights_declare(ws, group, 0, (void **)&cw->w, ndim, ndim == 5 ? shape5 : shape4, "%s.weight", prefix);
@@ -99,13 +99,17 @@ static void decl_resnet(cvx_weights *ws, int group, vae_resnet *r, int cin, int 
     char name[CVX_WEIGHT_NAME_MAX];
     r->in_channels = cin, r->out_channels = cout;
     snprintf(name, sizeof(name), "%s.norm1", prefix);
-    if (zq) decl_spatial_norm(ws, group, &r->snorm1, cin, zq, name);
-    else decl_norm(ws, group, &r->norm1, cin, name);
+    if (zq)
+        decl_spatial_norm(ws, group, &r->snorm1, cin, zq, name);
+    else
+        decl_norm(ws, group, &r->norm1, cin, name);
     snprintf(name, sizeof(name), "%s.conv1.conv", prefix);
     decl_conv(ws, group, &r->conv1, cout, cin, 3, 3, 3, 5, name);
     snprintf(name, sizeof(name), "%s.norm2", prefix);
-    if (zq) decl_spatial_norm(ws, group, &r->snorm2, cout, zq, name);
-    else decl_norm(ws, group, &r->norm2, cout, name);
+    if (zq)
+        decl_spatial_norm(ws, group, &r->snorm2, cout, zq, name);
+    else
+        decl_norm(ws, group, &r->norm2, cout, name);
     snprintf(name, sizeof(name), "%s.conv2.conv", prefix);
     decl_conv(ws, group, &r->conv2, cout, cout, 3, 3, 3, 5, name);
     r->has_shortcut = cin != cout;
@@ -154,8 +158,7 @@ static cvx_status declare_encoder(cvx_vae *vae) {
         vae->enc_causal_convs += 2;
     }
     decl_norm(ws, GROUP_REST, &vae->enc_norm_out, out_ch, "encoder.norm_out");
-    decl_conv(ws, GROUP_REST, &vae->enc_conv_out, 2 * c->latent_channels, out_ch, 3, 3, 3, 5,
-              "encoder.conv_out.conv");
+    decl_conv(ws, GROUP_REST, &vae->enc_conv_out, 2 * c->latent_channels, out_ch, 3, 3, 3, 5, "encoder.conv_out.conv");
     vae->enc_causal_convs += 1;
     return CVX_OK;
 }
@@ -206,8 +209,10 @@ static cvx_status check_config(const cvx_vae_config *c, int *levels) {
     if (c->norm_num_groups < 1) return CVX_FAIL(CVX_ERR_INVALID, "norm_num_groups must be positive");
     for (int i = 0; i < c->num_blocks; i++)
         if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
-            return CVX_FAIL(CVX_ERR_INVALID, "block_out_channels[%d] = %d is not a positive multiple of "
-                            "norm_num_groups = %d", i, c->block_out_channels[i], c->norm_num_groups);
+            return CVX_FAIL(CVX_ERR_INVALID,
+                            "block_out_channels[%d] = %d is not a positive multiple of "
+                            "norm_num_groups = %d",
+                            i, c->block_out_channels[i], c->norm_num_groups);
     int r = c->temporal_compression_ratio, l = 0;
     if (r < 1 || (r & (r - 1)) != 0)
         return CVX_FAIL(CVX_ERR_INVALID, "temporal_compression_ratio %d is not a power of two", r);
@@ -279,8 +284,8 @@ static cvx_status gather_frames(const cvx_frame *frames, int count, int64_t B, i
     for (int64_t b = 0; b < B; b++)
         for (int64_t c = 0; c < C; c++)
             for (int i = 0; i < count; i++)
-                memcpy(o + ((b * C + c) * count + i) * H * W, frames[i].ptr + b * frames[i].bstride + c * frames[i].cstride,
-                       (size_t)(H * W) * sizeof(float));
+                memcpy(o + ((b * C + c) * count + i) * H * W,
+                       frames[i].ptr + b * frames[i].bstride + c * frames[i].cstride, (size_t)(H * W) * sizeof(float));
     return CVX_OK;
 }
 
@@ -295,7 +300,8 @@ static cvx_status causal_conv(const cvx_tensor *x, const cvx_conv_weight *w, vae
     cvx_tensor next = {0};
     cvx_frame *frames = malloc((size_t)(T + pad) * sizeof(cvx_frame));
     if (!frames) return CVX_FAIL(CVX_ERR_OOM, "out of host memory");
-    if (slot->data) cvx_frames_of(slot, 0, pad, frames);
+    if (slot->data)
+        cvx_frames_of(slot, 0, pad, frames);
     else
         for (int i = 0; i < pad; i++) cvx_frames_of(x, 0, 1, &frames[i]);
     cvx_frames_of(x, 0, T, frames + pad);
@@ -337,8 +343,8 @@ fail:
     return st;
 }
 
-static cvx_status resnet_norm(const cvx_vae *vae, const vae_norm *n, const vae_spatial_norm *sn,
-                              const cvx_tensor *x, const cvx_tensor *zq, cvx_tensor *out) {
+static cvx_status resnet_norm(const cvx_vae *vae, const vae_norm *n, const vae_spatial_norm *sn, const cvx_tensor *x,
+                              const cvx_tensor *zq, cvx_tensor *out) {
     if (zq) return spatial_norm(sn, vae->cfg.norm_num_groups, x, zq, 1, out);
     return cvx_group_norm(x, vae->cfg.norm_num_groups, vae->norm_eps, n->gamma, n->beta, NULL, 1, out);
 }
@@ -449,8 +455,8 @@ static cvx_status encoder_forward(const cvx_vae *vae, const cvx_tensor *x, vae_c
     }
     for (int r = 0; r < 2; r++) CVX_TRY(resnet_forward(vae, &vae->enc_mid[r], &h, NULL, cache));
     /* encoder.norm_out always uses eps 1e-6 */
-    CVX_TRY(cvx_group_norm(&h, vae->cfg.norm_num_groups, 1e-6f, vae->enc_norm_out.gamma, vae->enc_norm_out.beta,
-                           NULL, 1, &h));
+    CVX_TRY(cvx_group_norm(&h, vae->cfg.norm_num_groups, 1e-6f, vae->enc_norm_out.gamma, vae->enc_norm_out.beta, NULL,
+                           1, &h));
     CVX_TRY(causal_conv(&h, &vae->enc_conv_out, cache, out));
 fail:
     cvx_tensor_release(&h);
@@ -500,8 +506,10 @@ static int64_t codec_frames(const cvx_vae *vae, int decode, int64_t n) {
 /* Output rows (or columns) for `size` input rows; 0 when the input is too small for the encoder's stride-2 convs. */
 static int64_t codec_extent(const cvx_vae *vae, int decode, int64_t size) {
     for (int i = 0; i < vae->cfg.num_blocks - 1; i++) {
-        if (decode) size *= 2;
-        else size = size >= 2 ? (size - 2) / 2 + 1 : 0;
+        if (decode)
+            size *= 2;
+        else
+            size = size >= 2 ? (size - 2) / 2 + 1 : 0;
     }
     return size;
 }
@@ -550,8 +558,7 @@ static int uses_tiles(const cvx_vae *vae, int decode, const cvx_vae_tiling *t, i
 }
 
 /* Output rows of a tiled pass along one axis of `size` input rows. */
-static int64_t tiled_extent(const cvx_vae *vae, int decode, int64_t size, int64_t tile, int64_t stride,
-                            int64_t limit) {
+static int64_t tiled_extent(const cvx_vae *vae, int decode, int64_t size, int64_t tile, int64_t stride, int64_t limit) {
     int64_t total = 0;
     for (int64_t i = 0; i < size; i += stride) {
         int64_t out = codec_extent(vae, decode, size - i < tile ? size - i : tile);
@@ -599,7 +606,8 @@ cvx_status cvx_vae_encode_shape(const cvx_vae *vae, const int64_t xshape[5], con
     return codec_shape(vae, 0, xshape, tiling, out_shape);
 }
 
-/* ---- frame batches, tiles, slices --------------------------------------------------------------------------------- */
+/* ---- frame batches, tiles, slices ---------------------------------------------------------------------------------
+ */
 
 /* The frame-batched pass (diffusers' _decode / _encode without tiling): runs x batch by batch, carrying the conv
  * caches, and writes each batch's output into dst at offset (b, t, y, x) = d. */

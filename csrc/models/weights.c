@@ -51,8 +51,7 @@ static void shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
 /* Appends an item to a bounded, comma-separated list, counting what does not fit. */
 static void list_add(char *list, size_t size, int *count, const char *name) {
     size_t len = strlen(list);
-    if (*count < 5 && len + strlen(name) + 3 < size)
-        snprintf(list + len, size - len, "%s%s", len ? ", " : "", name);
+    if (*count < 5 && len + strlen(name) + 3 < size) snprintf(list + len, size - len, "%s%s", len ? ", " : "", name);
     (*count)++;
 }
 
@@ -112,7 +111,8 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
         cvx_weights_free(ws);
         return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
     }
-    for (int i = 0; i < ws->count; i++) ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
+    for (int i = 0; i < ws->count; i++)
+        ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
     for (int g = 0; g < ws->num_groups; g++) {
         cvx_status st_alloc =
             cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &ws->group_data[g]);

@@ -17,9 +17,12 @@ static PyObject *OutOfMemoryError;
 /* Turns the thread-local C error into the matching Python exception; returns NULL for `return raise_status(..)`. */
 static PyObject *raise_status(cvx_status st) {
     PyObject *type = PyExc_RuntimeError;
-    if (st == CVX_ERR_INVALID) type = PyExc_ValueError;
-    else if (st == CVX_ERR_OOM) type = OutOfMemoryError;
-    else if (st == CVX_ERR_IO) type = PyExc_OSError;
+    if (st == CVX_ERR_INVALID)
+        type = PyExc_ValueError;
+    else if (st == CVX_ERR_OOM)
+        type = OutOfMemoryError;
+    else if (st == CVX_ERR_IO)
+        type = PyExc_OSError;
     PyErr_SetString(type, cvx_error_message());
     cvx_error_clear();
     return NULL;
@@ -40,9 +43,12 @@ static int parse_device(PyObject *arg, cvx_device *dev) {
 }
 
 static int parse_dtype(const char *name, cvx_dtype *dt) {
-    if (strcmp(name, "float32") == 0) *dt = CVX_F32;
-    else if (strcmp(name, "float16") == 0) *dt = CVX_F16;
-    else if (strcmp(name, "bfloat16") == 0) *dt = CVX_BF16;
+    if (strcmp(name, "float32") == 0)
+        *dt = CVX_F32;
+    else if (strcmp(name, "float16") == 0)
+        *dt = CVX_F16;
+    else if (strcmp(name, "bfloat16") == 0)
+        *dt = CVX_BF16;
     else {
         PyErr_Format(PyExc_ValueError, "unsupported dtype '%s' (float32, float16 or bfloat16)", name);
         return -1;
@@ -68,8 +74,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
         "weights_bytes.peak", (long long)s.kind_peak_bytes[CVX_MEM_WEIGHTS], "activations_bytes.current",
         (long long)s.kind_allocated_bytes[CVX_MEM_ACTIVATIONS], "activations_bytes.peak",
         (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
-        "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active,
-        "num_ooms", (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes);
+        "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active, "num_ooms",
+        (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes);
 }
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
@@ -103,8 +109,8 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const int cuda = 0;
 #endif
-    return Py_BuildValue("{s:N,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda", PyBool_FromLong(cuda),
-                         "blas", "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
+    return Py_BuildValue("{s:N,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda", PyBool_FromLong(cuda), "blas",
+                         "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
                          PyBool_FromLong(openmp), "compiler", __VERSION__);
 }
 
@@ -288,8 +294,8 @@ static PyObject *VAE_output_shape(VAEObject *self, PyObject *args) {
     for (int i = 0; i < 5; i++) in[i] = v[i];
     cvx_vae_tiling tiling;
     if (parse_tiling(tiling_obj, &tiling) < 0) return NULL;
-    cvx_status st = decode ? cvx_vae_decode_shape(self->vae, in, &tiling, out)
-                           : cvx_vae_encode_shape(self->vae, in, &tiling, out);
+    cvx_status st =
+        decode ? cvx_vae_decode_shape(self->vae, in, &tiling, out) : cvx_vae_encode_shape(self->vae, in, &tiling, out);
     if (st != CVX_OK) return raise_status(st);
     return Py_BuildValue("(LLLLL)", (long long)out[0], (long long)out[1], (long long)out[2], (long long)out[3],
                          (long long)out[4]);
@@ -344,8 +350,8 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "cogvideo_c C core", -1, module_methods,
-                                        NULL, NULL, NULL, NULL};
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_C", "cogvideo_c C core", -1, module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();

@@ -130,13 +130,26 @@ static void test_stats_sequence(void) {
     cvx_mem_stats s2 = stats(dev);
     CVX_EXPECT(memcmp(&s, &s2, sizeof(s)) == 0, "cvx_mem_free(NULL) changes nothing");
 
+    /* an absurd size fails with OOM and allocates nothing (no limit set) */
+    void *huge = (void *)&huge;
+    cvx_error_clear();
+    CVX_EXPECT(cvx_mem_alloc(dev, CVX_MEM_ACTIVATIONS, (size_t)1 << 52, &huge) == CVX_ERR_OOM && huge == NULL,
+               "2^52 bytes refused");
+    CVX_EXPECT(strstr(cvx_error_message(), "cpu") != NULL, "absurd-size message names the device: %s",
+               cvx_error_message());
+    cvx_error_clear();
+    s2 = stats(dev);
+    CVX_EXPECT(s2.allocated_bytes == s.allocated_bytes && s2.reserved_bytes == s.reserved_bytes &&
+                   s2.num_allocs == s.num_allocs && s2.num_active == s.num_active,
+               "an absurd size allocates nothing");
+
     cvx_mem_free(a);
     cvx_mem_free(b);
     cvx_mem_free(d);
     cvx_mem_free(z);
     s = stats(dev);
     expect_delta("all freed", &base, &s, 0, 0, 0, 5, 5);
-    CVX_EXPECT(s.num_ooms == base.num_ooms, "no OOMs counted");
+    CVX_EXPECT(s.num_ooms == base.num_ooms + 1, "the absurd request is counted as a refused allocation");
 }
 
 static void test_limit(cvx_device dev) {
@@ -523,7 +536,7 @@ static void test_tensors(void) {
     CVX_EXPECT(memcmp(&t, &zero, sizeof(t)) == 0, "move empties src");
     s = stats(CVX_DEVICE_CPU);
     expect_delta("after move", &cpu0, &s, 0, 2880, reserved_for(2880), 4, 3); /* t, r0, z, m; r0, z, m */
-    cvx_tensor_move(&m, &m); /* self-move: nothing */
+    cvx_tensor_move(&m, &m);                                                  /* self-move: nothing */
     CVX_EXPECT(m.data == tdata, "self-move keeps the data");
     cvx_tensor empty;
     memset(&empty, 0, sizeof(empty));

@@ -81,21 +81,23 @@ cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, in
     memset(out, 0, sizeof(*out));
     if (num_frames < wt->kt)
         return CVX_FAIL(CVX_ERR_INVALID, "conv3d: %d input frames for a temporal kernel of %d", num_frames, wt->kt);
+    if (g->stride_h < 1 || g->stride_w < 1 || g->pad_top < 0 || g->pad_bottom < 0 || g->pad_left < 0 ||
+        g->pad_right < 0)
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: strides must be positive and paddings non-negative");
     if (g->up != 1 && g->up != 2) return CVX_FAIL(CVX_ERR_INVALID, "conv3d: upsampling factor %d", g->up);
     const int64_t Hv = height * g->up, Wv = width * g->up;
     const int64_t Ho = (Hv + g->pad_top + g->pad_bottom - wt->kh) / g->stride_h + 1;
     const int64_t Wo = (Wv + g->pad_left + g->pad_right - wt->kw) / g->stride_w + 1;
     const int To = num_frames - wt->kt + 1;
     if (Ho <= 0 || Wo <= 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: a %lldx%lld input is smaller than the %dx%d kernel",
-                        (long long)Hv, (long long)Wv, wt->kh, wt->kw);
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: a %lldx%lld input is smaller than the %dx%d kernel", (long long)Hv,
+                        (long long)Wv, wt->kh, wt->kw);
     const int64_t K = (int64_t)wt->ci * wt->kt * wt->kh * wt->kw;
 
     CVX_TRY(cvx_tensor_alloc5(out, batch, wt->co, To, Ho, Wo));
     const float *w = wt->w;
     if (wt->dtype != CVX_F32) {
-        CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(K * wt->co) * sizeof(float),
-                              (void **)&wf));
+        CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(K * wt->co) * sizeof(float), (void **)&wf));
         cvx_convert(wf, CVX_F32, wt->w, wt->dtype, (size_t)(K * wt->co));
         w = wf;
     }
@@ -145,7 +147,7 @@ cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, in
             ldb = n;
         }
         scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, wt->co, (int)n, (int)K, 1.0f, w, (int)K, bmat,
-                    (int)ldb, 1.0f, c, (int)ocs);
+                          (int)ldb, 1.0f, c, (int)ocs);
     }
 
 fail:

@@ -26,12 +26,15 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
                           const cvx_norm_modulation *mod, int apply_silu, cvx_tensor *out) {
     const int64_t B = x->shape[0], C = x->shape[1], T = x->shape[2], H = x->shape[3], W = x->shape[4];
     if (groups <= 0 || C % groups != 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "group norm: %lld channels do not split into %d groups", (long long)C,
-                        groups);
+        return CVX_FAIL(CVX_ERR_INVALID, "group norm: %lld channels do not split into %d groups", (long long)C, groups);
     const cvx_tensor *my = mod ? mod->y : NULL, *mb = mod ? mod->b : NULL;
-    if (my && (my->shape[0] != B || my->shape[1] != C || mb->shape[1] != C))
-        return CVX_FAIL(CVX_ERR_INVALID, "spatial norm: modulation has %lld channels, features %lld",
-                        (long long)my->shape[1], (long long)C);
+    if (my) {
+        int same = mb != NULL && mb->ndim == 5 && my->ndim == 5 && my->shape[0] == B && my->shape[1] == C;
+        for (int k = 0; same && k < 5; k++) same = mb->shape[k] == my->shape[k];
+        if (!same)
+            return CVX_FAIL(CVX_ERR_INVALID, "spatial norm: the modulation tensors must both be [%lld, %lld, T, H, W]",
+                            (long long)B, (long long)C);
+    }
     if (out != x) CVX_CHECK(cvx_tensor_alloc5(out, B, C, T, H, W));
 
     const int64_t cpg = C / groups, HW = H * W, THW = T * HW, n = cpg * THW;
@@ -42,8 +45,8 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
     int64_t Tz = 0, Hz = 0, Wz = 0;
     if (my) {
         Tz = my->shape[2], Hz = my->shape[3], Wz = my->shape[4];
-        cvx_status st = cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(T + H + W) * sizeof(int64_t),
-                                      (void **)&map);
+        cvx_status st =
+            cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(T + H + W) * sizeof(int64_t), (void **)&map);
         if (st != CVX_OK) {
             if (out != x) cvx_tensor_release(out);
             return st;

@@ -36,6 +36,9 @@ cvx_status cvx_avg_pool_time(const cvx_tensor *x, cvx_tensor *out) {
 }
 
 cvx_status cvx_slice_frames(const cvx_tensor *x, int64_t first, int64_t count, cvx_tensor *out) {
+    if (first < 0 || count < 0 || first + count > x->shape[2])
+        return CVX_FAIL(CVX_ERR_INVALID, "frames [%lld, %lld) are outside the %lld frames", (long long)first,
+                        (long long)(first + count), (long long)x->shape[2]);
     CVX_CHECK(cvx_tensor_alloc5(out, x->shape[0], x->shape[1], count, x->shape[3], x->shape[4]));
     const int64_t d[4] = {0, 0, 0, 0}, s[4] = {0, first, 0, 0};
     const int64_t n[4] = {x->shape[0], count, x->shape[3], x->shape[4]};
