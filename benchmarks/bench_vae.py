@@ -160,7 +160,13 @@ def child_bench(args) -> None:
                 return vae.decode(torch.from_numpy(x)).sample.numpy()
 
     else:
-        import cogvideo_c
+        try:
+            import cogvideo_c
+        except ImportError:  # not installed: fall back to the source checkout this script belongs to
+            sys.path.insert(0, str(HERE.parent.parent))
+            import cogvideo_c
+
+            res["note"] = f"cogvideo_c imported from the checkout {HERE.parent.parent}"
 
         vae = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(args.model_dir, torch_dtype="float32")
         res["version"] = f"cogvideo_c {getattr(cogvideo_c, '__version__', '?')}"

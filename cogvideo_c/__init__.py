@@ -1,5 +1,6 @@
 """cogvideo_c: CogVideoX in C and CUDA behind diffusers' Python API."""
 
+from . import tiny
 from ._load import _C
 from .memory import (
     OutOfMemoryError,
@@ -9,7 +10,6 @@ from .memory import (
     reset_peak_memory_stats,
     set_memory_limit,
 )
-from . import tiny
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "DiagonalGaussianDistribution",
     "OutOfMemoryError",
     "build_info",
+    "tiny",
     "cuda_is_available",
     "max_memory_allocated",
     "memory_allocated",

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import cogvideo_c
-from cogvideo_c._load import _C
 from conftest import VAE_FIXTURES
 
 TINY = os.path.join(VAE_FIXTURES, "tiny")

@@ -23,10 +23,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
-
-import diffusers
 from diffusers import AutoencoderKLCogVideoX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +153,6 @@ def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
         blend_w = int(vae.tile_sample_min_width * vae.tile_overlap_factor_width)
         limit_h = vae.tile_sample_min_height - blend_h
         limit_w = vae.tile_sample_min_width - blend_w
-        scale = f  # latent -> pixels
 
         def out_size(n):  # tile of n latents decodes to 8n pixels
             return n * f
@@ -167,7 +165,6 @@ def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
         blend_w = int(vae.tile_latent_min_width * vae.tile_overlap_factor_width)
         limit_h = vae.tile_latent_min_height - blend_h
         limit_w = vae.tile_latent_min_width - blend_w
-        scale = f
 
         def out_size(n):  # n pixels -> latents (3 stride-2 convs with right/bottom pad 1)
             for _ in range(len(vae.config.block_out_channels) - 1):
@@ -178,8 +175,8 @@ def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
     cols = list(range(0, W, step_w))
     out_h = sum(min(out_size(min(tile_h, H - i)), limit_h) for i in rows)
     out_w = sum(min(out_size(min(tile_w, W - j)), limit_w) for j in cols)
-    regular_h = H * scale if op == "decode" else out_size(H)
-    regular_w = W * scale if op == "decode" else out_size(W)
+    regular_h = H * f if op == "decode" else out_size(H)
+    regular_w = W * f if op == "decode" else out_size(W)
     return dict(
         triggered=bool(triggered),
         tile_rows=len(rows),
@@ -191,7 +188,12 @@ def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
         row_limit=[limit_h, limit_w],
         predicted_out_hw=[out_h, out_w],
         untiled_out_hw=[regular_h, regular_w],
-        stride_matches_kept_size=(out_h == regular_h and out_w == regular_w),
+        output_size_matches_untiled=(out_h == regular_h and out_w == regular_w),
+        # spec §12 item 1: the tile stride (in input units) and the kept size (in output units) describe the same
+        # distance only if stride * 8 == kept (decode) or stride == kept * 8 (encode)
+        stride_matches_kept_size=(
+            [step_h * f, step_w * f] == [limit_h, limit_w] if op == "decode" else [step_h, step_w] == [limit_h * f, limit_w * f]
+        ),
     )
 
 
@@ -289,7 +291,8 @@ def cases_for(model: str) -> list[dict]:
             add(f"encode_f{F}", "encode", (1, C, F, 16, 24), variants=sixteen if F == 9 else ("",))
         add("encode_b2_slicing", "encode", (2, C, 1, 16, 24), slicing=True)
         add("encode_tiling_default", "encode", (1, C, 1, 40, 56), tiling=T_DEFAULT,
-            note="default tiling for sample 64x96: 32x48 px tiles, stride 26x38 px, blend extent 0x1, kept 4x5")
+            note="default tiling for sample 64x96: 32x48 px tiles, stride 26x38 px but kept 4x5 latents (32x40 px), "
+            "blend extent 0x1; the output size happens to equal the untiled one (5x7) but the tiles are misaligned")
         add("encode_tiling_custom", "encode", (1, C, 1, 56, 88), tiling=T_CONSISTENT)
     return cs
 
@@ -436,6 +439,7 @@ def main() -> int:
                     f" tiles={info['tile_rows']}x{info['tile_cols']} stride={info['stride']} "
                     f"kept={info['row_limit']} blend={info['blend_extent']}"
                     f"{'' if info['stride_matches_kept_size'] else ' (stride != kept size)'}"
+                    f"{'' if info['output_size_matches_untiled'] else ' (output size != untiled)'}"
                 )
             print(f"  {name:40s} {op} in{list(shape)} -> {stats}{extra}")
 
