@@ -225,8 +225,12 @@ def _run(cmd: list[str], env_threads: int) -> None:
 
 
 def ensure_model(args) -> None:
-    meta = {"config": "diffusers AutoencoderKLCogVideoX() defaults", "seed": args.seed,
-            "weights_dtype": args.weights_dtype, "init": "conv N(0,1/fan_in); bias N(0,0.01); GN 1+N(0,0.01)"}
+    meta = {
+        "config": "diffusers AutoencoderKLCogVideoX() defaults",
+        "seed": args.seed,
+        "weights_dtype": args.weights_dtype,
+        "init": "conv N(0,1/fan_in); bias N(0,0.01); GN 1+N(0,0.01)",
+    }
     d = Path(args.model_dir)
     mfile = d / META_NAME
     if mfile.is_file() and (d / "config.json").is_file():
@@ -260,8 +264,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="timed decodes; the median is reported")
     ap.add_argument("--warmup", type=int, default=None, help="untimed decodes first (default: 1 if --repeat > 1)")
     ap.add_argument("--model-dir", default=None, help="cache directory for the random-weight model")
-    ap.add_argument("--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                    help="dtype of the saved weight file (both sides load it as float32)")
+    ap.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of the saved weight file (both sides load it as float32)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cvx-python", default=sys.executable, help="interpreter with cogvideo_c installed")
     ap.add_argument("--check-only-reference", action="store_true", help="run only the diffusers side")
@@ -297,9 +305,18 @@ def main() -> int:
             impls.append(("cvx", args.cvx_python))
         results = {}
         for mode, py in impls:
-            extra = ["--input", str(work / "z.npy"), "--output", str(work / f"out_{mode}.npy"),
-                     "--result", str(work / f"res_{mode}.json"), "--repeat", str(args.repeat),
-                     "--warmup", str(args.warmup)]
+            extra = [
+                "--input",
+                str(work / "z.npy"),
+                "--output",
+                str(work / f"out_{mode}.npy"),
+                "--result",
+                str(work / f"res_{mode}.json"),
+                "--repeat",
+                str(args.repeat),
+                "--warmup",
+                str(args.warmup),
+            ]
             _run(_child_cmd(py, args, mode, extra), args.threads)
             results[mode] = json.loads((work / f"res_{mode}.json").read_text())
         ref = np.load(work / "out_reference.npy")
@@ -315,10 +332,14 @@ def main() -> int:
     names = {"reference": "diffusers (torch)", "cvx": "cogvideo_c"}
     out_shape = results["reference"]["out_shape"]
     print()
-    print(f"CogVideoX VAE decode, latent [1, 16, {args.frames}, {args.height}, {args.width}] -> video {out_shape}, "
-          f"fp32, CPU, {args.threads} threads, median of {args.repeat} (warm-up {args.warmup})")
+    print(
+        f"CogVideoX VAE decode, latent [1, 16, {args.frames}, {args.height}, {args.width}] -> video {out_shape}, "
+        f"fp32, CPU, {args.threads} threads, median of {args.repeat} (warm-up {args.warmup})"
+    )
     print()
-    print("| implementation | time (s, median) | peak RSS (MiB) | peak tensor memory (MiB) | max abs diff vs diffusers |")
+    print(
+        "| implementation | time (s, median) | peak RSS (MiB) | peak tensor memory (MiB) | max abs diff vs diffusers |"
+    )
     print("|---|---:|---:|---:|---:|")
     for mode, r in results.items():
         d = r["max_abs_diff"]
@@ -329,20 +350,27 @@ def main() -> int:
         print(f"| {names[mode]} | {r['time_s_median']:.3f} | {fmt_mib(r['ru_maxrss'])} | {tensor} | {d} |")
     print()
     rr = results["reference"]
-    print(f"* torch: parameter bytes {fmt_mib(rr['weights_bytes'])} MiB + peak RSS growth during decode "
-          f"{fmt_mib(rr['decode_rss_growth'])} MiB (torch has no CPU allocator statistics).")
+    print(
+        f"* torch: parameter bytes {fmt_mib(rr['weights_bytes'])} MiB + peak RSS growth during decode "
+        f"{fmt_mib(rr['decode_rss_growth'])} MiB (torch has no CPU allocator statistics)."
+    )
     if "cvx" in results:
         rc = results["cvx"]
         after = rc.get("memory_stats_after_load", {}).get("allocated_bytes.all.current")
-        print(f"  cogvideo_c: allocated_bytes.all.peak (after load: {fmt_mib(after)} MiB allocated); "
-              f"peak RSS growth during decode {fmt_mib(rc['decode_rss_growth'])} MiB.")
+        print(
+            f"  cogvideo_c: allocated_bytes.all.peak (after load: {fmt_mib(after)} MiB allocated); "
+            f"peak RSS growth during decode {fmt_mib(rc['decode_rss_growth'])} MiB."
+        )
     for mode, r in results.items():
-        print(f"  {names[mode]}: {r['version']}; load {r['load_s']:.2f} s; decode times "
-              + ", ".join(f"{t:.3f}" for t in r["times_s"])
-              + f" s; output std {r['out_std']:.3f}, max |x| {r['out_absmax']:.3f}, finite {r['out_finite']}")
+        print(
+            f"  {names[mode]}: {r['version']}; load {r['load_s']:.2f} s; decode times "
+            + ", ".join(f"{t:.3f}" for t in r["times_s"])
+            + f" s; output std {r['out_std']:.3f}, max |x| {r['out_absmax']:.3f}, finite {r['out_finite']}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"},
-                                               "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"}, "results": results}, indent=1)
+        )
     if temp_model:
         print(f"(temporary model directory removed; pass --model-dir to cache the {args.weights_dtype} weights)")
     return 0

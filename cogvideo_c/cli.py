@@ -1,10 +1,10 @@
 """The `cogvideo-c` command.
 
-  cogvideo-c vae-decode [--model VAE_DIR] [--frames 13 --height 60 --width 90] [--tiling] [--slicing]
-      decodes random latents (seeded) with the VAE at VAE_DIR, or with an embedded tiny random VAE when no model
-      is given, and prints the time, the output shape and the peak memory.
-  cogvideo-c make-tiny-vae DIR
-      writes that tiny VAE in diffusers layout.
+cogvideo-c vae-decode [--model VAE_DIR] [--frames 13 --height 60 --width 90] [--tiling] [--slicing]
+    decodes random latents (seeded) with the VAE at VAE_DIR, or with an embedded tiny random VAE when no model
+    is given, and prints the time, the output shape and the peak memory.
+cogvideo-c make-tiny-vae DIR
+    writes that tiny VAE in diffusers layout.
 """
 
 import argparse
@@ -42,8 +42,10 @@ def vae_decode(args):
     stats = memory.memory_stats()
     print(f"model: {args.model or 'embedded tiny random VAE'} ({_mib(vae.weight_bytes)} of weights)")
     print(f"decoded latents {tuple(z.shape)} -> video {tuple(video.shape)} in {seconds:.3f} s")
-    print(f"peak memory: {_mib(stats['allocated_bytes.all.peak'])} "
-          f"(activations {_mib(stats['activations_bytes.peak'])}, weights {_mib(stats['weights_bytes.peak'])})")
+    print(
+        f"peak memory: {_mib(stats['allocated_bytes.all.peak'])} "
+        f"(activations {_mib(stats['activations_bytes.peak'])}, weights {_mib(stats['weights_bytes.peak'])})"
+    )
     if args.output:
         np.save(args.output, video)
         print(f"wrote {args.output}")
@@ -51,8 +53,9 @@ def vae_decode(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="cogvideo-c", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cogvideo-c", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     dec = sub.add_parser("vae-decode", help="decode random latents with a CogVideoX VAE")
     dec.add_argument("--model", help="a VAE folder (config.json + safetensors); default: embedded tiny VAE")

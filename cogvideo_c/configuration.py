@@ -47,12 +47,18 @@ def read_config(folder, class_name):
 
 def weights_file(folder, stem="diffusion_pytorch_model"):
     """The safetensors file (or sharded index) of a component folder."""
-    for name in (f"{stem}.safetensors", f"{stem}.safetensors.index.json", "model.safetensors",
-                 "model.safetensors.index.json"):
+    for name in (
+        f"{stem}.safetensors",
+        f"{stem}.safetensors.index.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ):
         candidate = os.path.join(folder, name)
         if os.path.exists(candidate):
             return candidate
     if any(n.endswith(".bin") for n in os.listdir(folder)):
-        raise OSError(f"'{folder}' holds only PyTorch .bin weights; cogvideo_c reads safetensors (save with "
-                      "safe_serialization=True)")
+        raise OSError(
+            f"'{folder}' holds only PyTorch .bin weights; cogvideo_c reads safetensors (save with "
+            "safe_serialization=True)"
+        )
     raise FileNotFoundError(f"'{folder}' has no {stem}.safetensors (or sharded .safetensors.index.json)")

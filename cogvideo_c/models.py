@@ -71,10 +71,24 @@ class AutoencoderKLCogVideoX:
     """diffusers.AutoencoderKLCogVideoX on the cogvideo_c core: decode/encode with frame batches, slicing, tiling."""
 
     _DEFAULTS = dict(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 256, 512),
-        layers_per_block=3, act_fn="silu", norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4,
-        sample_height=480, sample_width=720, scaling_factor=1.15258426, shift_factor=None, latents_mean=None,
-        latents_std=None, force_upcast=True, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(128, 256, 256, 512),
+        layers_per_block=3,
+        act_fn="silu",
+        norm_eps=1e-6,
+        norm_num_groups=32,
+        temporal_compression_ratio=4,
+        sample_height=480,
+        sample_width=720,
+        scaling_factor=1.15258426,
+        shift_factor=None,
+        latents_mean=None,
+        latents_std=None,
+        force_upcast=True,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
         invert_scale_latents=False,
     )
 
@@ -95,9 +109,14 @@ class AutoencoderKLCogVideoX:
         if cfg["use_quant_conv"] or cfg["use_post_quant_conv"]:
             raise ValueError("use_quant_conv / use_post_quant_conv are not supported (no CogVideoX VAE uses them)")
         core_cfg = (
-            _as_int(cfg, "in_channels", 3), _as_int(cfg, "out_channels", 3), _as_int(cfg, "latent_channels", 16),
-            blocks, _as_int(cfg, "layers_per_block", 3), _as_int(cfg, "norm_num_groups", 32),
-            float(cfg["norm_eps"]), _as_int(cfg, "temporal_compression_ratio", 4),
+            _as_int(cfg, "in_channels", 3),
+            _as_int(cfg, "out_channels", 3),
+            _as_int(cfg, "latent_channels", 16),
+            blocks,
+            _as_int(cfg, "layers_per_block", 3),
+            _as_int(cfg, "norm_num_groups", 32),
+            float(cfg["norm_eps"]),
+            _as_int(cfg, "temporal_compression_ratio", 4),
         )
         cfg["block_out_channels"] = blocks
         self.config = configuration.FrozenConfig(cfg)
@@ -140,15 +159,24 @@ class AutoencoderKLCogVideoX:
     def disable_slicing(self):
         self.use_slicing = False
 
-    def enable_tiling(self, tile_sample_min_height=None, tile_sample_min_width=None, tile_overlap_factor_height=None,
-                      tile_overlap_factor_width=None):
+    def enable_tiling(
+        self,
+        tile_sample_min_height=None,
+        tile_sample_min_width=None,
+        tile_overlap_factor_height=None,
+        tile_overlap_factor_width=None,
+    ):
         """As diffusers: arguments left None (or 0) keep their current value."""
-        for name, value in (("tile_overlap_factor_height", tile_overlap_factor_height),
-                            ("tile_overlap_factor_width", tile_overlap_factor_width)):
+        for name, value in (
+            ("tile_overlap_factor_height", tile_overlap_factor_height),
+            ("tile_overlap_factor_width", tile_overlap_factor_width),
+        ):
             if value is not None and value and not 0 < value < 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name, value in (("tile_sample_min_height", tile_sample_min_height),
-                            ("tile_sample_min_width", tile_sample_min_width)):
+        for name, value in (
+            ("tile_sample_min_height", tile_sample_min_height),
+            ("tile_sample_min_width", tile_sample_min_width),
+        ):
             if value is not None and value and (int(value) != value or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         self.use_tiling = True
@@ -164,8 +192,12 @@ class AutoencoderKLCogVideoX:
     def _tiling(self):
         if not self.use_tiling:
             return None
-        return (self.tile_sample_min_height, self.tile_sample_min_width, float(self.tile_overlap_factor_height),
-                float(self.tile_overlap_factor_width))
+        return (
+            self.tile_sample_min_height,
+            self.tile_sample_min_width,
+            float(self.tile_overlap_factor_height),
+            float(self.tile_overlap_factor_width),
+        )
 
     def _run(self, array, decode):
         array = np.asarray(array)

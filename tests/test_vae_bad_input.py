@@ -127,8 +127,11 @@ class TestCheckpointFiles:
         cfg = json.loads((model_copy / "config.json").read_text())
         cfg["latent_channels"] = 8
         (model_copy / "config.json").write_text(json.dumps(cfg))
-        with pytest.raises(ValueError, match=r"'decoder\.conv_in\.conv\.weight' has shape \[8, 4, 3, 3, 3\], "
-                           r"expected \[8, 8, 3, 3, 3\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"'decoder\.conv_in\.conv\.weight' has shape \[8, 4, 3, 3, 3\], "
+            r"expected \[8, 8, 3, 3, 3\]",
+        ):
             load(model_copy)
 
     def test_config_that_is_not_an_object(self, model_copy):

@@ -35,8 +35,12 @@ def latents(b, f, h, w, seed=0):
 
 
 def test_tiling_working_memory_depends_on_the_tile_not_the_frame(vae):
-    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor_height=1 / 4,
-                      tile_overlap_factor_width=1 / 4)
+    vae.enable_tiling(
+        tile_sample_min_height=32,
+        tile_sample_min_width=32,
+        tile_overlap_factor_height=1 / 4,
+        tile_overlap_factor_width=1 / 4,
+    )
     try:
         small, _ = working_memory(lambda z: vae.decode(z).sample, latents(1, 3, 12, 12))
         large, _ = working_memory(lambda z: vae.decode(z).sample, latents(1, 3, 24, 24))

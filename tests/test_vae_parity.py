@@ -85,8 +85,10 @@ def _compare(name: str, what: str, got, want: np.ndarray) -> float:
 @pytest.mark.parametrize("case", CASES)
 def test_vae_parity(case):
     if case is None:
-        pytest.fail(f"VAE fixtures missing: {MANIFEST} (run tests/reference/make_vae_fixtures.py with the "
-                    "reference environment)")
+        pytest.fail(
+            f"VAE fixtures missing: {MANIFEST} (run tests/reference/make_vae_fixtures.py with the "
+            "reference environment)"
+        )
     arrays = _arrays(case["npz"])
     x = arrays[case["input"]]
     assert x.dtype == np.float32

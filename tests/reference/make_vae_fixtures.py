@@ -192,7 +192,9 @@ def tiling_info(vae: AutoencoderKLCogVideoX, op: str, shape) -> dict:
         # spec §12 item 1: the tile stride (in input units) and the kept size (in output units) describe the same
         # distance only if stride * 8 == kept (decode) or stride == kept * 8 (encode)
         stride_matches_kept_size=(
-            [step_h * f, step_w * f] == [limit_h, limit_w] if op == "decode" else [step_h, step_w] == [limit_h * f, limit_w * f]
+            [step_h * f, step_w * f] == [limit_h, limit_w]
+            if op == "decode"
+            else [step_h, step_w] == [limit_h * f, limit_w * f]
         ),
     )
 
@@ -245,7 +247,8 @@ def cases_for(model: str) -> list[dict]:
 
     sixteen = ("", "_f16", "_bf16")
     if model == "tiny":
-        # decode: latent frame counts 1..5 (frame batches [0,1) / [0,2) / [0,3) / [0,2),[2,4) / [0,3),[3,5)), 3x5 latents
+        # decode: latent frame counts 1..5 (frame batches [0,1) / [0,2) / [0,3) / [0,2),[2,4) / [0,3),[3,5)),
+        # 3x5 latents
         for F in (1, 2, 3, 4, 5):
             add(f"decode_f{F}", "decode", (1, L, F, 3, 5), variants=sixteen if F == 3 else ("",))
         add("decode_b2", "decode", (2, L, 3, 2, 3))
@@ -260,10 +263,20 @@ def cases_for(model: str) -> list[dict]:
         # column is 1 latent (8 px) thin, i.e. fully blended (extent min(48, 8, 8) = 8)
         add("decode_tiling_custom_f5", "decode", (1, L, 5, 5, 6), tiling=T_CONSISTENT)
         add("decode_tiling_custom_b2_slicing", "decode", (2, L, 1, 5, 7), slicing=True, tiling=T_CONSISTENT)
-        add("decode_tiling_custom_b2", "decode", (2, L, 1, 5, 7), tiling=T_CONSISTENT,
-            input_from="decode_tiling_custom_b2_slicing")
-        add("decode_tiling_mismatch", "decode", (1, L, 1, 6, 10), tiling=T_MISMATCH,
-            note="diffusers' tile stride (8 px) and kept size (12/20 px) disagree: output larger than 8x latent")
+        add(
+            "decode_tiling_custom_b2",
+            "decode",
+            (2, L, 1, 5, 7),
+            tiling=T_CONSISTENT,
+            input_from="decode_tiling_custom_b2_slicing",
+        )
+        add(
+            "decode_tiling_mismatch",
+            "decode",
+            (1, L, 1, 6, 10),
+            tiling=T_MISMATCH,
+            note="diffusers' tile stride (8 px) and kept size (12/20 px) disagree: output larger than 8x latent",
+        )
         # encode: pixel frame counts 1, 9, 17 (standard), 12 (even: one 12-frame batch), 5 at odd-ish size 20x28
         for F in (1, 9, 17):
             add(f"encode_f{F}", "encode", (1, C, F, 16, 24), variants=sixteen if F == 9 else ("",))
@@ -276,23 +289,38 @@ def cases_for(model: str) -> list[dict]:
         add("encode_tiling_default_rows", "encode", (1, C, 1, 248, 48), tiling=T_DEFAULT)
         add("encode_tiling_default_cols", "encode", (1, C, 1, 32, 368), tiling=T_DEFAULT)
         add("encode_tiling_custom_f9", "encode", (1, C, 9, 56, 88), tiling=T_CONSISTENT)
-        add("encode_tiling_mismatch", "encode", (1, C, 1, 32, 48), tiling=T_MISMATCH,
-            note="pixel stride 12 px = 1.5 latents, blend extent 0, kept 2 latents: output larger than H/8")
+        add(
+            "encode_tiling_mismatch",
+            "encode",
+            (1, C, 1, 32, 48),
+            tiling=T_MISMATCH,
+            note="pixel stride 12 px = 1.5 latents, blend extent 0, kept 2 latents: output larger than H/8",
+        )
     else:
         for F in (1, 2, 3, 4, 5):
             add(f"decode_f{F}", "decode", (1, L, F, 2, 3), variants=sixteen if F == 3 else ("",))
         add("decode_b2_slicing", "decode", (2, L, 2, 2, 3), slicing=True)
         # default tiling of this config: 32x48 px tiles (4x6 latents), factors 1/6, 1/5 -> stride 3x4 latents but
         # kept size 27x39 px: output 43x63 for 5x7 latents (not 40x56)
-        add("decode_tiling_default", "decode", (1, L, 2, 5, 7), tiling=T_DEFAULT,
-            note="default tiling for sample 64x96: stride 24x32 px, kept 27x39 px -> output larger than 8x latent")
+        add(
+            "decode_tiling_default",
+            "decode",
+            (1, L, 2, 5, 7),
+            tiling=T_DEFAULT,
+            note="default tiling for sample 64x96: stride 24x32 px, kept 27x39 px -> output larger than 8x latent",
+        )
         add("decode_tiling_custom", "decode", (1, L, 1, 7, 11), tiling=T_CONSISTENT, variants=sixteen)
         for F in (1, 9, 17):
             add(f"encode_f{F}", "encode", (1, C, F, 16, 24), variants=sixteen if F == 9 else ("",))
         add("encode_b2_slicing", "encode", (2, C, 1, 16, 24), slicing=True)
-        add("encode_tiling_default", "encode", (1, C, 1, 40, 56), tiling=T_DEFAULT,
+        add(
+            "encode_tiling_default",
+            "encode",
+            (1, C, 1, 40, 56),
+            tiling=T_DEFAULT,
             note="default tiling for sample 64x96: 32x48 px tiles, stride 26x38 px but kept 4x5 latents (32x40 px), "
-            "blend extent 0x1; the output size happens to equal the untiled one (5x7) but the tiles are misaligned")
+            "blend extent 0x1; the output size happens to equal the untiled one (5x7) but the tiles are misaligned",
+        )
         add("encode_tiling_custom", "encode", (1, C, 1, 56, 88), tiling=T_CONSISTENT)
     return cs
 
@@ -446,7 +474,10 @@ def main() -> int:
         save_npz(OUT / npz_name, arrays)
         with zipfile.ZipFile(OUT / npz_name) as zf:
             big = sorted(zf.infolist(), key=lambda i: -i.compress_size)[:8]
-            print(f"  {npz_name}: largest members " + ", ".join(f"{i.filename} {i.compress_size / 1024:.0f}K" for i in big))
+            print(
+                f"  {npz_name}: largest members "
+                + ", ".join(f"{i.filename} {i.compress_size / 1024:.0f}K" for i in big)
+            )
 
     manifest = {
         "description": "AutoencoderKLCogVideoX parity fixtures; goldens computed by diffusers in float32 on CPU "
