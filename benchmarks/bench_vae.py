@@ -92,9 +92,8 @@ def maxrss_bytes() -> int:
 def child_make_model(args) -> None:
     import math
 
-    import torch
-
     import diffusers
+    import torch
     from diffusers import AutoencoderKLCogVideoX
 
     diffusers.utils.logging.set_verbosity_error()
@@ -137,9 +136,8 @@ def child_bench(args) -> None:
     res["rss_start"] = rss_bytes()
     t0 = time.perf_counter()
     if args.child == "reference":
-        import torch
-
         import diffusers
+        import torch
         from diffusers import AutoencoderKLCogVideoX
 
         torch.set_num_threads(args.threads)
