@@ -25,16 +25,14 @@ static uint32_t f32_bits(float f) {
  * continue, which is how IEEE rounding decides overflow. */
 static double f16_magnitude(uint32_t h) {
     uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e == 0)
-        return ldexp((double)m, -24);
+    if (e == 0) return ldexp((double)m, -24);
     return ldexp((double)(1024 + m), (int)e - 25);
 }
 
 /* Same for bf16 (8 exponent bits, 7 mantissa bits); 0x7f80 counts as 2^128. */
 static double bf16_magnitude(uint32_t h) {
     uint32_t e = (h >> 7) & 0xff, m = h & 0x7f;
-    if (e == 0)
-        return ldexp((double)m, -133);
+    if (e == 0) return ldexp((double)m, -133);
     return ldexp((double)(128 + m), (int)e - 134);
 }
 
@@ -43,8 +41,7 @@ static double bf16_magnitude(uint32_t h) {
 static uint16_t ref_narrow(float x, uint32_t inf_bits, double (*magnitude)(uint32_t)) {
     uint16_t sign = signbit(x) ? 0x8000 : 0;
     double a = fabs((double)x);
-    if (a >= magnitude(inf_bits))
-        return (uint16_t)(sign | inf_bits);
+    if (a >= magnitude(inf_bits)) return (uint16_t)(sign | inf_bits);
     uint32_t lo = 0, hi = inf_bits; /* magnitude(lo) <= a < magnitude(hi) */
     while (hi - lo > 1) {
         uint32_t mid = (lo + hi) / 2;
@@ -74,17 +71,13 @@ static void sweep_one(sweep *s, float x) {
     s->checked++;
     uint16_t h = cvx_f32_to_f16(x), b = cvx_f32_to_bf16(x);
     if (isnan(x)) {
-        if (!f16_is_nan(h) && s->f16_bad++ == 0)
-            s->f16_first = x, s->f16_got = h, s->f16_want = 0x7e00;
-        if (!bf16_is_nan(b) && s->bf16_bad++ == 0)
-            s->bf16_first = x, s->bf16_got = b, s->bf16_want = 0x7fc0;
+        if (!f16_is_nan(h) && s->f16_bad++ == 0) s->f16_first = x, s->f16_got = h, s->f16_want = 0x7e00;
+        if (!bf16_is_nan(b) && s->bf16_bad++ == 0) s->bf16_first = x, s->bf16_got = b, s->bf16_want = 0x7fc0;
         return;
     }
     uint16_t hw = ref_narrow(x, 0x7c00, f16_magnitude), bw = ref_narrow(x, 0x7f80, bf16_magnitude);
-    if (h != hw && s->f16_bad++ == 0)
-        s->f16_first = x, s->f16_got = h, s->f16_want = hw;
-    if (b != bw && s->bf16_bad++ == 0)
-        s->bf16_first = x, s->bf16_got = b, s->bf16_want = bw;
+    if (h != hw && s->f16_bad++ == 0) s->f16_first = x, s->f16_got = h, s->f16_want = hw;
+    if (b != bw && s->bf16_bad++ == 0) s->bf16_first = x, s->bf16_got = b, s->bf16_want = bw;
 }
 
 static void sweep_both_signs(sweep *s, float x) {
@@ -97,8 +90,7 @@ static void sweep_around(sweep *s, float x, float next) {
     float mid = (float)(((double)x + (double)next) / 2); /* exact: one more bit than the 16-bit formats hold */
     float pts[] = {x,   nextafterf(x, -INFINITY),   nextafterf(x, INFINITY),
                    mid, nextafterf(mid, -INFINITY), nextafterf(mid, INFINITY)};
-    for (size_t i = 0; i < sizeof(pts) / sizeof(pts[0]); i++)
-        sweep_both_signs(s, pts[i]);
+    for (size_t i = 0; i < sizeof(pts) / sizeof(pts[0]); i++) sweep_both_signs(s, pts[i]);
 }
 
 static void sweep_report(const sweep *s) {
@@ -116,17 +108,14 @@ static void test_f16_widening_and_round_trip(void) {
         uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
         int neg = (h & 0x8000) != 0;
         if (e == 0x1f && m != 0) {
-            if (!isnan(f) || !f16_is_nan(cvx_f32_to_f16(f)))
-                nan_lost++;
+            if (!isnan(f) || !f16_is_nan(cvx_f32_to_f16(f))) nan_lost++;
             continue;
         }
         double want = e == 0x1f ? INFINITY : f16_magnitude(h & 0x7fff);
         if ((double)fabsf(f) != want || (signbit(f) != 0) != neg) {
-            if (wrong_value++ == 0)
-                first_value = h;
+            if (wrong_value++ == 0) first_value = h;
         }
-        if (cvx_f32_to_f16(f) != h && wrong_round_trip++ == 0)
-            first_trip = h;
+        if (cvx_f32_to_f16(f) != h && wrong_round_trip++ == 0) first_trip = h;
     }
     CVX_EXPECT(wrong_value == 0, "%ld f16 patterns widen to the wrong f32; first 0x%04x -> %a", wrong_value,
                first_value, (double)cvx_f16_to_f32((uint16_t)first_value));
@@ -143,17 +132,14 @@ static void test_bf16_widening_and_round_trip(void) {
         uint32_t e = (h >> 7) & 0xff, m = h & 0x7f;
         int neg = (h & 0x8000) != 0;
         if (e == 0xff && m != 0) {
-            if (!isnan(f) || !bf16_is_nan(cvx_f32_to_bf16(f)))
-                nan_lost++;
+            if (!isnan(f) || !bf16_is_nan(cvx_f32_to_bf16(f))) nan_lost++;
             continue;
         }
         double want = e == 0xff ? INFINITY : bf16_magnitude(h & 0x7fff);
         if ((double)fabsf(f) != want || (signbit(f) != 0) != neg) {
-            if (wrong_value++ == 0)
-                first_value = h;
+            if (wrong_value++ == 0) first_value = h;
         }
-        if (cvx_f32_to_bf16(f) != h && wrong_round_trip++ == 0)
-            first_trip = h;
+        if (cvx_f32_to_bf16(f) != h && wrong_round_trip++ == 0) first_trip = h;
     }
     CVX_EXPECT(wrong_value == 0, "%ld bf16 patterns widen to the wrong f32; first 0x%04x -> %a", wrong_value,
                first_value, (double)cvx_bf16_to_f32((uint16_t)first_value));
@@ -189,8 +175,7 @@ static void test_narrowing_sweeps(void) {
     /* A strided walk over all 2^32 patterns (the stride is prime, so it visits every residue of the low bits):
      * f32 subnormals, NaN payloads, both signs and every exponent. */
     sweep strided = {.name = "every 4099th f32 bit pattern"};
-    for (uint64_t u = 0; u < (1ull << 32); u += 4099)
-        sweep_one(&strided, bits_f32((uint32_t)u));
+    for (uint64_t u = 0; u < (1ull << 32); u += 4099) sweep_one(&strided, bits_f32((uint32_t)u));
     sweep_report(&strided);
 }
 

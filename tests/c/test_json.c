@@ -9,8 +9,7 @@
 
 static cvx_status parse_exact(const char *text, size_t len, cvx_json **out) {
     char *buf = malloc(len ? len : 1);
-    if (!buf)
-        return CVX_ERR_OOM;
+    if (!buf) return CVX_ERR_OOM;
     memcpy(buf, text, len);
     cvx_error_clear();
     cvx_status st = cvx_json_parse(buf, len, "test input", out);
@@ -33,8 +32,7 @@ static void expect_malformed(const char *what, const char *text, size_t len, con
     CVX_EXPECT(v == NULL, "%s: output not reset to NULL", what);
     CVX_EXPECT(strstr(msg, "test input") != NULL && strstr(msg, needle) != NULL, "%s: message '%s' lacks '%s'", what,
                msg, needle);
-    if (st == CVX_OK)
-        cvx_json_free(v);
+    if (st == CVX_OK) cvx_json_free(v);
     printf("  %-28s -> %s\n", what, msg);
 }
 
@@ -59,8 +57,7 @@ static void test_numbers(void) {
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         cvx_json *v = parse_ok(cases[i].text);
-        if (!v)
-            continue;
+        if (!v) continue;
         CVX_EXPECT(v->type == CVX_JSON_NUMBER, "%s: type %s", cases[i].text, cvx_json_type_name(v->type));
         CVX_EXPECT(v->is_int == cases[i].is_int, "%s: is_int %d, want %d", cases[i].text, v->is_int, cases[i].is_int);
         if (cases[i].is_int)
@@ -110,8 +107,7 @@ static void test_strings(void) {
 
 static void test_containers(void) {
     cvx_json *v = parse_ok(" {\"a\": [1, true, false, null, {}, []], \"b\": {\"c\": \"d\"}, \"e\": -1} ");
-    if (!v)
-        return;
+    if (!v) return;
     CVX_EXPECT(v->type == CVX_JSON_OBJECT && v->count == 3, "root: %s of %zu", cvx_json_type_name(v->type), v->count);
     const cvx_json *a = cvx_json_get(v, "a"), *c = cvx_json_get(cvx_json_get(v, "b"), "c");
     CVX_EXPECT(a && a->type == CVX_JSON_ARRAY && a->count == 6, "a is not a 6-element array");
@@ -133,11 +129,9 @@ static void test_containers(void) {
     /* a big object exercises the geometric growth and the duplicate-key sort */
     size_t n = 2000, cap = n * 24 + 2, len = 0;
     char *big = malloc(cap);
-    if (!big)
-        return;
+    if (!big) return;
     big[len++] = '{';
-    for (size_t i = 0; i < n; i++)
-        len += (size_t)snprintf(big + len, cap - len, "%s\"k%zu\":%zu", i ? "," : "", i, i);
+    for (size_t i = 0; i < n; i++) len += (size_t)snprintf(big + len, cap - len, "%s\"k%zu\":%zu", i ? "," : "", i, i);
     big[len++] = '}';
     cvx_json *w = NULL;
     cvx_status st = parse_exact(big, len, &w);
@@ -153,8 +147,7 @@ static void test_containers(void) {
 static void test_depth(void) {
     char text[2 * CVX_JSON_MAX_DEPTH + 2];
     for (int d = CVX_JSON_MAX_DEPTH; d <= CVX_JSON_MAX_DEPTH + 1; d++) {
-        for (int i = 0; i < d; i++)
-            text[i] = '[', text[d + i] = ']';
+        for (int i = 0; i < d; i++) text[i] = '[', text[d + i] = ']';
         cvx_json *v = NULL;
         cvx_status st = parse_exact(text, (size_t)(2 * d), &v);
         if (d == CVX_JSON_MAX_DEPTH) {

@@ -106,8 +106,7 @@ static void test_stats_sequence(void) {
     void *d = NULL;
     CVX_EXPECT(cvx_mem_calloc(dev, CVX_MEM_WEIGHTS, 300, &d) == CVX_OK, "calloc d");
     int zero = 1;
-    for (int i = 0; i < 300; i++)
-        zero &= ((unsigned char *)d)[i] == 0;
+    for (int i = 0; i < 300; i++) zero &= ((unsigned char *)d)[i] == 0;
     CVX_EXPECT(zero, "calloc zero-fills");
     CVX_EXPECT((uintptr_t)d % ALIGN == 0 && cvx_mem_size(d) == 300, "calloc size/alignment");
     s = stats(dev);
@@ -253,8 +252,7 @@ static void test_devices(void) {
     CVX_EXPECT(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, 12345, &back) == CVX_OK, "cpu alloc for copy");
     CVX_EXPECT(cvx_mem_copy(back, e, 12345) == CVX_OK, "copy emu -> cpu");
     int same = 1;
-    for (int i = 0; i < 12345; i++)
-        same &= ((unsigned char *)back)[i] == 0x3c;
+    for (int i = 0; i < 12345; i++) same &= ((unsigned char *)back)[i] == 0x3c;
     CVX_EXPECT(same, "copied bytes");
     cvx_mem_free(back);
 
@@ -348,8 +346,7 @@ static void *churn(void *p) {
         }
     }
     for (int s = 0; s < KEEP; s++) {
-        if (live[s])
-            a->kept[a->nkept++] = live[s];
+        if (live[s]) a->kept[a->nkept++] = live[s];
     }
     return NULL;
 }
@@ -395,8 +392,7 @@ static void test_threads(cvx_device dev) {
     printf("  %d threads on %s: %lld allocs, %lld frees, %lld kept (%lld bytes)\n", NTHREADS, cvx_device_name(dev),
            (long long)allocs, (long long)frees, (long long)kept_n, (long long)kept_bytes);
     for (int i = 0; i < NTHREADS; i++)
-        for (int k = 0; k < args[i].nkept; k++)
-            cvx_mem_free(args[i].kept[k]);
+        for (int k = 0; k < args[i].nkept; k++) cvx_mem_free(args[i].kept[k]);
     s = stats(dev);
     CVX_EXPECT(s.allocated_bytes == base.allocated_bytes && s.reserved_bytes == base.reserved_bytes &&
                    s.num_active == base.num_active && s.kind_allocated_bytes[0] == base.kind_allocated_bytes[0] &&
@@ -457,8 +453,7 @@ static void test_limit_race(cvx_device dev) {
     CVX_EXPECT(s.allocated_bytes == base.allocated_bytes + (int64_t)fit * RACE_SIZE, "limit race: allocated");
     cvx_mem_set_limit(dev, 0);
     for (int i = 0; i < NTHREADS; i++)
-        for (int k = 0; k < args[i].ok; k++)
-            cvx_mem_free(args[i].got[k]);
+        for (int k = 0; k < args[i].ok; k++) cvx_mem_free(args[i].got[k]);
     s = stats(dev);
     CVX_EXPECT(s.allocated_bytes == base.allocated_bytes && s.num_active == base.num_active, "limit race: freed");
 }

@@ -31,8 +31,7 @@ static float frand(void) {
 }
 
 static void fill(float *p, int64_t n, float scale, float offset) {
-    for (int64_t i = 0; i < n; i++)
-        p[i] = frand() * scale + offset;
+    for (int64_t i = 0; i < n; i++) p[i] = frand() * scale + offset;
 }
 
 static int64_t live_bytes(void) {
@@ -69,12 +68,9 @@ static void expect_close(const char *what, const float *got, const double *ref, 
     int finite = 1;
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - ref[i]);
-        if (!isfinite(got[i]))
-            finite = 0;
-        if (d > maxdiff)
-            maxdiff = d, worst = i;
-        if (fabs(ref[i]) > maxref)
-            maxref = fabs(ref[i]);
+        if (!isfinite(got[i])) finite = 0;
+        if (d > maxdiff) maxdiff = d, worst = i;
+        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
     }
     double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
     printf("  %-58s max|diff| %.3g (rel %.3g, max|ref| %.3g, %lld values)\n", what, maxdiff, rel, maxref, (long long)n);
@@ -117,12 +113,10 @@ static void ref_conv3d(const cvx_frame *frames, int num_frames, int64_t B, int64
                                 const cvx_frame *fr = &frames[t + dt];
                                 for (int dy = 0; dy < kh; dy++) {
                                     const int64_t iy = oy * g->stride_h - g->pad_top + dy;
-                                    if (iy < 0 || iy >= Hv)
-                                        continue;
+                                    if (iy < 0 || iy >= Hv) continue;
                                     for (int dx = 0; dx < kw; dx++) {
                                         const int64_t ix = ox * g->stride_w - g->pad_left + dx;
-                                        if (ix < 0 || ix >= Wv)
-                                            continue;
+                                        if (ix < 0 || ix >= Wv) continue;
                                         const float xv =
                                             fr->ptr[b * fr->bstride + ci * fr->cstride + (iy / g->up) * W + ix / g->up];
                                         const float wv =
@@ -209,10 +203,8 @@ static void run_conv_case(const conv_case *cc) {
     const int To = nf - cc->kt + 1;
     const int64_t K = Ci * cc->kt * cc->kh * cc->kw;
     int64_t rows = COL_TARGET / (K * Wo * 4);
-    if (rows < 1)
-        rows = 1;
-    if (rows > Ho)
-        rows = Ho;
+    if (rows < 1) rows = 1;
+    if (rows > Ho) rows = Ho;
     const int64_t blocks = (Ho + rows - 1) / rows;
 
     const int64_t base = live_bytes();
@@ -525,8 +517,7 @@ static void test_conv3d(void) {
          {0},
          0},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        run_conv_case(&cases[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_conv_case(&cases[i]);
 }
 
 static void test_frames_of(void) {
@@ -589,8 +580,7 @@ static void test_conv3d_errors(void) {
     /* out of memory at each allocation: nothing leaks, out is left empty */
     const int64_t out_bytes = 1 * 3 * 2 * 4 * 4 * 4;
     uint16_t w16[3 * 2 * 9];
-    for (int i = 0; i < 3 * 2 * 9; i++)
-        w16[i] = cvx_f32_to_f16(w[i]);
+    for (int i = 0; i < 3 * 2 * 9; i++) w16[i] = cvx_f32_to_f16(w[i]);
     cvx_conv_weight wt16 = {w16, CVX_F16, NULL, 3, 2, 1, 3, 3};
     struct {
         const char *what;
@@ -628,10 +618,8 @@ static void test_conv3d_errors(void) {
 /* PyTorch's legacy nearest (aten/src/ATen/native/UpSample.h nearest_idx): identity for the same size, a shift for
  * exactly x2, otherwise min(floorf(dst * (float)in / out), in - 1), computed in float. */
 static int64_t ref_nearest(int64_t dst, int64_t in, int64_t out) {
-    if (in == out)
-        return dst;
-    if (out == 2 * in)
-        return dst >> 1;
+    if (in == out) return dst;
+    if (out == 2 * in) return dst >> 1;
     const float scale = (float)in / (float)out;
     int64_t s = (int64_t)floorf((float)dst * scale);
     return s < in - 1 ? s : in - 1;
@@ -674,8 +662,7 @@ static void test_nearest(void) {
     for (size_t i = 0; i < 3; i++) {
         const int64_t in = bigs[i], out = 2 * in;
         for (int64_t d = out - 5; d < out; d++, checked++)
-            if (cvx_nearest_src(d, in, out) != d / 2)
-                bad++;
+            if (cvx_nearest_src(d, in, out) != d / 2) bad++;
     }
     printf("  cvx_nearest_src: %lld indices checked against PyTorch's rule, %lld differ\n", (long long)checked,
            (long long)bad);
@@ -687,8 +674,7 @@ static void test_nearest(void) {
 
 static int64_t ref_src_frame(int64_t t, int64_t tz, int64_t tf) {
     /* CogVideoXSpatialNorm3D: an odd frame count > 1 resamples the first frame alone and the rest to the rest */
-    if (tf > 1 && tf % 2 == 1)
-        return t == 0 ? 0 : 1 + ref_nearest(t - 1, tz - 1, tf - 1);
+    if (tf > 1 && tf % 2 == 1) return t == 0 ? 0 : 1 + ref_nearest(t - 1, tz - 1, tf - 1);
     return ref_nearest(t, tz, tf);
 }
 
@@ -700,11 +686,9 @@ static void ref_group_norm(const float *x, int64_t B, int64_t C, int64_t T, int6
         for (int64_t g = 0; g < groups; g++) {
             const float *src = x + (b * C + g * cpg) * THW;
             double sum = 0.0, sq = 0.0;
-            for (int64_t i = 0; i < n; i++)
-                sum += src[i];
+            for (int64_t i = 0; i < n; i++) sum += src[i];
             const double mean = sum / (double)n;
-            for (int64_t i = 0; i < n; i++)
-                sq += (src[i] - mean) * (src[i] - mean);
+            for (int64_t i = 0; i < n; i++) sq += (src[i] - mean) * (src[i] - mean);
             const double rstd = 1.0 / sqrt(sq / (double)n + (double)eps);
             for (int64_t cc = 0; cc < cpg; cc++) {
                 const int64_t c = g * cpg + cc;
@@ -720,8 +704,7 @@ static void ref_group_norm(const float *x, int64_t B, int64_t C, int64_t T, int6
                                     ref_nearest(xx, Wz, W);
                                 v = v * ((const float *)my->data)[j] + ((const float *)mb->data)[j];
                             }
-                            if (silu)
-                                v = v / (1.0 + exp(-v));
+                            if (silu) v = v / (1.0 + exp(-v));
                             out[i] = v;
                         }
             }
@@ -808,8 +791,7 @@ static void test_group_norm(void) {
         {"modulation, even T=6 from Tz=4 (non-integer)", 1, 4, 6, 3, 3, 2, 0, 0, 4, 3, 3},
         {"modulation + SiLU in place, T=5 from Tz=3", 2, 8, 5, 6, 6, 4, 1, 1, 3, 3, 3},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        run_gn_case(&cases[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_gn_case(&cases[i]);
 }
 
 static void test_group_norm_errors(void) {
@@ -831,8 +813,7 @@ static void test_group_norm_errors(void) {
         cvx_status st = cvx_group_norm(&x, bad_groups[i], 1e-6f, gamma, beta, NULL, 0, &out);
         CVX_EXPECT(st == CVX_ERR_INVALID, "6 channels in %d groups: status %d", bad_groups[i], (int)st);
         CVX_EXPECT(is_empty(&out), "groups %d: out left empty", bad_groups[i]);
-        if (i == 0)
-            printf("  6 channels in 4 groups -> %s\n", cvx_error_message());
+        if (i == 0) printf("  6 channels in 4 groups -> %s\n", cvx_error_message());
         expect_no_leak("group_norm: bad groups", base_x);
     }
     /* modulation with the wrong channel count */
@@ -902,8 +883,7 @@ static void test_add_inplace(void) {
     double *ref = xmalloc((size_t)n * sizeof(double));
     float *ycopy = xmalloc((size_t)n * sizeof(float));
     memcpy(ycopy, y.data, (size_t)n * sizeof(float));
-    for (int64_t i = 0; i < n; i++)
-        ref[i] = (double)((const float *)x.data)[i] + (double)ycopy[i];
+    for (int64_t i = 0; i < n; i++) ref[i] = (double)((const float *)x.data)[i] + (double)ycopy[i];
     const int64_t base = live_bytes();
     CVX_EXPECT(cvx_add_inplace(&x, &y) == CVX_OK, "add");
     expect_close("add_inplace", x.data, ref, n);
@@ -911,8 +891,7 @@ static void test_add_inplace(void) {
     expect_no_leak("add_inplace", base);
 
     /* x += x doubles */
-    for (int64_t i = 0; i < n; i++)
-        ref[i] = 2.0 * (double)((const float *)x.data)[i];
+    for (int64_t i = 0; i < n; i++) ref[i] = 2.0 * (double)((const float *)x.data)[i];
     CVX_EXPECT(cvx_add_inplace(&x, &x) == CVX_OK, "add self");
     expect_close("add_inplace x += x", x.data, ref, n);
 
@@ -1035,8 +1014,7 @@ static void test_copy_box(void) {
     for (size_t k = 0; k < sizeof(boxes) / sizeof(boxes[0]); k++) {
         const int64_t *s = boxes[k].s, *d = boxes[k].d, *n = boxes[k].n;
         float *dd = dst.data;
-        for (int64_t i = 0; i < cvx_tensor_numel(&dst); i++)
-            dd[i] = sentinel;
+        for (int64_t i = 0; i < cvx_tensor_numel(&dst); i++) dd[i] = sentinel;
         const int64_t base = live_bytes();
         cvx_copy_box(&dst, d, &src, s, n);
         expect_no_leak("copy_box", base);

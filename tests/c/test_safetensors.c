@@ -24,11 +24,9 @@ static void write_raw(const char *name, const void *bytes, size_t len) {
     tmp_path(path, sizeof(path), name);
     FILE *fp = fopen(path, "wb");
     int ok = fp && fwrite(bytes, 1, len, fp) == len;
-    if (fp)
-        ok = fclose(fp) == 0 && ok;
+    if (fp) ok = fclose(fp) == 0 && ok;
     CVX_EXPECT(ok, "cannot write %s", path);
-    if (num_written < (int)(sizeof(written) / sizeof(written[0])))
-        written[num_written++] = strdup(path);
+    if (num_written < (int)(sizeof(written) / sizeof(written[0]))) written[num_written++] = strdup(path);
 }
 
 /* 8-byte little-endian header length, the header padded with spaces to a multiple of 8 (as the reference writer
@@ -36,25 +34,20 @@ static void write_raw(const char *name, const void *bytes, size_t len) {
 static void write_st(const char *name, const char *header, const void *data, size_t data_len) {
     size_t h = strlen(header), padded = (h + 7) / 8 * 8;
     unsigned char *buf = calloc(1, 8 + padded + data_len);
-    if (!buf)
-        return;
-    for (int i = 0; i < 8; i++)
-        buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    if (!buf) return;
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     memcpy(buf + 8, header, h);
     memset(buf + 8 + h, ' ', padded - h);
-    if (data_len)
-        memcpy(buf + 8 + padded, data, data_len);
+    if (data_len) memcpy(buf + 8 + padded, data, data_len);
     write_raw(name, buf, 8 + padded + data_len);
     free(buf);
 }
 
 static int count_open_fds(void) {
     DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return -1;
+    if (!d) return -1;
     int n = 0;
-    while (readdir(d))
-        n++;
+    while (readdir(d)) n++;
     closedir(d);
     return n;
 }
@@ -62,13 +55,11 @@ static int count_open_fds(void) {
 /* Mappings of files in the temp folder: must be zero whenever no checkpoint is open. */
 static int count_tmp_mappings(void) {
     FILE *fp = fopen("/proc/self/maps", "r");
-    if (!fp)
-        return -1;
+    if (!fp) return -1;
     char line[1024];
     int n = 0;
     while (fgets(line, sizeof(line), fp))
-        if (strstr(line, tmp_dir))
-            n++;
+        if (strstr(line, tmp_dir)) n++;
     fclose(fp);
     return n;
 }
@@ -88,8 +79,7 @@ static uint16_t read_u16(const void *data, int i) {
 static const cvx_st_tensor *expect_tensor(const cvx_st_file *f, const char *name, cvx_dtype dt, int ndim,
                                           const int64_t *shape, uint64_t nbytes) {
     const cvx_st_tensor *t = cvx_st_find(f, name);
-    if (!CVX_EXPECT(t != NULL, "tensor '%s' not found", name))
-        return NULL;
+    if (!CVX_EXPECT(t != NULL, "tensor '%s' not found", name)) return NULL;
     CVX_EXPECT(strcmp(t->name, name) == 0, "found '%s' for '%s'", t->name, name);
     CVX_EXPECT(t->dtype == dt, "'%s': dtype %s, want %s", name, cvx_dtype_name(t->dtype), cvx_dtype_name(dt));
     CVX_EXPECT(t->ndim == ndim, "'%s': ndim %d, want %d", name, t->ndim, ndim);
@@ -103,8 +93,7 @@ static const cvx_st_tensor *expect_tensor(const cvx_st_file *f, const char *name
 
 static void expect_sorted(const cvx_st_file *f) {
     int n = cvx_st_count(f), sorted = 1;
-    for (int i = 1; i < n; i++)
-        sorted &= strcmp(cvx_st_at(f, i - 1)->name, cvx_st_at(f, i)->name) < 0;
+    for (int i = 1; i < n; i++) sorted &= strcmp(cvx_st_at(f, i - 1)->name, cvx_st_at(f, i)->name) < 0;
     CVX_EXPECT(sorted, "cvx_st_at does not list the tensors in name order");
     CVX_EXPECT(cvx_st_at(f, -1) == NULL && cvx_st_at(f, n) == NULL, "cvx_st_at out of range is not NULL");
 }
@@ -140,8 +129,7 @@ static void test_valid_single(void) {
     cvx_st_file *f = NULL;
     cvx_error_clear();
     cvx_status st = cvx_st_open(path, &f);
-    if (!CVX_EXPECT(st == CVX_OK && f, "opening %s: %s", path, cvx_error_message()))
-        return;
+    if (!CVX_EXPECT(st == CVX_OK && f, "opening %s: %s", path, cvx_error_message())) return;
     CVX_EXPECT(cvx_st_count(f) == 6, "%d tensors, want 6 (__metadata__ is not one)", cvx_st_count(f));
     expect_sorted(f);
 
@@ -162,12 +150,10 @@ static void test_valid_single(void) {
             CVX_EXPECT(cvx_bf16_to_f32(read_u16(t->data, i)) == bf16_want[i], "e[%d] = %g, want %g", i,
                        (double)cvx_bf16_to_f32(read_u16(t->data, i)), (double)bf16_want[i]);
     t = expect_tensor(f, "s", CVX_F32, 0, NULL, 4);
-    if (t)
-        CVX_EXPECT(read_f32(t->data, 0) == 42.0f, "scalar = %g", (double)read_f32(t->data, 0));
+    if (t) CVX_EXPECT(read_f32(t->data, 0) == 42.0f, "scalar = %g", (double)read_f32(t->data, 0));
     expect_tensor(f, "empty", CVX_F32, 2, (const int64_t[]){0, 4}, 0);
     t = expect_tensor(f, "caf\xc3\xa9.\xf0\x9f\x98\x80", CVX_F16, 1, (const int64_t[]){1}, 2);
-    if (t)
-        CVX_EXPECT(read_u16(t->data, 0) == 0x3c00, "unicode-named tensor holds 0x%04x", read_u16(t->data, 0));
+    if (t) CVX_EXPECT(read_u16(t->data, 0) == 0x3c00, "unicode-named tensor holds 0x%04x", read_u16(t->data, 0));
     CVX_EXPECT(cvx_st_find(f, "missing") == NULL, "find of a missing name is not NULL");
     CVX_EXPECT(cvx_st_find(f, "__metadata__") == NULL, "__metadata__ is exposed as a tensor");
     cvx_st_close(f);
@@ -181,8 +167,7 @@ static void test_valid_single(void) {
         tmp_path(path, sizeof(path), empties[i]);
         cvx_error_clear();
         st = cvx_st_open(path, &f);
-        if (!CVX_EXPECT(st == CVX_OK, "%s: %s", empties[i], cvx_error_message()))
-            continue;
+        if (!CVX_EXPECT(st == CVX_OK, "%s: %s", empties[i], cvx_error_message())) continue;
         CVX_EXPECT(cvx_st_count(f) == 0 && cvx_st_at(f, 0) == NULL && cvx_st_find(f, "x") == NULL, "%s: %d tensors",
                    empties[i], cvx_st_count(f));
         cvx_st_close(f);
@@ -195,8 +180,7 @@ static void test_many_tensors(void) {
     size_t cap = (size_t)N * 96, len = 0;
     char *header = malloc(cap);
     float *data = malloc(N * sizeof(float));
-    if (!header || !data)
-        goto done;
+    if (!header || !data) goto done;
     len += (size_t)snprintf(header + len, cap - len, "{");
     for (int i = N - 1; i >= 0; i--) {
         data[i] = (float)i;
@@ -211,8 +195,7 @@ static void test_many_tensors(void) {
     tmp_path(path, sizeof(path), "many.safetensors");
     cvx_st_file *f = NULL;
     cvx_error_clear();
-    if (!CVX_EXPECT(cvx_st_open(path, &f) == CVX_OK, "%s", cvx_error_message()))
-        goto done;
+    if (!CVX_EXPECT(cvx_st_open(path, &f) == CVX_OK, "%s", cvx_error_message())) goto done;
     CVX_EXPECT(cvx_st_count(f) == N, "%d tensors, want %d", cvx_st_count(f), N);
     expect_sorted(f);
     int wrong = 0;
@@ -258,17 +241,14 @@ static void test_sharded(void) {
     cvx_st_file *f = NULL;
     cvx_error_clear();
     cvx_status st = cvx_st_open(path, &f);
-    if (!CVX_EXPECT(st == CVX_OK && f, "opening %s: %s", path, cvx_error_message()))
-        return;
+    if (!CVX_EXPECT(st == CVX_OK && f, "opening %s: %s", path, cvx_error_message())) return;
     CVX_EXPECT(cvx_st_count(f) == 3, "%d tensors, want the 3 of the weight_map", cvx_st_count(f));
     CVX_EXPECT(count_tmp_mappings() == 2, "%d mappings, want one per shard", count_tmp_mappings());
     expect_sorted(f);
     const cvx_st_tensor *t = expect_tensor(f, "a", CVX_F32, 1, (const int64_t[]){2}, 8);
-    if (t)
-        CVX_EXPECT(read_f32(t->data, 0) == 1.5f && read_f32(t->data, 1) == -2.0f, "a holds the wrong values");
+    if (t) CVX_EXPECT(read_f32(t->data, 0) == 1.5f && read_f32(t->data, 1) == -2.0f, "a holds the wrong values");
     t = expect_tensor(f, "b", CVX_BF16, 2, (const int64_t[]){1, 1}, 2);
-    if (t)
-        CVX_EXPECT(cvx_bf16_to_f32(read_u16(t->data, 0)) == 3.140625f, "b holds the wrong value");
+    if (t) CVX_EXPECT(cvx_bf16_to_f32(read_u16(t->data, 0)) == 3.140625f, "b holds the wrong value");
     t = expect_tensor(f, "c", CVX_F16, 1, (const int64_t[]){3}, 6);
     if (t)
         for (int i = 0; i < 3; i++)
@@ -311,8 +291,7 @@ static void expect_io_error_in(const char *name, const char *culprit, const char
     CVX_EXPECT(strstr(msg, needle) != NULL, "%s: message lacks \"%s\": %s", name, needle, msg);
     CVX_EXPECT(count_open_fds() == fds, "%s: %d file descriptors leaked", name, count_open_fds() - fds);
     CVX_EXPECT(count_tmp_mappings() == 0, "%s: %d mappings left behind", name, count_tmp_mappings());
-    if (st == CVX_OK)
-        cvx_st_close(f);
+    if (st == CVX_OK) cvx_st_close(f);
     printf("  %-26s -> %s\n", name, msg);
 }
 
@@ -347,8 +326,7 @@ static void test_invalid_single(void) {
     expect_io_error("bad_utf8.safetensors", "invalid UTF-8");
     char deep[200]; /* 70 nested arrays in an ignored member of the entry */
     int n = snprintf(deep, sizeof(deep), "{\"x\": {\"extra\": ");
-    for (int i = 0; i < 70; i++)
-        deep[n + i] = '[', deep[n + 70 + i] = ']';
+    for (int i = 0; i < 70; i++) deep[n + i] = '[', deep[n + 70 + i] = ']';
     snprintf(deep + n + 140, sizeof(deep) - (size_t)(n + 140), "}}");
     write_st("deep.safetensors", deep, NULL, 0);
     expect_io_error("deep.safetensors", "nesting deeper");

@@ -74,7 +74,6 @@ static void im2col_rows(const cvx_frame *frames, int64_t b, int t, int64_t H, in
     }
 }
 
-
 /* ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------------------------
  * The VAE's time goes to 3x3 (x kt) convolutions with stride 1 and padding 1. Winograd's minimal filtering computes
  * each 2x2 output tile from a 4x4 input patch with 16 multiplies per (ci, co, dt) instead of 36, i.e. 2.25x fewer
@@ -147,8 +146,7 @@ static void winograd_inputs(const cvx_frame *frames, int64_t b, int t, int kt, i
                 }
                 for (int r = 0; r < 4; r++) {
                     const float *sr = s + r * Wp;
-                    float *v0 = vk + (int64_t)(4 * r) * k * nt, *v1 = v0 + k * nt, *v2 = v1 + k * nt,
-                          *v3 = v2 + k * nt;
+                    float *v0 = vk + (int64_t)(4 * r) * k * nt, *v1 = v0 + k * nt, *v2 = v1 + k * nt, *v3 = v2 + k * nt;
                     for (int64_t q = 0; q < run; q++) {
                         const float *p = sr + 2 * (tx0 + q);
                         v0[i + q] = p[0] - p[2];
@@ -201,8 +199,7 @@ static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_
     const int64_t blocks = (tiles + nt - 1) / nt, tasks = batch * To * blocks;
     const int threads = cvx_ops_num_threads();
     const int64_t per_thread = 16 * (k + wt->co) * nt + 8 * (2 * tiles_w + 2);
-    CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(16 * wt->co * k) * sizeof(float),
-                          (void **)&u));
+    CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(16 * wt->co * k) * sizeof(float), (void **)&u));
     CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
                           (void **)&work));
     winograd_weights(w, wt->co, k, u);
@@ -225,8 +222,8 @@ static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_
             scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, wt->co, (int)n, (int)k, 1.0f,
                               u + (int64_t)xi * wt->co * k, (int)k, v + (int64_t)xi * k * n, (int)n, 0.0f,
                               m + (int64_t)xi * wt->co * n, (int)n);
-        winograd_outputs(m, wt->co, n, tile0, tiles_w, wt->bias, o + b * wt->co * ocs + (int64_t)t * Ho * Wo, ocs,
-                         Ho, Wo);
+        winograd_outputs(m, wt->co, n, tile0, tiles_w, wt->bias, o + b * wt->co * ocs + (int64_t)t * Ho * Wo, ocs, Ho,
+                         Wo);
     }
 fail:
     cvx_mem_free(u);
