@@ -10,6 +10,7 @@ from .memory import (
     reset_peak_memory_stats,
     set_memory_limit,
 )
+from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 
 __version__ = "0.1.0"
@@ -27,6 +28,8 @@ def cuda_is_available():
 
 __all__ = [
     "AutoencoderKLCogVideoX",
+    "CogVideoXTransformer3DModel",
+    "Transformer2DModelOutput",
     "AutoencoderKLOutput",
     "DecoderOutput",
     "DiagonalGaussianDistribution",

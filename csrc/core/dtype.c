@@ -2,13 +2,14 @@
 
 #include <string.h>
 
-size_t cvx_dtype_size(cvx_dtype dt) { return dt == CVX_F32 ? 4 : 2; }
+size_t cvx_dtype_size(cvx_dtype dt) { return dt == CVX_F64 ? 8 : dt == CVX_F32 ? 4 : 2; }
 
 const char *cvx_dtype_name(cvx_dtype dt) {
     switch (dt) {
     case CVX_F32: return "float32";
     case CVX_F16: return "float16";
     case CVX_BF16: return "bfloat16";
+    case CVX_F64: return "float64";
     }
     return "unknown";
 }
@@ -87,6 +88,11 @@ static inline float load_as_f32(const void *src, cvx_dtype dt, size_t i) {
     switch (dt) {
     case CVX_F16: return cvx_f16_to_f32(load_u16(src, i));
     case CVX_BF16: return cvx_bf16_to_f32(load_u16(src, i));
+    case CVX_F64: {
+        double d;
+        memcpy(&d, (const char *)src + 8 * i, 8);
+        return (float)d; /* one rounding, as torch's .to(float32) */
+    }
     default: return load_f32(src, i);
     }
 }
@@ -98,8 +104,12 @@ void cvx_convert(void *dst, cvx_dtype dst_dt, const void *src, cvx_dtype src_dt,
     }
     for (size_t i = 0; i < n; i++) {
         const float v = load_as_f32(src, src_dt, i); /* widening is exact, so f16 <-> bf16 rounds once */
+        /* (f64 -> f16/bf16 rounds twice, through f32; no CogVideoX tensor needs better) */
         if (dst_dt == CVX_F32) {
             memcpy((char *)dst + 4 * i, &v, 4);
+        } else if (dst_dt == CVX_F64) {
+            const double d = v;
+            memcpy((char *)dst + 8 * i, &d, 8);
         } else {
             const uint16_t h = dst_dt == CVX_F16 ? cvx_f32_to_f16(v) : cvx_f32_to_bf16(v);
             memcpy((char *)dst + 2 * i, &h, 2);

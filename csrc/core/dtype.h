@@ -5,10 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum cvx_dtype { CVX_F32 = 0, CVX_F16 = 1, CVX_BF16 = 2 } cvx_dtype;
+/* CVX_F64 is a storage type only (read from checkpoints and converted); computation uses the other three. */
+typedef enum cvx_dtype { CVX_F32 = 0, CVX_F16 = 1, CVX_BF16 = 2, CVX_F64 = 3 } cvx_dtype;
 
 size_t cvx_dtype_size(cvx_dtype dt);
-const char *cvx_dtype_name(cvx_dtype dt); /* "float32", "float16", "bfloat16" */
+const char *cvx_dtype_name(cvx_dtype dt); /* "float32", "float16", "bfloat16", "float64" */
 
 /* IEEE binary16 <-> binary32. Widening is exact; narrowing rounds to nearest even (as torch's .to(float16)),
  * with overflow to inf and correct subnormals. */

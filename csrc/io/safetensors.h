@@ -25,7 +25,8 @@ typedef struct cvx_st_tensor {
 typedef struct cvx_st_file cvx_st_file; /* one checkpoint: one or more mapped shard files */
 
 /* Opens `path`: a .safetensors file, or a *.safetensors.index.json whose "weight_map" names the shard files
- * (relative to the index's folder). Only F32, F16 and BF16 tensors are accepted. */
+ * (relative to the index's folder). Only F32, F16, BF16 and F64 tensors are accepted (F64: diffusers saves
+ * the learned positional table as float64; it is converted at load). */
 cvx_status cvx_st_open(const char *path, cvx_st_file **out);
 void cvx_st_close(cvx_st_file *f);
 

@@ -1,5 +1,6 @@
 #include "weights.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,37 @@ static size_t slot_bytes(const cvx_weight_decl *d, cvx_dtype dtype) {
     return (b + 63) & ~(size_t)63; /* keep every tensor 64-byte aligned inside its group */
 }
 
+/* One buffer per group from the memory manager; every declared slot is pointed at its place. */
+static cvx_status alloc_groups(cvx_weights *ws, cvx_dtype dtype) {
+    ws->group_data = calloc((size_t)ws->num_groups, sizeof(void *));
+    ws->group_bytes = calloc((size_t)ws->num_groups, sizeof(int64_t));
+    if (!ws->group_data || !ws->group_bytes) {
+        cvx_weights_free(ws);
+        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+    }
+    for (int i = 0; i < ws->count; i++)
+        ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
+    for (int g = 0; g < ws->num_groups; g++) {
+        cvx_status st = cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &ws->group_data[g]);
+        if (st != CVX_OK) {
+            cvx_weights_free(ws);
+            return st;
+        }
+    }
+    int64_t *fill = calloc((size_t)ws->num_groups, sizeof(int64_t));
+    if (!fill) {
+        cvx_weights_free(ws);
+        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+    }
+    for (int i = 0; i < ws->count; i++) {
+        cvx_weight_decl *d = &ws->decls[i];
+        *d->slot = (char *)ws->group_data[d->group] + fill[d->group];
+        fill[d->group] += (int64_t)slot_bytes(d, dtype);
+    }
+    free(fill);
+    return CVX_OK;
+}
+
 cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype) {
     if (ws->decl_status != CVX_OK) return ws->decl_status;
     char missing[512] = "", unexpected[512] = "", mismatched[768] = "";
@@ -105,53 +137,58 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
                         unexpected, more_u, n_mismatched, n_mismatched ? " " : "", mismatched, more_s);
     }
 
-    ws->group_data = calloc((size_t)ws->num_groups, sizeof(void *));
-    ws->group_bytes = calloc((size_t)ws->num_groups, sizeof(int64_t));
-    if (!ws->group_data || !ws->group_bytes) {
-        cvx_weights_free(ws);
-        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
-    }
-    for (int i = 0; i < ws->count; i++)
-        ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
-    for (int g = 0; g < ws->num_groups; g++) {
-        cvx_status st_alloc =
-            cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &ws->group_data[g]);
-        if (st_alloc != CVX_OK) {
-            cvx_weights_free(ws);
-            return st_alloc;
-        }
-    }
-    int64_t *fill = calloc((size_t)ws->num_groups, sizeof(int64_t));
-    if (!fill) {
-        cvx_weights_free(ws);
-        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
-    }
+    CVX_CHECK(alloc_groups(ws, dtype));
     for (int i = 0; i < ws->count; i++) {
         cvx_weight_decl *d = &ws->decls[i];
         const cvx_st_tensor *t = cvx_st_find(st, d->name);
-        char *dst = (char *)ws->group_data[d->group] + fill[d->group];
+        char *dst = *d->slot;
         const size_t n = (size_t)decl_numel(d);
         if (d->as_f32 && dtype != CVX_F32 && t->dtype != dtype) {
             /* round through the requested dtype first, so values equal what torch_dtype= gives in diffusers */
-            cvx_convert(dst, dtype, t->data, t->dtype, n);
             uint16_t *tmp = malloc(n * 2 + 2);
             if (!tmp) {
-                free(fill);
                 cvx_weights_free(ws);
                 return CVX_FAIL(CVX_ERR_OOM, "out of host memory converting '%s'", d->name);
             }
-            memcpy(tmp, dst, n * 2);
+            cvx_convert(tmp, dtype, t->data, t->dtype, n);
             cvx_convert(dst, CVX_F32, tmp, dtype, n);
             free(tmp);
-        } else if (d->as_f32 && dtype != CVX_F32) {
-            cvx_convert(dst, CVX_F32, t->data, t->dtype, n);
         } else {
             cvx_convert(dst, d->as_f32 ? CVX_F32 : dtype, t->data, t->dtype, n);
         }
-        *d->slot = dst;
-        fill[d->group] += (int64_t)slot_bytes(d, dtype);
     }
-    free(fill);
+    return CVX_OK;
+}
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed) {
+    if (ws->decl_status != CVX_OK) return ws->decl_status;
+    CVX_CHECK(alloc_groups(ws, dtype));
+#pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < ws->count; i++) {
+        const cvx_weight_decl *d = &ws->decls[i];
+        const int64_t n = decl_numel(d);
+        const cvx_dtype dt = d->as_f32 ? CVX_F32 : dtype;
+        const size_t esize = cvx_dtype_size(dt);
+        char *dst = *d->slot;
+        uint64_t state = seed * 0x100000001b3ull + (uint64_t)i;
+        /* 1-D weights are norm scales (1) and biases (0); matrices are uniform in +-1/sqrt(fan_in) */
+        const size_t len = strlen(d->name);
+        const int is_weight = len > 7 && strcmp(d->name + len - 7, ".weight") == 0;
+        const float constant = d->ndim == 1 ? (is_weight ? 1.0f : 0.0f) : 0.0f;
+        const float bound = d->ndim == 1 ? 0.0f : 1.0f / sqrtf((float)(n / (d->shape[0] ? d->shape[0] : 1)));
+        for (int64_t e = 0; e < n; e++) {
+            float v = constant;
+            if (bound > 0.0f) v = bound * ((float)(splitmix64(&state) >> 40) * (2.0f / 16777216.0f) - 1.0f);
+            cvx_convert(dst + (size_t)e * esize, dt, &v, CVX_F32, 1);
+        }
+    }
     return CVX_OK;
 }
 

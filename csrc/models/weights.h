@@ -39,6 +39,8 @@ void cvx_weights_declare(cvx_weights *ws, int group, int as_f32, void **slot, in
 #endif
     ;
 cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype);
+/* Instead of loading: seeded random weights (1-D: norm scales 1, biases 0; others uniform in +-1/sqrt(fan_in)). */
+cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed);
 int64_t cvx_weights_total_bytes(const cvx_weights *ws);
 void cvx_weights_free(cvx_weights *ws);
 

@@ -72,4 +72,34 @@ cvx_status cvx_slice_frames(const cvx_tensor *x, int64_t first, int64_t count, c
  * offset d. Both are [B, C, T, H, W] with the same C; the caller keeps the box inside both. */
 void cvx_copy_box(cvx_tensor *dst, const int64_t d[4], const cvx_tensor *src, const int64_t s[4], const int64_t n[4]);
 
+/* ---- token ops (the transformer): activations are row-major [rows, width] f32 ------------------------------ */
+
+/* y[M, N] = x[M, K] W[N, K]^T (+ bias[N]). W may be f16/bf16: it is widened block by block into per-thread
+ * scratch, so no f32 copy of the model ever exists. Parallel over (row block, column block). */
+cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const float *bias, int64_t N,
+                      float *y);
+
+/* y = LayerNorm(x) over rows of width D (gamma/beta may be NULL for no affine); statistics in double.
+ * Then, when scale/shift are given (width D), y = y * (1 + scale) + shift, each op rounded in f32 as torch does.
+ * y may be x. */
+void cvx_layer_norm(const float *x, int64_t rows, int64_t D, float eps, const float *gamma, const float *beta,
+                    const float *scale, const float *shift, float *y);
+
+/* x[rows, D] += gate[D] * y[rows, D] (gate NULL: plain add). */
+void cvx_gated_add(float *x, const float *gate, const float *y, int64_t rows, int64_t D);
+
+void cvx_silu(float *x, int64_t n);
+/* GELU with the tanh approximation (torch approximate="tanh"). */
+void cvx_gelu_tanh(float *x, int64_t n);
+
+/* Rotary embedding on `rows` tokens of `heads` heads of width hd (row stride ld floats): pairs (2k, 2k+1) are
+ * rotated by cos/sin[token][hd] as diffusers' apply_rotary_emb(use_real_unbind_dim=-1). */
+void cvx_rope(float *x, int64_t rows, int64_t ld, int heads, int hd, const float *cos_tab, const float *sin_tab);
+
+/* Softmax attention without the S x S matrix: for each batch item and head, out = softmax(q k^T * scale) v over
+ * tiles of keys with an online (running max / sum) softmax. q, k, v, out are [B, S, heads * hd] (heads packed
+ * along the row). Working memory is a few tiles per thread. */
+cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t B, int64_t S, int heads, int hd,
+                         float scale, float *out);
+
 #endif

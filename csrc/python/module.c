@@ -9,6 +9,7 @@
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "../mem/mem.h"
+#include "../models/transformer.h"
 #include "../models/vae.h"
 #include "../ops/ops.h"
 
@@ -337,6 +338,153 @@ static PyTypeObject VAEType = {
     .tp_doc = "The CogVideoX VAE in C (use cogvideo_c.AutoencoderKLCogVideoX).",
 };
 
+
+/* ---- the transformer ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD cvx_transformer *tr;
+} TransformerObject;
+
+static void Transformer_dealloc(TransformerObject *self) {
+    cvx_transformer_free(self->tr);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Transformer(config: tuple, weights_path: str | None, dtype: str, seed: int = 0); config is (heads, head_dim,
+ * in_channels, out_channels, flip_sin_to_cos, freq_shift, time_embed_dim, ofs_embed_dim, text_embed_dim, num_layers,
+ * attention_bias, patch_bias, norm_elementwise_affine, patch_size, patch_size_t, max_text_seq_length,
+ * use_learned_positional_embeddings, learned_table_rows, norm_eps). No path: seeded random weights. */
+static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *kwds) {
+    (void)kwds;
+    cvx_transformer_config c;
+    memset(&c, 0, sizeof(c));
+    PyObject *path_obj = NULL, *path_arg = NULL;
+    const char *dtype_name = NULL;
+    unsigned long long seed = 0;
+    double eps = 0.0;
+    if (!PyArg_ParseTuple(args, "(iiiiiiiiiiiiiiiiiid)Os|K", &c.num_attention_heads, &c.attention_head_dim,
+                          &c.in_channels, &c.out_channels, &c.flip_sin_to_cos, &c.freq_shift, &c.time_embed_dim,
+                          &c.ofs_embed_dim, &c.text_embed_dim, &c.num_layers, &c.attention_bias, &c.patch_bias,
+                          &c.norm_elementwise_affine, &c.patch_size, &c.patch_size_t, &c.max_text_seq_length,
+                          &c.use_learned_positional_embeddings, &c.learned_table_rows, &eps, &path_arg, &dtype_name,
+                          &seed))
+        return -1;
+    c.norm_eps = (float)eps;
+    cvx_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype) < 0) return -1;
+    if (path_arg != Py_None && !PyUnicode_FSConverter(path_arg, &path_obj)) return -1;
+    cvx_st_file *st_file = NULL;
+    cvx_transformer *tr = NULL;
+    cvx_status st = CVX_OK;
+    Py_BEGIN_ALLOW_THREADS if (path_obj) st = cvx_st_open(PyBytes_AS_STRING(path_obj), &st_file);
+    if (st == CVX_OK) st = cvx_transformer_create(&c, st_file, dtype, seed, &tr);
+    cvx_st_close(st_file);
+    Py_END_ALLOW_THREADS Py_XDECREF(path_obj);
+    if (st != CVX_OK) {
+        raise_status(st);
+        return -1;
+    }
+    cvx_transformer_free(self->tr);
+    self->tr = tr;
+    return 0;
+}
+
+/* A C-contiguous float32 array of exactly `ndim` dimensions, or NULL with a ValueError naming `what`. */
+static PyArrayObject *array_f32(PyObject *obj, int ndim, const char *what) {
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (arr && ndim >= 0 && PyArray_NDIM(arr) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(arr));
+        Py_CLEAR(arr);
+    }
+    return arr;
+}
+
+static void tensor_view(PyArrayObject *arr, cvx_tensor *t) {
+    memset(t, 0, sizeof(*t));
+    t->data = PyArray_DATA(arr);
+    t->dtype = CVX_F32;
+    t->ndim = PyArray_NDIM(arr);
+    for (int i = 0; i < t->ndim; i++) t->shape[i] = PyArray_DIM(arr, i);
+}
+
+/* forward(hidden [B,F,C,H,W], text [B,L,Dt], timestep [B], ofs [B] | None, pos_table [S,D] | None,
+ *         use_learned: bool, rope_cos [N,hd] | None, rope_sin | None) -> [B, F, C_out, H, W] */
+static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
+    PyObject *h_obj, *t_obj, *ts_obj, *ofs_obj, *pos_obj, *cos_obj, *sin_obj;
+    int use_learned = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOpOO", &h_obj, &t_obj, &ts_obj, &ofs_obj, &pos_obj, &use_learned, &cos_obj,
+                          &sin_obj))
+        return NULL;
+    PyArrayObject *h = NULL, *txt = NULL, *ts = NULL, *ofs = NULL, *pos = NULL, *cs = NULL, *sn = NULL;
+    PyObject *result = NULL;
+    cvx_tensor ht, tt, out = {0};
+    if (!(h = array_f32(h_obj, 5, "hidden_states")) || !(txt = array_f32(t_obj, 3, "encoder_hidden_states")) ||
+        !(ts = array_f32(ts_obj, 1, "timestep")))
+        goto done;
+    if (ofs_obj != Py_None && !(ofs = array_f32(ofs_obj, 1, "ofs"))) goto done;
+    if (pos_obj != Py_None && !(pos = array_f32(pos_obj, 2, "positional table"))) goto done;
+    if (cos_obj != Py_None && (!(cs = array_f32(cos_obj, 2, "image_rotary_emb[0]")) ||
+                               !(sn = array_f32(sin_obj, 2, "image_rotary_emb[1]"))))
+        goto done;
+    tensor_view(h, &ht);
+    tensor_view(txt, &tt);
+    const npy_intp B = PyArray_DIM(h, 0);
+    if (PyArray_DIM(ts, 0) != B || (ofs && PyArray_DIM(ofs, 0) != B)) {
+        PyErr_Format(PyExc_ValueError, "timestep and ofs must have one value per batch item (%ld)", (long)B);
+        goto done;
+    }
+    cvx_transformer_inputs in = {&ht, &tt, PyArray_DATA(ts), ofs ? PyArray_DATA(ofs) : NULL,
+                                 pos ? PyArray_DATA(pos) : NULL, use_learned, cs ? PyArray_DATA(cs) : NULL,
+                                 sn ? PyArray_DATA(sn) : NULL};
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_transformer_forward(self->tr, &in, &out);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) raise_status(st);
+    else result = tensor_to_array(&out);
+done:
+    Py_XDECREF(h);
+    Py_XDECREF(txt);
+    Py_XDECREF(ts);
+    Py_XDECREF(ofs);
+    Py_XDECREF(pos);
+    Py_XDECREF(cs);
+    Py_XDECREF(sn);
+    return result;
+}
+
+static PyObject *Transformer_weight_bytes(TransformerObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(cvx_transformer_weight_bytes(self->tr));
+}
+
+static PyObject *Transformer_weight_groups(TransformerObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(cvx_transformer_num_weight_groups(self->tr));
+}
+
+static PyMethodDef Transformer_methods[] = {
+    {"forward", (PyCFunction)Transformer_forward, METH_VARARGS,
+     "forward(hidden, text, timestep, ofs, pos_table, use_learned, rope_cos, rope_sin) -> ndarray"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Transformer_getset[] = {
+    {"weight_bytes", (getter)Transformer_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"num_weight_groups", (getter)Transformer_weight_groups, NULL, "number of weight groups", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TransformerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cogvideo_c._C.Transformer",
+    .tp_basicsize = sizeof(TransformerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Transformer_init,
+    .tp_dealloc = (destructor)Transformer_dealloc,
+    .tp_methods = Transformer_methods,
+    .tp_getset = Transformer_getset,
+    .tp_doc = "The CogVideoX transformer in C (use cogvideo_c.CogVideoXTransformer3DModel).",
+};
+
 /* ---- module -------------------------------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -356,7 +504,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
     cvx_ops_init();
-    if (PyType_Ready(&VAEType) < 0) return NULL;
+    if (PyType_Ready(&VAEType) < 0 || PyType_Ready(&TransformerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     OutOfMemoryError = PyErr_NewExceptionWithDoc("cogvideo_c.OutOfMemoryError",
@@ -368,8 +516,9 @@ PyMODINIT_FUNC PyInit__C(void) {
     }
     Py_INCREF(OutOfMemoryError);
     Py_INCREF(&VAEType);
-    if (PyModule_AddObject(m, "VAE", (PyObject *)&VAEType) < 0) {
-        Py_DECREF(&VAEType);
+    Py_INCREF(&TransformerType);
+    if (PyModule_AddObject(m, "VAE", (PyObject *)&VAEType) < 0 ||
+        PyModule_AddObject(m, "Transformer", (PyObject *)&TransformerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,0 +1,195 @@
+"""CogVideoXTransformer3DModel with diffusers' name, config keys, call signature and numbers, on the C core."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import configuration
+from ._dtypes import resolve_dtype
+from ._load import _C
+from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
+
+
+@dataclass
+class Transformer2DModelOutput:
+    sample: np.ndarray
+
+
+def _int(cfg, key):
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
+    return int(value)
+
+
+class CogVideoXTransformer3DModel:
+    """diffusers.CogVideoXTransformer3DModel: CogVideoX-2b (sin-cos table), -5b (RoPE), -5b-I2V (learned table),
+    1.5 (temporal patches, 'slice' RoPE, ofs). Weights are grouped per transformer block; 16-bit weights stay
+    16-bit and are widened tile by tile inside the GEMMs."""
+
+    _DEFAULTS = dict(
+        num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
+        freq_shift=0, time_embed_dim=512, ofs_embed_dim=None, text_embed_dim=4096, num_layers=30, dropout=0.0,
+        attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2, patch_size_t=None,
+        temporal_compression_ratio=4, max_text_seq_length=226, activation_fn="gelu-approximate",
+        timestep_activation_fn="silu", norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
+        temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=False,
+        use_learned_positional_embeddings=False, patch_bias=True,
+    )  # fmt: skip
+
+    def __init__(self, config, weights_path=None, dtype="float32", seed=0):
+        cfg = dict(self._DEFAULTS)
+        cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        if cfg["activation_fn"] != "gelu-approximate" or cfg["timestep_activation_fn"] != "silu":
+            raise ValueError("only activation_fn 'gelu-approximate' and timestep_activation_fn 'silu' are supported")
+        rotary, learned = bool(cfg["use_rotary_positional_embeddings"]), bool(cfg["use_learned_positional_embeddings"])
+        if learned and not rotary:
+            raise ValueError("learned positional embeddings without rotary embeddings match no CogVideoX model")
+        heads, hd = _int(cfg, "num_attention_heads"), _int(cfg, "attention_head_dim")
+        p, pt = _int(cfg, "patch_size"), cfg["patch_size_t"]
+        pt = None if pt is None else int(pt)
+        self.inner_dim = heads * hd
+        rows = 0
+        if learned:
+            frames = (_int(cfg, "sample_frames") - 1) // _int(cfg, "temporal_compression_ratio") + 1
+            rows = _int(cfg, "max_text_seq_length") + frames * (cfg["sample_height"] // p) * (cfg["sample_width"] // p)
+        core_cfg = (
+            heads, hd, _int(cfg, "in_channels"), _int(cfg, "out_channels"), int(bool(cfg["flip_sin_to_cos"])),
+            _int(cfg, "freq_shift"), _int(cfg, "time_embed_dim"), int(cfg["ofs_embed_dim"] or 0),
+            _int(cfg, "text_embed_dim"), _int(cfg, "num_layers"), int(bool(cfg["attention_bias"])),
+            int(bool(cfg["patch_bias"])), int(bool(cfg["norm_elementwise_affine"])), p, pt or 0,
+            _int(cfg, "max_text_seq_length"), int(learned), rows, float(cfg["norm_eps"]),
+        )  # fmt: skip
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.Transformer(core_cfg, weights_path, dtype, int(seed))
+        self._sincos_cache = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+        """Loads a diffusers-layout folder (config.json + safetensors, sharded or not); weights are converted to
+        torch_dtype (float32 default, float16, bfloat16) at load and kept in it."""
+        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
+        cfg = configuration.read_config(folder, "CogVideoXTransformer3DModel")
+        return cls(cfg, configuration.weights_file(folder), resolve_dtype(torch_dtype))
+
+    @classmethod
+    def from_config(cls, config, seed=0, torch_dtype=None):
+        """A model with seeded random weights (no checkpoint): for benchmarks at the real 2b/5b sizes."""
+        return cls(dict(config), None, resolve_dtype(torch_dtype), seed)
+
+    @property
+    def weight_bytes(self):
+        return self._core.weight_bytes
+
+    @property
+    def num_weight_groups(self):
+        return self._core.num_weight_groups
+
+    # ---- positional tables -----------------------------------------------------------------------------------
+
+    def rotary_positional_embeddings(self, height, width, num_latent_frames, vae_scale_factor_spatial=8):
+        """(freqs_cos, freqs_sin) [tokens, attention_head_dim] float32, as CogVideoXPipeline's
+        _prepare_rotary_positional_embeddings builds them for a video of height x width pixels."""
+        c = self.config
+        p, pt = c.patch_size, c.patch_size_t
+        grid_h = height // (vae_scale_factor_spatial * p)
+        grid_w = width // (vae_scale_factor_spatial * p)
+        base_w, base_h = c.sample_width // p, c.sample_height // p
+        if pt is None:
+            crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
+            return get_3d_rotary_pos_embed(c.attention_head_dim, crops, (grid_h, grid_w), num_latent_frames)
+        frames = (num_latent_frames + pt - 1) // pt
+        return get_3d_rotary_pos_embed(
+            c.attention_head_dim, None, (grid_h, grid_w), frames, grid_type="slice", max_size=(base_h, base_w)
+        )
+
+    def _positional_table(self, text_len, frames, height, width):
+        """What CogVideoXPatchEmbed adds: None, "learned", or a sin-cos table [L + N, D] (text rows zero)."""
+        c = self.config
+        if c.use_rotary_positional_embeddings and not c.use_learned_positional_embeddings:
+            return None
+        if c.use_learned_positional_embeddings and (c.sample_width != width or c.sample_height != height):
+            raise ValueError(
+                "It is currently not possible to generate videos at a different resolution that the defaults. This "
+                "should only be the case with 'THUDM/CogVideoX-5b-I2V' (a learned positional table of "
+                f"{c.sample_height}x{c.sample_width} latents; got {height}x{width})."
+            )
+        if text_len != c.max_text_seq_length:
+            raise ValueError(
+                f"encoder_hidden_states has {text_len} tokens but the positional table holds max_text_seq_length = "
+                f"{c.max_text_seq_length}; they must be equal for this model"
+            )
+        pre_frames = (frames - 1) * c.temporal_compression_ratio + 1
+        if c.use_learned_positional_embeddings and (c.sample_frames == pre_frames):
+            return "learned"
+        key = (frames, height, width)
+        if key not in self._sincos_cache:
+            p = c.patch_size
+            post_frames = (pre_frames - 1) // c.temporal_compression_ratio + 1
+            grid = get_3d_sincos_pos_embed(
+                self.inner_dim, width // p, height // p, post_frames,
+                c.spatial_interpolation_scale, c.temporal_interpolation_scale,
+            )  # fmt: skip
+            table = np.zeros((c.max_text_seq_length + grid.shape[0], self.inner_dim), dtype=np.float32)
+            table[c.max_text_seq_length :] = grid  # one rounding float64 -> float32, as .to(embeds.dtype)
+            self._sincos_cache = {key: table}
+        return self._sincos_cache[key]
+
+    # ---- forward -----------------------------------------------------------------------------------------------
+
+    def __call__(self, hidden_states, encoder_hidden_states, timestep, timestep_cond=None, ofs=None,
+                 image_rotary_emb=None, attention_kwargs=None, return_dict=True):  # fmt: skip
+        """hidden_states [B, F, C, H, W], encoder_hidden_states [B, L, text_embed_dim], timestep [B] (or one value
+        for all), ofs (1.5-I2V), image_rotary_emb (cos, sin) as the pipeline computes them (None: no RoPE, as in
+        diffusers). Returns [B, F, out_channels, H, W]."""
+        if timestep_cond is not None:
+            raise ValueError("timestep_cond is not supported (no CogVideoX model uses it)")
+        c = self.config
+        h = np.asarray(hidden_states, dtype=np.float32)
+        e = np.asarray(encoder_hidden_states, dtype=np.float32)
+        if h.ndim != 5:
+            raise ValueError(f"hidden_states must be [batch, frames, channels, height, width], got shape {h.shape}")
+        if e.ndim != 3:
+            raise ValueError(f"encoder_hidden_states must be [batch, tokens, {c.text_embed_dim}], got {e.shape}")
+        B, F, C, H, W = h.shape
+        if C != c.in_channels:
+            raise ValueError(f"hidden_states has {C} channels; the model's in_channels is {c.in_channels}")
+        if H % c.patch_size or W % c.patch_size:
+            raise ValueError(f"latent height {H} and width {W} must be divisible by patch_size {c.patch_size}")
+        if c.patch_size_t and F % c.patch_size_t:
+            raise ValueError(
+                f"{F} latent frames cannot be split into temporal patches of {c.patch_size_t} (CogVideoX 1.5 pads "
+                "the latents to a multiple in the pipeline)"
+            )
+        if e.shape[0] != B or e.shape[2] != c.text_embed_dim:
+            raise ValueError(f"encoder_hidden_states must be [{B}, tokens, {c.text_embed_dim}], got {e.shape}")
+        t = self._per_item(timestep, B, "timestep")
+        o = None
+        if c.ofs_embed_dim:
+            if ofs is None:
+                raise ValueError("this model has an ofs embedding (CogVideoX 1.5 I2V): pass ofs")
+            o = self._per_item(ofs, B, "ofs")
+        table = self._positional_table(e.shape[1], F, H, W)
+        cos = sin = None
+        if image_rotary_emb is not None:
+            cos, sin = (np.asarray(a, dtype=np.float32) for a in image_rotary_emb)
+            tokens = (F // (c.patch_size_t or 1)) * (H // c.patch_size) * (W // c.patch_size)
+            want = (tokens, c.attention_head_dim)
+            if cos.shape != want or sin.shape != want:
+                raise ValueError(f"image_rotary_emb must be two [{tokens}, {c.attention_head_dim}] tables, got "
+                                 f"{cos.shape} and {sin.shape}")  # fmt: skip
+        learned = isinstance(table, str)
+        out = self._core.forward(h, e, t, o, None if learned else table, learned, cos, sin)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    forward = __call__
+
+    @staticmethod
+    def _per_item(value, batch, name):
+        arr = np.asarray(value, dtype=np.float32)
+        if arr.ndim == 0 or (arr.ndim == 1 and arr.shape[0] == 1):
+            return np.full((batch,), arr.reshape(-1)[0], dtype=np.float32)  # one value broadcasts, as in diffusers
+        if arr.ndim != 1 or arr.shape[0] != batch:
+            raise ValueError(f"{name} must be a scalar or have one value per batch item ({batch}), got {arr.shape}")
+        return arr

@@ -1,0 +1,409 @@
+/* CogVideoXTransformer3DModel, read top to bottom like diffusers' cogvideox_transformer_3d.py.
+ *
+ * Legend: B batch, F latent frames, C channels, H/W latent height/width, p / p_t spatial / temporal patch, L text
+ * tokens, N video tokens, S = L + N, D width (heads * head_dim), E time_embed_dim.
+ * Tokens are kept as one [B, S, D] buffer with the text first, as diffusers concatenates them for attention and the
+ * feed-forward; the text/video split only selects which modulation and gate a row gets. */
+#include "transformer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops/ops.h"
+#include "weights.h"
+
+typedef struct tr_linear {
+    const void *w; /* [out, in] in the weight dtype */
+    const float *b;
+    int in, out;
+} tr_linear;
+
+typedef struct tr_norm { /* LayerNorm affine (NULL when norm_elementwise_affine is false) */
+    const float *w, *b;
+} tr_norm;
+
+typedef struct tr_block { /* CogVideoXBlock */
+    tr_linear norm1_linear, norm2_linear; /* CogVideoXLayerNormZero: E -> 6D */
+    tr_norm norm1, norm2;
+    tr_linear to_q, to_k, to_v, to_out;
+    tr_norm norm_q, norm_k; /* over head_dim, eps 1e-6 */
+    tr_linear ff_in, ff_out;
+} tr_block;
+
+struct cvx_transformer {
+    cvx_transformer_config cfg;
+    int D;
+    cvx_dtype dtype;
+    tr_linear patch_proj; /* Conv2d [D, C, p, p] viewed as [D, C*p*p], or Linear [D, C*p_t*p*p] (1.5) */
+    tr_linear text_proj;
+    const float *pos_embedding; /* learned table [1, rows, D] */
+    tr_linear time_linear_1, time_linear_2, ofs_linear_1, ofs_linear_2;
+    tr_block *blocks;
+    tr_norm norm_final, norm_out;
+    tr_linear norm_out_linear, proj_out;
+    cvx_weights weights;
+};
+
+/* ---- weights ---------------------------------------------------------------------------------------------------- */
+
+static void decl_linear(cvx_weights *ws, int group, tr_linear *l, int out, int in, int bias, const char *name) {
+    const int64_t wshape[2] = {out, in}, bshape[1] = {out};
+    l->in = in, l->out = out;
+    cvx_weights_declare(ws, group, 0, (void **)&l->w, 2, wshape, "%s.weight", name);
+    if (bias) cvx_weights_declare(ws, group, 1, (void **)&l->b, 1, bshape, "%s.bias", name);
+}
+
+static void decl_norm(cvx_weights *ws, int group, tr_norm *n, int dim, int affine, const char *name) {
+    const int64_t shape[1] = {dim};
+    if (!affine) return;
+    cvx_weights_declare(ws, group, 1, (void **)&n->w, 1, shape, "%s.weight", name);
+    cvx_weights_declare(ws, group, 1, (void **)&n->b, 1, shape, "%s.bias", name);
+}
+
+static cvx_status declare(cvx_transformer *tr) {
+    const cvx_transformer_config *c = &tr->cfg;
+    cvx_weights *ws = &tr->weights;
+    const int D = tr->D, E = c->time_embed_dim, p = c->patch_size, aff = c->norm_elementwise_affine;
+    char name[CVX_WEIGHT_NAME_MAX];
+    /* group 0: everything outside the blocks; group 1 + i: block i */
+    if (c->patch_size_t) {
+        decl_linear(ws, 0, &tr->patch_proj, D, c->in_channels * p * p * c->patch_size_t, 1, "patch_embed.proj");
+    } else {
+        const int64_t wshape[4] = {D, c->in_channels, p, p}, bshape[1] = {D};
+        tr->patch_proj.in = c->in_channels * p * p, tr->patch_proj.out = D;
+        cvx_weights_declare(ws, 0, 0, (void **)&tr->patch_proj.w, 4, wshape, "patch_embed.proj.weight");
+        if (c->patch_bias) cvx_weights_declare(ws, 0, 1, (void **)&tr->patch_proj.b, 1, bshape, "patch_embed.proj.bias");
+    }
+    decl_linear(ws, 0, &tr->text_proj, D, c->text_embed_dim, 1, "patch_embed.text_proj");
+    if (c->use_learned_positional_embeddings) {
+        const int64_t shape[3] = {1, c->learned_table_rows, D};
+        cvx_weights_declare(ws, 0, 1, (void **)&tr->pos_embedding, 3, shape, "patch_embed.pos_embedding");
+    }
+    decl_linear(ws, 0, &tr->time_linear_1, E, D, 1, "time_embedding.linear_1");
+    decl_linear(ws, 0, &tr->time_linear_2, E, E, 1, "time_embedding.linear_2");
+    if (c->ofs_embed_dim) {
+        decl_linear(ws, 0, &tr->ofs_linear_1, c->ofs_embed_dim, c->ofs_embed_dim, 1, "ofs_embedding.linear_1");
+        decl_linear(ws, 0, &tr->ofs_linear_2, c->ofs_embed_dim, c->ofs_embed_dim, 1, "ofs_embedding.linear_2");
+    }
+    tr->blocks = calloc((size_t)c->num_layers, sizeof(tr_block));
+    if (!tr->blocks) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the transformer");
+    for (int i = 0; i < c->num_layers; i++) {
+        tr_block *blk = &tr->blocks[i];
+        const int g = 1 + i;
+#define BLOCK_NAME(suffix) (snprintf(name, sizeof(name), "transformer_blocks.%d.%s", i, suffix), name)
+        decl_linear(ws, g, &blk->norm1_linear, 6 * D, E, 1, BLOCK_NAME("norm1.linear"));
+        decl_norm(ws, g, &blk->norm1, D, aff, BLOCK_NAME("norm1.norm"));
+        decl_norm(ws, g, &blk->norm_q, c->attention_head_dim, 1, BLOCK_NAME("attn1.norm_q"));
+        decl_norm(ws, g, &blk->norm_k, c->attention_head_dim, 1, BLOCK_NAME("attn1.norm_k"));
+        decl_linear(ws, g, &blk->to_q, D, D, c->attention_bias, BLOCK_NAME("attn1.to_q"));
+        decl_linear(ws, g, &blk->to_k, D, D, c->attention_bias, BLOCK_NAME("attn1.to_k"));
+        decl_linear(ws, g, &blk->to_v, D, D, c->attention_bias, BLOCK_NAME("attn1.to_v"));
+        decl_linear(ws, g, &blk->to_out, D, D, 1, BLOCK_NAME("attn1.to_out.0"));
+        decl_linear(ws, g, &blk->norm2_linear, 6 * D, E, 1, BLOCK_NAME("norm2.linear"));
+        decl_norm(ws, g, &blk->norm2, D, aff, BLOCK_NAME("norm2.norm"));
+        decl_linear(ws, g, &blk->ff_in, 4 * D, D, 1, BLOCK_NAME("ff.net.0.proj"));
+        decl_linear(ws, g, &blk->ff_out, D, 4 * D, 1, BLOCK_NAME("ff.net.2"));
+#undef BLOCK_NAME
+    }
+    decl_norm(ws, 0, &tr->norm_final, D, aff, "norm_final");
+    decl_linear(ws, 0, &tr->norm_out_linear, 2 * D, E, 1, "norm_out.linear");
+    decl_norm(ws, 0, &tr->norm_out, D, aff, "norm_out.norm");
+    const int pt = c->patch_size_t ? c->patch_size_t : 1;
+    decl_linear(ws, 0, &tr->proj_out, p * p * pt * c->out_channels, D, 1, "proj_out");
+    return CVX_OK;
+}
+
+cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
+                                  uint64_t seed, cvx_transformer **out) {
+    *out = NULL;
+    if (cfg->num_attention_heads < 1 || cfg->attention_head_dim < 2 || cfg->attention_head_dim % 2 ||
+        cfg->num_layers < 0 || cfg->patch_size < 1 || cfg->patch_size_t < 0 || cfg->in_channels < 1 ||
+        cfg->out_channels < 1 || cfg->time_embed_dim < 1 || cfg->text_embed_dim < 1)
+        return CVX_FAIL(CVX_ERR_INVALID, "transformer config has a non-positive size (or an odd attention_head_dim)");
+    if (cfg->ofs_embed_dim && cfg->ofs_embed_dim != cfg->time_embed_dim)
+        return CVX_FAIL(CVX_ERR_INVALID, "ofs_embed_dim %d must equal time_embed_dim %d (their embeddings are added)",
+                        cfg->ofs_embed_dim, cfg->time_embed_dim);
+    cvx_transformer *tr = calloc(1, sizeof(*tr));
+    if (!tr) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the transformer");
+    tr->cfg = *cfg;
+    tr->D = cfg->num_attention_heads * cfg->attention_head_dim;
+    tr->dtype = dtype;
+    cvx_status st_ = declare(tr);
+    if (st_ == CVX_OK)
+        st_ = st ? cvx_weights_load(&tr->weights, st, dtype) : cvx_weights_init_random(&tr->weights, dtype, seed);
+    if (st_ != CVX_OK) {
+        cvx_transformer_free(tr);
+        return st_;
+    }
+    *out = tr;
+    return CVX_OK;
+}
+
+void cvx_transformer_free(cvx_transformer *tr) {
+    if (!tr) return;
+    cvx_weights_free(&tr->weights);
+    free(tr->blocks);
+    free(tr);
+}
+
+int64_t cvx_transformer_weight_bytes(const cvx_transformer *tr) { return cvx_weights_total_bytes(&tr->weights); }
+
+int cvx_transformer_num_weight_groups(const cvx_transformer *tr) { return tr->weights.num_groups; }
+
+/* ---- layers ----------------------------------------------------------------------------------------------------- */
+
+static cvx_status linear(const tr_linear *l, cvx_dtype dt, const float *x, int64_t rows, float *y) {
+    return cvx_linear(x, rows, l->in, l->w, dt, l->b, l->out, y);
+}
+
+/* Timesteps: [cos, sin] (flip_sin_to_cos) or [sin, cos] of t * exp(-ln(10000) k / (half - shift)), in f32 like
+ * diffusers' get_timestep_embedding. t [B] -> emb [B, dim]. */
+static void timestep_sinusoid(const float *t, int64_t B, int dim, int flip, int shift, float *emb) {
+    const int half = dim / 2;
+    const float neg_log = (float)(-log(10000.0));
+    for (int64_t b = 0; b < B; b++) {
+        float *e = emb + b * dim;
+        for (int k = 0; k < half; k++) {
+            const float exponent = (neg_log * (float)k) / (float)(half - shift);
+            const float arg = t[b] * expf(exponent);
+            const float s = sinf(arg), c = cosf(arg);
+            e[flip ? half + k : k] = s;
+            e[flip ? k : half + k] = c;
+        }
+        if (dim % 2) e[dim - 1] = 0.0f;
+    }
+}
+
+/* TimestepEmbedding: linear_1 -> SiLU -> linear_2. x [B, in] -> y [B, out] (scratch [B, hidden]). */
+static cvx_status timestep_mlp(const tr_linear *l1, const tr_linear *l2, cvx_dtype dt, const float *x, int64_t B,
+                               float *hidden, float *y) {
+    CVX_CHECK(linear(l1, dt, x, B, hidden));
+    cvx_silu(hidden, B * l1->out);
+    return linear(l2, dt, hidden, B, y);
+}
+
+/* ---- the forward pass --------------------------------------------------------------------------------------------- */
+
+typedef struct tr_buffers {
+    float *x;     /* [B, S, D] the token stream */
+    float *xn;    /* [B, S, D] normalised tokens */
+    float *q, *k, *v, *attn; /* [B, S, D] */
+    float *ff;    /* [chunk, 4D] feed-forward hidden, processed in row chunks */
+    float *mod;   /* [B, 6D] modulation */
+    float *temb;  /* [B, E] */
+    float *silu_temb;
+    float *small; /* [B, max(D, E)] x2 scratch for the time embeddings */
+    float *patches; /* [B * N, C p p p_t]: the patches in, later proj_out's output */
+} tr_buffers;
+
+#define FF_CHUNK_ROWS 1024
+
+static void buffers_free(tr_buffers *bf) {
+    float **all[] = {&bf->x, &bf->xn, &bf->q, &bf->k, &bf->v, &bf->attn, &bf->ff, &bf->mod, &bf->temb,
+                     &bf->silu_temb, &bf->small, &bf->patches};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        cvx_mem_free(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+static cvx_status buffer(float **p, int64_t count) {
+    return cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(count > 0 ? count : 1) * sizeof(float),
+                         (void **)p);
+}
+
+/* CogVideoXLayerNormZero + modulation of text rows (enc_shift/enc_scale) and video rows (shift/scale):
+ * mod [B, 6D] = (shift, scale, gate, enc_shift, enc_scale, enc_gate). */
+static void modulated_norm(const tr_norm *n, float eps, const float *x, const float *mod, int64_t B, int64_t L,
+                           int64_t S, int64_t D, float *y) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *m = mod + b * 6 * D;
+        const float *xb = x + b * S * D;
+        float *yb = y + b * S * D;
+        cvx_layer_norm(xb, L, D, eps, n->w, n->b, m + 4 * D, m + 3 * D, yb);
+        cvx_layer_norm(xb + L * D, S - L, D, eps, n->w, n->b, m + D, m, yb + L * D);
+    }
+}
+
+/* x += gate * y for the video rows and enc_gate * y for the text rows. */
+static void gated_residual(float *x, const float *y, const float *mod, int64_t B, int64_t L, int64_t S, int64_t D) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *m = mod + b * 6 * D;
+        cvx_gated_add(x + b * S * D, m + 5 * D, y + b * S * D, L, D);
+        cvx_gated_add(x + (b * S + L) * D, m + 2 * D, y + (b * S + L) * D, S - L, D);
+    }
+}
+
+static cvx_status block_forward(const cvx_transformer *tr, const tr_block *blk, tr_buffers *bf, int64_t B, int64_t L,
+                                int64_t S, const float *rope_cos, const float *rope_sin) {
+    const cvx_transformer_config *c = &tr->cfg;
+    const int64_t D = tr->D, rows = B * S;
+    const int heads = c->num_attention_heads, hd = c->attention_head_dim;
+    const cvx_dtype dt = tr->dtype;
+
+    /* attention half */
+    CVX_CHECK(linear(&blk->norm1_linear, dt, bf->silu_temb, B, bf->mod));
+    modulated_norm(&blk->norm1, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn);
+    CVX_CHECK(linear(&blk->to_q, dt, bf->xn, rows, bf->q));
+    CVX_CHECK(linear(&blk->to_k, dt, bf->xn, rows, bf->k));
+    CVX_CHECK(linear(&blk->to_v, dt, bf->xn, rows, bf->v));
+    cvx_layer_norm(bf->q, rows * heads, hd, 1e-6f, blk->norm_q.w, blk->norm_q.b, NULL, NULL, bf->q);
+    cvx_layer_norm(bf->k, rows * heads, hd, 1e-6f, blk->norm_k.w, blk->norm_k.b, NULL, NULL, bf->k);
+    if (rope_cos)
+        for (int64_t b = 0; b < B; b++) {
+            cvx_rope(bf->q + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin);
+            cvx_rope(bf->k + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin);
+        }
+    CVX_CHECK(cvx_attention(bf->q, bf->k, bf->v, B, S, heads, hd, 1.0f / sqrtf((float)hd), bf->attn));
+    CVX_CHECK(linear(&blk->to_out, dt, bf->attn, rows, bf->q)); /* q is free again: reuse it for the output */
+    gated_residual(bf->x, bf->q, bf->mod, B, L, S, D);
+
+    /* feed-forward half, in row chunks so the 4D-wide hidden stays small */
+    CVX_CHECK(linear(&blk->norm2_linear, dt, bf->silu_temb, B, bf->mod));
+    modulated_norm(&blk->norm2, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn);
+    for (int64_t r0 = 0; r0 < rows; r0 += FF_CHUNK_ROWS) {
+        const int64_t n = rows - r0 < FF_CHUNK_ROWS ? rows - r0 : FF_CHUNK_ROWS;
+        CVX_CHECK(linear(&blk->ff_in, dt, bf->xn + r0 * D, n, bf->ff));
+        cvx_gelu_tanh(bf->ff, n * 4 * D);
+        CVX_CHECK(linear(&blk->ff_out, dt, bf->ff, n, bf->q + r0 * D));
+    }
+    gated_residual(bf->x, bf->q, bf->mod, B, L, S, D);
+    return CVX_OK;
+}
+
+/* Patch embedding of the latents: hidden [B, F, C, H, W] -> patches [B * N, features]; 1.0: tokens (f, i, j) with
+ * features (c, ky, kx) (the Conv2d); 1.5: tokens (f / p_t, i, j) with features (c, kt, ky, kx). */
+static void gather_patches(const cvx_tensor *h, int p, int pt, float *out) {
+    const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
+    const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, feat = C * pt * p * p;
+    const float *x = h->data;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < Fp; g++)
+            for (int64_t i = 0; i < Hp; i++)
+                for (int64_t j = 0; j < Wp; j++) {
+                    float *o = out + (((b * Fp + g) * Hp + i) * Wp + j) * feat;
+                    for (int64_t c = 0; c < C; c++)
+                        for (int kt = 0; kt < pt; kt++)
+                            for (int ky = 0; ky < p; ky++)
+                                for (int kx = 0; kx < p; kx++)
+                                    *o++ = x[(((b * F + g * pt + kt) * C + c) * H + i * p + ky) * W + j * p + kx];
+                }
+}
+
+/* Inverse of the patching for proj_out's features (c, kt, ky, kx): tokens [B, N, C_out p p p_t] ->
+ * out [B, F', C_out, H, W]. */
+static void unpatchify(const float *tok, int64_t B, int64_t Fp, int64_t Hp, int64_t Wp, int64_t C, int p, int pt,
+                       float *out) {
+    const int64_t F = Fp * pt, H = Hp * p, W = Wp * p, feat = C * pt * p * p;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < Fp; g++)
+            for (int64_t i = 0; i < Hp; i++)
+                for (int64_t j = 0; j < Wp; j++) {
+                    const float *t = tok + (((b * Fp + g) * Hp + i) * Wp + j) * feat;
+                    for (int64_t c = 0; c < C; c++)
+                        for (int kt = 0; kt < pt; kt++)
+                            for (int ky = 0; ky < p; ky++)
+                                for (int kx = 0; kx < p; kx++)
+                                    out[(((b * F + g * pt + kt) * C + c) * H + i * p + ky) * W + j * p + kx] = *t++;
+                }
+}
+
+cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_inputs *in, cvx_tensor *out) {
+    cvx_status st = CVX_OK;
+    const cvx_transformer_config *c = &tr->cfg;
+    const cvx_tensor *h = in->hidden, *txt = in->text;
+    memset(out, 0, sizeof(*out));
+    if (h->ndim != 5 || txt->ndim != 3)
+        return CVX_FAIL(CVX_ERR_INVALID, "hidden_states must be [B, F, C, H, W] and encoder_hidden_states [B, L, D]");
+    const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
+    const int p = c->patch_size, pt = c->patch_size_t ? c->patch_size_t : 1;
+    if (C != c->in_channels)
+        return CVX_FAIL(CVX_ERR_INVALID, "hidden_states has %lld channels; the config's in_channels is %d", (long long)C,
+                        c->in_channels);
+    if (H % p || W % p)
+        return CVX_FAIL(CVX_ERR_INVALID, "latent height %lld and width %lld must be divisible by patch_size %d",
+                        (long long)H, (long long)W, p);
+    if (F % pt)
+        return CVX_FAIL(CVX_ERR_INVALID, "%lld latent frames do not divide into temporal patches of %d", (long long)F,
+                        pt);
+    if (txt->shape[0] != B || txt->shape[2] != c->text_embed_dim)
+        return CVX_FAIL(CVX_ERR_INVALID, "encoder_hidden_states must be [%lld, L, %d]", (long long)B,
+                        c->text_embed_dim);
+    const int64_t D = tr->D, E = c->time_embed_dim, L = txt->shape[1];
+    const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, N = Fp * Hp * Wp, S = L + N;
+    const int64_t feat = C * p * p * pt, small = D > E ? D : E;
+    tr_buffers bf = {0};
+    CVX_TRY(buffer(&bf.x, B * S * D));
+    CVX_TRY(buffer(&bf.xn, B * S * D));
+    CVX_TRY(buffer(&bf.q, B * S * D));
+    CVX_TRY(buffer(&bf.k, B * S * D));
+    CVX_TRY(buffer(&bf.v, B * S * D));
+    CVX_TRY(buffer(&bf.attn, B * S * D));
+    CVX_TRY(buffer(&bf.ff, (B * S < FF_CHUNK_ROWS ? B * S : FF_CHUNK_ROWS) * 4 * D));
+    CVX_TRY(buffer(&bf.mod, B * 6 * D));
+    CVX_TRY(buffer(&bf.temb, B * E));
+    CVX_TRY(buffer(&bf.silu_temb, B * E));
+    CVX_TRY(buffer(&bf.small, 2 * B * small));
+
+    /* time (and ofs) embedding: emb [B, E]; the blocks and norm_out take SiLU(emb) */
+    timestep_sinusoid(in->timestep, B, (int)D, c->flip_sin_to_cos, c->freq_shift, bf.small);
+    CVX_TRY(timestep_mlp(&tr->time_linear_1, &tr->time_linear_2, tr->dtype, bf.small, B, bf.small + B * small,
+                         bf.temb));
+    if (c->ofs_embed_dim) {
+        if (!in->ofs) {
+            st = CVX_FAIL(CVX_ERR_INVALID, "this model has an ofs embedding: pass ofs");
+            goto fail;
+        }
+        timestep_sinusoid(in->ofs, B, c->ofs_embed_dim, c->flip_sin_to_cos, c->freq_shift, bf.small);
+        CVX_TRY(timestep_mlp(&tr->ofs_linear_1, &tr->ofs_linear_2, tr->dtype, bf.small, B, bf.small + B * small,
+                             bf.silu_temb));
+        cvx_gated_add(bf.temb, NULL, bf.silu_temb, B, E);
+    }
+    memcpy(bf.silu_temb, bf.temb, (size_t)(B * E) * sizeof(float));
+    cvx_silu(bf.silu_temb, B * E);
+
+    /* patch embedding: [text_proj(text), proj(patches)] (+ positional table) */
+    for (int64_t b = 0; b < B; b++)
+        CVX_TRY(linear(&tr->text_proj, tr->dtype, (const float *)txt->data + b * L * c->text_embed_dim, L,
+                       bf.x + b * S * D));
+    CVX_TRY(buffer(&bf.patches, B * N * feat));
+    gather_patches(h, p, pt, bf.patches);
+    CVX_TRY(linear(&tr->patch_proj, tr->dtype, bf.patches, B * N, bf.xn));
+    cvx_mem_free(bf.patches);
+    bf.patches = NULL;
+    for (int64_t b = 0; b < B; b++)
+        memcpy(bf.x + (b * S + L) * D, bf.xn + b * N * D, (size_t)(N * D) * sizeof(float));
+    const float *table = in->use_learned_table ? tr->pos_embedding : in->pos_table;
+    if (in->use_learned_table && (!tr->pos_embedding || c->learned_table_rows != S)) {
+        st = CVX_FAIL(CVX_ERR_INVALID, "the learned positional table has %d rows; this input needs %lld",
+                      c->learned_table_rows, (long long)S);
+        goto fail;
+    }
+    if (table)
+        for (int64_t b = 0; b < B; b++) cvx_gated_add(bf.x + b * S * D, NULL, table, S, D);
+
+    for (int i = 0; i < c->num_layers; i++)
+        CVX_TRY(block_forward(tr, &tr->blocks[i], &bf, B, L, S, in->rope_cos, in->rope_sin));
+
+    /* norm_final on the video rows, AdaLayerNorm (shift first), proj_out, unpatchify */
+    CVX_TRY(linear(&tr->norm_out_linear, tr->dtype, bf.silu_temb, B, bf.mod));
+    for (int64_t b = 0; b < B; b++) {
+        float *xv = bf.x + (b * S + L) * D, *yv = bf.xn + b * N * D;
+        cvx_layer_norm(xv, N, D, c->norm_eps, tr->norm_final.w, tr->norm_final.b, NULL, NULL, xv);
+        cvx_layer_norm(xv, N, D, c->norm_eps, tr->norm_out.w, tr->norm_out.b, bf.mod + b * 2 * D + D,
+                       bf.mod + b * 2 * D, yv);
+    }
+    cvx_mem_free(bf.patches); /* proj_out's features (C_out p p p_t) may be wider than D: a buffer of its own */
+    CVX_TRY(buffer(&bf.patches, B * N * tr->proj_out.out));
+    CVX_TRY(linear(&tr->proj_out, tr->dtype, bf.xn, B * N, bf.patches));
+    const int64_t oshape[5] = {B, F, c->out_channels, H, W};
+    CVX_TRY(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, oshape));
+    unpatchify(bf.patches, B, Fp, Hp, Wp, c->out_channels, p, pt, out->data);
+fail:
+    buffers_free(&bf);
+    return st;
+}

@@ -1,0 +1,47 @@
+/* CogVideoXTransformer3DModel (diffusers) on the CPU: every released variant (2b sincos, 5b RoPE, 5b-I2V learned
+ * table, 1.5 with temporal patches and ofs), weights grouped per block. */
+#ifndef CVX_TRANSFORMER_H
+#define CVX_TRANSFORMER_H
+
+#include "../core/tensor.h"
+#include "../io/safetensors.h"
+
+typedef struct cvx_transformer_config {
+    int num_attention_heads, attention_head_dim;
+    int in_channels, out_channels;
+    int flip_sin_to_cos, freq_shift;
+    int time_embed_dim, ofs_embed_dim; /* ofs_embed_dim 0: no ofs embedding */
+    int text_embed_dim, num_layers;
+    int attention_bias, patch_bias, norm_elementwise_affine;
+    int patch_size, patch_size_t; /* patch_size_t 0: CogVideoX 1.0 (Conv2d patches) */
+    int max_text_seq_length;
+    int use_learned_positional_embeddings;
+    int learned_table_rows; /* rows of patch_embed.pos_embedding when learned */
+    float norm_eps;
+} cvx_transformer_config;
+
+typedef struct cvx_transformer cvx_transformer;
+
+/* Builds the model and loads its weights from `st` (or, with st NULL, draws them from a seeded generator: for
+ * benchmarks at the real sizes without a checkpoint). */
+cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
+                                  uint64_t seed, cvx_transformer **out);
+void cvx_transformer_free(cvx_transformer *tr);
+int64_t cvx_transformer_weight_bytes(const cvx_transformer *tr);
+int cvx_transformer_num_weight_groups(const cvx_transformer *tr);
+
+typedef struct cvx_transformer_inputs {
+    const cvx_tensor *hidden; /* latents [B, F, C, H, W] */
+    const cvx_tensor *text;   /* encoder_hidden_states [B, L, text_embed_dim] */
+    const float *timestep;    /* [B] */
+    const float *ofs;         /* [B] or NULL */
+    const float *pos_table;   /* [L + N, D] added to every row (sincos), or NULL */
+    int use_learned_table;    /* add patch_embed.pos_embedding instead */
+    const float *rope_cos;    /* [N, head_dim] or NULL: no rotary embedding */
+    const float *rope_sin;
+} cvx_transformer_inputs;
+
+/* out: [B, F', out_channels, H, W] (F' = F rounded up to patch_size_t), allocated here. */
+cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_inputs *in, cvx_tensor *out);
+
+#endif
