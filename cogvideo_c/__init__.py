@@ -10,8 +10,8 @@ from .memory import (
     reset_peak_memory_stats,
     set_memory_limit,
 )
-from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
 
 __version__ = "0.1.0"
 

@@ -83,9 +83,8 @@ static const struct {
 } st_read_dtypes[] = {{"F32", CVX_F32}, {"F16", CVX_F16}, {"BF16", CVX_BF16}, {"F64", CVX_F64}};
 
 /* The format's other dtypes, so that a valid file of a type we do not read is told apart from garbage. */
-static const char *const st_other_dtypes[] = {"BOOL", "U8",  "I8",      "F8_E5M2", "F8_E4M3", "F8_E8M0",
-                                              "I16",  "U16", "I32",     "U32",     "I64",     "U64",
-                                              "F4",  "F6_E2M3", "F6_E3M2", "C64"};
+static const char *const st_other_dtypes[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16",     "U16",
+                                              "I32",  "U32", "I64", "U64",     "F4",      "F6_E2M3", "F6_E3M2", "C64"};
 
 static cvx_status st_parse_dtype(const char *path, const char *name, const char *s, cvx_dtype *out) {
     for (size_t i = 0; i < sizeof(st_read_dtypes) / sizeof(st_read_dtypes[0]); i++) {
@@ -97,8 +96,8 @@ static cvx_status st_parse_dtype(const char *path, const char *name, const char 
     for (size_t i = 0; i < sizeof(st_other_dtypes) / sizeof(st_other_dtypes[0]); i++)
         if (strcmp(s, st_other_dtypes[i]) == 0)
             return CVX_FAIL(CVX_ERR_IO,
-                            "'%s': unsupported dtype '%s' for tensor '%s' (only F32, F16, BF16 and F64 are read)", path, s,
-                            name);
+                            "'%s': unsupported dtype '%s' for tensor '%s' (only F32, F16, BF16 and F64 are read)", path,
+                            s, name);
     return CVX_FAIL(CVX_ERR_IO, "'%s': unknown dtype '%.40s' for tensor '%s'", path, s, name);
 }
 

@@ -14,17 +14,19 @@
 #include "../ops/ops.h"
 #include "weights.h"
 
+/* Every weight, vectors included, stays in the checkpoint dtype (weight bytes = checkpoint bytes); vectors are
+ * widened to f32 where they are used. */
 typedef struct tr_linear {
-    const void *w; /* [out, in] in the weight dtype */
-    const float *b;
+    const void *w; /* [out, in] */
+    const void *b; /* [out] or NULL */
     int in, out;
 } tr_linear;
 
 typedef struct tr_norm { /* LayerNorm affine (NULL when norm_elementwise_affine is false) */
-    const float *w, *b;
+    const void *w, *b;
 } tr_norm;
 
-typedef struct tr_block { /* CogVideoXBlock */
+typedef struct tr_block {                 /* CogVideoXBlock */
     tr_linear norm1_linear, norm2_linear; /* CogVideoXLayerNormZero: E -> 6D */
     tr_norm norm1, norm2;
     tr_linear to_q, to_k, to_v, to_out;
@@ -38,7 +40,7 @@ struct cvx_transformer {
     cvx_dtype dtype;
     tr_linear patch_proj; /* Conv2d [D, C, p, p] viewed as [D, C*p*p], or Linear [D, C*p_t*p*p] (1.5) */
     tr_linear text_proj;
-    const float *pos_embedding; /* learned table [1, rows, D] */
+    const void *pos_embedding; /* learned table [1, rows, D] */
     tr_linear time_linear_1, time_linear_2, ofs_linear_1, ofs_linear_2;
     tr_block *blocks;
     tr_norm norm_final, norm_out;
@@ -52,14 +54,14 @@ static void decl_linear(cvx_weights *ws, int group, tr_linear *l, int out, int i
     const int64_t wshape[2] = {out, in}, bshape[1] = {out};
     l->in = in, l->out = out;
     cvx_weights_declare(ws, group, 0, (void **)&l->w, 2, wshape, "%s.weight", name);
-    if (bias) cvx_weights_declare(ws, group, 1, (void **)&l->b, 1, bshape, "%s.bias", name);
+    if (bias) cvx_weights_declare(ws, group, 0, (void **)&l->b, 1, bshape, "%s.bias", name);
 }
 
 static void decl_norm(cvx_weights *ws, int group, tr_norm *n, int dim, int affine, const char *name) {
     const int64_t shape[1] = {dim};
     if (!affine) return;
-    cvx_weights_declare(ws, group, 1, (void **)&n->w, 1, shape, "%s.weight", name);
-    cvx_weights_declare(ws, group, 1, (void **)&n->b, 1, shape, "%s.bias", name);
+    cvx_weights_declare(ws, group, 0, (void **)&n->w, 1, shape, "%s.weight", name);
+    cvx_weights_declare(ws, group, 0, (void **)&n->b, 1, shape, "%s.bias", name);
 }
 
 static cvx_status declare(cvx_transformer *tr) {
@@ -74,12 +76,13 @@ static cvx_status declare(cvx_transformer *tr) {
         const int64_t wshape[4] = {D, c->in_channels, p, p}, bshape[1] = {D};
         tr->patch_proj.in = c->in_channels * p * p, tr->patch_proj.out = D;
         cvx_weights_declare(ws, 0, 0, (void **)&tr->patch_proj.w, 4, wshape, "patch_embed.proj.weight");
-        if (c->patch_bias) cvx_weights_declare(ws, 0, 1, (void **)&tr->patch_proj.b, 1, bshape, "patch_embed.proj.bias");
+        if (c->patch_bias)
+            cvx_weights_declare(ws, 0, 0, (void **)&tr->patch_proj.b, 1, bshape, "patch_embed.proj.bias");
     }
     decl_linear(ws, 0, &tr->text_proj, D, c->text_embed_dim, 1, "patch_embed.text_proj");
     if (c->use_learned_positional_embeddings) {
         const int64_t shape[3] = {1, c->learned_table_rows, D};
-        cvx_weights_declare(ws, 0, 1, (void **)&tr->pos_embedding, 3, shape, "patch_embed.pos_embedding");
+        cvx_weights_declare(ws, 0, 0, (void **)&tr->pos_embedding, 3, shape, "patch_embed.pos_embedding");
     }
     decl_linear(ws, 0, &tr->time_linear_1, E, D, 1, "time_embedding.linear_1");
     decl_linear(ws, 0, &tr->time_linear_2, E, E, 1, "time_embedding.linear_2");
@@ -184,25 +187,28 @@ static cvx_status timestep_mlp(const tr_linear *l1, const tr_linear *l2, cvx_dty
     return linear(l2, dt, hidden, B, y);
 }
 
-/* ---- the forward pass --------------------------------------------------------------------------------------------- */
+/* ---- the forward pass ---------------------------------------------------------------------------------------------
+ */
 
 typedef struct tr_buffers {
-    float *x;     /* [B, S, D] the token stream */
-    float *xn;    /* [B, S, D] normalised tokens */
+    float *x;                /* [B, S, D] the token stream */
+    float *xn;               /* [B, S, D] normalised tokens */
     float *q, *k, *v, *attn; /* [B, S, D] */
-    float *ff;    /* [chunk, 4D] feed-forward hidden, processed in row chunks */
-    float *mod;   /* [B, 6D] modulation */
-    float *temb;  /* [B, E] */
+    float *ff;               /* [chunk, 4D] feed-forward hidden, processed in row chunks */
+    float *mod;              /* [B, 6D] modulation */
+    float *temb;             /* [B, E] */
     float *silu_temb;
-    float *small; /* [B, max(D, E)] x2 scratch for the time embeddings */
+    float *small;   /* [B, max(D, E)] x2 scratch for the time embeddings */
     float *patches; /* [B * N, C p p p_t]: the patches in, later proj_out's output */
+    float *vec;     /* [2, max(D, head_dim)]: a norm's weight and bias widened to f32 */
+    float *table;   /* [S, D] the learned positional table, widened */
 } tr_buffers;
 
 #define FF_CHUNK_ROWS 1024
 
 static void buffers_free(tr_buffers *bf) {
-    float **all[] = {&bf->x, &bf->xn, &bf->q, &bf->k, &bf->v, &bf->attn, &bf->ff, &bf->mod, &bf->temb,
-                     &bf->silu_temb, &bf->small, &bf->patches};
+    float **all[] = {&bf->x,   &bf->xn,   &bf->q,         &bf->k,     &bf->v,       &bf->attn, &bf->ff,
+                     &bf->mod, &bf->temb, &bf->silu_temb, &bf->small, &bf->patches, &bf->vec,  &bf->table};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         cvx_mem_free(*all[i]);
         *all[i] = NULL;
@@ -214,16 +220,27 @@ static cvx_status buffer(float **p, int64_t count) {
                          (void **)p);
 }
 
+/* A LayerNorm's affine parameters as f32 (NULL when the norm has none). */
+static void norm_params(const tr_norm *n, cvx_dtype dt, int64_t len, float *vec, const float **w, const float **b) {
+    *w = *b = NULL;
+    if (!n->w) return;
+    cvx_convert(vec, CVX_F32, n->w, dt, (size_t)len);
+    cvx_convert(vec + len, CVX_F32, n->b, dt, (size_t)len);
+    *w = vec, *b = vec + len;
+}
+
 /* CogVideoXLayerNormZero + modulation of text rows (enc_shift/enc_scale) and video rows (shift/scale):
  * mod [B, 6D] = (shift, scale, gate, enc_shift, enc_scale, enc_gate). */
-static void modulated_norm(const tr_norm *n, float eps, const float *x, const float *mod, int64_t B, int64_t L,
-                           int64_t S, int64_t D, float *y) {
+static void modulated_norm(const tr_norm *n, cvx_dtype dt, float eps, const float *x, const float *mod, int64_t B,
+                           int64_t L, int64_t S, int64_t D, float *vec, float *y) {
+    const float *gw, *gb;
+    norm_params(n, dt, D, vec, &gw, &gb);
     for (int64_t b = 0; b < B; b++) {
         const float *m = mod + b * 6 * D;
         const float *xb = x + b * S * D;
         float *yb = y + b * S * D;
-        cvx_layer_norm(xb, L, D, eps, n->w, n->b, m + 4 * D, m + 3 * D, yb);
-        cvx_layer_norm(xb + L * D, S - L, D, eps, n->w, n->b, m + D, m, yb + L * D);
+        cvx_layer_norm(xb, L, D, eps, gw, gb, m + 4 * D, m + 3 * D, yb);
+        cvx_layer_norm(xb + L * D, S - L, D, eps, gw, gb, m + D, m, yb + L * D);
     }
 }
 
@@ -245,12 +262,15 @@ static cvx_status block_forward(const cvx_transformer *tr, const tr_block *blk, 
 
     /* attention half */
     CVX_CHECK(linear(&blk->norm1_linear, dt, bf->silu_temb, B, bf->mod));
-    modulated_norm(&blk->norm1, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn);
+    modulated_norm(&blk->norm1, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->vec, bf->xn);
     CVX_CHECK(linear(&blk->to_q, dt, bf->xn, rows, bf->q));
     CVX_CHECK(linear(&blk->to_k, dt, bf->xn, rows, bf->k));
     CVX_CHECK(linear(&blk->to_v, dt, bf->xn, rows, bf->v));
-    cvx_layer_norm(bf->q, rows * heads, hd, 1e-6f, blk->norm_q.w, blk->norm_q.b, NULL, NULL, bf->q);
-    cvx_layer_norm(bf->k, rows * heads, hd, 1e-6f, blk->norm_k.w, blk->norm_k.b, NULL, NULL, bf->k);
+    const float *nw, *nb;
+    norm_params(&blk->norm_q, dt, hd, bf->vec, &nw, &nb);
+    cvx_layer_norm(bf->q, rows * heads, hd, 1e-6f, nw, nb, NULL, NULL, bf->q);
+    norm_params(&blk->norm_k, dt, hd, bf->vec, &nw, &nb);
+    cvx_layer_norm(bf->k, rows * heads, hd, 1e-6f, nw, nb, NULL, NULL, bf->k);
     if (rope_cos)
         for (int64_t b = 0; b < B; b++) {
             cvx_rope(bf->q + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin);
@@ -262,7 +282,7 @@ static cvx_status block_forward(const cvx_transformer *tr, const tr_block *blk, 
 
     /* feed-forward half, in row chunks so the 4D-wide hidden stays small */
     CVX_CHECK(linear(&blk->norm2_linear, dt, bf->silu_temb, B, bf->mod));
-    modulated_norm(&blk->norm2, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn);
+    modulated_norm(&blk->norm2, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->vec, bf->xn);
     for (int64_t r0 = 0; r0 < rows; r0 += FF_CHUNK_ROWS) {
         const int64_t n = rows - r0 < FF_CHUNK_ROWS ? rows - r0 : FF_CHUNK_ROWS;
         CVX_CHECK(linear(&blk->ff_in, dt, bf->xn + r0 * D, n, bf->ff));
@@ -322,8 +342,8 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
     const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
     const int p = c->patch_size, pt = c->patch_size_t ? c->patch_size_t : 1;
     if (C != c->in_channels)
-        return CVX_FAIL(CVX_ERR_INVALID, "hidden_states has %lld channels; the config's in_channels is %d", (long long)C,
-                        c->in_channels);
+        return CVX_FAIL(CVX_ERR_INVALID, "hidden_states has %lld channels; the config's in_channels is %d",
+                        (long long)C, c->in_channels);
     if (H % p || W % p)
         return CVX_FAIL(CVX_ERR_INVALID, "latent height %lld and width %lld must be divisible by patch_size %d",
                         (long long)H, (long long)W, p);
@@ -348,11 +368,12 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
     CVX_TRY(buffer(&bf.temb, B * E));
     CVX_TRY(buffer(&bf.silu_temb, B * E));
     CVX_TRY(buffer(&bf.small, 2 * B * small));
+    CVX_TRY(buffer(&bf.vec, 2 * (D > c->attention_head_dim ? D : c->attention_head_dim)));
 
     /* time (and ofs) embedding: emb [B, E]; the blocks and norm_out take SiLU(emb) */
     timestep_sinusoid(in->timestep, B, (int)D, c->flip_sin_to_cos, c->freq_shift, bf.small);
-    CVX_TRY(timestep_mlp(&tr->time_linear_1, &tr->time_linear_2, tr->dtype, bf.small, B, bf.small + B * small,
-                         bf.temb));
+    CVX_TRY(
+        timestep_mlp(&tr->time_linear_1, &tr->time_linear_2, tr->dtype, bf.small, B, bf.small + B * small, bf.temb));
     if (c->ofs_embed_dim) {
         if (!in->ofs) {
             st = CVX_FAIL(CVX_ERR_INVALID, "this model has an ofs embedding: pass ofs");
@@ -375,13 +396,17 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
     CVX_TRY(linear(&tr->patch_proj, tr->dtype, bf.patches, B * N, bf.xn));
     cvx_mem_free(bf.patches);
     bf.patches = NULL;
-    for (int64_t b = 0; b < B; b++)
-        memcpy(bf.x + (b * S + L) * D, bf.xn + b * N * D, (size_t)(N * D) * sizeof(float));
-    const float *table = in->use_learned_table ? tr->pos_embedding : in->pos_table;
-    if (in->use_learned_table && (!tr->pos_embedding || c->learned_table_rows != S)) {
-        st = CVX_FAIL(CVX_ERR_INVALID, "the learned positional table has %d rows; this input needs %lld",
-                      c->learned_table_rows, (long long)S);
-        goto fail;
+    for (int64_t b = 0; b < B; b++) memcpy(bf.x + (b * S + L) * D, bf.xn + b * N * D, (size_t)(N * D) * sizeof(float));
+    const float *table = in->pos_table;
+    if (in->use_learned_table) {
+        if (!tr->pos_embedding || c->learned_table_rows != S) {
+            st = CVX_FAIL(CVX_ERR_INVALID, "the learned positional table has %d rows; this input needs %lld",
+                          c->learned_table_rows, (long long)S);
+            goto fail;
+        }
+        CVX_TRY(buffer(&bf.table, S * D));
+        cvx_convert(bf.table, CVX_F32, tr->pos_embedding, tr->dtype, (size_t)(S * D));
+        table = bf.table;
     }
     if (table)
         for (int64_t b = 0; b < B; b++) cvx_gated_add(bf.x + b * S * D, NULL, table, S, D);
@@ -393,9 +418,11 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
     CVX_TRY(linear(&tr->norm_out_linear, tr->dtype, bf.silu_temb, B, bf.mod));
     for (int64_t b = 0; b < B; b++) {
         float *xv = bf.x + (b * S + L) * D, *yv = bf.xn + b * N * D;
-        cvx_layer_norm(xv, N, D, c->norm_eps, tr->norm_final.w, tr->norm_final.b, NULL, NULL, xv);
-        cvx_layer_norm(xv, N, D, c->norm_eps, tr->norm_out.w, tr->norm_out.b, bf.mod + b * 2 * D + D,
-                       bf.mod + b * 2 * D, yv);
+        const float *nw, *nb;
+        norm_params(&tr->norm_final, tr->dtype, D, bf.vec, &nw, &nb);
+        cvx_layer_norm(xv, N, D, c->norm_eps, nw, nb, NULL, NULL, xv);
+        norm_params(&tr->norm_out, tr->dtype, D, bf.vec, &nw, &nb);
+        cvx_layer_norm(xv, N, D, c->norm_eps, nw, nb, bf.mod + b * 2 * D + D, bf.mod + b * 2 * D, yv);
     }
     cvx_mem_free(bf.patches); /* proj_out's features (C_out p p p_t) may be wider than D: a buffer of its own */
     CVX_TRY(buffer(&bf.patches, B * N * tr->proj_out.out));

@@ -74,9 +74,10 @@ void cvx_copy_box(cvx_tensor *dst, const int64_t d[4], const cvx_tensor *src, co
 
 /* ---- token ops (the transformer): activations are row-major [rows, width] f32 ------------------------------ */
 
-/* y[M, N] = x[M, K] W[N, K]^T (+ bias[N]). W may be f16/bf16: it is widened block by block into per-thread
- * scratch, so no f32 copy of the model ever exists. Parallel over (row block, column block). */
-cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const float *bias, int64_t N,
+/* y[M, N] = x[M, K] W[N, K]^T (+ bias[N]). W and bias are in `wdt` (f32, f16 or bf16): 16-bit ones are widened
+ * block by block into per-thread scratch, so no f32 copy of the model ever exists. Parallel over (row block,
+ * column block). */
+cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const void *bias, int64_t N,
                       float *y);
 
 /* y = LayerNorm(x) over rows of width D (gamma/beta may be NULL for no affine); statistics in double.

@@ -338,7 +338,6 @@ static PyTypeObject VAEType = {
     .tp_doc = "The CogVideoX VAE in C (use cogvideo_c.AutoencoderKLCogVideoX).",
 };
 
-
 /* ---- the transformer ------------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -423,8 +422,8 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
         goto done;
     if (ofs_obj != Py_None && !(ofs = array_f32(ofs_obj, 1, "ofs"))) goto done;
     if (pos_obj != Py_None && !(pos = array_f32(pos_obj, 2, "positional table"))) goto done;
-    if (cos_obj != Py_None && (!(cs = array_f32(cos_obj, 2, "image_rotary_emb[0]")) ||
-                               !(sn = array_f32(sin_obj, 2, "image_rotary_emb[1]"))))
+    if (cos_obj != Py_None &&
+        (!(cs = array_f32(cos_obj, 2, "image_rotary_emb[0]")) || !(sn = array_f32(sin_obj, 2, "image_rotary_emb[1]"))))
         goto done;
     tensor_view(h, &ht);
     tensor_view(txt, &tt);
@@ -433,8 +432,13 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "timestep and ofs must have one value per batch item (%ld)", (long)B);
         goto done;
     }
-    cvx_transformer_inputs in = {&ht, &tt, PyArray_DATA(ts), ofs ? PyArray_DATA(ofs) : NULL,
-                                 pos ? PyArray_DATA(pos) : NULL, use_learned, cs ? PyArray_DATA(cs) : NULL,
+    cvx_transformer_inputs in = {&ht,
+                                 &tt,
+                                 PyArray_DATA(ts),
+                                 ofs ? PyArray_DATA(ofs) : NULL,
+                                 pos ? PyArray_DATA(pos) : NULL,
+                                 use_learned,
+                                 cs ? PyArray_DATA(cs) : NULL,
                                  sn ? PyArray_DATA(sn) : NULL};
     cvx_status st;
     Py_BEGIN_ALLOW_THREADS st = cvx_transformer_forward(self->tr, &in, &out);

@@ -9,10 +9,10 @@
 
 #include <cblas.h>
 
-#define LINEAR_ROWS 256          /* rows of x per task */
+#define LINEAR_ROWS 256               /* rows of x per task */
 #define LINEAR_WEIGHT_BYTES (1 << 20) /* widened weight block per task */
 
-cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const float *bias, int64_t N,
+cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const void *bias, int64_t N,
                       float *y) {
     if (M <= 0 || N <= 0) return CVX_OK;
     int64_t nb = LINEAR_WEIGHT_BYTES / (K * (int64_t)sizeof(float));
@@ -21,32 +21,38 @@ cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_d
     const int64_t mb = M < LINEAR_ROWS ? M : LINEAR_ROWS;
     const int64_t col_blocks = (N + nb - 1) / nb, row_blocks = (M + mb - 1) / mb;
     const int threads = cvx_ops_num_threads();
+    const size_t esize = cvx_dtype_size(wdt);
+    const int64_t per_thread = nb * K + nb; /* widened weight block and bias block */
     float *scratch = NULL;
     if (wdt != CVX_F32)
-        CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * nb * K) * sizeof(float),
+        CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
                                 (void **)&scratch));
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t task = 0; task < col_blocks * row_blocks; task++) {
         const int64_t cb = task / row_blocks, rb = task % row_blocks;
         const int64_t n0 = cb * nb, n = N - n0 < nb ? N - n0 : nb;
         const int64_t m0 = rb * mb, m = M - m0 < mb ? M - m0 : mb;
-        const float *wb;
+        const float *wb, *bb = bias ? (const float *)bias + n0 : NULL;
         if (wdt == CVX_F32) {
             wb = (const float *)w + n0 * K;
         } else {
 #ifdef _OPENMP
-            float *s = scratch + (int64_t)omp_get_thread_num() * nb * K;
+            float *s = scratch + (int64_t)omp_get_thread_num() * per_thread;
 #else
             float *s = scratch;
 #endif
-            cvx_convert(s, CVX_F32, (const char *)w + (size_t)(n0 * K) * cvx_dtype_size(wdt), wdt, (size_t)(n * K));
+            cvx_convert(s, CVX_F32, (const char *)w + (size_t)(n0 * K) * esize, wdt, (size_t)(n * K));
             wb = s;
+            if (bias) {
+                cvx_convert(s + nb * K, CVX_F32, (const char *)bias + (size_t)n0 * esize, wdt, (size_t)n);
+                bb = s + nb * K;
+            }
         }
         float *yb = y + m0 * N + n0;
-        if (bias)
-            for (int64_t i = 0; i < m; i++) memcpy(yb + i * N, bias + n0, (size_t)n * sizeof(float));
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)K, 1.0f, x + m0 * K, (int)K,
-                          wb, (int)K, bias ? 1.0f : 0.0f, yb, (int)N);
+        if (bb)
+            for (int64_t i = 0; i < m; i++) memcpy(yb + i * N, bb, (size_t)n * sizeof(float));
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)K, 1.0f, x + m0 * K, (int)K, wb,
+                          (int)K, bias ? 1.0f : 0.0f, yb, (int)N);
     }
     cvx_mem_free(scratch);
     return CVX_OK;
