@@ -70,7 +70,19 @@ for d in C_DIRS:
     sources += sorted(glob.glob(os.path.join("csrc", d, "*.c")))
 
 blas_lib = scipy_openblas32.get_lib_dir()
-cflags = ["-std=c11", "-O3", "-fopenmp", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+# -ffp-contract=off: no fused multiply-adds, so each product rounds as in PyTorch (parity). -fno-trapping-math and
+# -fno-math-errno change no value; they let the compiler vectorise clamped polynomial loops and inline sqrtf.
+cflags = [
+    "-std=c11",
+    "-O3",
+    "-fopenmp",
+    "-ffp-contract=off",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-Wall",
+    "-Wextra",
+    "-Wno-unused-parameter",
+]
 if sysconfig.get_platform().startswith("linux"):
     cflags.append("-D_GNU_SOURCE")
 

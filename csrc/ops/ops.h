@@ -89,6 +89,9 @@ void cvx_layer_norm(const float *x, int64_t rows, int64_t D, float eps, const fl
 /* x[rows, D] += gate[D] * y[rows, D] (gate NULL: plain add). */
 void cvx_gated_add(float *x, const float *gate, const float *y, int64_t rows, int64_t D);
 
+/* x[i] = exp(x[i] - shift), returning the sum of the results: a polynomial exp (Cody-Waite reduction, degree-6
+ * Cephes polynomial, within 2 ulp of expf) that the compiler vectorises; inputs below -80 give 1.8e-35, not 0. */
+float cvx_exp_shifted_sum(float *x, int64_t n, float shift);
 void cvx_silu(float *x, int64_t n);
 /* GELU with the tanh approximation (torch approximate="tanh"). */
 void cvx_gelu_tanh(float *x, int64_t n);

@@ -11,7 +11,7 @@
 
 #include <cblas.h>
 
-#define ATTN_Q_TILE 64
+#define ATTN_Q_TILE 128
 #define ATTN_K_TILE 256
 
 cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t B, int64_t S, int heads, int hd,
@@ -48,11 +48,7 @@ cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t
                 float m = mx[i];
                 for (int64_t j = 0; j < nk; j++) m = row[j] > m ? row[j] : m;
                 const float correction = expf(mx[i] - m); /* 0 on the first tile (mx = -inf) */
-                float s = 0.0f;
-                for (int64_t j = 0; j < nk; j++) {
-                    row[j] = expf(row[j] - m);
-                    s += row[j];
-                }
+                const float s = cvx_exp_shifted_sum(row, nk, m);
                 sum[i] = sum[i] * correction + s;
                 mx[i] = m;
                 if (correction != 1.0f)
