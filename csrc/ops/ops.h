@@ -92,6 +92,8 @@ void cvx_gated_add(float *x, const float *gate, const float *y, int64_t rows, in
 /* x[i] = exp(x[i] - shift), returning the sum of the results: a polynomial exp (Cody-Waite reduction, degree-6
  * Cephes polynomial, within 2 ulp of expf) that the compiler vectorises; inputs below -80 give 1.8e-35, not 0. */
 float cvx_exp_shifted_sum(float *x, int64_t n, float shift);
+/* max(start, x[0..n)), vectorised. */
+float cvx_max(const float *x, int64_t n, float start);
 void cvx_silu(float *x, int64_t n);
 /* GELU with the tanh approximation (torch approximate="tanh"). */
 void cvx_gelu_tanh(float *x, int64_t n);

@@ -21,7 +21,7 @@
 #define LINEAR_WEIGHT_BYTES ((int64_t)1 << 20)
 /* attention.c: query and key tiles (ATTN_Q_TILE, ATTN_K_TILE) */
 #define Q_TILE 128
-#define K_TILE 256
+#define K_TILE 512
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 

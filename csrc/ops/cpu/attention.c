@@ -12,7 +12,7 @@
 #include <cblas.h>
 
 #define ATTN_Q_TILE 128
-#define ATTN_K_TILE 256
+#define ATTN_K_TILE 512
 
 cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t B, int64_t S, int heads, int hd,
                          float scale, float *out) {
@@ -45,8 +45,7 @@ cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t
                               kb + k0 * D, (int)D, 0.0f, sc, (int)nk);
             for (int64_t i = 0; i < nq; i++) {
                 float *row = sc + i * nk;
-                float m = mx[i];
-                for (int64_t j = 0; j < nk; j++) m = row[j] > m ? row[j] : m;
+                const float m = cvx_max(row, nk, mx[i]);
                 const float correction = expf(mx[i] - m); /* 0 on the first tile (mx = -inf) */
                 const float s = cvx_exp_shifted_sum(row, nk, m);
                 sum[i] = sum[i] * correction + s;

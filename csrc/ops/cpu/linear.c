@@ -9,8 +9,8 @@
 
 #include <cblas.h>
 
-#define LINEAR_ROWS 256               /* rows of x per task */
-#define LINEAR_WEIGHT_BYTES (1 << 20) /* widened weight block per task */
+#define LINEAR_ROWS 512               /* rows of x per task */
+#define LINEAR_WEIGHT_BYTES (4 << 20) /* widened weight block per task */
 
 cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const void *bias, int64_t N,
                       float *y) {

@@ -78,6 +78,17 @@ __attribute__((target_clones("avx2", "default"))) float cvx_exp_shifted_sum(floa
     return sum;
 }
 
+__attribute__((target_clones("avx2", "default"))) float cvx_max(const float *x, int64_t n, float start) {
+    float lane[8] = {start, start, start, start, start, start, start, start};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+    float m = start;
+    for (int l = 0; l < 8; l++) m = lane[l] > m ? lane[l] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 void cvx_silu(float *x, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
