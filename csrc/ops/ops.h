@@ -13,6 +13,14 @@
 #include "../core/status.h"
 #include "../core/tensor.h"
 
+/* Blocking of the CPU ops; they bound the per-thread scratch, which the tests check. */
+#define CVX_CONV_COL_BYTES ((int64_t)4 << 20)  /* im2col buffer per thread */
+#define CVX_CONV_WINO_BYTES ((int64_t)8 << 20) /* Winograd transformed inputs and products per thread */
+#define CVX_LINEAR_ROWS 512                    /* rows of x per linear task */
+#define CVX_LINEAR_WEIGHT_BYTES (4 << 20)      /* widened weight block per linear task */
+#define CVX_ATTN_Q_TILE 128
+#define CVX_ATTN_K_TILE 512
+
 /* Call once: pins the BLAS to one thread (the ops parallelise with OpenMP around it). */
 void cvx_ops_init(void);
 int cvx_ops_num_threads(void);

@@ -16,9 +16,6 @@
 #include "cvx_test.h"
 
 #define TOL 1e-4
-/* conv.c sizes its column buffer to this many bytes per thread (COL_BUFFER_TARGET_BYTES) */
-#define COL_TARGET ((int64_t)4 << 20)
-#define WINO_TARGET ((int64_t)8 << 20)
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 
@@ -202,7 +199,7 @@ static void run_conv_case(const conv_case *cc) {
     const int64_t Wo = (W * g->up + g->pad_left + g->pad_right - cc->kw) / g->stride_w + 1;
     const int To = nf - cc->kt + 1;
     const int64_t K = Ci * cc->kt * cc->kh * cc->kw;
-    int64_t rows = COL_TARGET / (K * Wo * 4);
+    int64_t rows = CVX_CONV_COL_BYTES / (K * Wo * 4);
     if (rows < 1) rows = 1;
     if (rows > Ho) rows = Ho;
     const int64_t blocks = (Ho + rows - 1) / rows;
@@ -230,7 +227,7 @@ static void run_conv_case(const conv_case *cc) {
             g->pad_bottom == 1 && g->pad_left == 1 && g->pad_right == 1) {
             /* the Winograd path: transformed weights plus, per thread, transformed inputs/products and a row strip */
             const int64_t k = Ci * cc->kt, tiles_w = (Wo + 1) / 2, tiles = tiles_w * ((Ho + 1) / 2);
-            int64_t nt = WINO_TARGET / (16 * (k + cc->Co) * 4);
+            int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + cc->Co) * 4);
             if (nt < 16) nt = 16;
             if (nt > tiles) nt = tiles;
             bound = out_bytes + wf_bytes + 16 * cc->Co * k * 4 +

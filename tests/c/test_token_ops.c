@@ -16,12 +16,6 @@
 #include "cvx_test.h"
 
 #define TOL 1e-4
-/* linear.c: rows of x per task (LINEAR_ROWS) and the widened weight block per task (LINEAR_WEIGHT_BYTES) */
-#define LINEAR_ROWS 256
-#define LINEAR_WEIGHT_BYTES ((int64_t)1 << 20)
-/* attention.c: query and key tiles (ATTN_Q_TILE, ATTN_K_TILE) */
-#define Q_TILE 128
-#define K_TILE 512
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -158,10 +152,10 @@ static void run_linear_case(const linear_case *lc) {
     memcpy(xcopy, x, (size_t)(M * K) * sizeof(float));
 
     /* the block geometry linear.c uses, to report and to bound its scratch */
-    int64_t nb = LINEAR_WEIGHT_BYTES / (K * 4);
+    int64_t nb = CVX_LINEAR_WEIGHT_BYTES / (K * 4);
     nb = nb < 16 ? 16 : nb - nb % 16;
     if (nb > N) nb = N;
-    const int64_t mb = M < LINEAR_ROWS ? M : LINEAR_ROWS;
+    const int64_t mb = M < CVX_LINEAR_ROWS ? M : CVX_LINEAR_ROWS;
     const int64_t row_blocks = (M + mb - 1) / mb, col_blocks = (N + nb - 1) / nb;
 
     fill_nan(y, M * N); /* every output must be written, with or without bias */
@@ -204,17 +198,17 @@ static void test_linear(void) {
         {"bf16, bias", 9, 64, 40, CVX_BF16, 1},
         {"f16, no bias", 5, 40, 17, CVX_F16, 0},
         {"bf16, no bias", 5, 40, 17, CVX_BF16, 0},
-        /* K = 1000: 1 MiB / 4000 B = 262 columns, rounded down to 256; N = 600 -> 256 + 256 + 88;
-         * M = 300 -> 256 + 44 rows */
-        {"f32, bias, M=300 K=1000 N=600", 300, 1000, 600, CVX_F32, 1},
-        {"f16, bias, M=300 K=1000 N=600", 300, 1000, 600, CVX_F16, 1},
-        {"bf16, no bias, M=520 K=1000 N=300", 520, 1000, 300, CVX_BF16, 0},
+        /* K = 4000: 4 MiB / 16000 B = 262 columns, rounded down to 256; N = 300 -> 256 + 44; M = 600 -> 512 + 88
+         * rows (CVX_LINEAR_WEIGHT_BYTES, CVX_LINEAR_ROWS) */
+        {"f32, bias, M=600 K=4000 N=300", 600, 4000, 300, CVX_F32, 1},
+        {"f16, bias, M=600 K=4000 N=300", 600, 4000, 300, CVX_F16, 1},
+        {"bf16, no bias, M=520 K=4000 N=300", 520, 4000, 300, CVX_BF16, 0},
         {"f32, no bias, M=513 K=1024 N=257", 513, 1024, 257, CVX_F32, 0},
-        /* K large: 1 MiB holds fewer than 16 rows of W, so a block is 16 columns */
-        {"f16, bias, K=16384 (16 columns exactly)", 5, 16384, 40, CVX_F16, 1},
-        {"bf16, bias, K=20000 (13 -> 16 columns)", 3, 20000, 35, CVX_BF16, 1},
-        {"f32, bias, K=20000", 3, 20000, 35, CVX_F32, 1},
-        {"f16, no bias, K=12000 M=260 (2 row blocks)", 260, 12000, 18, CVX_F16, 0},
+        /* K large: 4 MiB holds fewer than 16 rows of W, so a block is 16 columns */
+        {"f16, bias, K=65536 (16 columns exactly)", 3, 65536, 40, CVX_F16, 1},
+        {"bf16, bias, K=80000 (13 -> 16 columns)", 3, 80000, 35, CVX_BF16, 1},
+        {"f32, bias, K=80000", 3, 80000, 35, CVX_F32, 1},
+        {"f16, no bias, K=48000 M=520 (2 row blocks)", 520, 48000, 18, CVX_F16, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_linear_case(&cases[i]);
 }
@@ -566,7 +560,8 @@ typedef struct attn_case {
 } attn_case;
 
 static int64_t attn_scratch_bytes(int hd) {
-    return (int64_t)cvx_ops_num_threads() * (Q_TILE * K_TILE + Q_TILE * hd + 2 * Q_TILE) * 4;
+    return (int64_t)cvx_ops_num_threads() *
+           (CVX_ATTN_Q_TILE * CVX_ATTN_K_TILE + CVX_ATTN_Q_TILE * hd + 2 * CVX_ATTN_Q_TILE) * 4;
 }
 
 static void run_attn_case(const attn_case *ac) {
@@ -605,7 +600,8 @@ static void run_attn_case(const attn_case *ac) {
                (long long)attn_scratch_bytes(ac->hd));
     char what[200];
     snprintf(what, sizeof(what), "attention %s (%lldx%lld tiles, |score| <= %.0f)", ac->name,
-             (long long)((S + Q_TILE - 1) / Q_TILE), (long long)((S + K_TILE - 1) / K_TILE), maxscore);
+             (long long)((S + CVX_ATTN_Q_TILE - 1) / CVX_ATTN_Q_TILE),
+             (long long)((S + CVX_ATTN_K_TILE - 1) / CVX_ATTN_K_TILE), maxscore);
     expect_close_tol(what, out, ref, n, ac->tol);
     free(q);
     free(k);

@@ -11,35 +11,33 @@
 
 #include <cblas.h>
 
-#define ATTN_Q_TILE 128
-#define ATTN_K_TILE 512
-
 cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t B, int64_t S, int heads, int hd,
                          float scale, float *out) {
-    const int64_t D = (int64_t)heads * hd, q_tiles = (S + ATTN_Q_TILE - 1) / ATTN_Q_TILE;
+    const int64_t D = (int64_t)heads * hd, q_tiles = (S + CVX_ATTN_Q_TILE - 1) / CVX_ATTN_Q_TILE;
     const int64_t tasks = B * heads * q_tiles;
     const int threads = cvx_ops_num_threads();
     /* per thread: scores [Tq, Tk], accumulator [Tq, hd], row max and sum [Tq] */
-    const int64_t per_thread = ATTN_Q_TILE * ATTN_K_TILE + ATTN_Q_TILE * hd + 2 * ATTN_Q_TILE;
+    const int64_t per_thread = CVX_ATTN_Q_TILE * CVX_ATTN_K_TILE + CVX_ATTN_Q_TILE * hd + 2 * CVX_ATTN_Q_TILE;
     float *scratch = NULL;
     CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
                             (void **)&scratch));
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t b = task / (heads * q_tiles), h = (task / q_tiles) % heads, qt = task % q_tiles;
-        const int64_t q0 = qt * ATTN_Q_TILE, nq = S - q0 < ATTN_Q_TILE ? S - q0 : ATTN_Q_TILE;
+        const int64_t q0 = qt * CVX_ATTN_Q_TILE, nq = S - q0 < CVX_ATTN_Q_TILE ? S - q0 : CVX_ATTN_Q_TILE;
 #ifdef _OPENMP
         float *sc = scratch + (int64_t)omp_get_thread_num() * per_thread;
 #else
         float *sc = scratch;
 #endif
-        float *acc = sc + ATTN_Q_TILE * ATTN_K_TILE, *mx = acc + ATTN_Q_TILE * hd, *sum = mx + ATTN_Q_TILE;
+        float *acc = sc + CVX_ATTN_Q_TILE * CVX_ATTN_K_TILE, *mx = acc + CVX_ATTN_Q_TILE * hd,
+              *sum = mx + CVX_ATTN_Q_TILE;
         const float *qb = q + (b * S + q0) * D + h * hd;
         const float *kb = k + b * S * D + h * hd, *vb = v + b * S * D + h * hd;
         for (int64_t i = 0; i < nq; i++) mx[i] = -INFINITY, sum[i] = 0.0f;
         memset(acc, 0, (size_t)(nq * hd) * sizeof(float));
-        for (int64_t k0 = 0; k0 < S; k0 += ATTN_K_TILE) {
-            const int64_t nk = S - k0 < ATTN_K_TILE ? S - k0 : ATTN_K_TILE;
+        for (int64_t k0 = 0; k0 < S; k0 += CVX_ATTN_K_TILE) {
+            const int64_t nk = S - k0 < CVX_ATTN_K_TILE ? S - k0 : CVX_ATTN_K_TILE;
             /* scores = (q k^T) * scale */
             scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, hd, scale, qb, (int)D,
                               kb + k0 * D, (int)D, 0.0f, sc, (int)nk);

@@ -10,8 +10,6 @@
 
 #include <cblas.h>
 
-#define COL_BUFFER_TARGET_BYTES ((int64_t)4 << 20)
-
 void cvx_ops_init(void) { scipy_openblas_set_num_threads(1); }
 
 int cvx_ops_num_threads(void) {
@@ -79,8 +77,6 @@ static void im2col_rows(const cvx_frame *frames, int64_t b, int t, int64_t H, in
  * each 2x2 output tile from a 4x4 input patch with 16 multiplies per (ci, co, dt) instead of 36, i.e. 2.25x fewer
  * GEMM flops, as 16 GEMMs [Co, Ci*kt] x [Ci*kt, tiles]. F(2x2, 3x3) uses only the constants 0, +-1 and 1/2, so
  * it stays within a few ulps of the direct convolution in f32. */
-
-#define WINO_BUFFER_TARGET_BYTES ((int64_t)8 << 20)
 
 /* U[xi][co][k] = (G g G^T)[xi] for every 3x3 slice g = w[co, ci, dt] (k = ci * kt + dt). */
 static void winograd_weights(const float *w, int co, int64_t k, float *u) {
@@ -193,7 +189,7 @@ static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_
     float *u = NULL, *work = NULL;
     const int64_t Ho = H * up, Wo = W * up, k = (int64_t)wt->ci * wt->kt;
     const int64_t tiles_h = (Ho + 1) / 2, tiles_w = (Wo + 1) / 2, tiles = tiles_h * tiles_w;
-    int64_t nt = WINO_BUFFER_TARGET_BYTES / (16 * (k + wt->co) * (int64_t)sizeof(float));
+    int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + wt->co) * (int64_t)sizeof(float));
     if (nt < 16) nt = 16;
     if (nt > tiles) nt = tiles;
     const int64_t blocks = (tiles + nt - 1) / nt, tasks = batch * To * blocks;
@@ -268,7 +264,7 @@ cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, in
 
     const int pointwise = wt->kt == 1 && wt->kh == 1 && wt->kw == 1 && g->up == 1 && g->stride_h == 1 &&
                           g->stride_w == 1 && !g->pad_top && !g->pad_bottom && !g->pad_left && !g->pad_right;
-    int64_t rows = COL_BUFFER_TARGET_BYTES / (K * Wo * (int64_t)sizeof(float));
+    int64_t rows = CVX_CONV_COL_BYTES / (K * Wo * (int64_t)sizeof(float));
     if (rows < 1) rows = 1;
     if (rows > Ho) rows = Ho;
     if (pointwise) rows = Ho; /* no column buffer: the frame itself is the GEMM operand */

@@ -9,16 +9,13 @@
 
 #include <cblas.h>
 
-#define LINEAR_ROWS 512               /* rows of x per task */
-#define LINEAR_WEIGHT_BYTES (4 << 20) /* widened weight block per task */
-
 cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const void *bias, int64_t N,
                       float *y) {
     if (M <= 0 || N <= 0) return CVX_OK;
-    int64_t nb = LINEAR_WEIGHT_BYTES / (K * (int64_t)sizeof(float));
+    int64_t nb = CVX_LINEAR_WEIGHT_BYTES / (K * (int64_t)sizeof(float));
     nb = nb < 16 ? 16 : nb - nb % 16;
     if (nb > N) nb = N;
-    const int64_t mb = M < LINEAR_ROWS ? M : LINEAR_ROWS;
+    const int64_t mb = M < CVX_LINEAR_ROWS ? M : CVX_LINEAR_ROWS;
     const int64_t col_blocks = (N + nb - 1) / nb, row_blocks = (M + mb - 1) / mb;
     const int threads = cvx_ops_num_threads();
     const size_t esize = cvx_dtype_size(wdt);
