@@ -36,22 +36,33 @@ during the forwards (the RSS high-water mark is reset via /proc/self/clear_refs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _bench_common import (
+    add_run_args,
+    add_timing_args,
+    ensure_model_dir,
+    fmt_mib,
+    import_cogvideo_c,
+    parse_args,
+    print_runs,
+    print_table,
+    rss_bytes,
+    rss_growth,
+    run_children,
+    save_output,
+    timed_calls,
+    write_json,
+)
 
 HERE = Path(__file__).resolve()
 META_NAME = "bench_transformer_meta.json"
-MIB = 2.0**20
 TEXT_LEN = 226
 TEXT_DIM = 4096
 CHANNELS = 16
@@ -91,47 +102,6 @@ def preset_config(name: str) -> dict:
 def token_counts(name: str) -> tuple[int, int]:
     _, (_, f, _, h, w) = PRESETS[name]
     return f * (h // 2) * (w // 2), TEXT_LEN
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# process memory helpers (Linux /proc; fall back to getrusage)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_bytes() -> int | None:
-    v = _status_kib("VmRSS")
-    return None if v is None else v * 1024
-
-
-def hwm_bytes() -> int | None:
-    v = _status_kib("VmHWM")
-    return None if v is None else v * 1024
-
-
-def reset_rss_peak() -> bool:
-    """Reset the RSS high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def maxrss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # Linux reports KiB, macOS bytes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,17 +148,6 @@ def child_make_model(args) -> None:
     print(f"[make-model] {args.preset}: saved {n:,} parameters (float32) to {args.model_dir}", flush=True)
 
 
-def _run_forwards(forward, inputs, repeat: int, warmup: int):
-    for _ in range(warmup):
-        forward(*inputs)
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = forward(*inputs)
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
 def child_bench(args) -> None:
     res: dict = {"impl": args.child, "preset": args.preset, "threads": args.threads, "pid": os.getpid()}
     with np.load(args.input) as f:
@@ -221,14 +180,7 @@ def child_bench(args) -> None:
             return out.numpy()
 
     else:
-        try:
-            import cogvideo_c
-        except ImportError:  # not installed: fall back to the source checkout this script belongs to
-            sys.path.insert(0, str(HERE.parent.parent))
-            import cogvideo_c
-
-            res["note"] = f"cogvideo_c imported from the checkout {HERE.parent.parent}"
-
+        cogvideo_c = import_cogvideo_c(res)
         model = cogvideo_c.CogVideoXTransformer3DModel.from_pretrained(args.model_dir, torch_dtype="float32")
         res["load_s"] = time.perf_counter() - t0
         res["version"] = f"cogvideo_c {getattr(cogvideo_c, '__version__', '?')}"
@@ -239,22 +191,9 @@ def child_bench(args) -> None:
         def forward(h, e, t):
             return np.asarray(model(hidden_states=h, encoder_hidden_states=e, timestep=t).sample)
 
-    res["rss_after_load"] = rss_bytes()
-    res["rss_peak_reset"] = reset_rss_peak()
-    out, times = _run_forwards(forward, inputs, args.repeat, args.warmup)
-    res["hwm_after_forward"] = hwm_bytes()
-    res["rss_end"] = rss_bytes()
-    res["ru_maxrss"] = maxrss_bytes()
-    res["times_s"] = times
-    res["time_s_median"] = statistics.median(times)
-    res["warmup"] = args.warmup
-    if res["rss_peak_reset"] and res["hwm_after_forward"] is not None:
-        res["forward_rss_growth"] = res["hwm_after_forward"] - res["rss_after_load"]
-    else:  # high-water mark could not be reset: the load's own peak may be included
-        res["forward_rss_growth"] = res["ru_maxrss"] - (res["rss_after_load"] or 0)
+    out = timed_calls(res, lambda: forward(*inputs), args.repeat, args.warmup, "forward")
+    res["forward_rss_growth"] = rss_growth(res, "forward")
     if args.child == "cvx":
-        import cogvideo_c
-
         stats = dict(cogvideo_c.memory_stats("cpu"))
         res["memory_stats"] = stats
         res["peak_tensor_bytes"] = stats["allocated_bytes.all.peak"]
@@ -263,13 +202,7 @@ def child_bench(args) -> None:
     else:
         res["peak_tensor_bytes"] = res["weights_bytes"] + res["forward_rss_growth"]
         res["activation_bytes"] = res["forward_rss_growth"]
-    out = np.ascontiguousarray(out, dtype=np.float32)
-    res["out_shape"] = list(out.shape)
-    res["out_finite"] = bool(np.isfinite(out).all())
-    res["out_std"] = float(out.std())
-    res["out_absmax"] = float(np.abs(out).max())
-    np.save(args.output, out)
-    Path(args.result).write_text(json.dumps(res, indent=1))
+    save_output(res, out, args.output, args.result)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,13 +216,6 @@ def _child_cmd(python: str, args, preset: str, model_dir: Path, mode: str, extra
     return cmd + extra
 
 
-def _run(cmd: list[str], env_threads: int) -> None:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(env_threads)
-    print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
-
-
 def ensure_model(args, preset: str, model_dir: Path) -> None:
     meta = {
         "preset": preset,
@@ -298,27 +224,8 @@ def ensure_model(args, preset: str, model_dir: Path) -> None:
         "weights_dtype": "float32",
         "init": "Linear/Conv N(0,1/fan_in); bias N(0,0.01); LN 1+N(0,0.01), bias N(0,0.01)",
     }
-    mfile = model_dir / META_NAME
-    if mfile.is_file() and (model_dir / "config.json").is_file():
-        try:
-            if json.loads(mfile.read_text()) == meta:
-                print(f"reusing model in {model_dir}")
-                return
-        except ValueError:
-            pass
-    if model_dir.exists():
-        for p in (model_dir / "config.json", model_dir / "diffusion_pytorch_model.safetensors", mfile):
-            if p.exists():
-                p.unlink()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    _run(_child_cmd(sys.executable, args, preset, model_dir, "make-model", []), args.threads)
-    mfile.write_text(json.dumps(meta))
-    print(f"model built and saved in {time.perf_counter() - t0:.1f} s")
-
-
-def fmt_mib(b) -> str:
-    return "n/a" if b is None else f"{b / MIB:,.1f}"
+    build_cmd = _child_cmd(sys.executable, args, preset, model_dir, "make-model", [])
+    ensure_model_dir(model_dir, META_NAME, meta, build_cmd, args.threads)
 
 
 def run_preset(args, preset: str, root: Path, work: Path) -> dict:
@@ -331,28 +238,12 @@ def run_preset(args, preset: str, root: Path, work: Path) -> dict:
     t = np.full((shape[0],), args.timestep, dtype=np.int64)
     inp = work / f"in_{preset}.npz"
     np.savez(inp, hidden_states=h, encoder_hidden_states=e, timestep=t)
-    impls = [("reference", sys.executable)]
-    if not args.check_only_reference:
-        impls.append(("cvx", args.cvx_python))
-    results = {}
-    for mode, py in impls:
-        extra = ["--input", str(inp), "--output", str(work / f"out_{preset}_{mode}.npy")]
-        extra += ["--result", str(work / f"res_{preset}_{mode}.json")]
-        extra += ["--repeat", str(args.repeat), "--warmup", str(args.warmup)]
-        _run(_child_cmd(py, args, preset, model_dir, mode, extra), args.threads)
-        results[mode] = json.loads((work / f"res_{preset}_{mode}.json").read_text())
-    ref = np.load(work / f"out_{preset}_reference.npy").astype(np.float64)
-    for mode in results:
-        out = np.load(work / f"out_{preset}_{mode}.npy")
-        if out.shape != ref.shape:
-            results[mode]["max_abs_diff"] = f"shape {list(out.shape)} != {list(ref.shape)}"
-        else:
-            results[mode]["max_abs_diff"] = float(np.abs(out.astype(np.float64) - ref).max())
-    return results
+    return run_children(
+        args, work, f"{preset}_", inp, lambda py, mode, extra: _child_cmd(py, args, preset, model_dir, mode, extra)
+    )
 
 
-def print_table(args, preset: str, results: dict) -> None:
-    names = {"reference": "diffusers (torch)", "cvx": "cogvideo_c"}
+def print_preset(args, preset: str, results: dict) -> None:
     cfg = preset_config(preset)
     shape = list(PRESETS[preset][1])
     nv, nt = token_counts(preset)
@@ -363,19 +254,7 @@ def print_table(args, preset: str, results: dict) -> None:
         f"{cfg['attention_head_dim']} (D = {d}), {cfg['num_layers']} layer(s); latent {shape} -> {nv} video + {nt} "
         f"text = {nv + nt} tokens; fp32, CPU, {args.threads} threads, median of {args.repeat} (warm-up {args.warmup})"
     )
-    print()
-    print(
-        "| implementation | time (s, median) | peak RSS (MiB) | peak tensor memory (MiB) | max abs diff vs diffusers |"
-    )
-    print("|---|---:|---:|---:|---:|")
-    for mode, r in results.items():
-        diff = r["max_abs_diff"]
-        diff = "0 (reference)" if mode == "reference" else (f"{diff:.3e}" if isinstance(diff, float) else diff)
-        tensor = fmt_mib(r.get("peak_tensor_bytes"))
-        if mode == "reference":
-            tensor += "*"
-        print(f"| {names[mode]} | {r['time_s_median']:.3f} | {fmt_mib(r['ru_maxrss'])} | {tensor} | {diff} |")
-    print()
+    print_table(results)
     rr = results["reference"]
     print(
         f"* torch: parameter bytes {fmt_mib(rr['weights_bytes'])} MiB + peak RSS growth during the forward "
@@ -390,35 +269,16 @@ def print_table(args, preset: str, results: dict) -> None:
         )
         if rr["time_s_median"] > 0:
             print(f"  time ratio cogvideo_c / torch: {rc['time_s_median'] / rr['time_s_median']:.2f}")
-    for mode, r in results.items():
-        print(
-            f"  {names[mode]}: {r['version']}; load {r['load_s']:.2f} s; forward times "
-            + ", ".join(f"{t:.3f}" for t in r["times_s"])
-            + f" s; output std {r['out_std']:.3f}, max |x| {r['out_absmax']:.3f}, finite {r['out_finite']}"
-        )
+    print_runs(results, "forward")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="mid", choices=[*PRESETS, "all"], help="model size / token count")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeat", type=int, default=1, help="timed forwards; the median is reported")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed forwards first (default: 1 if --repeat > 1)")
-    ap.add_argument("--model-dir", default=None, help="cache directory for the random-weight models (one per preset)")
+    add_timing_args(ap, "forwards", "cache directory for the random-weight models (one per preset)")
     ap.add_argument("--timestep", type=int, default=999)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cvx-python", default=sys.executable, help="interpreter with cogvideo_c installed")
-    ap.add_argument("--check-only-reference", action="store_true", help="run only the diffusers side")
-    ap.add_argument("--json", default=None, help="also write all raw results to this JSON file")
-    ap.add_argument("--child", choices=["make-model", "reference", "cvx"], help=argparse.SUPPRESS)
-    ap.add_argument("--input", help=argparse.SUPPRESS)
-    ap.add_argument("--output", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.repeat < 1:
-        ap.error("--repeat must be >= 1")
-    if args.warmup is None:
-        args.warmup = 1 if args.repeat > 1 else 0
+    add_run_args(ap)
+    args = parse_args(ap)
     if args.child and args.preset == "all":
         ap.error("a child runs one preset")
 
@@ -441,13 +301,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     for preset, results in all_results.items():
-        print_table(args, preset, results)
+        print_preset(args, preset, results)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"args": {k: v for k, v in vars(args).items() if k != "child"}, "results": all_results}, indent=1
-            )
-        )
+        write_json(args.json, args, all_results)
     if temp_model:
         print("(temporary model directory removed; pass --model-dir to cache the float32 weights)")
     return 0

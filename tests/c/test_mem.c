@@ -17,12 +17,6 @@
 /* What the manager reserves for a request: a 64-byte header plus the size rounded up to 64. */
 static int64_t reserved_for(size_t bytes) { return ALIGN + (int64_t)((bytes + ALIGN - 1) / ALIGN) * ALIGN; }
 
-static cvx_mem_stats stats(cvx_device dev) {
-    cvx_mem_stats s;
-    cvx_mem_get_stats(dev, &s);
-    return s;
-}
-
 /* Compares every counter of `now` against `base` plus the expected deltas. */
 static void expect_delta(const char *what, const cvx_mem_stats *base, const cvx_mem_stats *now, int64_t d_weights,
                          int64_t d_acts, int64_t d_reserved, int64_t d_allocs, int64_t d_frees) {

@@ -13,44 +13,11 @@
 #include "../../csrc/core/tensor.h"
 #include "../../csrc/mem/mem.h"
 #include "../../csrc/ops/ops.h"
+
+#define CVX_TEST_SEED 0x2545f4914f6cdd1dull
 #include "cvx_test.h"
 
 #define TOL 1e-4
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-/* uniform in [-1, 1) */
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static void fill(float *p, int64_t n, float scale, float offset) {
-    for (int64_t i = 0; i < n; i++) p[i] = frand() * scale + offset;
-}
-
-static int64_t live_bytes(void) {
-    cvx_mem_stats s;
-    cvx_mem_get_stats(CVX_DEVICE_CPU, &s);
-    return s.allocated_bytes;
-}
-
-static int64_t peak_bytes(void) {
-    cvx_mem_stats s;
-    cvx_mem_get_stats(CVX_DEVICE_CPU, &s);
-    return s.peak_allocated_bytes;
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of host memory\n");
-        exit(2);
-    }
-    return p;
-}
 
 static int is_empty(const cvx_tensor *t) {
     cvx_tensor z;
@@ -58,27 +25,8 @@ static int is_empty(const cvx_tensor *t) {
     return memcmp(t, &z, sizeof(z)) == 0;
 }
 
-/* max |got - ref| / max |ref| over n values, printed and checked against TOL */
 static void expect_close(const char *what, const float *got, const double *ref, int64_t n) {
-    double maxdiff = 0.0, maxref = 0.0;
-    int64_t worst = 0;
-    int finite = 1;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!isfinite(got[i])) finite = 0;
-        if (d > maxdiff) maxdiff = d, worst = i;
-        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
-    }
-    double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
-    printf("  %-58s max|diff| %.3g (rel %.3g, max|ref| %.3g, %lld values)\n", what, maxdiff, rel, maxref, (long long)n);
-    CVX_EXPECT(finite, "%s: non-finite output", what);
-    CVX_EXPECT(rel <= TOL, "%s: relative difference %.3g at %lld (got %.8g, want %.8g)", what, rel, (long long)worst,
-               n ? (double)got[worst] : 0.0, n ? ref[worst] : 0.0);
-}
-
-static void expect_no_leak(const char *what, int64_t base) {
-    int64_t now = live_bytes();
-    CVX_EXPECT(now == base, "%s: %lld bytes left allocated", what, (long long)(now - base));
+    expect_close_tol(what, got, ref, n, TOL);
 }
 
 static void expect_shape5(const char *what, const cvx_tensor *t, int64_t b, int64_t c, int64_t f, int64_t h,

@@ -13,62 +13,14 @@
 #include "../../csrc/core/dtype.h"
 #include "../../csrc/mem/mem.h"
 #include "../../csrc/ops/ops.h"
+
+#define CVX_TEST_SEED 0x9e3779b97f4a7c15ull
 #include "cvx_test.h"
 
 #define TOL 1e-4
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-/* uniform in [-1, 1) */
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static void fill(float *p, int64_t n, float scale, float offset) {
-    for (int64_t i = 0; i < n; i++) p[i] = frand() * scale + offset;
-}
-
 static void fill_nan(float *p, int64_t n) {
     for (int64_t i = 0; i < n; i++) p[i] = NAN;
-}
-
-static cvx_mem_stats stats(void) {
-    cvx_mem_stats s;
-    cvx_mem_get_stats(CVX_DEVICE_CPU, &s);
-    return s;
-}
-
-static int64_t live_bytes(void) { return stats().allocated_bytes; }
-static int64_t peak_bytes(void) { return stats().peak_allocated_bytes; }
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of host memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-/* max |got - ref| / max |ref| over n values, printed and checked against tol */
-static void expect_close_tol(const char *what, const float *got, const double *ref, int64_t n, double tol) {
-    double maxdiff = 0.0, maxref = 0.0;
-    int64_t worst = 0;
-    int finite = 1;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!isfinite(got[i])) finite = 0, d = INFINITY;
-        if (d > maxdiff) maxdiff = d, worst = i;
-        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
-    }
-    double rel = maxref > 0 ? maxdiff / maxref : maxdiff;
-    printf("  %-62s max|diff| %.3g (rel %.3g, max|ref| %.3g, %lld values)\n", what, maxdiff, rel, maxref, (long long)n);
-    CVX_EXPECT(finite, "%s: non-finite output at %lld", what, (long long)worst);
-    CVX_EXPECT(rel <= tol, "%s: relative difference %.3g at %lld (got %.8g, want %.8g)", what, rel, (long long)worst,
-               n ? (double)got[worst] : 0.0, n ? ref[worst] : 0.0);
 }
 
 static void expect_close(const char *what, const float *got, const double *ref, int64_t n) {
@@ -92,14 +44,9 @@ static void expect_close_each(const char *what, const float *got, const double *
                (long long)worst, n ? (double)got[worst] : 0.0, n ? ref[worst] : 0.0);
 }
 
-static void expect_no_leak(const char *what, int64_t base) {
-    int64_t now = live_bytes();
-    CVX_EXPECT(now == base, "%s: %lld bytes left allocated", what, (long long)(now - base));
-}
-
 /* an op that must not touch the memory manager at all */
 static void expect_no_alloc(const char *what, const cvx_mem_stats *before) {
-    const cvx_mem_stats now = stats();
+    const cvx_mem_stats now = stats(CVX_DEVICE_CPU);
     CVX_EXPECT(now.num_allocs == before->num_allocs && now.allocated_bytes == before->allocated_bytes,
                "%s: %lld allocations made", what, (long long)(now.num_allocs - before->num_allocs));
 }
@@ -159,7 +106,7 @@ static void run_linear_case(const linear_case *lc) {
     const int64_t row_blocks = (M + mb - 1) / mb, col_blocks = (N + nb - 1) / nb;
 
     fill_nan(y, M * N); /* every output must be written, with or without bias */
-    const cvx_mem_stats before = stats();
+    const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
     cvx_mem_reset_peak(CVX_DEVICE_CPU);
     const void *w = lc->wdt == CVX_F32 ? (const void *)w32 : (const void *)w16;
     const void *bias = !lc->bias ? NULL : lc->wdt == CVX_F32 ? (const void *)b32 : (const void *)b16;
@@ -217,7 +164,7 @@ static void test_linear_edges_and_oom(void) {
     /* M = 0 or N = 0: nothing to do, nothing allocated */
     float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
     uint16_t w16[8] = {0};
-    cvx_mem_stats before = stats();
+    cvx_mem_stats before = stats(CVX_DEVICE_CPU);
     CVX_EXPECT(cvx_linear(x, 0, 4, w16, CVX_F16, NULL, 2, y) == CVX_OK, "linear M=0");
     CVX_EXPECT(cvx_linear(x, 2, 4, w16, CVX_F16, NULL, 0, y) == CVX_OK, "linear N=0");
     expect_no_alloc("linear M=0 / N=0", &before);
@@ -230,7 +177,7 @@ static void test_linear_edges_and_oom(void) {
     for (int64_t i = 0; i < N * K; i++) ws[i] = cvx_f32_to_bf16(frand() * 0.1f);
     for (int64_t i = 0; i < N; i++) bs[i] = cvx_f32_to_bf16(frand());
     const int64_t scratch = (int64_t)cvx_ops_num_threads() * (N * K + N) * 4;
-    before = stats();
+    before = stats(CVX_DEVICE_CPU);
     const int64_t limits[] = {1, scratch - 1};
     for (size_t i = 0; i < 2; i++) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + limits[i]);
@@ -240,7 +187,7 @@ static void test_linear_edges_and_oom(void) {
         CVX_EXPECT(st == CVX_ERR_OOM, "linear OOM (limit +%lld): status %d", (long long)limits[i], (int)st);
         if (i == 0) printf("  linear with the scratch refused -> %s\n", cvx_error_message());
         expect_no_leak("linear OOM", before.allocated_bytes);
-        CVX_EXPECT(stats().num_allocs == before.num_allocs, "linear OOM: nothing allocated");
+        CVX_EXPECT(stats(CVX_DEVICE_CPU).num_allocs == before.num_allocs, "linear OOM: nothing allocated");
     }
     cvx_error_clear();
     /* exactly the scratch it needs: fits */
@@ -305,7 +252,7 @@ static void run_ln_case(const ln_case *lc) {
     memcpy(xcopy, x, (size_t)n * sizeof(float));
     float *out = lc->inplace ? x : y;
     if (!lc->inplace) fill_nan(y, n);
-    const cvx_mem_stats before = stats();
+    const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
     cvx_layer_norm(x, rows, D, eps, use_gamma ? gamma : NULL, use_beta ? beta : NULL, lc->modulate ? scale : NULL,
                    lc->modulate ? shift : NULL, out);
     char what[160];
@@ -363,7 +310,7 @@ static void test_gated_add(void) {
         for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < D; i++)
                 ref[r * D + i] = (double)x[r * D + i] + (with_gate ? (double)gate[i] : 1.0) * (double)y[r * D + i];
-        const cvx_mem_stats before = stats();
+        const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
         cvx_gated_add(x, with_gate ? gate : NULL, y, rows, D);
         const char *what = with_gate ? "gated_add, gate [D]" : "gated_add, NULL gate (plain add)";
         expect_close(what, x, ref, n);
@@ -409,7 +356,7 @@ static void test_activations(void) {
         const char *name = f == 0 ? "silu" : "gelu_tanh";
         for (int64_t i = 0; i < n; i++) ref[i] = f == 0 ? ref_silu(src[i]) : ref_gelu_tanh(src[i]);
         memcpy(x, src, (size_t)n * sizeof(float));
-        const cvx_mem_stats before = stats();
+        const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
         if (f == 0)
             cvx_silu(x, n);
         else
@@ -476,7 +423,7 @@ static void run_rope_case(const rope_case *rc) {
                 ref[r * D + h * hd + k] = re * c[r * hd + k] - im * s[r * hd + k];
                 ref[r * D + h * hd + k + 1] = im * c[r * hd + k + 1] + re * s[r * hd + k + 1];
             }
-    const cvx_mem_stats before = stats();
+    const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
     cvx_rope(x, rows, ld, rc->heads, rc->hd, c, s);
     expect_no_alloc(rc->name, &before);
     for (int64_t r = 0; r < rows; r++) memcpy(got + r * D, x + r * ld, (size_t)D * sizeof(float));
@@ -560,6 +507,7 @@ typedef struct attn_case {
 } attn_case;
 
 static int64_t attn_scratch_bytes(int hd) {
+    /* scores, accumulator, row max and sum */
     return (int64_t)cvx_ops_num_threads() *
            (CVX_ATTN_Q_TILE * CVX_ATTN_K_TILE + CVX_ATTN_Q_TILE * hd + 2 * CVX_ATTN_Q_TILE) * 4;
 }
@@ -671,7 +619,7 @@ static void test_attention(void) {
         fill(q, n, 1.0f, 0.0f);
         fill(k, n, 1.0f, 0.0f);
         fill(v, n, 1.0f, 0.0f);
-        const cvx_mem_stats before = stats();
+        const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
         const int64_t limits[] = {1, attn_scratch_bytes(hd) - 1};
         for (size_t i = 0; i < 2; i++) {
             for (int64_t j = 0; j < n; j++) out[j] = -7.0f;
@@ -685,7 +633,7 @@ static void test_attention(void) {
             for (int64_t j = 0; j < n; j++) touched += out[j] != -7.0f;
             CVX_EXPECT(touched == 0, "attention OOM: %lld outputs written", (long long)touched);
             expect_no_leak("attention OOM", before.allocated_bytes);
-            CVX_EXPECT(stats().num_allocs == before.num_allocs, "attention OOM: nothing allocated");
+            CVX_EXPECT(stats(CVX_DEVICE_CPU).num_allocs == before.num_allocs, "attention OOM: nothing allocated");
         }
         cvx_error_clear();
         cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + attn_scratch_bytes(hd));
