@@ -11,6 +11,7 @@ from .memory import (
     set_memory_limit,
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+from .t5 import T5EncoderModel
 from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "OutOfMemoryError",
+    "T5EncoderModel",
     "build_info",
     "tiny",
     "cuda_is_available",

@@ -29,6 +29,7 @@ def component_dir(path, subfolder=None):
 
 
 def read_config(folder, class_name):
+    """config.json of a component as a dict; class_name (when not None) must match its _class_name."""
     cfg_path = os.path.join(folder, "config.json")
     try:
         with open(cfg_path, encoding="utf-8") as f:
@@ -40,7 +41,7 @@ def read_config(folder, class_name):
     if not isinstance(cfg, dict):
         raise ValueError(f"{cfg_path} must hold a JSON object, found {type(cfg).__name__}")
     found = cfg.get("_class_name", class_name)
-    if found != class_name:
+    if class_name is not None and found != class_name:
         raise ValueError(f"{cfg_path} describes a {found}, not a {class_name}")
     return cfg
 

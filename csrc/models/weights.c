@@ -117,7 +117,7 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
     }
     for (int i = 0; i < cvx_st_count(st); i++) {
         const char *name = cvx_st_at(st, i)->name;
-        int found = 0;
+        int found = ws->ignored && strcmp(ws->ignored, name) == 0;
         for (int k = 0; k < ws->count && !found; k++) found = strcmp(ws->decls[k].name, name) == 0;
         if (!found) {
             char item[CVX_WEIGHT_NAME_MAX + 2];

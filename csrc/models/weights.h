@@ -29,6 +29,7 @@ typedef struct cvx_weights {
     void **group_data;      /* [num_groups] one buffer each */
     int64_t *group_bytes;   /* [num_groups] */
     cvx_status decl_status; /* first failure while declaring, reported by cvx_weights_load */
+    const char *ignored;    /* a tensor name the checkpoint may hold that is neither loaded nor unexpected */
 } cvx_weights;
 
 /* Declares a parameter: the name is printf-formatted; ndim dimensions follow as int64_t values. */

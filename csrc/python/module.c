@@ -9,6 +9,7 @@
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "../mem/mem.h"
+#include "../models/t5.h"
 #include "../models/transformer.h"
 #include "../models/vae.h"
 #include "../ops/ops.h"
@@ -489,6 +490,121 @@ static PyTypeObject TransformerType = {
     .tp_doc = "The CogVideoX transformer in C (use cogvideo_c.CogVideoXTransformer3DModel).",
 };
 
+/* ---- the T5 encoder ---------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD cvx_t5 *t5;
+} T5Object;
+
+static void T5_dealloc(T5Object *self) {
+    cvx_t5_free(self->t5);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* T5(config: (vocab, d_model, d_kv, heads, d_ff, layers, buckets, max_distance, gated, eps, embedding_name,
+ *             ignored_name | None), weights_path, dtype) */
+static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
+    (void)kwds;
+    cvx_t5_config c;
+    memset(&c, 0, sizeof(c));
+    double eps = 0.0;
+    PyObject *path_obj = NULL;
+    const char *dtype_name = NULL;
+    if (!PyArg_ParseTuple(args, "(iiiiiiiipdsz)O&s", &c.vocab_size, &c.d_model, &c.d_kv, &c.num_heads, &c.d_ff,
+                          &c.num_layers, &c.relative_attention_num_buckets, &c.relative_attention_max_distance,
+                          &c.gated, &eps, &c.embedding_name, &c.ignored_name, PyUnicode_FSConverter, &path_obj,
+                          &dtype_name))
+        return -1;
+    c.layer_norm_epsilon = (float)eps;
+    cvx_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype) < 0) {
+        Py_DECREF(path_obj);
+        return -1;
+    }
+    cvx_st_file *st_file = NULL;
+    cvx_t5 *t5 = NULL;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_st_open(PyBytes_AS_STRING(path_obj), &st_file);
+    if (st == CVX_OK) st = cvx_t5_create(&c, st_file, dtype, &t5);
+    cvx_st_close(st_file);
+    Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    if (st != CVX_OK) {
+        raise_status(st);
+        return -1;
+    }
+    cvx_t5_free(self->t5);
+    self->t5 = t5;
+    return 0;
+}
+
+/* forward(input_ids [B, S] int64, attention_mask [B, S] | None) -> [B, S, d_model] */
+static PyObject *T5_forward(T5Object *self, PyObject *args) {
+    PyObject *ids_obj, *mask_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O", &ids_obj, &mask_obj)) return NULL;
+    PyArrayObject *ids =
+        (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    PyArrayObject *mask = NULL;
+    PyObject *result = NULL;
+    if (!ids) return NULL;
+    if (PyArray_NDIM(ids) != 2) {
+        PyErr_Format(PyExc_ValueError, "input_ids must be 2-D [batch, tokens], got %d-D", PyArray_NDIM(ids));
+        goto done;
+    }
+    if (mask_obj != Py_None) {
+        mask = (PyArrayObject *)PyArray_FROM_OTF(mask_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (!mask) goto done;
+        if (PyArray_NDIM(mask) != 2 || PyArray_DIM(mask, 0) != PyArray_DIM(ids, 0) ||
+            PyArray_DIM(mask, 1) != PyArray_DIM(ids, 1)) {
+            PyErr_SetString(PyExc_ValueError, "attention_mask must have the shape of input_ids");
+            goto done;
+        }
+    }
+    cvx_tensor out = {0};
+    cvx_status st;
+    const int64_t B = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
+    const int64_t *idp = PyArray_DATA(ids), *mp = mask ? PyArray_DATA(mask) : NULL;
+    Py_BEGIN_ALLOW_THREADS st = cvx_t5_forward(self->t5, idp, mp, B, S, &out);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) raise_status(st);
+    else result = tensor_to_array(&out);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(mask);
+    return result;
+}
+
+static PyObject *T5_weight_bytes(T5Object *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(cvx_t5_weight_bytes(self->t5));
+}
+
+static PyObject *T5_weight_groups(T5Object *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(cvx_t5_num_weight_groups(self->t5));
+}
+
+static PyMethodDef T5_methods[] = {
+    {"forward", (PyCFunction)T5_forward, METH_VARARGS, "forward(input_ids, attention_mask=None) -> ndarray"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef T5_getset[] = {
+    {"weight_bytes", (getter)T5_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"num_weight_groups", (getter)T5_weight_groups, NULL, "number of weight groups", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject T5Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cogvideo_c._C.T5",
+    .tp_basicsize = sizeof(T5Object),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)T5_init,
+    .tp_dealloc = (destructor)T5_dealloc,
+    .tp_methods = T5_methods,
+    .tp_getset = T5_getset,
+    .tp_doc = "The T5 encoder in C (use cogvideo_c.T5EncoderModel).",
+};
+
 /* ---- module -------------------------------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -508,7 +624,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
     cvx_ops_init();
-    if (PyType_Ready(&VAEType) < 0 || PyType_Ready(&TransformerType) < 0) return NULL;
+    if (PyType_Ready(&VAEType) < 0 || PyType_Ready(&TransformerType) < 0 || PyType_Ready(&T5Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     OutOfMemoryError = PyErr_NewExceptionWithDoc("cogvideo_c.OutOfMemoryError",
@@ -521,8 +637,10 @@ PyMODINIT_FUNC PyInit__C(void) {
     Py_INCREF(OutOfMemoryError);
     Py_INCREF(&VAEType);
     Py_INCREF(&TransformerType);
+    Py_INCREF(&T5Type);
     if (PyModule_AddObject(m, "VAE", (PyObject *)&VAEType) < 0 ||
-        PyModule_AddObject(m, "Transformer", (PyObject *)&TransformerType) < 0) {
+        PyModule_AddObject(m, "Transformer", (PyObject *)&TransformerType) < 0 ||
+        PyModule_AddObject(m, "T5", (PyObject *)&T5Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

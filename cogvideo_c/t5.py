@@ -1,0 +1,76 @@
+"""transformers.T5EncoderModel (the CogVideoX text encoder) on the C core."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import configuration
+from ._dtypes import resolve_dtype
+from ._load import _C
+
+
+@dataclass
+class BaseModelOutput:
+    last_hidden_state: np.ndarray
+
+    def __getitem__(self, index):  # text_encoder(input_ids)[0], as the pipeline indexes it
+        return (self.last_hidden_state,)[index]
+
+
+class T5EncoderModel:
+    """T5 v1.1 (gated-gelu) and original (relu) encoders: RMS norms, relative position buckets, no attention mask
+    unless given (the CogVideoX pipeline gives none). Weights are grouped per block and kept in torch_dtype; the
+    computation is f32, so the half-precision overflow transformers clamps cannot occur."""
+
+    _DEFAULTS = dict(
+        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+        feed_forward_proj="relu",
+    )  # fmt: skip
+
+    def __init__(self, config, weights_path, dtype="float32"):
+        cfg = dict(self._DEFAULTS)
+        cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        proj = cfg["feed_forward_proj"]
+        if proj not in ("relu", "gated-gelu"):
+            raise ValueError(f"feed_forward_proj {proj!r} is not supported (relu or gated-gelu)")
+        names = _C.safetensors_index(weights_path)
+        # transformers always ties them and saves shared.weight; when a file has both, the encoder uses its own
+        if "encoder.embed_tokens.weight" in names:
+            embedding, ignored = "encoder.embed_tokens.weight", "shared.weight"
+        else:
+            embedding, ignored = "shared.weight", None
+        core_cfg = (
+            int(cfg["vocab_size"]), int(cfg["d_model"]), int(cfg["d_kv"]), int(cfg["num_heads"]), int(cfg["d_ff"]),
+            int(cfg["num_layers"]), int(cfg["relative_attention_num_buckets"]),
+            int(cfg["relative_attention_max_distance"]), proj == "gated-gelu", float(cfg["layer_norm_epsilon"]),
+            embedding, ignored if ignored in names else None,
+        )  # fmt: skip
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.T5(core_cfg, weights_path, dtype)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
+        cfg = configuration.read_config(folder, None)
+        return cls(cfg, configuration.weights_file(folder, stem="model"), resolve_dtype(torch_dtype))
+
+    @property
+    def weight_bytes(self):
+        return self._core.weight_bytes
+
+    @property
+    def num_weight_groups(self):
+        return self._core.num_weight_groups
+
+    def __call__(self, input_ids, attention_mask=None, return_dict=True, **kwargs):
+        ids = np.asarray(input_ids)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must be integers, got {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids[None]
+        out = self._core.forward(ids.astype(np.int64, copy=False), attention_mask)
+        return BaseModelOutput(last_hidden_state=out) if return_dict else (out,)
+
+    forward = __call__

@@ -1,0 +1,28 @@
+/* T5EncoderModel (transformers) on the CPU: the CogVideoX text encoder. */
+#ifndef CVX_T5_H
+#define CVX_T5_H
+
+#include "../core/tensor.h"
+#include "../io/safetensors.h"
+
+typedef struct cvx_t5_config {
+    int vocab_size, d_model, d_kv, num_heads, d_ff, num_layers;
+    int relative_attention_num_buckets, relative_attention_max_distance;
+    int gated; /* feed_forward_proj "gated-gelu" (v1.1); otherwise "relu" */
+    float layer_norm_epsilon;
+    const char *embedding_name; /* "encoder.embed_tokens.weight" when the file has it (transformers then uses it),
+                                   else "shared.weight" */
+    const char *ignored_name;   /* a tied duplicate in the file to skip, or NULL */
+} cvx_t5_config;
+
+typedef struct cvx_t5 cvx_t5;
+
+cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out);
+void cvx_t5_free(cvx_t5 *t5);
+int64_t cvx_t5_weight_bytes(const cvx_t5 *t5);
+int cvx_t5_num_weight_groups(const cvx_t5 *t5);
+
+/* ids [B, S] (int64) -> out [B, S, d_model] f32, allocated here. mask [B, S] (1 attend, 0 not) or NULL. */
+cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S, cvx_tensor *out);
+
+#endif

@@ -1,0 +1,108 @@
+"""Parity of cogvideo_c.T5EncoderModel with transformers' T5EncoderModel (the CogVideoX text encoder).
+
+Goldens (random-weight checkpoints, input_ids, last_hidden_state) are made by tests/reference/make_t5_fixtures.py
+with transformers in float32 and listed in tests/fixtures/t5/manifest.json. This test uses only numpy and
+cogvideo_c (no torch/transformers).
+
+Models: "relu" (tiny-random-t5 config, non-gated ReLU FF, 8 buckets), "gated" (t5-v1_1 style, gated-gelu, 32
+buckets, also as a sharded checkpoint and as float16 / bfloat16 files). The pipeline's call is reproduced: int64
+input_ids [B, L] with an EOS + pad tail and no attention mask. Per case: max abs diff <= 1e-4 * max(1, max|expected|),
+for float32 checkpoints and for 16-bit checkpoints loaded with torch_dtype="float32" (transformers loaded the same
+16-bit file in float32).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "t5"
+MANIFEST = FIXTURES / "manifest.json"
+REL_TOL = 1e-4  # max abs diff <= REL_TOL * max(1, max|expected|)
+
+
+def _load_cases():
+    if not MANIFEST.is_file():
+        # Fail (not skip) every run until the fixtures exist.
+        return [pytest.param(None, id="manifest-missing")]
+    cases = json.loads(MANIFEST.read_text())["cases"]
+    if not cases:
+        return [pytest.param(None, id="manifest-empty")]
+    names = [c["name"] for c in cases]
+    assert len(set(names)) == len(names), "duplicate case names in manifest"
+    return [pytest.param(c, id=c["name"]) for c in cases]
+
+
+CASES = _load_cases()
+
+_npz_cache: dict[str, dict[str, np.ndarray]] = {}
+_model_cache: dict[str, object] = {}
+
+
+def _missing(case):
+    if case is None:
+        pytest.fail(
+            f"T5 fixtures missing: {MANIFEST} (run tests/reference/make_t5_fixtures.py with the reference environment)"
+        )
+
+
+def _arrays(npz_name: str) -> dict[str, np.ndarray]:
+    if npz_name not in _npz_cache:
+        with np.load(FIXTURES / npz_name, allow_pickle=False) as z:
+            _npz_cache[npz_name] = {k: z[k] for k in z.files}
+    return _npz_cache[npz_name]
+
+
+def _model(model_dir: str):
+    """One loaded encoder per fixture directory (the forward pass is stateless)."""
+    import cogvideo_c
+
+    if model_dir not in _model_cache:
+        _model_cache[model_dir] = cogvideo_c.T5EncoderModel.from_pretrained(
+            str(FIXTURES / model_dir), torch_dtype="float32"
+        )
+    return _model_cache[model_dir]
+
+
+def _compare(name: str, got, want: np.ndarray) -> None:
+    got = np.asarray(got)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, transformers gives {want.shape}"
+    assert got.dtype == np.float32, f"{name}: dtype {got.dtype}, expected float32"
+    assert np.isfinite(got).all(), f"{name}: non-finite values"
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    max_diff = float(diff.max()) if diff.size else 0.0
+    max_ref = float(np.abs(want).max()) if want.size else 0.0
+    tol = REL_TOL * max(1.0, max_ref)
+    print(f"{name}: max abs diff {max_diff:.3e}, max|expected| {max_ref:.3f}, tolerance {tol:.3e}")
+    if not max_diff <= tol:
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        n_bad = int((diff > tol).sum())
+        pytest.fail(
+            f"{name}: max abs diff {max_diff:.3e} > {tol:.3e} (= {REL_TOL:.0e} * max(1, {max_ref:.3f})) at index "
+            f"{idx} (got {float(got[idx])!r}, transformers {float(want[idx])!r}); {n_bad}/{diff.size} elements over "
+            f"tolerance; mean abs diff {float(diff.mean()):.3e}"
+        )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_t5_encoder_parity(case):
+    _missing(case)
+    enc = _model(case["model_dir"])
+    arrays = _arrays(case["npz"])
+    ids = arrays[case["input_ids"]]
+    want = arrays[case["output"]]
+    assert ids.dtype == np.int64 and ids.ndim == 2
+    assert want.dtype == np.float32 and list(want.shape) == case["shape"]
+
+    call = ids.copy()
+    out = enc(call)
+    got = out.last_hidden_state
+    _compare(case["name"], got, want)
+
+    # tuple-style access, as the pipeline does (text_encoder(input_ids)[0])
+    np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(got), err_msg="out[0] != out.last_hidden_state")
+    # the input must not be modified in place
+    np.testing.assert_array_equal(call, ids, err_msg="input_ids were modified in place")
