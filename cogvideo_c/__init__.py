@@ -12,6 +12,8 @@ from .memory import (
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .t5 import T5EncoderModel
+from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
+from .video import export_to_gif, export_to_video
 from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
 
 __version__ = "0.1.0"
@@ -35,7 +37,12 @@ __all__ = [
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "OutOfMemoryError",
+    "AutoTokenizer",
     "T5EncoderModel",
+    "T5Tokenizer",
+    "T5TokenizerFast",
+    "export_to_gif",
+    "export_to_video",
     "build_info",
     "tiny",
     "cuda_is_available",
