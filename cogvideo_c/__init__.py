@@ -13,8 +13,8 @@ from .memory import (
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
-from .video import export_to_gif, export_to_video
 from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
+from .video import export_to_gif, export_to_video
 
 __version__ = "0.1.0"
 
