@@ -11,6 +11,7 @@ from .memory import (
     set_memory_limit,
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
 from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
@@ -30,6 +31,10 @@ def cuda_is_available():
 
 
 __all__ = [
+    "CogVideoXDDIMScheduler",
+    "CogVideoXDPMScheduler",
+    "DDIMScheduler",
+    "DDIMSchedulerOutput",
     "AutoencoderKLCogVideoX",
     "CogVideoXTransformer3DModel",
     "Transformer2DModelOutput",
