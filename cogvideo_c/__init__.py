@@ -11,6 +11,7 @@ from .memory import (
     set_memory_limit,
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
@@ -31,6 +32,8 @@ def cuda_is_available():
 
 
 __all__ = [
+    "CogVideoXPipeline",
+    "CogVideoXPipelineOutput",
     "CogVideoXDDIMScheduler",
     "CogVideoXDPMScheduler",
     "DDIMScheduler",

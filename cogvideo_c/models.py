@@ -153,6 +153,11 @@ class AutoencoderKLCogVideoX:
         self.tile_latent_min_height = int(self.tile_sample_min_height / factor)
         self.tile_latent_min_width = int(self.tile_sample_min_width / factor)
 
+    def decoded_frames(self, latent_frames):
+        """How many frames decode() returns for latent_frames latent frames (frame batches included)."""
+        shape = (1, self.config.latent_channels, int(latent_frames), 1, 1)
+        return self._core.output_shape(shape, True, None)[2]
+
     def enable_slicing(self):
         self.use_slicing = True
 

@@ -114,3 +114,123 @@ def make_tiny_vae(folder, seed=0):
         json.dump(TINY_VAE_CONFIG, f, indent=2)
     save_safetensors(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     return folder
+
+
+# ---- the whole tiny pipeline ---------------------------------------------------------------------------------
+
+TINY_T5_CONFIG = {
+    "architectures": ["T5EncoderModel"], "model_type": "t5", "vocab_size": 704, "d_model": 32, "d_kv": 8,
+    "num_heads": 4, "d_ff": 37, "num_layers": 2, "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 128, "feed_forward_proj": "relu", "layer_norm_epsilon": 1e-6,
+    "is_encoder_decoder": False, "use_cache": False, "pad_token_id": 0, "eos_token_id": 1,
+}  # fmt: skip
+
+TINY_TRANSFORMER_CONFIG = {
+    "_class_name": "CogVideoXTransformer3DModel", "num_attention_heads": 2, "attention_head_dim": 16,
+    "in_channels": 4, "out_channels": 4, "time_embed_dim": 32, "text_embed_dim": 32, "num_layers": 2,
+    "sample_width": 8, "sample_height": 8, "sample_frames": 9, "patch_size": 2, "max_text_seq_length": 226,
+    "temporal_compression_ratio": 4,
+}  # fmt: skip
+
+# CogVideoX-2b's released scheduler configuration
+TINY_SCHEDULER_CONFIG = {
+    "_class_name": "CogVideoXDDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True, "set_alpha_to_one": True, "snr_shift_scale": 3.0, "steps_offset": 0,
+    "timestep_spacing": "trailing",
+}  # fmt: skip
+
+
+def _t5_shapes(cfg):
+    d, inner, f = cfg["d_model"], cfg["num_heads"] * cfg["d_kv"], cfg["d_ff"]
+    shapes = {"shared.weight": (cfg["vocab_size"], d), "encoder.final_layer_norm.weight": (d,)}
+    shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+        cfg["relative_attention_num_buckets"], cfg["num_heads"],
+    )  # fmt: skip
+    for i in range(cfg["num_layers"]):
+        p = f"encoder.block.{i}.layer"
+        for name in "qkv":
+            shapes[f"{p}.0.SelfAttention.{name}.weight"] = (inner, d)
+        shapes[f"{p}.0.SelfAttention.o.weight"] = (d, inner)
+        shapes[f"{p}.0.layer_norm.weight"] = (d,)
+        shapes[f"{p}.1.DenseReluDense.wi.weight"] = (f, d)
+        shapes[f"{p}.1.DenseReluDense.wo.weight"] = (d, f)
+        shapes[f"{p}.1.layer_norm.weight"] = (d,)
+    return shapes
+
+
+def _transformer_shapes(cfg):
+    D, E, p = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["time_embed_dim"], cfg["patch_size"]
+    hd, c_in, c_out = cfg["attention_head_dim"], cfg["in_channels"], cfg["out_channels"]
+    shapes = {
+        "patch_embed.proj.weight": (D, c_in, p, p), "patch_embed.proj.bias": (D,),
+        "patch_embed.text_proj.weight": (D, cfg["text_embed_dim"]), "patch_embed.text_proj.bias": (D,),
+        "time_embedding.linear_1.weight": (E, D), "time_embedding.linear_1.bias": (E,),
+        "time_embedding.linear_2.weight": (E, E), "time_embedding.linear_2.bias": (E,),
+        "norm_final.weight": (D,), "norm_final.bias": (D,), "norm_out.linear.weight": (2 * D, E),
+        "norm_out.linear.bias": (2 * D,), "norm_out.norm.weight": (D,), "norm_out.norm.bias": (D,),
+        "proj_out.weight": (p * p * c_out, D), "proj_out.bias": (p * p * c_out,),
+    }  # fmt: skip
+    for i in range(cfg["num_layers"]):
+        b = f"transformer_blocks.{i}"
+        for norm in ("norm1", "norm2"):
+            shapes[f"{b}.{norm}.linear.weight"], shapes[f"{b}.{norm}.linear.bias"] = (6 * D, E), (6 * D,)
+            shapes[f"{b}.{norm}.norm.weight"], shapes[f"{b}.{norm}.norm.bias"] = (D,), (D,)
+        for qk in ("norm_q", "norm_k"):
+            shapes[f"{b}.attn1.{qk}.weight"], shapes[f"{b}.attn1.{qk}.bias"] = (hd,), (hd,)
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            shapes[f"{b}.attn1.{proj}.weight"], shapes[f"{b}.attn1.{proj}.bias"] = (D, D), (D,)
+        shapes[f"{b}.ff.net.0.proj.weight"], shapes[f"{b}.ff.net.0.proj.bias"] = (4 * D, D), (4 * D,)
+        shapes[f"{b}.ff.net.2.weight"], shapes[f"{b}.ff.net.2.bias"] = (D, 4 * D), (D,)
+    return shapes
+
+
+def _random_weights(shapes, rng, embedding_names=()):
+    """Norm scales near 1, biases near 0, matrices N(0, 1/fan_in), embeddings N(0, 1)."""
+    tensors = {}
+    for name, shape in shapes.items():
+        if name in embedding_names:
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32)
+        elif len(shape) == 1 and ("norm" in name and name.endswith(".weight")):
+            tensors[name] = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif len(shape) == 1:
+            tensors[name] = 0.05 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(np.prod(shape[1:]))
+    return tensors
+
+
+def _write_component(folder, name, config, tensors, weights_name):
+    path = os.path.join(folder, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json" if name != "scheduler" else "scheduler_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if tensors is not None:
+        save_safetensors(tensors, os.path.join(path, weights_name))
+
+
+def make_tiny_pipeline(folder, seed=0):
+    """Writes a tiny random-weight CogVideoX pipeline in diffusers layout (model_index.json + tokenizer,
+    text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds."""
+    import shutil
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "tiny_tokenizer"),
+                    os.path.join(folder, "tokenizer"), dirs_exist_ok=True)  # fmt: skip
+    t5 = _random_weights(_t5_shapes(TINY_T5_CONFIG), rng, embedding_names=("shared.weight",))
+    t5["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] *= 10.0
+    _write_component(folder, "text_encoder", TINY_T5_CONFIG, t5, "model.safetensors")
+    tr = _random_weights(_transformer_shapes(TINY_TRANSFORMER_CONFIG), rng)
+    _write_component(folder, "transformer", TINY_TRANSFORMER_CONFIG, tr, "diffusion_pytorch_model.safetensors")
+    make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1)
+    _write_component(folder, "scheduler", TINY_SCHEDULER_CONFIG, None, None)
+    index = {
+        "_class_name": "CogVideoXPipeline", "tokenizer": ["transformers", "T5Tokenizer"],
+        "text_encoder": ["transformers", "T5EncoderModel"], "vae": ["diffusers", "AutoencoderKLCogVideoX"],
+        "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+        "scheduler": ["diffusers", "CogVideoXDDIMScheduler"],
+    }  # fmt: skip
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return folder
