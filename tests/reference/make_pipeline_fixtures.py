@@ -1,0 +1,641 @@
+#!/usr/bin/env python3
+"""Generate CogVideoXPipeline (text-to-video) parity fixtures: tiny random pipelines + diffusers golden frames.
+
+Run from the repository root with the reference environment (torch + diffusers + transformers + sentencepiece, never
+runtime deps of cogvideo_c), after tests/reference/make_tokenizer_fixtures.py has written tests/fixtures/tokenizer/:
+
+    /tmp/cvx-reference/bin/python tests/reference/make_pipeline_fixtures.py
+
+Writes (everything under tests/fixtures/pipeline/, which is deleted and recreated):
+  tiny_2b/        CogVideoX-2b-style pipeline saved by `pipe.save_pretrained(dir, safe_serialization=True)`:
+                  transformer = diffusers' pipeline-test config (spec §6.1, sincos positions, max_text_seq_length 16),
+                  T5 "relu" (tiny-random-t5 style, 2 layers), the test VAE (scaling_factor 1.15258426), scheduler
+                  CogVideoXDDIMScheduler with the released 2b config (spec §4.2). Its tokenizer/ folder is what
+                  transformers 5 writes (tokenizer.json + tokenizer_config.json, no spiece.model).
+  tiny_5b/        CogVideoX-5b-style: RoPE transformer (2 heads x 16, 2 layers, sample 4x6 latents), T5 "gated-gelu",
+                  the test VAE with scaling_factor 0.7, CogVideoXDDIMScheduler with the 5b config (snr_shift_scale 1.0).
+                  Its tokenizer/ folder is the hub layout (spiece.model, tokenizer_config.json,
+                  special_tokens_map.json, added_tokens.json; no tokenizer.json), copied from tests/fixtures/tokenizer.
+  tiny_2b.npz, tiny_5b.npz   per case: "<case>__latents" (float32 [B, F_lat, 4, h, w], the initial latents passed as
+                  `latents=`), "<case>__frames" (float32 [B, F, H, W, 3], output_type="np"), "<case>__step_latents"
+                  (float32 [steps, B, F_lat, 4, h, w], latents after each scheduler step, from callback_on_step_end;
+                  diagnostics), for DPM cases "<case>__noise" (float32 [draws, B, F_lat, 4, h, w], every draw the
+                  scheduler made, in order); per prompt-embeds case "<name>__prompt_embeds" and
+                  "<name>__negative_prompt_embeds".
+  manifest.json   versions, pipelines, cases, prompt-embeds cases (see tests/test_pipeline_parity.py).
+
+Golden outputs come from diffusers' CogVideoXPipeline in float32 on CPU, reloaded from the saved folder with
+`CogVideoXPipeline.from_pretrained(dir, torch_dtype=torch.float32)` (so the saved files are what is tested).
+
+Schedulers: a case either uses the folder's own scheduler ("scheduler_source": "folder") or sets
+`pipe.scheduler = <scheduler>.from_config(<scheduler_config>)` (diffusers' idiom; the stored config is the full
+`dict(scheduler.config)`, including `_class_name` / `_diffusers_version`).
+
+CogVideoXDPMScheduler draws N(0, 1) noise on every step whatever `eta` is (and a second draw, replacing the first, on
+second-order steps). To make those cases reproducible without torch, diffusers' `randn_tensor` in the DPM scheduler
+module is replaced here by a draw from a NumPy generator: `generator.standard_normal(shape, dtype=np.float32)`, with
+`generator = np.random.default_rng(seed)` passed to the pipeline as `generator=`. cogvideo_c's `_standard_normal`
+draws exactly that way from a NumPy Generator, so the test passes `generator=np.random.default_rng(seed)`. The draws
+are stored too ("<case>__noise").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import safetensors
+import tokenizers
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    DDIMScheduler,
+)
+from diffusers.schedulers import scheduling_dpm_cogvideox
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+TOK_SRC = ROOT / "tests" / "fixtures" / "tokenizer"
+OUT = ROOT / "tests" / "fixtures" / "pipeline"
+SIZE_LIMIT = 3 * 2**20  # all pipeline fixtures together
+VAE_OUT_GAIN = 0.4
+
+# ----------------------------------------------------------------------------------------------------------------
+# scheduler configs (spec §4.2: released CogVideoX-2b scheduler_config.json; 5b identical except snr_shift_scale 1.0)
+# ----------------------------------------------------------------------------------------------------------------
+
+SCHED_2B = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    clip_sample_range=1.0,
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    sample_max_value=1.0,
+    set_alpha_to_one=True,
+    snr_shift_scale=3.0,
+    steps_offset=0,
+    timestep_spacing="trailing",
+    trained_betas=None,
+)
+SCHED_5B = dict(SCHED_2B, snr_shift_scale=1.0)
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------------------------------------
+
+VAE_TEST = dict(  # diffusers' tests/pipelines/cogvideo/test_cogvideox.py (spec §6.1)
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4,
+    block_out_channels=(8, 8, 8, 8),
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=2,
+    temporal_compression_ratio=4,
+)
+
+T5_COMMON = dict(
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=37,
+    num_layers=2,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.1,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+
+PIPELINES = {
+    "tiny_2b": dict(
+        seed=1000,
+        t5=dict(T5_COMMON, feed_forward_proj="relu"),
+        transformer=dict(  # spec §6.1, exactly diffusers' pipeline-test transformer
+            num_attention_heads=4,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=2,
+            text_embed_dim=32,
+            num_layers=1,
+            sample_width=2,
+            sample_height=2,
+            sample_frames=9,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=16,
+        ),
+        vae=dict(VAE_TEST),  # scaling_factor default 1.15258426 (as 2b)
+        scheduler=("CogVideoXDDIMScheduler", SCHED_2B),
+        tokenizer_layout="save_pretrained",  # tokenizer.json + tokenizer_config.json (transformers 5)
+    ),
+    "tiny_5b": dict(
+        seed=2000,
+        t5=dict(T5_COMMON, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+        transformer=dict(
+            num_attention_heads=2,
+            attention_head_dim=16,  # RoPE split 4 / 6 / 6
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=2,
+            text_embed_dim=32,
+            num_layers=2,
+            sample_width=6,  # base RoPE grid 2 x 3 patches: other sizes get a crop region (fractional positions)
+            sample_height=4,
+            sample_frames=9,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=16,
+            use_rotary_positional_embeddings=True,
+        ),
+        vae=dict(VAE_TEST, scaling_factor=0.7),  # as 5b
+        scheduler=("CogVideoXDDIMScheduler", SCHED_5B),
+        tokenizer_layout="hub",  # spiece.model + json files, as the released checkpoints
+    ),
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# cases
+# ----------------------------------------------------------------------------------------------------------------
+
+# the generic scheduler diffusers' pipeline test uses (spec §4.7): every constructor default, written out
+DEFAULT_DDIM = {k: v for k, v in DDIMScheduler().config.items() if not k.startswith("_")}
+
+
+def case(name, pipeline, scheduler, prompt, negative_prompt, steps, gs, dyn, h, w, nf, msl, seed, gen_seed=None):
+    return dict(
+        name=name,
+        pipeline=pipeline,
+        scheduler=scheduler,  # "folder" or (class name, config dict or "folder": the folder scheduler's config)
+        kwargs=dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=gs,
+            use_dynamic_cfg=dyn,
+            height=h,
+            width=w,
+            num_frames=nf,
+            max_sequence_length=msl,
+            eta=0.0,
+        ),
+        latents_seed=seed,
+        generator_seed=gen_seed,
+    )
+
+
+P_MONKEY = "dance monkey"
+P_PANDA = "a panda plays guitar in a bamboo forest"
+P_ROBOT = "a robot dances on Mars"
+P_DOGS = "two dogs run quickly on the beach at sunset"
+P_CAT = "the cat sleeps peacefully in the rain"
+P_LONG = "an old man reads a book and drinks coffee inside a cozy kitchen while a tiny mouse juggles oranges"
+N_BLUR = "blurry, low quality"
+
+# fmt: off
+CASES = [
+    # diffusers' own fast test (spec §6.1): generic DDIMScheduler(), 2 steps, CFG 6, 16x16, 8 frames, msl 16
+    case("2b_ddim_difftest", "tiny_2b", ("DDIMScheduler", DEFAULT_DDIM), P_MONKEY, "", 2, 6.0, False, 16, 16, 8, 16, 1),
+    case("2b_cogddim_cfg_5steps", "tiny_2b", "folder", P_PANDA, None, 5, 6.0, False, 16, 16, 9, 16, 2),
+    case("2b_cogddim_nocfg", "tiny_2b", "folder", P_ROBOT, None, 2, 1.0, False, 16, 16, 8, 16, 3),
+    case("2b_cogddim_dyncfg_neg_wide", "tiny_2b", "folder", P_DOGS, N_BLUR, 5, 6.0, True, 16, 32, 8, 16, 4),
+    case("2b_cogddim_batch2", "tiny_2b", "folder", [P_MONKEY, P_CAT], ["", N_BLUR], 2, 6.0, False, 16, 16, 8, 16, 5),
+    case("2b_dpm_cfg_5steps", "tiny_2b", ("CogVideoXDPMScheduler", "folder"), P_PANDA, None, 5, 6.0, False,
+         16, 16, 8, 16, 6, gen_seed=106),
+    case("5b_cogddim_cfg_5steps", "tiny_5b", "folder", P_PANDA, None, 5, 6.0, False, 32, 48, 9, 16, 7),
+    case("5b_cogddim_dyncfg_crop", "tiny_5b", "folder", P_DOGS, N_BLUR, 2, 6.0, True, 16, 32, 9, 16, 8),
+    case("5b_dpm_dyncfg_5steps", "tiny_5b", ("CogVideoXDPMScheduler", "folder"), P_ROBOT, None, 5, 6.0, True,
+         32, 32, 9, 16, 9, gen_seed=109),
+    case("5b_dpm_nocfg_batch2", "tiny_5b", ("CogVideoXDPMScheduler", "folder"), [P_MONKEY, P_CAT], None, 2, 1.0,
+         False, 16, 16, 8, 16, 10, gen_seed=110),
+    # RoPE models accept any text length: max_sequence_length 12 (< max_text_seq_length 16) truncates the prompt
+    case("5b_ddim_difftest_msl12", "tiny_5b", ("DDIMScheduler", DEFAULT_DDIM), P_LONG, None, 2, 6.0, False,
+         16, 16, 8, 12, 11),
+]
+# fmt: on
+
+EMBED_CASES = [
+    dict(name="2b_embeds_monkey", pipeline="tiny_2b", prompt=P_MONKEY, negative_prompt="", max_sequence_length=16),
+    dict(
+        name="2b_embeds_batch2",
+        pipeline="tiny_2b",
+        prompt=[P_PANDA, P_LONG],
+        negative_prompt=N_BLUR,
+        max_sequence_length=16,
+    ),  # fmt: skip
+    dict(name="5b_embeds_monkey", pipeline="tiny_5b", prompt=P_MONKEY, negative_prompt=None, max_sequence_length=16),
+    dict(
+        name="5b_embeds_long_msl12", pipeline="tiny_5b", prompt=P_LONG, negative_prompt=N_BLUR, max_sequence_length=12
+    ),  # fmt: skip
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rn_factory(seed):
+    g = torch.Generator().manual_seed(seed)
+    return lambda shape: torch.randn(shape, generator=g, dtype=torch.float32)
+
+
+def rerandomize_t5(model: T5EncoderModel, seed: int) -> None:
+    """As tests/reference/make_t5_fixtures.py: Linear N(0, 1/fan_in) (q: 1/(fan_in d_kv)), T5LayerNorm 1 + N(0, 0.1^2),
+    embedding N(0, 1), relative_attention_bias N(0, 1)."""
+    rn = rn_factory(seed)
+    d_kv = model.config.d_kv
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                p.copy_(1.0 + 0.1 * rn(p.shape))
+            elif "relative_attention_bias" in name or name == "shared.weight":
+                p.copy_(rn(p.shape))
+            elif p.ndim == 2:
+                scale = 1.0 / math.sqrt(p.shape[1] * (d_kv if name.endswith(".q.weight") else 1))
+                p.copy_(rn(p.shape) * scale)
+            else:
+                raise AssertionError(f"unexpected T5 parameter {name}")
+    assert model.encoder.embed_tokens.weight is model.shared.weight
+
+
+def rerandomize_transformer(model: torch.nn.Module, seed: int) -> None:
+    """As tests/reference/make_transformer_fixtures.py: Linear/Conv2d N(0, 1/fan_in), biases N(0, 0.1^2), LayerNorm
+    weights 1 + N(0, 0.1^2), biases N(0, 0.1^2)."""
+    rn = rn_factory(seed)
+    touched = set()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            pre = name + "." if name else ""
+            if isinstance(mod, torch.nn.LayerNorm):
+                if mod.weight is not None:
+                    mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
+                    touched.add(pre + "weight")
+                if mod.bias is not None:
+                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
+                    touched.add(pre + "bias")
+            elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+                mod.weight.copy_(rn(mod.weight.shape) / math.sqrt(mod.weight[0].numel()))
+                touched.add(pre + "weight")
+                if mod.bias is not None:
+                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
+                    touched.add(pre + "bias")
+    missing = {n for n, _ in model.named_parameters()} - touched
+    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
+
+
+def rerandomize_vae(model: torch.nn.Module, seed: int) -> None:
+    """As tests/reference/make_vae_fixtures.py: convs N(0, 1/fan_in), biases N(0, 0.1^2), GroupNorm 1 + N(0, 0.1^2) /
+    N(0, 0.1^2), SpatialNorm conv_y biases 1 + N(0, 0.1^2); decoder.conv_out scaled by VAE_OUT_GAIN."""
+    rn = rn_factory(seed)
+    touched = set()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            pre = name + "." if name else ""
+            if isinstance(mod, torch.nn.GroupNorm):
+                mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
+                mod.bias.copy_(0.1 * rn(mod.bias.shape))
+                touched.update({pre + "weight", pre + "bias"})
+            elif isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                mod.weight.copy_(rn(mod.weight.shape) / math.sqrt(mod.weight[0].numel()))
+                b = 0.1 * rn(mod.bias.shape)
+                if name.endswith("conv_y.conv"):
+                    b = b + 1.0
+                mod.bias.copy_(b)
+                touched.update({pre + "weight", pre + "bias"})
+        # smaller output layer: decoded pixels mostly inside [-1, 1], so few frame values are clamped to 0 / 1
+        model.decoder.conv_out.conv.weight.mul_(VAE_OUT_GAIN)
+        model.decoder.conv_out.conv.bias.mul_(VAE_OUT_GAIN)
+    missing = {n for n, _ in model.named_parameters()} - touched
+    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
+
+
+def make_scheduler(class_name: str, config: dict):
+    cls = {"CogVideoXDDIMScheduler": CogVideoXDDIMScheduler, "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
+           "DDIMScheduler": DDIMScheduler}[class_name]  # fmt: skip
+    return cls.from_config(config)
+
+
+def plain(obj):
+    """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
+        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+
+
+def tree_files(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building and saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_pipeline(name: str, tokenizer: T5Tokenizer) -> CogVideoXPipeline:
+    spec = PIPELINES[name]
+    seed = spec["seed"]
+    vocab = int(math.ceil(len(tokenizer) / 32) * 32)  # the tokenizer's ids rounded up (T5 pads its embedding too)
+
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=vocab, **spec["t5"])).eval()
+    rerandomize_t5(text_encoder, seed + 1)
+
+    torch.manual_seed(seed + 2)
+    transformer = CogVideoXTransformer3DModel(**spec["transformer"]).eval()
+    rerandomize_transformer(transformer, seed + 3)
+
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKLCogVideoX(**spec["vae"]).eval()
+    rerandomize_vae(vae, seed + 5)
+
+    scheduler = make_scheduler(*spec["scheduler"])
+    return CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+
+def save_pipeline(name: str, pipe: CogVideoXPipeline) -> Path:
+    d = OUT / name
+    pipe.save_pretrained(str(d), safe_serialization=True)
+    tok_dir = d / "tokenizer"
+    assert tok_dir.is_dir(), "save_pretrained wrote no tokenizer folder"
+    if PIPELINES[name]["tokenizer_layout"] == "hub":
+        # the released checkpoints' layout (spec §7): spiece.model + json files, no tokenizer.json
+        shutil.rmtree(tok_dir)
+        tok_dir.mkdir()
+        for f in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+            shutil.copy2(TOK_SRC / f, tok_dir / f)
+    else:
+        assert (tok_dir / "tokenizer.json").is_file(), sorted(p.name for p in tok_dir.iterdir())
+    return d
+
+
+def check_reload(name: str, original: CogVideoXPipeline, reloaded: CogVideoXPipeline, tokenizer: T5Tokenizer):
+    for comp in ("text_encoder", "transformer", "vae"):
+        a = dict(getattr(original, comp).state_dict())
+        b = dict(getattr(reloaded, comp).state_dict())
+        assert a.keys() == b.keys(), f"{name}/{comp}: state dict keys differ after reload"
+        for k in a:
+            assert b[k].dtype == torch.float32, f"{name}/{comp}.{k}: {b[k].dtype}"
+            assert torch.equal(a[k], b[k]), f"{name}/{comp}.{k} differs after reload"
+    assert type(reloaded.scheduler).__name__ == type(original.scheduler).__name__
+    assert dict(reloaded.scheduler.config) == dict(original.scheduler.config)
+    # the saved tokenizer must tokenise like the source fixture tokenizer, both via the pipeline and directly
+    probe = [P_MONKEY, P_LONG, "", N_BLUR, "café naïve 2024 </s> <extra_id_3>"]
+    want = tokenizer(probe, padding="max_length", max_length=16, truncation=True).input_ids
+    for tok in (reloaded.tokenizer, T5Tokenizer.from_pretrained(str(OUT / name / "tokenizer"))):
+        got = tok(probe, padding="max_length", max_length=16, truncation=True).input_ids
+        assert got == want, f"{name}: reloaded tokenizer differs: {got} vs {want}"
+        assert 2 not in tok(P_PANDA).input_ids, f"{name}: reloaded tokenizer makes <unk> of a corpus prompt"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running diffusers
+# ----------------------------------------------------------------------------------------------------------------
+
+_noise_draws: list[np.ndarray] = []
+_orig_randn_tensor = scheduling_dpm_cogvideox.randn_tensor
+
+
+def numpy_randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+    """Stand-in for diffusers' randn_tensor in the DPM scheduler: a NumPy Generator's float32 draw."""
+    if not isinstance(generator, np.random.Generator):
+        raise AssertionError(f"DPM cases must pass a numpy Generator, got {type(generator)}")
+    arr = generator.standard_normal(tuple(int(s) for s in shape), dtype=np.float32)
+    _noise_draws.append(arr.copy())
+    return torch.from_numpy(arr).to(device=device, dtype=dtype)
+
+
+scheduling_dpm_cogvideox.randn_tensor = numpy_randn_tensor
+
+
+def latent_shape(pipe, kwargs):
+    prompt = kwargs["prompt"]
+    b = 1 if isinstance(prompt, str) else len(prompt)
+    f = (kwargs["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+    s = pipe.vae_scale_factor_spatial
+    return (b, f, pipe.transformer.config.in_channels, kwargs["height"] // s, kwargs["width"] // s)
+
+
+def run_case(pipe: CogVideoXPipeline, folder_scheduler, c: dict, arrays: dict) -> dict:
+    kw = dict(c["kwargs"])
+    if c["scheduler"] == "folder":
+        pipe.scheduler = folder_scheduler
+        config_in = dict(folder_scheduler.config)
+    else:
+        # ("Class", "folder"): diffusers' idiom `Class.from_config(pipe.scheduler.config)` on the folder's scheduler
+        # (so the config passed still says _class_name "CogVideoXDDIMScheduler")
+        cls_name, config_in = c["scheduler"]
+        config_in = dict(folder_scheduler.config) if config_in == "folder" else dict(config_in)
+        pipe.scheduler = make_scheduler(cls_name, config_in)
+    sched_name = type(pipe.scheduler).__name__
+    is_dpm = sched_name == "CogVideoXDPMScheduler"
+    assert is_dpm == (c["generator_seed"] is not None), c["name"]
+
+    latents = np.random.default_rng(c["latents_seed"]).standard_normal(latent_shape(pipe, kw)).astype(np.float32)
+    step_latents = []
+
+    def on_step(p, i, t, cb_kwargs):
+        step_latents.append(cb_kwargs["latents"].detach().cpu().numpy().copy())
+        return {}
+
+    _noise_draws.clear()
+    gen = np.random.default_rng(c["generator_seed"]) if is_dpm else None
+    with torch.no_grad():
+        frames = pipe(
+            **kw,
+            latents=torch.from_numpy(latents.copy()),
+            generator=gen,
+            output_type="np",
+            callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).frames
+    assert isinstance(frames, np.ndarray) and frames.dtype == np.float32, (type(frames), getattr(frames, "dtype", 0))
+    b = latents.shape[0]
+    assert frames.shape == (b, kw["num_frames"], kw["height"], kw["width"], 3), frames.shape
+    assert np.isfinite(frames).all(), c["name"]
+    if not is_dpm:
+        assert not _noise_draws
+    n = c["name"]
+    arrays[f"{n}__latents"] = latents
+    arrays[f"{n}__frames"] = frames
+    arrays[f"{n}__step_latents"] = np.stack(step_latents).astype(np.float32)
+    entry = dict(
+        name=n,
+        pipeline_dir=c["pipeline"],
+        scheduler=sched_name,
+        scheduler_source="folder" if c["scheduler"] == "folder" else "from_config",
+        scheduler_config=plain(config_in),  # what the test passes to from_config ("folder": the folder's config)
+        timesteps=[int(t) for t in pipe.scheduler.timesteps],
+        call_kwargs=kw,
+        latents_key=f"{n}__latents",
+        frames_key=f"{n}__frames",
+        step_latents_key=f"{n}__step_latents",
+        frames_shape=list(frames.shape),
+        npz=f"{c['pipeline']}.npz",
+    )
+    if is_dpm:
+        arrays[f"{n}__noise"] = np.stack(_noise_draws)
+        entry["generator"] = dict(
+            kind="numpy.random.default_rng",
+            seed=c["generator_seed"],
+            draw="generator.standard_normal(latents.shape, dtype=np.float32), once per step plus a second draw on "
+            "steps with an old x0 prediction and prev_timestep >= 0 (the first draw is then discarded)",
+            num_draws=len(_noise_draws),
+        )
+        entry["noise_key"] = f"{n}__noise"
+    sat = float(np.mean((frames <= 0.0) | (frames >= 1.0)))
+    entry["stats"] = dict(
+        mean=float(frames.mean()), std=float(frames.std()), saturated_fraction=sat,
+        latents_out_std=float(step_latents[-1].std()),
+    )  # fmt: skip
+    print(
+        f"  {n:28s} {sched_name:22s} frames {tuple(frames.shape)} mean {frames.mean():.4f} std {frames.std():.4f} "
+        f"saturated {sat:.3f} steps {entry['timesteps']}" + (f" draws {len(_noise_draws)}" if is_dpm else "")
+    )
+    return entry
+
+
+def run_embeds(pipe: CogVideoXPipeline, e: dict, arrays: dict) -> dict:
+    with torch.no_grad():
+        pe, ne = pipe.encode_prompt(
+            e["prompt"], e["negative_prompt"], do_classifier_free_guidance=True,
+            max_sequence_length=e["max_sequence_length"], device=torch.device("cpu"), dtype=torch.float32,
+        )  # fmt: skip
+    n = e["name"]
+    arrays[f"{n}__prompt_embeds"] = pe.numpy().astype(np.float32)
+    arrays[f"{n}__negative_prompt_embeds"] = ne.numpy().astype(np.float32)
+    print(f"  {n:28s} prompt_embeds {tuple(pe.shape)} max|x| {pe.abs().max():.3f}")
+    return dict(
+        e,
+        pipeline_dir=e["pipeline"],
+        do_classifier_free_guidance=True,
+        prompt_embeds_key=f"{n}__prompt_embeds",
+        negative_prompt_embeds_key=f"{n}__negative_prompt_embeds",
+        npz=f"{e['pipeline']}.npz",
+    )
+
+
+def main() -> int:
+    if not (TOK_SRC / "spiece.model").is_file():
+        print(f"missing {TOK_SRC}/spiece.model: run tests/reference/make_tokenizer_fixtures.py first", file=sys.stderr)
+        return 1
+    torch.set_num_threads(2)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    tokenizer = T5Tokenizer.from_pretrained(str(TOK_SRC))
+
+    manifest = dict(
+        versions=dict(
+            diffusers=diffusers.__version__,
+            transformers=transformers.__version__,
+            torch=torch.__version__,
+            numpy=np.__version__,
+            tokenizers=tokenizers.__version__,
+            safetensors=safetensors.__version__,
+        ),
+        tolerance=dict(frames_max_abs=1e-3, prompt_embeds_rel=1e-4),
+        notes=[
+            "Golden frames: diffusers CogVideoXPipeline, float32, CPU, loaded from the saved folder with "
+            "CogVideoXPipeline.from_pretrained(dir, torch_dtype=torch.float32).",
+            "latents are passed as `latents=` (float32 [B, F_lat, C, h, w], BFCHW); frames are output_type='np': "
+            "float32 [B, F, H, W, 3] in [0, 1].",
+            "scheduler_source 'folder': the pipeline folder's own scheduler; 'from_config': "
+            "pipe.scheduler = <scheduler>.from_config(scheduler_config).",
+            "DPM cases: pass generator=np.random.default_rng(generator.seed); diffusers' randn_tensor was replaced "
+            "by generator.standard_normal(shape, dtype=np.float32) for these goldens (noise_key holds the draws).",
+            "step_latents: latents after each scheduler step (callback_on_step_end), diagnostics only.",
+        ],
+        pipelines={},
+        cases=[],
+        prompt_embeds_cases=[],
+    )
+    arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in PIPELINES}
+
+    for name, spec in PIPELINES.items():
+        print(f"building {name}")
+        original = build_pipeline(name, tokenizer)
+        d = save_pipeline(name, original)
+        pipe = CogVideoXPipeline.from_pretrained(str(d), torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        check_reload(name, original, pipe, tokenizer)
+        folder_scheduler = pipe.scheduler
+        manifest["pipelines"][name] = dict(
+            dir=name,
+            model_index=json.loads((d / "model_index.json").read_text()),
+            scheduler_config=json.loads((d / "scheduler" / "scheduler_config.json").read_text()),
+            transformer_config=plain(dict(pipe.transformer.config)),
+            vae_scaling_factor=float(pipe.vae.config.scaling_factor),
+            t5=dict(
+                vocab_size=pipe.text_encoder.config.vocab_size,
+                feed_forward_proj=spec["t5"]["feed_forward_proj"],
+                d_model=pipe.text_encoder.config.d_model,
+            ),  # fmt: skip
+            tokenizer_layout=spec["tokenizer_layout"],
+            tokenizer_files=sorted(p.name for p in (d / "tokenizer").iterdir()),
+            vae_scale_factor_spatial=pipe.vae_scale_factor_spatial,
+            vae_scale_factor_temporal=pipe.vae_scale_factor_temporal,
+            files=tree_files(d),
+        )
+        for e in EMBED_CASES:
+            if e["pipeline"] == name:
+                manifest["prompt_embeds_cases"].append(run_embeds(pipe, e, arrays[name]))
+        for c in CASES:
+            if c["pipeline"] == name:
+                manifest["cases"].append(run_case(pipe, folder_scheduler, c, arrays[name]))
+        del original, pipe
+
+    for name in PIPELINES:
+        save_npz(OUT / f"{name}.npz", arrays[name])
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+
+    total = 0
+    print("sizes:")
+    for p in sorted(OUT.rglob("*")):
+        if p.is_file():
+            total += p.stat().st_size
+            print(f"  {p.relative_to(OUT)!s:60s} {p.stat().st_size:9d}")
+    print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
+    if total > SIZE_LIMIT:
+        print(f"fixtures exceed {SIZE_LIMIT} bytes", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
