@@ -106,3 +106,48 @@ def test_t5_encoder_parity(case):
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(got), err_msg="out[0] != out.last_hidden_state")
     # the input must not be modified in place
     np.testing.assert_array_equal(call, ids, err_msg="input_ids were modified in place")
+
+
+def test_half_precision_weights_cannot_overflow(tmp_path):
+    """T5's known fp16 problem: feed-forward outputs beyond 65504 become inf in half-precision arithmetic
+    (transformers clamps them). Here 16-bit weights are widened and the math is f32, so a model whose
+    feed-forward is scaled by 2^16 gives finite outputs equal to the f32-loaded model's."""
+    import json as _json
+    import shutil
+
+    from cogvideo_c._load import _C
+    from cogvideo_c.tiny import save_safetensors
+
+    src = FIXTURES / "gated"
+    dst = tmp_path / "gated_loud"
+    shutil.copytree(src, dst)
+    path = dst / "model.safetensors"
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = _json.loads(raw[8 : 8 + header_len])
+    data = raw[8 + header_len :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        tensors[name] = np.frombuffer(data[begin:end], dtype=np.float32).reshape(info["shape"]).copy()
+        if name.endswith("DenseReluDense.wo.weight"):
+            # powers of two keep the weights exactly representable in float16
+            tensors[name] *= np.float32(65536.0)  # feed-forward outputs far past float16's 65504
+    save_safetensors(tensors, str(path))
+    assert set(_C.safetensors_index(str(path))) == set(tensors)
+    import cogvideo_c
+
+    ids = np.array([[5, 17, 3, 1, 0, 0, 0]], dtype=np.int64)
+    half = cogvideo_c.T5EncoderModel.from_pretrained(str(dst), torch_dtype="float16")
+    full = cogvideo_c.T5EncoderModel.from_pretrained(str(dst), torch_dtype="float32")
+    a, b = half(ids).last_hidden_state, full(ids).last_hidden_state
+    assert np.isfinite(a).all()
+    # the f32 model with f16-rounded weights computes the same numbers: nothing was clamped or lost
+    rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in tensors.items()}
+    save_safetensors(rounded, str(path))
+    ref = cogvideo_c.T5EncoderModel.from_pretrained(str(dst), torch_dtype="float32")(ids).last_hidden_state
+    print(f"half-resident vs f32 on the same rounded weights: max diff {float(np.abs(a - ref).max()):.3e}; "
+          f"vs unrounded: {float(np.abs(a - b).max()):.3e}")  # fmt: skip
+    assert np.abs(a - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
