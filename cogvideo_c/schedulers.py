@@ -175,12 +175,7 @@ def _rescale_cumprod_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray
 def _rescale_betas_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     """DDIMScheduler's rescale_zero_terminal_snr (takes and returns betas)."""
     dt = betas.dtype.type
-    alphas = dt(1.0) - betas
-    alphas_bar_sqrt = np.sqrt(_torch_cumprod(alphas))
-    s0, s_t = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
-    alphas_bar_sqrt = alphas_bar_sqrt - s_t
-    alphas_bar_sqrt = alphas_bar_sqrt * dt(s0 / (s0 - s_t))
-    alphas_bar = alphas_bar_sqrt * alphas_bar_sqrt
+    alphas_bar = _rescale_cumprod_zero_terminal_snr(_torch_cumprod(dt(1.0) - betas))
     alphas = np.concatenate([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
     return dt(1) - alphas
 
@@ -222,6 +217,11 @@ def _div(x: np.ndarray, coef) -> np.ndarray:
     if x.dtype == np.float16:
         return (x.astype(np.float32) / np.float32(coef)).astype(np.float16)
     return x / x.dtype.type(coef)
+
+
+def _epsilon_from_x0(sample, pred_original_sample, alpha_prod_t, beta_prod_t):
+    """The noise implied by x_t and x0: (x_t - sqrt(a_t) * x0) / sqrt(1 - a_t)."""
+    return _div(sample - _mul(_sqrt(alpha_prod_t), pred_original_sample), _sqrt(beta_prod_t))
 
 
 def _as_sample(x, name):
@@ -346,6 +346,36 @@ class _SchedulerBase:
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1
+    _scaled_linear_dtype = np.float32  # dtype of the "scaled_linear" beta table
+
+    def _build(self, kw):
+        """The constructors' common body: register the config, then build the noise tables and the defaults."""
+        self._register_config(kw)
+        betas = _make_betas(
+            type(self).__name__,
+            kw["num_train_timesteps"],
+            kw["beta_start"],
+            kw["beta_end"],
+            kw["beta_schedule"],
+            kw["trained_betas"],
+            self._scaled_linear_dtype,
+        )
+        betas = self._finish_betas(betas)
+        dt = betas.dtype.type
+        self.betas = betas
+        self.alphas = dt(1.0) - betas
+        self.alphas_cumprod = self._finish_alphas_cumprod(_torch_cumprod(self.alphas))
+        self.final_alpha_cumprod = np.float32(1.0) if kw["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.timesteps = np.arange(0, kw["num_train_timesteps"])[::-1].copy().astype(np.int64)
+        self._noise = _NoiseSource()
+
+    def _finish_betas(self, betas):
+        return betas
+
+    def _finish_alphas_cumprod(self, alphas_cumprod):
+        return alphas_cumprod
 
     def _register_config(self, kwargs):
         cfg = {"_class_name": type(self).__name__}
@@ -510,6 +540,33 @@ class _SchedulerBase:
     def _alpha_prod_prev(self, prev_t):
         return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
 
+    def _step_inputs(self, model_output, timestep, sample):
+        """`step`'s common checks: (model_output, sample, t, prev_t) with prev_t = t - T // N."""
+        self._check_ready()
+        model_output = _as_sample(model_output, "model_output")
+        sample = _as_sample(sample, "sample")
+        t = _as_timestep(timestep)
+        return model_output, sample, t, t - self.config.num_train_timesteps // self.num_inference_steps
+
+    def _alpha_terms(self, t, prev_t):
+        """(alpha_prod_t, alpha_prod_t_prev, beta_prod_t) of a step t -> prev_t."""
+        alpha_prod_t = self._alpha_prod(t)
+        return alpha_prod_t, self._alpha_prod_prev(prev_t), _one(alpha_prod_t) - alpha_prod_t
+
+    def _get_variance(self, timestep, prev_timestep):
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self._alpha_prod_prev(prev_timestep)
+        beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
+        beta_prod_t_prev = _one(alpha_prod_t_prev) - alpha_prod_t_prev
+        with np.errstate(all="ignore"):
+            return (beta_prod_t_prev / beta_prod_t) * (_one(alpha_prod_t) - alpha_prod_t / alpha_prod_t_prev)
+
+    @staticmethod
+    def _output(prev_sample, pred_original_sample, return_dict):
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
     def _pred_original_sample(self, model_output, sample, alpha_prod_t, beta_prod_t):
         pt = self.config.prediction_type
         if pt == "epsilon":
@@ -519,6 +576,14 @@ class _SchedulerBase:
         if pt == "v_prediction":
             return _mul(_sqrt(alpha_prod_t), sample) - _mul(_sqrt(beta_prod_t), model_output)
         raise ValueError(f"prediction_type given as {pt} must be one of `epsilon`, `sample`, or `v_prediction`")
+
+    def _pred_epsilon(self, model_output, sample, pred_original_sample, alpha_prod_t, beta_prod_t):
+        pt = self.config.prediction_type
+        if pt == "epsilon":
+            return model_output
+        if pt == "v_prediction":
+            return _mul(_sqrt(alpha_prod_t), model_output) + _mul(_sqrt(beta_prod_t), sample)
+        return _epsilon_from_x0(sample, pred_original_sample, alpha_prod_t, beta_prod_t)
 
     # -- forward process ---------------------------------------------------------------------------------------
 
@@ -547,40 +612,37 @@ class _SchedulerBase:
 
 
 class _CogVideoXSchedulerBase(_SchedulerBase):
-    def _build(self, kw):
-        self._register_config(kw)
-        betas = _make_betas(
-            type(self).__name__,
-            kw["num_train_timesteps"],
-            kw["beta_start"],
-            kw["beta_end"],
-            kw["beta_schedule"],
-            kw["trained_betas"],
-            np.float64,
-        )
-        dt = betas.dtype.type
-        self.betas = betas
-        self.alphas = dt(1.0) - betas
-        ac = _torch_cumprod(self.alphas)
-        # SNR shift following SD3: a / (s + (1 - s) * a)
-        s = kw["snr_shift_scale"]
-        ac = ac / (dt(s) + dt(1 - s) * ac)
-        if kw["rescale_betas_zero_snr"]:
-            ac = _rescale_cumprod_zero_terminal_snr(ac)
-        self.alphas_cumprod = ac
-        self.final_alpha_cumprod = np.float32(1.0) if kw["set_alpha_to_one"] else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.timesteps = np.arange(0, kw["num_train_timesteps"])[::-1].copy().astype(np.int64)
-        self._noise = _NoiseSource()
+    """What CogVideoXDDIMScheduler and CogVideoXDPMScheduler share: diffusers' constructor and the shifted table."""
 
-    def _get_variance(self, timestep, prev_timestep):
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = self._alpha_prod_prev(prev_timestep)
-        beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
-        beta_prod_t_prev = _one(alpha_prod_t_prev) - alpha_prod_t_prev
-        with np.errstate(all="ignore"):
-            return (beta_prod_t_prev / beta_prod_t) * (_one(alpha_prod_t) - alpha_prod_t / alpha_prod_t_prev)
+    _scaled_linear_dtype = np.float64
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.0120,
+        beta_schedule: str = "scaled_linear",
+        trained_betas=None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+        snr_shift_scale: float = 3.0,
+    ):
+        self._build(dict(_ctor_args(locals())))
+
+    def _finish_alphas_cumprod(self, alphas_cumprod):
+        dt = alphas_cumprod.dtype.type
+        # SNR shift following SD3: a / (s + (1 - s) * a)
+        s = self.config.snr_shift_scale
+        ac = alphas_cumprod / (dt(s) + dt(1 - s) * alphas_cumprod)
+        if self.config.rescale_betas_zero_snr:
+            ac = _rescale_cumprod_zero_terminal_snr(ac)
+        return ac
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -594,25 +656,6 @@ class CogVideoXDDIMScheduler(_CogVideoXSchedulerBase):
     diffusers' does.
     """
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.0120,
-        beta_schedule: str = "scaled_linear",
-        trained_betas=None,
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        rescale_betas_zero_snr: bool = False,
-        snr_shift_scale: float = 3.0,
-    ):
-        self._build(dict(_ctor_args(locals())))
-
     def step(
         self,
         model_output,
@@ -625,16 +668,10 @@ class CogVideoXDDIMScheduler(_CogVideoXSchedulerBase):
         return_dict: bool = True,
     ):
         """One DDIM update x_t -> x_{t - T // N}; returns DDIMSchedulerOutput or (prev_sample, pred_original_sample)."""
-        self._check_ready()
-        model_output = _as_sample(model_output, "model_output")
-        sample = _as_sample(sample, "sample")
-        t = _as_timestep(timestep)
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        model_output, sample, t, prev_t = self._step_inputs(model_output, timestep, sample)
 
         with np.errstate(all="ignore"):
-            alpha_prod_t = self._alpha_prod(t)
-            alpha_prod_t_prev = self._alpha_prod_prev(prev_t)
-            beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
+            alpha_prod_t, alpha_prod_t_prev, beta_prod_t = self._alpha_terms(t, prev_t)
 
             pred_original_sample = self._pred_original_sample(model_output, sample, alpha_prod_t, beta_prod_t)
 
@@ -643,9 +680,7 @@ class CogVideoXDDIMScheduler(_CogVideoXSchedulerBase):
 
             prev_sample = _mul(a_t, sample) + _mul(b_t, pred_original_sample)
 
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._output(prev_sample, pred_original_sample, return_dict)
 
 
 class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
@@ -656,25 +691,6 @@ class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
     Extension: a `variance_noise` array, when given, is used as that noise and nothing is drawn (diffusers ignores
     the argument); this lets a test replay recorded noise.
     """
-
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.0120,
-        beta_schedule: str = "scaled_linear",
-        trained_betas=None,
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        rescale_betas_zero_snr: bool = False,
-        snr_shift_scale: float = 3.0,
-    ):
-        self._build(dict(_ctor_args(locals())))
 
     @staticmethod
     def _lambda(a):
@@ -724,13 +740,9 @@ class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
         Exactly as diffusers: on the first step (`old_pred_original_sample is None`) and the last one the tuple is
         returned whatever `return_dict` says; otherwise return_dict=True gives a DDIMSchedulerOutput.
         """
-        self._check_ready()
-        model_output = _as_sample(model_output, "model_output")
-        sample = _as_sample(sample, "sample")
+        model_output, sample, t, prev_t = self._step_inputs(model_output, timestep, sample)
         if old_pred_original_sample is not None:
             old_pred_original_sample = _as_sample(old_pred_original_sample, "old_pred_original_sample")
-        t = _as_timestep(timestep)
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
 
         if variance_noise is not None:
             variance_noise = _as_sample(variance_noise, "variance_noise")
@@ -744,12 +756,10 @@ class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
             return self._noise.randn(sample.shape, sample.dtype, generator)
 
         with np.errstate(all="ignore"):
-            alpha_prod_t = self._alpha_prod(t)
-            alpha_prod_t_prev = self._alpha_prod_prev(prev_t)
+            alpha_prod_t, alpha_prod_t_prev, beta_prod_t = self._alpha_terms(t, prev_t)
             alpha_prod_t_back = None
             if timestep_back is not None:
                 alpha_prod_t_back = self._alpha_prod(_as_timestep(timestep_back, "timestep_back"))
-            beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
 
             pred_original_sample = self._pred_original_sample(model_output, sample, alpha_prod_t, beta_prod_t)
 
@@ -768,9 +778,7 @@ class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
             denoised_d = _mul(mult[2], pred_original_sample) - _mul(mult[3], old_pred_original_sample)
             prev_sample = _mul(mult[0], sample) - _mul(mult[1], denoised_d) + _mul(mult_noise, noise())
 
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._output(prev_sample, pred_original_sample, return_dict)
 
 
 class DDIMScheduler(_SchedulerBase):
@@ -794,30 +802,12 @@ class DDIMScheduler(_SchedulerBase):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        kw = dict(_ctor_args(locals()))
-        self._register_config(kw)
-        betas = _make_betas(
-            type(self).__name__, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, np.float32
-        )
-        if rescale_betas_zero_snr:
-            betas = _rescale_betas_zero_terminal_snr(betas)
-        dt = betas.dtype.type
-        self.betas = betas
-        self.alphas = dt(1.0) - betas
-        self.alphas_cumprod = _torch_cumprod(self.alphas)
-        self.final_alpha_cumprod = np.float32(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.timesteps = np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64)
-        self._noise = _NoiseSource()
+        self._build(dict(_ctor_args(locals())))
 
-    def _get_variance(self, timestep, prev_timestep):
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = self._alpha_prod_prev(prev_timestep)
-        beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
-        beta_prod_t_prev = _one(alpha_prod_t_prev) - alpha_prod_t_prev
-        with np.errstate(all="ignore"):
-            return (beta_prod_t_prev / beta_prod_t) * (_one(alpha_prod_t) - alpha_prod_t / alpha_prod_t_prev)
+    def _finish_betas(self, betas):
+        if self.config.rescale_betas_zero_snr:
+            betas = _rescale_betas_zero_terminal_snr(betas)
+        return betas
 
     def _threshold_sample(self, sample):
         """Dynamic thresholding (Imagen): clamp each batch row to its `dynamic_thresholding_ratio` quantile."""
@@ -842,29 +832,13 @@ class DDIMScheduler(_SchedulerBase):
         return_dict: bool = True,
     ):
         """One DDIM update (formulas 12 and 16 of the DDIM paper); noise is added only when eta > 0."""
-        self._check_ready()
-        model_output = _as_sample(model_output, "model_output")
-        sample = _as_sample(sample, "sample")
-        t = _as_timestep(timestep)
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        model_output, sample, t, prev_t = self._step_inputs(model_output, timestep, sample)
 
         with np.errstate(all="ignore"):
-            alpha_prod_t = self._alpha_prod(t)
-            alpha_prod_t_prev = self._alpha_prod_prev(prev_t)
-            beta_prod_t = _one(alpha_prod_t) - alpha_prod_t
+            alpha_prod_t, alpha_prod_t_prev, beta_prod_t = self._alpha_terms(t, prev_t)
 
-            pt = self.config.prediction_type
-            if pt == "epsilon":
-                pred_original_sample = _div(sample - _mul(_sqrt(beta_prod_t), model_output), _sqrt(alpha_prod_t))
-                pred_epsilon = model_output
-            elif pt == "sample":
-                pred_original_sample = model_output
-                pred_epsilon = _div(sample - _mul(_sqrt(alpha_prod_t), pred_original_sample), _sqrt(beta_prod_t))
-            elif pt == "v_prediction":
-                pred_original_sample = _mul(_sqrt(alpha_prod_t), sample) - _mul(_sqrt(beta_prod_t), model_output)
-                pred_epsilon = _mul(_sqrt(alpha_prod_t), model_output) + _mul(_sqrt(beta_prod_t), sample)
-            else:
-                raise ValueError(f"prediction_type given as {pt} must be one of `epsilon`, `sample`, or `v_prediction`")
+            pred_original_sample = self._pred_original_sample(model_output, sample, alpha_prod_t, beta_prod_t)
+            pred_epsilon = self._pred_epsilon(model_output, sample, pred_original_sample, alpha_prod_t, beta_prod_t)
 
             if self.config.thresholding:
                 pred_original_sample = self._threshold_sample(pred_original_sample)
@@ -876,7 +850,7 @@ class DDIMScheduler(_SchedulerBase):
             std_dev_t = variance.dtype.type(eta) * _sqrt(variance)
 
             if use_clipped_model_output:
-                pred_epsilon = _div(sample - _mul(_sqrt(alpha_prod_t), pred_original_sample), _sqrt(beta_prod_t))
+                pred_epsilon = _epsilon_from_x0(sample, pred_original_sample, alpha_prod_t, beta_prod_t)
 
             coef = _sqrt(_one(alpha_prod_t_prev) - alpha_prod_t_prev - std_dev_t * std_dev_t)
             pred_sample_direction = _mul(coef, pred_epsilon)
@@ -894,9 +868,7 @@ class DDIMScheduler(_SchedulerBase):
                     variance_noise = _as_sample(variance_noise, "variance_noise")
                 prev_sample = prev_sample + _mul(std_dev_t, variance_noise)
 
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._output(prev_sample, pred_original_sample, return_dict)
 
 
 def _ctor_args(scope):

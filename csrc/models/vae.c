@@ -45,7 +45,6 @@ typedef struct vae_block { /* CogVideoXDownBlock3D / CogVideoXUpBlock3D */
 struct cvx_vae {
     cvx_vae_config cfg;
     int compress_levels; /* log2(temporal_compression_ratio) */
-    float norm_eps;
     /* encoder */
     cvx_conv_weight enc_conv_in, enc_conv_out;
     vae_block enc_blocks[CVX_VAE_MAX_BLOCKS];
@@ -230,7 +229,6 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
     if (!vae) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the VAE");
     vae->cfg = *cfg;
     vae->compress_levels = levels;
-    vae->norm_eps = cfg->norm_eps;
     if ((st_ = declare_encoder(vae)) != CVX_OK || (st_ = declare_decoder(vae)) != CVX_OK ||
         (st_ = cvx_weights_load(&vae->weights, st, dtype)) != CVX_OK) {
         cvx_vae_free(vae);
@@ -346,7 +344,7 @@ fail:
 static cvx_status resnet_norm(const cvx_vae *vae, const vae_norm *n, const vae_spatial_norm *sn, const cvx_tensor *x,
                               const cvx_tensor *zq, cvx_tensor *out) {
     if (zq) return spatial_norm(sn, vae->cfg.norm_num_groups, x, zq, 1, out);
-    return cvx_group_norm(x, vae->cfg.norm_num_groups, vae->norm_eps, n->gamma, n->beta, NULL, 1, out);
+    return cvx_group_norm(x, vae->cfg.norm_num_groups, vae->cfg.norm_eps, n->gamma, n->beta, NULL, 1, out);
 }
 
 /* CogVideoXResnetBlock3D: consumes *x, leaves the block output in *x. zq is the chunk's latent (decoder) or NULL

@@ -180,23 +180,22 @@ static PyObject *tensor_to_array(cvx_tensor *t) {
     return arr;
 }
 
-/* A float32, C-contiguous, aligned 5-D view of any array-like (float64 or strided input is converted). */
-static PyArrayObject *array_in5(PyObject *obj, const char *what, cvx_tensor *t) {
+/* A C-contiguous float32 array of exactly `ndim` dimensions, or NULL with a ValueError naming `what`. */
+static PyArrayObject *array_f32(PyObject *obj, int ndim, const char *what) {
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-    if (!arr) return NULL;
-    if (PyArray_NDIM(arr) != 5) {
-        PyErr_Format(PyExc_ValueError, "%s must be 5-D [batch, channels, frames, height, width], got %d-D", what,
-                     PyArray_NDIM(arr));
-        Py_DECREF(arr);
-        return NULL;
+    if (arr && ndim >= 0 && PyArray_NDIM(arr) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(arr));
+        Py_CLEAR(arr);
     }
+    return arr;
+}
+
+static void tensor_view(PyArrayObject *arr, cvx_tensor *t) {
     memset(t, 0, sizeof(*t));
     t->data = PyArray_DATA(arr);
     t->dtype = CVX_F32;
-    t->device = CVX_DEVICE_CPU;
-    t->ndim = 5;
-    for (int i = 0; i < 5; i++) t->shape[i] = PyArray_DIM(arr, i);
-    return arr;
+    t->ndim = PyArray_NDIM(arr);
+    for (int i = 0; i < t->ndim; i++) t->shape[i] = PyArray_DIM(arr, i);
 }
 
 /* ---- the VAE ------------------------------------------------------------------------------------------------- */
@@ -273,8 +272,12 @@ static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
     cvx_vae_tiling tiling;
     if (parse_tiling(tiling_obj, &tiling) < 0) return NULL;
     cvx_tensor x, out = {0};
-    PyArrayObject *arr = array_in5(input, decode ? "latents" : "sample", &x);
+    /* float64 or strided input is converted, not rejected */
+    PyArrayObject *arr = array_f32(input, 5,
+                                   decode ? "latents [batch, channels, frames, height, width]"
+                                          : "sample [batch, channels, frames, height, width]");
     if (!arr) return NULL;
+    tensor_view(arr, &x);
     cvx_status st;
     Py_BEGIN_ALLOW_THREADS st = decode ? cvx_vae_decode(self->vae, &x, slicing, &tiling, &out)
                                        : cvx_vae_encode(self->vae, &x, slicing, &tiling, &out);
@@ -387,24 +390,6 @@ static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *k
     cvx_transformer_free(self->tr);
     self->tr = tr;
     return 0;
-}
-
-/* A C-contiguous float32 array of exactly `ndim` dimensions, or NULL with a ValueError naming `what`. */
-static PyArrayObject *array_f32(PyObject *obj, int ndim, const char *what) {
-    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-    if (arr && ndim >= 0 && PyArray_NDIM(arr) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(arr));
-        Py_CLEAR(arr);
-    }
-    return arr;
-}
-
-static void tensor_view(PyArrayObject *arr, cvx_tensor *t) {
-    memset(t, 0, sizeof(*t));
-    t->data = PyArray_DATA(arr);
-    t->dtype = CVX_F32;
-    t->ndim = PyArray_NDIM(arr);
-    for (int i = 0; i < t->ndim; i++) t->shape[i] = PyArray_DIM(arr, i);
 }
 
 /* forward(hidden [B,F,C,H,W], text [B,L,Dt], timestep [B], ofs [B] | None, pos_table [S,D] | None,
