@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixture_cases import case_params, checked_diff, npz_arrays, worst_element
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pipeline"
 MANIFEST = FIXTURES / "manifest.json"
 FRAMES_TOL = 1e-3  # max abs diff of the [0, 1] frames vs diffusers (issue requirement)
@@ -32,30 +34,17 @@ def _manifest():
 
 
 def _params(key):
-    man = _manifest()
-    if man is None:
-        # Fail (not skip) every run until the fixtures exist.
-        return [pytest.param(None, id="manifest-missing")]
-    cases = man[key]
-    if not cases:
-        return [pytest.param(None, id="manifest-empty")]
-    names = [c["name"] for c in cases]
-    assert len(set(names)) == len(names), f"duplicate case names in manifest[{key!r}]"
-    return [pytest.param(c, id=c["name"]) for c in cases]
+    return case_params(MANIFEST, key, label=f"manifest[{key!r}]")
 
 
 CASES = _params("cases")
 EMBED_CASES = _params("prompt_embeds_cases")
 
-_npz_cache: dict[str, dict[str, np.ndarray]] = {}
 _pipe_cache: dict[str, tuple] = {}
 
 
 def _arrays(npz_name: str) -> dict[str, np.ndarray]:
-    if npz_name not in _npz_cache:
-        with np.load(FIXTURES / npz_name, allow_pickle=False) as z:
-            _npz_cache[npz_name] = {k: z[k] for k in z.files}
-    return _npz_cache[npz_name]
+    return npz_arrays(FIXTURES / npz_name)
 
 
 def _pipeline(pipeline_dir: str):
@@ -137,20 +126,12 @@ def _step_diagnostics(pipe, case, latents, want_steps) -> str:
 
 
 def _report(name, what, got, want, tol):
-    got = np.asarray(got)
-    assert got.shape == want.shape, f"{name} {what}: shape {got.shape}, diffusers gives {want.shape}"
-    assert got.dtype == np.float32, f"{name} {what}: dtype {got.dtype}, expected float32"
-    assert np.isfinite(got).all(), f"{name} {what}: non-finite values"
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    max_diff = float(diff.max()) if diff.size else 0.0
+    got, diff, max_diff = checked_diff(f"{name} {what}", got, want, "diffusers")
     print(f"{name} {what}: max abs diff {max_diff:.3e} (tolerance {tol:.1e}), mean {float(diff.mean()):.3e}")
     detail = ""
     if not max_diff <= tol:
-        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-        detail = (
-            f"{name} {what}: max abs diff {max_diff:.3e} > {tol:.1e} at index {idx} (got {float(got[idx])!r}, "
-            f"diffusers {float(want[idx])!r}); {int((diff > tol).sum())}/{diff.size} elements over tolerance; "
-            f"mean abs diff {float(diff.mean()):.3e}"
+        detail = f"{name} {what}: max abs diff {max_diff:.3e} > {tol:.1e} " + worst_element(
+            got, want, diff, tol, "diffusers"
         )
     return max_diff, detail
 

@@ -12,11 +12,12 @@ ValueError with the recorded message substring. For every case whose RoPE tables
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fixture_cases import case_params, compare_rel, fail_if_missing, npz_arrays
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "transformer"
 MANIFEST = FIXTURES / "manifest.json"
@@ -24,38 +25,18 @@ REL_TOL = 1e-4  # max abs diff <= REL_TOL * max(1, max|expected|)
 ROPE_ATOL = 1e-6
 
 
-def _load_cases():
-    if not MANIFEST.is_file():
-        # Fail (not skip) every run until the fixtures exist.
-        return [pytest.param(None, id="manifest-missing")]
-    cases = json.loads(MANIFEST.read_text())["cases"]
-    if not cases:
-        return [pytest.param(None, id="manifest-empty")]
-    names = [c["name"] for c in cases]
-    assert len(set(names)) == len(names), "duplicate case names in manifest"
-    return [pytest.param(c, id=c["name"]) for c in cases]
-
-
-CASES = _load_cases()
+CASES = case_params(MANIFEST)
 ROPE_CASES = [p for p in CASES if p.values[0] is None or p.values[0]["rope"] == "pipeline"]
 
-_npz_cache: dict[str, dict[str, np.ndarray]] = {}
 _model_cache: dict[str, object] = {}
 
 
 def _missing(case):
-    if case is None:
-        pytest.fail(
-            f"transformer fixtures missing: {MANIFEST} (run tests/reference/make_transformer_fixtures.py with the "
-            "reference environment)"
-        )
+    fail_if_missing(case, "transformer", MANIFEST, "make_transformer_fixtures.py")
 
 
 def _arrays(npz_name: str) -> dict[str, np.ndarray]:
-    if npz_name not in _npz_cache:
-        with np.load(FIXTURES / npz_name, allow_pickle=False) as z:
-            _npz_cache[npz_name] = {k: z[k] for k in z.files}
-    return _npz_cache[npz_name]
+    return npz_arrays(FIXTURES / npz_name)
 
 
 def _model(model_dir: str):
@@ -102,24 +83,7 @@ def _copies(inp: dict) -> dict:
 
 
 def _compare(name: str, got, want: np.ndarray) -> tuple[float, float]:
-    got = np.asarray(got)
-    assert got.shape == want.shape, f"{name}: shape {got.shape}, diffusers gives {want.shape}"
-    assert got.dtype == np.float32, f"{name}: dtype {got.dtype}, expected float32"
-    assert np.isfinite(got).all(), f"{name}: non-finite values"
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    max_diff = float(diff.max()) if diff.size else 0.0
-    max_ref = float(np.abs(want).max()) if want.size else 0.0
-    tol = REL_TOL * max(1.0, max_ref)
-    print(f"{name}: max abs diff {max_diff:.3e}, max|expected| {max_ref:.3f}, tolerance {tol:.3e}")
-    if not max_diff <= tol:
-        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-        n_bad = int((diff > tol).sum())
-        pytest.fail(
-            f"{name}: max abs diff {max_diff:.3e} > {tol:.3e} (= {REL_TOL:.0e} * max(1, {max_ref:.3f})) at index "
-            f"{idx} (got {float(got[idx])!r}, diffusers {float(want[idx])!r}); {n_bad}/{diff.size} elements over "
-            f"tolerance; mean abs diff {float(diff.mean()):.3e}"
-        )
-    return max_diff, max_ref
+    return compare_rel(name, got, want, REL_TOL, "diffusers")
 
 
 @pytest.mark.parametrize("case", CASES)

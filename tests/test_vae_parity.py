@@ -12,34 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixture_cases import case_params, checked_diff, fail_if_missing, npz_arrays, worst_element
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vae"
 MANIFEST = FIXTURES / "manifest.json"
 TOL = 1e-4  # max abs diff vs diffusers (fp32)
 
 
-def _load_cases():
-    if not MANIFEST.is_file():
-        # Fail (not skip) every run until the fixtures exist.
-        return [pytest.param(None, id="manifest-missing")]
-    cases = json.loads(MANIFEST.read_text())["cases"]
-    if not cases:
-        return [pytest.param(None, id="manifest-empty")]
-    names = [c["name"] for c in cases]
-    assert len(set(names)) == len(names), "duplicate case names in manifest"
-    return [pytest.param(c, id=c["name"]) for c in cases]
+CASES = case_params(MANIFEST)
 
-
-CASES = _load_cases()
-
-_npz_cache: dict[str, dict[str, np.ndarray]] = {}
 _model_cache: dict[tuple, object] = {}
 
 
 def _arrays(npz_name: str) -> dict[str, np.ndarray]:
-    if npz_name not in _npz_cache:
-        with np.load(FIXTURES / npz_name, allow_pickle=False) as z:
-            _npz_cache[npz_name] = {k: z[k] for k in z.files}
-    return _npz_cache[npz_name]
+    return npz_arrays(FIXTURES / npz_name)
 
 
 def _model(case: dict):
@@ -65,30 +51,18 @@ def _model(case: dict):
 
 
 def _compare(name: str, what: str, got, want: np.ndarray) -> float:
-    got = np.asarray(got)
-    assert got.shape == want.shape, f"{name} {what}: shape {got.shape}, diffusers gives {want.shape}"
-    assert got.dtype == np.float32, f"{name} {what}: dtype {got.dtype}, expected float32"
-    assert np.isfinite(got).all(), f"{name} {what}: non-finite values"
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    max_diff = float(diff.max()) if diff.size else 0.0
+    got, diff, max_diff = checked_diff(f"{name} {what}", got, want, "diffusers")
     if not max_diff <= TOL:
-        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-        n_bad = int((diff > TOL).sum())
         pytest.fail(
-            f"{name} {what}: max abs diff {max_diff:.3e} > {TOL:.0e} at index {idx} "
-            f"(got {float(got[idx])!r}, diffusers {float(want[idx])!r}); {n_bad}/{diff.size} elements over tolerance; "
-            f"mean abs diff {float(diff.mean()):.3e}"
+            f"{name} {what}: max abs diff {max_diff:.3e} > {TOL:.0e} "
+            + worst_element(got, want, diff, TOL, "diffusers")
         )
     return max_diff
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_vae_parity(case):
-    if case is None:
-        pytest.fail(
-            f"VAE fixtures missing: {MANIFEST} (run tests/reference/make_vae_fixtures.py with the "
-            "reference environment)"
-        )
+    fail_if_missing(case, "VAE", MANIFEST, "make_vae_fixtures.py")
     arrays = _arrays(case["npz"])
     x = arrays[case["input"]]
     assert x.dtype == np.float32

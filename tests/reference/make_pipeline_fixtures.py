@@ -45,7 +45,6 @@ import json
 import math
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 import diffusers
@@ -64,6 +63,16 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_dpm_cogvideox
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+from _reference_common import (
+    print_file_sizes,
+    recreate_dir,
+    rerandomize_t5,
+    rerandomize_transformer,
+    rerandomize_vae,
+    save_npz,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOK_SRC = ROOT / "tests" / "fixtures" / "tokenizer"
@@ -253,81 +262,6 @@ EMBED_CASES = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def rn_factory(seed):
-    g = torch.Generator().manual_seed(seed)
-    return lambda shape: torch.randn(shape, generator=g, dtype=torch.float32)
-
-
-def rerandomize_t5(model: T5EncoderModel, seed: int) -> None:
-    """As tests/reference/make_t5_fixtures.py: Linear N(0, 1/fan_in) (q: 1/(fan_in d_kv)), T5LayerNorm 1 + N(0, 0.1^2),
-    embedding N(0, 1), relative_attention_bias N(0, 1)."""
-    rn = rn_factory(seed)
-    d_kv = model.config.d_kv
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                p.copy_(1.0 + 0.1 * rn(p.shape))
-            elif "relative_attention_bias" in name or name == "shared.weight":
-                p.copy_(rn(p.shape))
-            elif p.ndim == 2:
-                scale = 1.0 / math.sqrt(p.shape[1] * (d_kv if name.endswith(".q.weight") else 1))
-                p.copy_(rn(p.shape) * scale)
-            else:
-                raise AssertionError(f"unexpected T5 parameter {name}")
-    assert model.encoder.embed_tokens.weight is model.shared.weight
-
-
-def rerandomize_transformer(model: torch.nn.Module, seed: int) -> None:
-    """As tests/reference/make_transformer_fixtures.py: Linear/Conv2d N(0, 1/fan_in), biases N(0, 0.1^2), LayerNorm
-    weights 1 + N(0, 0.1^2), biases N(0, 0.1^2)."""
-    rn = rn_factory(seed)
-    touched = set()
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            pre = name + "." if name else ""
-            if isinstance(mod, torch.nn.LayerNorm):
-                if mod.weight is not None:
-                    mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
-                    touched.add(pre + "weight")
-                if mod.bias is not None:
-                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
-                    touched.add(pre + "bias")
-            elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
-                mod.weight.copy_(rn(mod.weight.shape) / math.sqrt(mod.weight[0].numel()))
-                touched.add(pre + "weight")
-                if mod.bias is not None:
-                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
-                    touched.add(pre + "bias")
-    missing = {n for n, _ in model.named_parameters()} - touched
-    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
-
-
-def rerandomize_vae(model: torch.nn.Module, seed: int) -> None:
-    """As tests/reference/make_vae_fixtures.py: convs N(0, 1/fan_in), biases N(0, 0.1^2), GroupNorm 1 + N(0, 0.1^2) /
-    N(0, 0.1^2), SpatialNorm conv_y biases 1 + N(0, 0.1^2); decoder.conv_out scaled by VAE_OUT_GAIN."""
-    rn = rn_factory(seed)
-    touched = set()
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            pre = name + "." if name else ""
-            if isinstance(mod, torch.nn.GroupNorm):
-                mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
-                mod.bias.copy_(0.1 * rn(mod.bias.shape))
-                touched.update({pre + "weight", pre + "bias"})
-            elif isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)):
-                mod.weight.copy_(rn(mod.weight.shape) / math.sqrt(mod.weight[0].numel()))
-                b = 0.1 * rn(mod.bias.shape)
-                if name.endswith("conv_y.conv"):
-                    b = b + 1.0
-                mod.bias.copy_(b)
-                touched.update({pre + "weight", pre + "bias"})
-        # smaller output layer: decoded pixels mostly inside [-1, 1], so few frame values are clamped to 0 / 1
-        model.decoder.conv_out.conv.weight.mul_(VAE_OUT_GAIN)
-        model.decoder.conv_out.conv.bias.mul_(VAE_OUT_GAIN)
-    missing = {n for n, _ in model.named_parameters()} - touched
-    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
-
-
 def make_scheduler(class_name: str, config: dict):
     cls = {"CogVideoXDDIMScheduler": CogVideoXDDIMScheduler, "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
            "DDIMScheduler": DDIMScheduler}[class_name]  # fmt: skip
@@ -343,17 +277,6 @@ def plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
 
 
 def tree_files(d: Path) -> dict[str, int]:
@@ -380,7 +303,8 @@ def build_pipeline(name: str, tokenizer: T5Tokenizer) -> CogVideoXPipeline:
 
     torch.manual_seed(seed + 4)
     vae = AutoencoderKLCogVideoX(**spec["vae"]).eval()
-    rerandomize_vae(vae, seed + 5)
+    # smaller output layer: decoded pixels mostly inside [-1, 1], so few frame values are clamped to 0 / 1
+    rerandomize_vae(vae, seed + 5, out_gain=VAE_OUT_GAIN)
 
     scheduler = make_scheduler(*spec["scheduler"])
     return CogVideoXPipeline(
@@ -555,20 +479,11 @@ def main() -> int:
         print(f"missing {TOK_SRC}/spiece.model: run tests/reference/make_tokenizer_fixtures.py first", file=sys.stderr)
         return 1
     torch.set_num_threads(2)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    recreate_dir(OUT)
     tokenizer = T5Tokenizer.from_pretrained(str(TOK_SRC))
 
     manifest = dict(
-        versions=dict(
-            diffusers=diffusers.__version__,
-            transformers=transformers.__version__,
-            torch=torch.__version__,
-            numpy=np.__version__,
-            tokenizers=tokenizers.__version__,
-            safetensors=safetensors.__version__,
-        ),
+        versions=versions(diffusers, transformers, torch, np, tokenizers, safetensors),
         tolerance=dict(frames_max_abs=1e-3, prompt_embeds_rel=1e-4),
         notes=[
             "Golden frames: diffusers CogVideoXPipeline, float32, CPU, loaded from the saved folder with "
@@ -624,12 +539,7 @@ def main() -> int:
         save_npz(OUT / f"{name}.npz", arrays[name])
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
 
-    total = 0
-    print("sizes:")
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(OUT)!s:60s} {p.stat().st_size:9d}")
+    total = print_file_sizes(OUT, header="sizes:", line="  {rel!s:60s} {size:9d}")
     print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
     if total > SIZE_LIMIT:
         print(f"fixtures exceed {SIZE_LIMIT} bytes", file=sys.stderr)

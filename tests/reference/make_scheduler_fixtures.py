@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import types
-import zipfile
 from pathlib import Path
 
 import diffusers
@@ -44,6 +42,8 @@ import numpy as np
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler
 from diffusers.schedulers import scheduling_ddim, scheduling_dpm_cogvideox
+
+from _reference_common import recreate_dir, save_npz, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "schedulers"
@@ -165,16 +165,6 @@ class DrawRecorder:
     def take(self):
         d, self.draws = self.draws, []
         return d
-
-
-def _save_npz(path, arrays):
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.array(arrays[key], order="C"), allow_pickle=False)
 
 
 def _step(sched, cls, t, t_back, sample, model_output, old_pred, kwargs, generator):
@@ -308,15 +298,11 @@ def main():
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    recreate_dir(OUT)
     arrays = {}
     manifest = {
         "versions": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "numpy": np.__version__,
+            **versions(torch, diffusers, np),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
         "npz": "schedulers.npz",
@@ -328,7 +314,8 @@ def main():
     for k, (name, (cls, config, kwargs)) in enumerate(CASES.items()):
         make_case(name, cls, config, kwargs, arrays, seed=k + 1)
         manifest["cases"].append({"name": name, "class": cls.__name__, "config": config, "step_kwargs": kwargs})
-    _save_npz(OUT / "schedulers.npz", arrays)
+    # np.array, not np.ascontiguousarray: final_alpha_cumprod stays 0-d
+    save_npz(OUT / "schedulers.npz", arrays, as_array=lambda a: np.array(a, order="C"))
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     size = (OUT / "schedulers.npz").stat().st_size
     print(f"wrote {len(arrays)} arrays, {size / 1024:.0f} KiB, {len(CASES)} cases to {OUT}")

@@ -27,9 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,8 @@ import torch
 import transformers
 from safetensors import safe_open
 from transformers import T5Config, T5EncoderModel
+
+from _reference_common import print_file_sizes, recreate_dir, rerandomize_t5, save_npz, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "t5"
@@ -123,63 +123,15 @@ SIXTEEN_BIT_CASES = ("b1_l7", "b2_l16")
 FLOAT32_VARIANTS = ("", "_sharded")
 
 
-def rerandomize(model: T5EncoderModel, seed: int) -> None:
-    """Moderate-scale random weights so that outputs are O(1) and every path matters.
-
-    Linear weights N(0, 1/fan_in), except q: N(0, 1/(fan_in * d_kv)) (T5 has no 1/sqrt(d_kv) score scaling, this
-    keeps the scores O(1) like T5's own init); T5LayerNorm weights 1 + N(0, 0.1^2); the token embedding N(0, 1);
-    relative_attention_bias N(0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    d_kv = model.config.d_kv
-
-    def rn(shape):
-        return torch.randn(shape, generator=g, dtype=torch.float32)
-
-    touched = set()
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            pre = name + "." if name else ""
-            if isinstance(mod, transformers.models.t5.modeling_t5.T5LayerNorm):
-                mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
-                touched.add(pre + "weight")
-            elif isinstance(mod, torch.nn.Linear):
-                assert mod.bias is None
-                fan_in = mod.weight.shape[1]
-                scale = 1.0 / math.sqrt(fan_in * (d_kv if name.endswith(".q") else 1))
-                mod.weight.copy_(rn(mod.weight.shape) * scale)
-                touched.add(pre + "weight")
-            elif isinstance(mod, torch.nn.Embedding):
-                if mod.weight.data_ptr() in {p.data_ptr() for n, p in model.named_parameters() if n in touched}:
-                    continue  # tied (encoder.embed_tokens is shared)
-                mod.weight.copy_(rn(mod.weight.shape))
-                touched.add(pre + "weight")
-    missing = {n for n, _ in model.named_parameters()} - touched
-    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
-    for p in model.parameters():
-        assert torch.isfinite(p).all()
-
-
 def build_model(name: str) -> T5EncoderModel:
     torch.manual_seed(SEEDS[name])
     model = T5EncoderModel(T5Config(**MODELS[name])).eval()
-    rerandomize(model, SEEDS[name] + 1)
-    assert model.encoder.embed_tokens.weight is model.shared.weight, "encoder.embed_tokens is not tied to shared"
+    rerandomize_t5(model, SEEDS[name] + 1)  # also checks that encoder.embed_tokens is tied to shared
     return model
 
 
 def load(model_dir: Path, dtype=torch.float32, **kw) -> T5EncoderModel:
     return T5EncoderModel.from_pretrained(str(model_dir), dtype=dtype, **kw).eval()
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
 
 
 def make_ids(rng: np.random.Generator, vocab: int, L: int, n_random: list[int]) -> np.ndarray:
@@ -352,9 +304,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
     transformers.utils.logging.set_verbosity_error()
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    recreate_dir(OUT)
 
     manifest_cases = []
     checkpoints = {}
@@ -483,13 +433,7 @@ def main() -> int:
         "float32 on CPU (16-bit weight files loaded with dtype=float32), default attention implementation "
         f"({attn_impl!r}), input_ids only (no attention mask), cross-checked against eager attention and a float64 "
         "numpy re-implementation. Made by tests/reference/make_t5_fixtures.py.",
-        "made_with": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__,
-            "numpy": np.__version__,
-            "python": sys.version.split()[0],
-        },
+        "made_with": versions(torch, transformers, safetensors, np, python=True),
         "tolerance": "max abs diff <= 1e-4 * max(1, max|expected|)",
         "models": {
             name: {
@@ -511,12 +455,7 @@ def main() -> int:
     }
     (OUT / "manifest.json").write_text(dumps_compact(manifest) + "\n")
 
-    total = 0
-    print("\nfiles:")
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(OUT)}  {p.stat().st_size / 1024:.1f} KiB")
+    total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; attention implementation {attn_impl}")
     print(f"total size of {OUT.relative_to(ROOT)}: {total / 2**20:.3f} MiB ({total} bytes)")
     assert total < SIZE_LIMIT, "fixtures exceed 2 MiB"

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,8 @@ import sentencepiece as spm
 import tokenizers
 import transformers
 from transformers import T5Tokenizer
+
+from _reference_common import save_npz, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures"
@@ -218,17 +219,6 @@ PROMPTS = [
 SHORT_MAX = 32
 
 
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-
-
 def main():
     if OUT.joinpath("tokenizer").exists():
         shutil.rmtree(TOK_DIR)
@@ -286,12 +276,7 @@ def main():
     spm_mismatch = [i for i, p in enumerate(PROMPTS) if sp.encode(p) + [1] != single[i]]
 
     data = {
-        "versions": {
-            "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__,
-            "sentencepiece": spm.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": versions(transformers, tokenizers, spm, np),
         "vocab_size": len(tok),
         "prompts": PROMPTS,
         "single": single,
@@ -303,7 +288,7 @@ def main():
     with open(OUT / "tokenizer_cases.json", "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=True, separators=(",", ":"))
         f.write("\n")
-    save_npz(OUT / "tokenizer_cases.npz", arrays)
+    save_npz(OUT / "tokenizer_cases.npz", arrays, force_zip64=False)  # as the stored file was written
     print(
         f"{n_pieces} pieces + {EXTRA_IDS} sentinels, {len(PROMPTS)} prompts; "
         f"plain sentencepiece differs on {len(spm_mismatch)}: {[PROMPTS[i] for i in spm_mismatch]}"

@@ -20,10 +20,7 @@ the pipeline does. The script is deterministic (fixed seeds, fixed zip timestamp
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +29,15 @@ import numpy as np
 import torch
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+from _reference_common import (
+    print_file_sizes,
+    recreate_dir,
+    rerandomize_transformer,
+    rounded_normal,
+    save_npz,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "transformer"
@@ -155,46 +161,10 @@ LEARNED_HW_ERROR = "It is currently not possible to generate videos at a differe
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def rerandomize(model: torch.nn.Module, seed: int) -> None:
-    """Moderate-scale random weights so that every path matters and outputs are O(1):
-    Linear / Conv2d weights N(0, 1/fan_in), biases N(0, 0.1^2); LayerNorm weights 1 + N(0, 0.1^2), biases
-    N(0, 0.1^2); a learned positional table N(0, 0.5^2) on all rows (text rows included)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rn(shape):
-        return torch.randn(shape, generator=g, dtype=torch.float32)
-
-    touched = set()
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            pre = name + "." if name else ""
-            if isinstance(mod, torch.nn.LayerNorm):
-                if mod.weight is not None:
-                    mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
-                    touched.add(pre + "weight")
-                if mod.bias is not None:
-                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
-                    touched.add(pre + "bias")
-            elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
-                fan_in = mod.weight[0].numel()
-                mod.weight.copy_(rn(mod.weight.shape) / math.sqrt(fan_in))
-                touched.add(pre + "weight")
-                if mod.bias is not None:
-                    mod.bias.copy_(0.1 * rn(mod.bias.shape))
-                    touched.add(pre + "bias")
-        pe = model.patch_embed
-        if pe.use_learned_positional_embeddings:
-            pe.pos_embedding.copy_(0.5 * rn(pe.pos_embedding.shape))
-    missing = {n for n, _ in model.named_parameters()} - touched
-    assert not missing, f"parameters not re-randomised: {sorted(missing)}"
-    for p in model.parameters():
-        assert torch.isfinite(p).all()
-
-
 def build_model(name: str) -> CogVideoXTransformer3DModel:
     torch.manual_seed(SEEDS[name])
     model = CogVideoXTransformer3DModel(**MODELS[name]).eval()
-    rerandomize(model, SEEDS[name] + 1)
+    rerandomize_transformer(model, SEEDS[name] + 1)
     return model
 
 
@@ -205,23 +175,6 @@ def load_fp32(model_dir: Path) -> CogVideoXTransformer3DModel:
     for b in m.buffers():
         assert b.dtype in (torch.float32, torch.float64), b.dtype
     return m
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-
-
-def normal_input(rng: np.random.Generator, shape) -> np.ndarray:
-    # standard normal, rounded to multiples of 2^-10 (still float32; the rounding only makes them compress)
-    z = rng.standard_normal(shape)
-    return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
 
 
 def pipeline_rope(model: CogVideoXTransformer3DModel, height: int, width: int, num_frames: int):
@@ -488,9 +441,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
     diffusers.utils.logging.set_verbosity_error()
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    recreate_dir(OUT)
 
     manifest_cases = []
     for model_name, cfg in MODELS.items():
@@ -526,8 +477,8 @@ def main() -> int:
                 "freqs_cos": None,
                 "freqs_sin": None,
             }
-            arrays[keys["hidden_states"]] = normal_input(rng, (B, F, C, H, W))
-            arrays[keys["encoder_hidden_states"]] = normal_input(rng, (B, L, cfg["text_embed_dim"]))
+            arrays[keys["hidden_states"]] = rounded_normal(rng, (B, F, C, H, W))
+            arrays[keys["encoder_hidden_states"]] = rounded_normal(rng, (B, L, cfg["text_embed_dim"]))
             t = case["t"] if case["t"] is not None else list(rng.integers(0, 1000, size=B))
             assert len(t) == B
             arrays[keys["timestep"]] = np.asarray(t, dtype=np.int64)
@@ -619,12 +570,7 @@ def main() -> int:
         "(16-bit weight files loaded with torch_dtype=float32); RoPE tables from the pipeline's "
         "_prepare_rotary_positional_embeddings with height=8*H, width=8*W, num_frames=F (latent). "
         "Made by tests/reference/make_transformer_fixtures.py.",
-        "made_with": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "numpy": np.__version__,
-            "python": sys.version.split()[0],
-        },
+        "made_with": versions(torch, diffusers, np, python=True),
         "tolerance": "max abs diff <= 1e-4 * max(1, max|expected|)",
         "vae_scale_factor_spatial": VAE_SCALE_SPATIAL,
         "models": {
@@ -635,12 +581,7 @@ def main() -> int:
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
-    total = 0
-    print("\nfiles:")
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(OUT)}  {p.stat().st_size / 1024:.1f} KiB")
+    total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; total size of {OUT.relative_to(ROOT)}: {total / 2**20:.2f} MiB")
     assert total < 4 * 2**20, "fixtures exceed 4 MiB"
     return 0
@@ -650,8 +591,8 @@ def _path_checks(model_name: str, cfg: dict, model, rng: np.random.Generator) ->
     """Assert that the optional paths actually change the output (so the fixtures exercise them)."""
     B, F = 1, 2 if cfg.get("patch_size_t") else 3
     H, W, L = cfg["sample_height"], cfg["sample_width"], cfg["max_text_seq_length"]
-    h = torch.from_numpy(normal_input(rng, (B, F, cfg["in_channels"], H, W)))
-    e = torch.from_numpy(normal_input(rng, (B, L, cfg["text_embed_dim"])))
+    h = torch.from_numpy(rounded_normal(rng, (B, F, cfg["in_channels"], H, W)))
+    e = torch.from_numpy(rounded_normal(rng, (B, L, cfg["text_embed_dim"])))
     t = torch.tensor([500])
     ofs = torch.tensor([2.0]) if cfg.get("ofs_embed_dim") else None
     base = model(h, e, t, ofs=ofs).sample

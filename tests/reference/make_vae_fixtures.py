@@ -17,8 +17,6 @@ The script is deterministic (fixed torch / numpy seeds, fixed zip timestamps).
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -27,6 +25,8 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import AutoencoderKLCogVideoX
+
+from _reference_common import print_file_sizes, recreate_dir, rerandomize_vae, rounded_normal, save_npz, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "vae"
@@ -73,40 +73,11 @@ WEIGHT_GAIN = 1.0  # conv weights ~ N(0, (gain^2 / fan_in)): decoder output std 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def rerandomize(model: torch.nn.Module, seed: int, clamp_logvar_channels: bool = False) -> None:
-    """Moderate-scale random weights: convs N(0, 1/fan_in), biases N(0, 0.1^2), GroupNorm weights 1 + N(0, 0.1^2),
-    SpatialNorm conv_y biases 1 + N(0, 0.1^2) (so the spatial scale is ~1, not ~0)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rn(shape):
-        return torch.randn(shape, generator=g, dtype=torch.float32)
-
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.GroupNorm):
-                mod.weight.copy_(1.0 + 0.1 * rn(mod.weight.shape))
-                mod.bias.copy_(0.1 * rn(mod.bias.shape))
-            elif isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)):
-                fan_in = mod.weight[0].numel()
-                mod.weight.copy_(rn(mod.weight.shape) * (WEIGHT_GAIN / math.sqrt(fan_in)))
-                b = 0.1 * rn(mod.bias.shape)
-                if name.endswith("conv_y.conv"):
-                    b = b + 1.0
-                mod.bias.copy_(b)
-        if clamp_logvar_channels:
-            # Push two logvar channels outside [-30, 20] so DiagonalGaussianDistribution's clamp is exercised.
-            lc = model.config.latent_channels
-            bias = model.encoder.conv_out.conv.bias
-            bias[lc + 0] = 25.0
-            bias[lc + 1] = -35.0
-    for p in model.parameters():
-        assert torch.isfinite(p).all()
-
-
 def build_model(name: str) -> AutoencoderKLCogVideoX:
     torch.manual_seed(SEEDS[name])
     model = AutoencoderKLCogVideoX(**MODELS[name]).eval()
-    rerandomize(model, SEEDS[name] + 1, clamp_logvar_channels=(name == "mid"))
+    # "mid": two logvar channels outside [-30, 20], so DiagonalGaussianDistribution's clamp is exercised
+    rerandomize_vae(model, SEEDS[name] + 1, weight_gain=WEIGHT_GAIN, clamp_logvar_channels=(name == "mid"))
     return model
 
 
@@ -115,23 +86,6 @@ def load_fp32(model_dir: Path) -> AutoencoderKLCogVideoX:
     for p in m.parameters():
         assert p.dtype == torch.float32
     return m
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed equivalent with fixed zip timestamps (byte-for-byte reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-
-
-def latent_input(rng: np.random.Generator, shape) -> np.ndarray:
-    # standard normal latents, rounded to multiples of 2^-10 (still float32; the rounding only makes them compress)
-    z = rng.standard_normal(shape)
-    return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
 
 
 def pixel_input(rng: np.random.Generator, shape) -> np.ndarray:
@@ -333,9 +287,7 @@ def cases_for(model: str) -> list[dict]:
 def main() -> int:
     torch.set_grad_enabled(False)
     diffusers.utils.logging.set_verbosity_error()  # silence the ".to(float16) with no fp32 modules" warning
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    recreate_dir(OUT)
 
     manifest_cases = []
     for model_name in MODELS:
@@ -360,7 +312,7 @@ def main() -> int:
             base_in = case["input_from"] or case["base"]
             if base_in not in inputs:
                 key = f"{model_name}_{base_in}__input"
-                arrays[key] = latent_input(rng, shape) if op == "decode" else pixel_input(rng, shape)
+                arrays[key] = rounded_normal(rng, shape) if op == "decode" else pixel_input(rng, shape)
                 inputs[base_in] = key
             in_key = inputs[base_in]
             x_np = arrays[in_key]
@@ -482,12 +434,7 @@ def main() -> int:
     manifest = {
         "description": "AutoencoderKLCogVideoX parity fixtures; goldens computed by diffusers in float32 on CPU "
         "(16-bit weight files loaded with torch_dtype=float32). Made by tests/reference/make_vae_fixtures.py.",
-        "made_with": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "numpy": np.__version__,
-            "python": sys.version.split()[0],
-        },
+        "made_with": versions(torch, diffusers, np, python=True),
         "tolerance_max_abs": 1e-4,
         "models": {
             name: {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
@@ -497,12 +444,7 @@ def main() -> int:
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
-    total = 0
-    print("\nfiles:")
-    for p in sorted(OUT.rglob("*")):
-        if p.is_file():
-            total += p.stat().st_size
-            print(f"  {p.relative_to(OUT)}  {p.stat().st_size / 1024:.1f} KiB")
+    total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; total size of {OUT.relative_to(ROOT)}: {total / 2**20:.2f} MiB")
     return 0
 
