@@ -127,3 +127,13 @@ def test_emulated_accelerator_has_its_own_statistics():
     cogvideo_c.set_memory_limit("emu", 0)
     with pytest.raises(ValueError, match="unknown device"):
         cogvideo_c.memory_stats("tpu")
+
+
+def test_memory_helpers_agree_with_memory_stats(vae):
+    cogvideo_c.reset_peak_memory_stats()
+    vae.decode(latents(1, 1, 4, 4))
+    stats = cogvideo_c.memory_stats()
+    assert cogvideo_c.memory_allocated() == stats["allocated_bytes.all.current"]
+    assert cogvideo_c.max_memory_allocated() == stats["allocated_bytes.all.peak"]
+    with pytest.raises(ValueError, match=">= 0"):
+        cogvideo_c.set_memory_limit("cpu", -1)

@@ -83,3 +83,21 @@ def test_vae_parity(case):
 
     np.testing.assert_array_equal(x_in, x, err_msg="the input array was modified in place")
     print(f"{case['name']}: " + ", ".join(f"{k} max abs diff {v:.3e}" for k, v in diffs.items()))
+
+
+def test_posterior_sample_mode_and_forward():
+    """sample() = mean + std * N(0, 1) drawn from the generator given (numpy's stream is the outside truth), mode()
+    is the mean, and forward() is decode(encode(x).mode()) as in diffusers."""
+    import os
+
+    import cogvideo_c
+    from conftest import VAE_FIXTURES
+
+    vae = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(os.path.join(VAE_FIXTURES, "tiny"))
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 3, 9, 16, 16)).astype(np.float32)
+    dist = vae.encode(x).latent_dist
+    noise = np.random.default_rng(7).standard_normal(dist.mean.shape, dtype=np.float32)
+    np.testing.assert_array_equal(dist.sample(np.random.default_rng(7)), dist.mean + dist.std * noise)
+    np.testing.assert_array_equal(dist.mode(), dist.mean)
+    np.testing.assert_allclose(dist.std, np.exp(0.5 * np.clip(dist.logvar, -30, 20)), rtol=1e-6)
+    np.testing.assert_array_equal(vae(x).sample, vae.decode(dist.mode()).sample)
