@@ -17,6 +17,13 @@ class FrozenConfig(dict):
         raise AttributeError("the config is frozen")
 
 
+def config_int(value, key):
+    """A config value that must be a whole number (an int, or a float without fraction; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
+    return int(value)
+
+
 def component_dir(path, subfolder=None):
     path = os.fspath(path)
     if subfolder:

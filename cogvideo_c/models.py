@@ -7,6 +7,8 @@ import numpy as np
 from . import configuration
 from ._dtypes import resolve_dtype
 from ._load import _C
+from ._random import draw_standard_normal
+from .configuration import config_int
 from .memory import OutOfMemoryError
 
 
@@ -51,20 +53,7 @@ def _standard_normal(shape, generator):
     """N(0, 1) float32 noise from an int seed, a NumPy Generator, or a torch.Generator (drawn as torch draws it)."""
     if generator is None or isinstance(generator, (int, np.integer)):
         return np.random.default_rng(generator).standard_normal(shape, dtype=np.float32)
-    if isinstance(generator, np.random.Generator):
-        return generator.standard_normal(shape, dtype=np.float32)
-    if type(generator).__module__.startswith("torch"):
-        import torch  # only reached when the caller already uses torch
-
-        return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
-    raise TypeError(f"generator must be an int seed, a numpy Generator or a torch.Generator, not {type(generator)}")
-
-
-def _as_int(cfg, key, default):
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
-    return int(value)
+    return draw_standard_normal(shape, np.float32, generator)
 
 
 class AutoencoderKLCogVideoX:
@@ -95,10 +84,14 @@ class AutoencoderKLCogVideoX:
     def __init__(self, config, weights_path, dtype="float32"):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+
+        def whole(key):
+            return config_int(cfg[key], key)
+
         blocks = cfg["block_out_channels"]
         if not isinstance(blocks, (list, tuple)) or not blocks:
             raise ValueError(f"config 'block_out_channels' must be a non-empty list, got {blocks!r}")
-        blocks = tuple(_as_int({"b": b}, "b", 0) for b in blocks)
+        blocks = tuple(config_int(b, "block_out_channels") for b in blocks)
         n = len(blocks)
         for key, kind in (("down_block_types", "CogVideoXDownBlock3D"), ("up_block_types", "CogVideoXUpBlock3D")):
             types = cfg.get(key, [kind] * n)
@@ -109,14 +102,14 @@ class AutoencoderKLCogVideoX:
         if cfg["use_quant_conv"] or cfg["use_post_quant_conv"]:
             raise ValueError("use_quant_conv / use_post_quant_conv are not supported (no CogVideoX VAE uses them)")
         core_cfg = (
-            _as_int(cfg, "in_channels", 3),
-            _as_int(cfg, "out_channels", 3),
-            _as_int(cfg, "latent_channels", 16),
+            whole("in_channels"),
+            whole("out_channels"),
+            whole("latent_channels"),
             blocks,
-            _as_int(cfg, "layers_per_block", 3),
-            _as_int(cfg, "norm_num_groups", 32),
+            whole("layers_per_block"),
+            whole("norm_num_groups"),
             float(cfg["norm_eps"]),
-            _as_int(cfg, "temporal_compression_ratio", 4),
+            whole("temporal_compression_ratio"),
         )
         cfg["block_out_channels"] = blocks
         self.config = configuration.FrozenConfig(cfg)

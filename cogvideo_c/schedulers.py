@@ -36,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._random import draw_standard_normal
 from .configuration import FrozenConfig
 
 logger = logging.getLogger(__name__)
@@ -267,38 +268,6 @@ def _as_timesteps(timesteps):
 _GLOBAL_RNG = None
 
 
-def _numpy_dtype_to_torch(dtype):
-    import torch  # only reached when the caller passed a torch.Generator
-
-    return {
-        np.dtype(np.float16): torch.float16,
-        np.dtype(np.float32): torch.float32,
-        np.dtype(np.float64): torch.float64,
-    }[np.dtype(dtype)]
-
-
-def _is_torch_generator(g):
-    return type(g).__module__.startswith("torch")
-
-
-def _draw_one(shape, dtype, generator):
-    if _is_torch_generator(generator):
-        import torch
-
-        out = torch.randn(
-            tuple(shape), generator=generator, device=generator.device, dtype=_numpy_dtype_to_torch(dtype)
-        )
-        return out.cpu().numpy()
-    if isinstance(generator, np.random.Generator):
-        return generator.standard_normal(tuple(shape), dtype=np.float32).astype(dtype, copy=False)
-    if hasattr(generator, "standard_normal"):  # RandomState or any duck-typed stream
-        return np.asarray(generator.standard_normal(tuple(shape))).astype(dtype, copy=False)
-    raise TypeError(
-        "generator must be None, an int seed, a numpy.random.Generator, a torch.Generator or a list of them, "
-        f"not {type(generator).__name__}"
-    )
-
-
 class _NoiseSource:
     """Turns diffusers' `generator` argument into draws; int seeds keep one stream per set_timesteps()."""
 
@@ -332,9 +301,9 @@ class _NoiseSource:
             else:
                 if len(shape) == 0 or len(generator) < shape[0]:
                     raise ValueError(f"a list of {len(generator)} generators cannot draw a batch of shape {shape}")
-                rows = [_draw_one((1,) + shape[1:], dtype, self._resolve(g)) for g in generator[: shape[0]]]
+                rows = [draw_standard_normal((1,) + shape[1:], dtype, self._resolve(g)) for g in generator[: shape[0]]]
                 return np.concatenate(rows, axis=0)
-        return _draw_one(shape, dtype, self._resolve(generator))
+        return draw_standard_normal(shape, dtype, self._resolve(generator))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,19 +7,13 @@ import numpy as np
 from . import configuration
 from ._dtypes import resolve_dtype
 from ._load import _C
+from .configuration import config_int
 from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
 
 
 @dataclass
 class Transformer2DModelOutput:
     sample: np.ndarray
-
-
-def _int(cfg, key):
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
-    return int(value)
 
 
 class CogVideoXTransformer3DModel:
@@ -42,23 +36,27 @@ class CogVideoXTransformer3DModel:
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
         if cfg["activation_fn"] != "gelu-approximate" or cfg["timestep_activation_fn"] != "silu":
             raise ValueError("only activation_fn 'gelu-approximate' and timestep_activation_fn 'silu' are supported")
+
+        def whole(key):
+            return config_int(cfg[key], key)
+
         rotary, learned = bool(cfg["use_rotary_positional_embeddings"]), bool(cfg["use_learned_positional_embeddings"])
         if learned and not rotary:
             raise ValueError("learned positional embeddings without rotary embeddings match no CogVideoX model")
-        heads, hd = _int(cfg, "num_attention_heads"), _int(cfg, "attention_head_dim")
-        p, pt = _int(cfg, "patch_size"), cfg["patch_size_t"]
+        heads, hd = whole("num_attention_heads"), whole("attention_head_dim")
+        p, pt = whole("patch_size"), cfg["patch_size_t"]
         pt = None if pt is None else int(pt)
         self.inner_dim = heads * hd
         rows = 0
         if learned:
-            frames = (_int(cfg, "sample_frames") - 1) // _int(cfg, "temporal_compression_ratio") + 1
-            rows = _int(cfg, "max_text_seq_length") + frames * (cfg["sample_height"] // p) * (cfg["sample_width"] // p)
+            frames = (whole("sample_frames") - 1) // whole("temporal_compression_ratio") + 1
+            rows = whole("max_text_seq_length") + frames * (cfg["sample_height"] // p) * (cfg["sample_width"] // p)
         core_cfg = (
-            heads, hd, _int(cfg, "in_channels"), _int(cfg, "out_channels"), int(bool(cfg["flip_sin_to_cos"])),
-            _int(cfg, "freq_shift"), _int(cfg, "time_embed_dim"), int(cfg["ofs_embed_dim"] or 0),
-            _int(cfg, "text_embed_dim"), _int(cfg, "num_layers"), int(bool(cfg["attention_bias"])),
+            heads, hd, whole("in_channels"), whole("out_channels"), int(bool(cfg["flip_sin_to_cos"])),
+            whole("freq_shift"), whole("time_embed_dim"), int(cfg["ofs_embed_dim"] or 0),
+            whole("text_embed_dim"), whole("num_layers"), int(bool(cfg["attention_bias"])),
             int(bool(cfg["patch_bias"])), int(bool(cfg["norm_elementwise_affine"])), p, pt or 0,
-            _int(cfg, "max_text_seq_length"), int(learned), rows, float(cfg["norm_eps"]),
+            whole("max_text_seq_length"), int(learned), rows, float(cfg["norm_eps"]),
         )  # fmt: skip
         self.config = configuration.FrozenConfig(cfg)
         self.dtype = dtype
