@@ -58,6 +58,7 @@ cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dt
         return CVX_FAIL(CVX_ERR_OOM, "out of host memory building T5");
     }
     cvx_weights *ws = &t5->weights;
+    ws->dtype = dtype;
     ws->ignored = cfg->ignored_name;
     const int64_t d = cfg->d_model, inner = (int64_t)cfg->num_heads * cfg->d_kv, f = cfg->d_ff;
     /* group 0: embedding and final norm; group 1 + i: block i (block 0 also owns the relative bias table) */

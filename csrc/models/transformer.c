@@ -133,6 +133,7 @@ cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_s
     tr->cfg = *cfg;
     tr->D = cfg->num_attention_heads * cfg->attention_head_dim;
     tr->dtype = dtype;
+    tr->weights.dtype = dtype;
     cvx_status st_ = declare(tr);
     if (st_ == CVX_OK)
         st_ = st ? cvx_weights_load(&tr->weights, st, dtype) : cvx_weights_init_random(&tr->weights, dtype, seed);

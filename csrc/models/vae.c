@@ -73,6 +73,7 @@ struct cvx_vae {
 static void decl_conv(cvx_weights *ws, int group, cvx_conv_weight *cw, int co, int ci, int kt, int kh, int kw, int ndim,
                       const char *prefix) {
     cw->co = co, cw->ci = ci, cw->kt = kt, cw->kh = kh, cw->kw = kw;
+    cw->dtype = ws->dtype; /* the weights are stored in the run dtype; the conv widens them on use */
     const int64_t shape5[5] = {co, ci, kt, kh, kw}, shape4[4] = {co, ci, kh, kw}, bias[1] = {co};
     cvx_weights_declare(ws, group, 0, (void **)&cw->w, ndim, ndim == 5 ? shape5 : shape4, "%s.weight", prefix);
     cvx_weights_declare(ws, group, 1, (void **)&cw->bias, 1, bias, "%s.bias", prefix);
@@ -229,6 +230,7 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
     if (!vae) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the VAE");
     vae->cfg = *cfg;
     vae->compress_levels = levels;
+    vae->weights.dtype = dtype; /* before declaring: the conv descriptors record it */
     if ((st_ = declare_encoder(vae)) != CVX_OK || (st_ = declare_decoder(vae)) != CVX_OK ||
         (st_ = cvx_weights_load(&vae->weights, st, dtype)) != CVX_OK) {
         cvx_vae_free(vae);

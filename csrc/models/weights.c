@@ -94,6 +94,9 @@ static cvx_status alloc_groups(cvx_weights *ws, cvx_dtype dtype) {
 
 cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype) {
     if (ws->decl_status != CVX_OK) return ws->decl_status;
+    if (dtype != ws->dtype)
+        return CVX_FAIL(CVX_ERR_INTERNAL, "weights declared for %s are loaded as %s", cvx_dtype_name(ws->dtype),
+                        cvx_dtype_name(dtype));
     char missing[512] = "", unexpected[512] = "", mismatched[768] = "";
     int n_missing = 0, n_unexpected = 0, n_mismatched = 0;
     for (int i = 0; i < ws->count; i++) {
@@ -169,6 +172,9 @@ static uint64_t splitmix64(uint64_t *state) {
 
 cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed) {
     if (ws->decl_status != CVX_OK) return ws->decl_status;
+    if (dtype != ws->dtype)
+        return CVX_FAIL(CVX_ERR_INTERNAL, "weights declared for %s are initialised as %s", cvx_dtype_name(ws->dtype),
+                        cvx_dtype_name(dtype));
     CVX_CHECK(alloc_groups(ws, dtype));
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < ws->count; i++) {

@@ -26,6 +26,7 @@ typedef struct cvx_weights {
     cvx_weight_decl *decls;
     int count, capacity;
     int num_groups;
+    cvx_dtype dtype;        /* the dtype non-vector weights are stored in; models set it before declaring */
     void **group_data;      /* [num_groups] one buffer each */
     int64_t *group_bytes;   /* [num_groups] */
     cvx_status decl_status; /* first failure while declaring, reported by cvx_weights_load */
