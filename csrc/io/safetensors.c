@@ -402,7 +402,8 @@ cvx_status cvx_st_open(const char *path, cvx_st_file **out) {
     *out = NULL;
     cvx_st_file *f = calloc(1, sizeof(*f));
     if (!f) return CVX_FAIL(CVX_ERR_OOM, "out of memory opening '%s'", path);
-    cvx_status st = st_ends_with(path, ".index.json") ? st_open_index(f, path) : st_open_single(f, path);
+    /* any .json is an index: diffusers names a variant's "x.safetensors.index.fp16.json" */
+    cvx_status st = st_ends_with(path, ".json") ? st_open_index(f, path) : st_open_single(f, path);
     if (st != CVX_OK) {
         cvx_st_close(f);
         return st;

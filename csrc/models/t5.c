@@ -102,6 +102,7 @@ void cvx_t5_free(cvx_t5 *t5) {
 int64_t cvx_t5_weight_bytes(const cvx_t5 *t5) { return cvx_weights_total_bytes(&t5->weights); }
 
 int cvx_t5_num_weight_groups(const cvx_t5 *t5) { return t5->weights.num_groups; }
+const cvx_weights *cvx_t5_weights(const cvx_t5 *t5) { return &t5->weights; }
 
 /* T5's bidirectional relative position bucket of rel = key - query, in f32 as transformers computes it. */
 static int relative_bucket(int64_t rel, int num_buckets, int max_distance) {

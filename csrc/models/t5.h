@@ -4,6 +4,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "weights.h"
 
 typedef struct cvx_t5_config {
     int vocab_size, d_model, d_kv, num_heads, d_ff, num_layers;
@@ -21,6 +22,8 @@ cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dt
 void cvx_t5_free(cvx_t5 *t5);
 int64_t cvx_t5_weight_bytes(const cvx_t5 *t5);
 int cvx_t5_num_weight_groups(const cvx_t5 *t5);
+/* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */
+const cvx_weights *cvx_t5_weights(const cvx_t5 *t5);
 
 /* ids [B, S] (int64) -> out [B, S, d_model] f32, allocated here. mask [B, S] (1 attend, 0 not) or NULL. */
 cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S, cvx_tensor *out);

@@ -155,6 +155,7 @@ void cvx_transformer_free(cvx_transformer *tr) {
 int64_t cvx_transformer_weight_bytes(const cvx_transformer *tr) { return cvx_weights_total_bytes(&tr->weights); }
 
 int cvx_transformer_num_weight_groups(const cvx_transformer *tr) { return tr->weights.num_groups; }
+const cvx_weights *cvx_transformer_weights(const cvx_transformer *tr) { return &tr->weights; }
 
 /* ---- layers ----------------------------------------------------------------------------------------------------- */
 

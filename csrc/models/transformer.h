@@ -5,6 +5,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "weights.h"
 
 typedef struct cvx_transformer_config {
     int num_attention_heads, attention_head_dim;
@@ -29,6 +30,8 @@ cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_s
 void cvx_transformer_free(cvx_transformer *tr);
 int64_t cvx_transformer_weight_bytes(const cvx_transformer *tr);
 int cvx_transformer_num_weight_groups(const cvx_transformer *tr);
+/* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */
+const cvx_weights *cvx_transformer_weights(const cvx_transformer *tr);
 
 typedef struct cvx_transformer_inputs {
     const cvx_tensor *hidden; /* latents [B, F, C, H, W] */

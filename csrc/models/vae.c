@@ -253,6 +253,7 @@ void cvx_vae_free(cvx_vae *vae) {
 int64_t cvx_vae_weight_bytes(const cvx_vae *vae) { return cvx_weights_total_bytes(&vae->weights); }
 
 int cvx_vae_num_weight_groups(const cvx_vae *vae) { return vae->weights.num_groups; }
+const cvx_weights *cvx_vae_weights(const cvx_vae *vae) { return &vae->weights; }
 
 /* ---- layers ----------------------------------------------------------------------------------------------------- */
 

@@ -5,6 +5,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "weights.h"
 
 #define CVX_VAE_MAX_BLOCKS 8
 
@@ -31,6 +32,8 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
 void cvx_vae_free(cvx_vae *vae);
 int64_t cvx_vae_weight_bytes(const cvx_vae *vae);
 int cvx_vae_num_weight_groups(const cvx_vae *vae);
+/* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */
+const cvx_weights *cvx_vae_weights(const cvx_vae *vae);
 
 /* z [B, latent, F, h, w] -> out [B, out_channels, F', h', w'] (allocated here). Output size is known before any
  * work: cvx_vae_decode_shape. */

@@ -198,6 +198,54 @@ static void tensor_view(PyArrayObject *arr, cvx_tensor *t) {
     for (int i = 0; i < t->ndim; i++) t->shape[i] = PyArray_DIM(arr, i);
 }
 
+/* ---- weights out (save_pretrained) ------------------------------------------------------------------------------- */
+
+/* weight_info() -> [(name, dtype, shape)] in declaration order. Every tensor is reported in the model's weight
+ * dtype, also the small vectors kept in f32 for computing: with a 16-bit dtype they were rounded through it at load,
+ * so narrowing them back is exact and a saved 16-bit model holds only 16-bit tensors (as diffusers saves it). */
+static PyObject *weights_info(const cvx_weights *ws) {
+    if (!ws || !ws->decls) {
+        PyErr_SetString(PyExc_ValueError, "the model holds no weights (it was not initialised)");
+        return NULL;
+    }
+    PyObject *out = PyList_New(ws->count);
+    for (int i = 0; out && i < ws->count; i++) {
+        const cvx_weight_decl *d = &ws->decls[i];
+        PyObject *shape = PyTuple_New(d->ndim);
+        for (int k = 0; shape && k < d->ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(d->shape[k]));
+        PyObject *item = shape ? Py_BuildValue("(ssN)", d->name, cvx_dtype_name(ws->dtype), shape) : NULL;
+        if (!item)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* weight_data(i) -> a copy of tensor i of weight_info() in the weight dtype: float32 / float16 arrays, and for
+ * bfloat16 (which NumPy lacks) a uint16 array of the bfloat16 bit patterns. */
+static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
+    if (!ws || !ws->decls) {
+        PyErr_SetString(PyExc_ValueError, "the model holds no weights (it was not initialised)");
+        return NULL;
+    }
+    const long i = PyLong_AsLong(index_obj);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= ws->count) {
+        PyErr_Format(PyExc_IndexError, "weight index %ld is outside [0, %d)", i, ws->count);
+        return NULL;
+    }
+    const cvx_weight_decl *d = &ws->decls[i];
+    npy_intp dims[5];
+    size_t n = 1;
+    for (int k = 0; k < d->ndim; k++) n *= (size_t)(dims[k] = (npy_intp)d->shape[k]);
+    const int npy_type = ws->dtype == CVX_F16 ? NPY_FLOAT16 : ws->dtype == CVX_BF16 ? NPY_UINT16 : NPY_FLOAT32;
+    PyObject *arr = PyArray_SimpleNew(d->ndim, dims, npy_type);
+    if (!arr) return NULL;
+    cvx_convert(PyArray_DATA((PyArrayObject *)arr), ws->dtype, *d->slot, d->as_f32 ? CVX_F32 : ws->dtype, n);
+    return arr;
+}
+
 /* ---- the VAE ------------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -316,7 +364,18 @@ static PyObject *VAE_weight_groups(VAEObject *self, void *closure) {
     return PyLong_FromLong(cvx_vae_num_weight_groups(self->vae));
 }
 
+static PyObject *VAE_weight_info(VAEObject *self, PyObject *noargs) {
+    (void)noargs;
+    return weights_info(self->vae ? cvx_vae_weights(self->vae) : NULL);
+}
+
+static PyObject *VAE_weight_data(VAEObject *self, PyObject *index) {
+    return weights_data(self->vae ? cvx_vae_weights(self->vae) : NULL, index);
+}
+
 static PyMethodDef VAE_methods[] = {
+    {"weight_info", (PyCFunction)VAE_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
+    {"weight_data", (PyCFunction)VAE_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z, slicing=False, tiling=None) -> ndarray"},
     {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x, slicing=False, tiling=None) -> moments ndarray"},
     {"output_shape", (PyCFunction)VAE_output_shape, METH_VARARGS,
@@ -451,7 +510,18 @@ static PyObject *Transformer_weight_groups(TransformerObject *self, void *closur
     return PyLong_FromLong(cvx_transformer_num_weight_groups(self->tr));
 }
 
+static PyObject *Transformer_weight_info(TransformerObject *self, PyObject *noargs) {
+    (void)noargs;
+    return weights_info(self->tr ? cvx_transformer_weights(self->tr) : NULL);
+}
+
+static PyObject *Transformer_weight_data(TransformerObject *self, PyObject *index) {
+    return weights_data(self->tr ? cvx_transformer_weights(self->tr) : NULL, index);
+}
+
 static PyMethodDef Transformer_methods[] = {
+    {"weight_info", (PyCFunction)Transformer_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
+    {"weight_data", (PyCFunction)Transformer_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"forward", (PyCFunction)Transformer_forward, METH_VARARGS,
      "forward(hidden, text, timestep, ofs, pos_table, use_learned, rope_cos, rope_sin) -> ndarray"},
     {NULL, NULL, 0, NULL},
@@ -567,7 +637,18 @@ static PyObject *T5_weight_groups(T5Object *self, void *closure) {
     return PyLong_FromLong(cvx_t5_num_weight_groups(self->t5));
 }
 
+static PyObject *T5_weight_info(T5Object *self, PyObject *noargs) {
+    (void)noargs;
+    return weights_info(self->t5 ? cvx_t5_weights(self->t5) : NULL);
+}
+
+static PyObject *T5_weight_data(T5Object *self, PyObject *index) {
+    return weights_data(self->t5 ? cvx_t5_weights(self->t5) : NULL, index);
+}
+
 static PyMethodDef T5_methods[] = {
+    {"weight_info", (PyCFunction)T5_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
+    {"weight_data", (PyCFunction)T5_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"forward", (PyCFunction)T5_forward, METH_VARARGS, "forward(input_ids, attention_mask=None) -> ndarray"},
     {NULL, NULL, 0, NULL},
 };
