@@ -11,7 +11,7 @@ from .memory import (
     set_memory_limit,
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
-from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput
+from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput, DiffusionPipeline
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
@@ -33,6 +33,7 @@ def cuda_is_available():
 
 __all__ = [
     "CogVideoXPipeline",
+    "DiffusionPipeline",
     "CogVideoXPipelineOutput",
     "CogVideoXDDIMScheduler",
     "CogVideoXDPMScheduler",

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import configuration
-from ._dtypes import resolve_dtype
 from ._load import _C
 from ._random import draw_standard_normal
 from .configuration import config_int
 from .memory import OutOfMemoryError
+from .modeling import ModelMixin, load_dtype, warn_ignored
+from .safetensors_io import find_weights
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _standard_normal(shape, generator):
     return draw_standard_normal(shape, np.float32, generator)
 
 
-class AutoencoderKLCogVideoX:
+class AutoencoderKLCogVideoX(ModelMixin):
     """diffusers.AutoencoderKLCogVideoX on the cogvideo_c core: decode/encode with frame batches, slicing, tiling."""
 
     _DEFAULTS = dict(
@@ -126,12 +127,17 @@ class AutoencoderKLCogVideoX:
         self.tile_overlap_factor_width = 1 / 5
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
-        """Loads a diffusers-layout folder (config.json + safetensors). torch_dtype: float32 (default), float16,
-        bfloat16, as a string, NumPy or torch dtype; weights are converted at load."""
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
+                        variant=None, **kwargs):  # fmt: skip
+        """Loads a diffusers-layout folder (config.json + safetensors, sharded or not). dtype (or its older name
+        torch_dtype): float32 (default), float16, bfloat16, as a string, NumPy or torch dtype; weights are converted
+        at load. variant="fp16" loads diffusion_pytorch_model.fp16.safetensors (or its sharded index). Other
+        keyword arguments (hub options) are accepted with a warning."""
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, "AutoencoderKLCogVideoX")
-        return cls(cfg, configuration.weights_file(folder), resolve_dtype(torch_dtype))
+        run_dtype = load_dtype(dtype, torch_dtype)
+        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
+        return cls(cfg, find_weights(folder, variant=variant), run_dtype)
 
     @property
     def weight_bytes(self):

@@ -1,15 +1,21 @@
-"""CogVideoXPipeline with diffusers' name, from_pretrained, call signature and numbers, on the C core."""
+"""DiffusionPipeline and CogVideoXPipeline with diffusers' names, from_pretrained, call signature and numbers, on the
+C core."""
 
+import copy
 import inspect
 import json
 import math
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import configuration
-from ._dtypes import resolve_dtype
+from .configuration import FrozenConfig
+from .memory import OutOfMemoryError
+from .modeling import CPU, DIFFUSERS_VERSION, ModelMixin, check_device, load_dtype, parse_to_args, warn_ignored
 from .models import AutoencoderKLCogVideoX, _standard_normal
 from .t5 import T5EncoderModel
 from .transformer import CogVideoXTransformer3DModel
@@ -17,6 +23,9 @@ from .transformer import CogVideoXTransformer3DModel
 
 @dataclass
 class CogVideoXPipelineOutput:
+    """frames: a list (one per video) of lists of PIL images, a [B, F, H, W, 3] float32 array in [0, 1] ("np"),
+    or the final latents [B, F, C, h, w] ("latent")."""
+
     frames: object
 
 
@@ -36,35 +45,112 @@ def _component_classes():
     }
 
 
-def _progress(total, disable):
+_TRANSFORMERS_CLASSES = ("T5Tokenizer", "T5TokenizerFast", "T5EncoderModel")
+
+# T5Tokenizer.__call__ configures the shared `tokenizers` backend (padding, truncation) and then encodes: two
+# threads must not interleave those steps, whichever pipelines the tokenizer is shared by.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def _has_variant(folder, variant):
+    """diffusers' _identify_model_variants test: a file whose second dot-part starts with the variant."""
+    return any(len(p.split(".")) > 1 and p.split(".")[1].startswith(variant) for p in os.listdir(folder))
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite_array(value, name):
+    """value as a float32 array; ValueError when it is not real-valued or holds NaN / inf (nothing can denoise
+    from them, and they would surface only as a black video after the whole loop)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"`{name}` must be a real-valued array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`{name}` holds {int(bad.sum())} NaN or infinite value(s) of {arr.size} (the first at index {first}): "
+            "a video cannot be generated from them"
+        )
+    return arr
+
+
+def _host_memory_bytes():
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency; without it the loop just runs
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf: no bound beyond what allocation itself reports
         return None
-    return tqdm(total=total, disable=disable)
 
 
-class CogVideoXPipeline:
-    """Text-to-video with CogVideoX: T5 prompt encoding, the transformer denoising loop with classifier-free
-    guidance, and the VAE decode, exactly as diffusers' CogVideoXPipeline computes them."""
+class _CallState:
+    """What one pipeline call exposes through the pipeline's properties (diffusers keeps these on the pipeline;
+    here each call has its own, so concurrent calls cannot change each other's guidance or stop flag)."""
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    __slots__ = ("guidance_scale", "num_timesteps", "attention_kwargs", "current_timestep", "interrupt")
 
-    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler):
-        self.tokenizer, self.text_encoder, self.vae = tokenizer, text_encoder, vae
-        self.transformer, self.scheduler = transformer, scheduler
-        self.vae_scale_factor_spatial = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8
-        self.vae_scale_factor_temporal = vae.config.temporal_compression_ratio if vae else 4
-        self.vae_scaling_factor_image = vae.config.scaling_factor if vae else 0.7
-        self._progress_disable = False
+    def __init__(self, guidance_scale, attention_kwargs):
+        self.guidance_scale = guidance_scale
+        self.attention_kwargs = attention_kwargs
+        self.num_timesteps = None
+        self.current_timestep = None
+        self.interrupt = False
+
+
+class DiffusionPipeline:
+    """Base class of the pipelines, as diffusers.DiffusionPipeline: loading from a diffusers folder
+    (`DiffusionPipeline.from_pretrained` picks the class that model_index.json names), saving, `components`,
+    `config`, `device`, `dtype`, `to()`, the progress bar, and the per-call state behind `guidance_scale`,
+    `num_timesteps`, `interrupt`.
+
+    One pipeline object may be called from several threads at once: every call runs on its own copy of the
+    scheduler and keeps its guidance scale, timestep count and interrupt flag to itself. The properties read the
+    state of the calling thread's current (or last) call, or of the last call started anywhere."""
+
+    config_name = "model_index.json"
+    model_cpu_offload_seq = None
+    _optional_components = []
+    _pipelines = {}  # class name -> class, filled by __init_subclass__
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        DiffusionPipeline._pipelines[cls.__name__] = cls
+
+    def __init__(self):
+        self._name_or_path = None
+        self._progress_bar_config = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._running = []  # _CallState of the calls in flight
+        self._last_call = None
+        self._warned = set()
 
     # ---- loading -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, **kwargs):
-        """A folder in diffusers layout: model_index.json naming tokenizer, text_encoder, vae, transformer and
-        scheduler, each in its own subfolder. Components passed as keyword arguments are used as given."""
+    def _component_names(cls):
+        return [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs")]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Loads a local folder in diffusers layout: model_index.json naming each component, each in its own
+        subfolder.
+
+        On `DiffusionPipeline` itself the pipeline class is the one model_index.json's `_class_name` names (an
+        unknown one is a ValueError); on a subclass it is that class.
+
+        Keyword arguments:
+            dtype (or its older name torch_dtype): float32 (default), float16 or bfloat16, as a string, NumPy or
+                torch dtype; or a dict {component name: dtype, "default": dtype} as diffusers accepts.
+            variant: e.g. "fp16": components whose folder holds that variant load "<weights>.fp16.safetensors"
+                (the others their usual weights); no component with it is a ValueError, as in diffusers.
+            tokenizer, text_encoder, vae, transformer, scheduler: a ready component, used as given.
+            Hub options (cache_dir, revision, ...) are accepted with one warning: cogvideo_c reads local folders.
+        """
         root = configuration.component_dir(pretrained_model_name_or_path)
         index_path = os.path.join(root, "model_index.json")
         try:
@@ -76,13 +162,49 @@ class CogVideoXPipeline:
             raise ValueError(f"{index_path} is not valid JSON: {err}") from None
         if not isinstance(index, dict):
             raise ValueError(f"{index_path} must hold a JSON object")
-        dtype = resolve_dtype(torch_dtype)
+        target = cls
+        if cls is DiffusionPipeline:
+            name = index.get("_class_name")
+            target = DiffusionPipeline._pipelines.get(name) if isinstance(name, str) else None
+            if target is None:
+                raise ValueError(
+                    f"{index_path} names the pipeline class {name!r}, which cogvideo_c does not provide (it has "
+                    f"{sorted(DiffusionPipeline._pipelines)})"
+                )
+        pipe = target._load_components(root, index_path, index, kwargs)
+        pipe._name_or_path = os.fspath(pretrained_model_name_or_path)
+        return pipe
+
+    @classmethod
+    def _load_components(cls, root, index_path, index, kwargs):
+        kwargs = dict(kwargs)
+        dtype_arg = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if dtype_arg is not None and torch_dtype is not None:
+            raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
+        dtype_arg = dtype_arg if dtype_arg is not None else torch_dtype
+        variant = kwargs.pop("variant", None)
         classes = _component_classes()
+        names = cls._component_names()
+        given = {n: kwargs.pop(n) for n in names if n in kwargs}
+        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs, stacklevel=4)
+        variants = {}
+        if variant is not None:
+            for n in names:
+                folder = os.path.join(root, n)
+                if n not in given and os.path.isdir(folder) and _has_variant(folder, variant):
+                    variants[n] = variant
+            if not variants:
+                raise ValueError(
+                    f"You are trying to load the model files of the `variant={variant}`, but no such modeling files "
+                    f"are available in '{root}'."
+                )
         parts = {}
-        for name, known in classes.items():
-            if name in kwargs:
-                parts[name] = kwargs[name]
+        for name in names:
+            if name in given:
+                parts[name] = given[name]
                 continue
+            known = classes.get(name, {})
             entry = index.get(name)
             if not (isinstance(entry, list) and len(entry) == 2):
                 raise ValueError(f"{index_path} does not name a '{name}' component")
@@ -95,16 +217,121 @@ class CogVideoXPipeline:
             folder = os.path.join(root, name)
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"the '{name}' component folder is missing: {folder}")
-            loader = known[class_name].from_pretrained
-            parts[name] = loader(folder, torch_dtype=dtype) if "torch_dtype" in inspect.signature(loader).parameters \
-                else loader(folder)  # fmt: skip
+            component_cls = known[class_name]
+            load_kwargs = {}
+            if issubclass(component_cls, ModelMixin):
+                if isinstance(dtype_arg, dict):
+                    load_kwargs["dtype"] = load_dtype(dtype_arg.get(name, dtype_arg.get("default")), None)
+                else:
+                    load_kwargs["dtype"] = load_dtype(dtype_arg, None)
+                load_kwargs["variant"] = variants.get(name)
+            parts[name] = component_cls.from_pretrained(folder, **load_kwargs)
         return cls(**parts)
 
-    # ---- diffusers' device and memory API ------------------------------------------------------------------
+    # ---- what the pipeline is made of ----------------------------------------------------------------------
 
-    def to(self, device=None, *args, **kwargs):
-        if device is not None and not str(device).startswith("cpu"):
-            raise ValueError(f"device {device!r}: this build runs on the CPU (the CUDA backend is not built yet)")
+    @property
+    def components(self):
+        """{name: component} in the order of the constructor's arguments: `OtherPipeline(**pipe.components)`
+        shares the loaded weights."""
+        return {name: getattr(self, name) for name in self._component_names()}
+
+    @property
+    def name_or_path(self):
+        """The folder the pipeline was loaded from (None when built from components)."""
+        return self._name_or_path
+
+    @property
+    def config(self):
+        """model_index.json as diffusers writes it: _class_name, _diffusers_version and [library, class] of each
+        component (from the components held now, so a swapped scheduler shows), plus _name_or_path."""
+        cfg = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION}
+        if self._name_or_path is not None:
+            cfg["_name_or_path"] = self._name_or_path
+        for name, component in self.components.items():
+            if component is None:
+                cfg[name] = [None, None]
+                continue
+            class_name = type(component).__name__
+            if type(component).__module__.split(".")[0] == "cogvideo_c":
+                library = "transformers" if class_name in _TRANSFORMERS_CLASSES else "diffusers"
+            else:
+                library = type(component).__module__.split(".")[0]
+            cfg[name] = [library, class_name]
+        return FrozenConfig(cfg)
+
+    def __repr__(self):
+        return f"{type(self).__name__} {json.dumps(dict(self.config), indent=2, sort_keys=True)}\n"
+
+    def _models(self):
+        return [c for c in self.components.values() if isinstance(c, ModelMixin)]
+
+    @property
+    def device(self):
+        """The device the pipeline computes on: the CPU in this build (a str with torch.device's `.type`)."""
+        return CPU
+
+    @property
+    def _execution_device(self):
+        return CPU
+
+    @property
+    def dtype(self):
+        """The weight dtype of the denoiser (the transformer), or of the first model component: "float32",
+        "float16" or "bfloat16". (diffusers reports the first torch module it finds.)"""
+        denoiser = getattr(self, "transformer", None)
+        if isinstance(denoiser, ModelMixin):
+            return denoiser.dtype
+        models = self._models()
+        return models[0].dtype if models else "float32"
+
+    # ---- saving --------------------------------------------------------------------------------------------
+
+    def save_config(self, save_directory):
+        """Writes model_index.json (the config without _name_or_path) into save_directory; returns its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        cfg = {k: v for k, v in self.config.items() if k != "_name_or_path"}
+        path = os.path.join(save_directory, self.config_name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def save_pretrained(self, save_directory, safe_serialization=True, variant=None, max_shard_size=None,
+                        push_to_hub=False, **kwargs):  # fmt: skip
+        """Saves every component into its subfolder of save_directory (models as config.json + safetensors in
+        their dtype, the scheduler's scheduler_config.json, the tokenizer's files) and model_index.json, so that
+        from_pretrained(save_directory) rebuilds the same pipeline, as diffusers' DiffusionPipeline.save_pretrained.
+
+        variant: model weights go to "<name>.<variant>.safetensors" (load with variant=...). max_shard_size: as
+        the models' save_pretrained (bytes or "10GB"). Only safetensors are written; nothing is uploaded."""
+        if not safe_serialization:
+            raise ValueError("cogvideo_c writes safetensors only (safe_serialization=False would need torch.save)")
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported: cogvideo_c does not upload (use huggingface-cli upload)")
+        warn_ignored(f"{type(self).__name__}.save_pretrained", kwargs)
+        for name, component in self.components.items():
+            save = getattr(component, "save_pretrained", None)
+            if save is None:
+                raise ValueError(f"the '{name}' component ({type(component).__name__}) has no save_pretrained")
+            accepted = inspect.signature(save).parameters
+            save_kwargs = {}
+            if "variant" in accepted:
+                save_kwargs["variant"] = variant
+            if "max_shard_size" in accepted and max_shard_size is not None:
+                save_kwargs["max_shard_size"] = max_shard_size
+            save(os.path.join(save_directory, name), **save_kwargs)
+        self.save_config(save_directory)
+
+    # ---- device, dtype, memory -----------------------------------------------------------------------------
+
+    def to(self, *args, **kwargs):
+        """diffusers' pipe.to(device), pipe.to(dtype), pipe.to(device, dtype), pipe.to(device=..., dtype=...)
+        (torch_dtype= is also accepted). The device must be the CPU in this build. A dtype converts the weights of
+        every model component from the weights held now, as torch's .to(dtype) does. Returns the pipeline."""
+        _, dtype = parse_to_args(args, kwargs)
+        if dtype is not None:
+            for model in self._models():
+                model.to(dtype=dtype)
         return self
 
     def enable_model_cpu_offload(self, gpu_id=None, device=None):
@@ -113,21 +340,178 @@ class CogVideoXPipeline:
     def enable_sequential_cpu_offload(self, gpu_id=None, device=None):
         """On the CPU backend every component already lives in host memory: nothing to stream."""
 
-    def set_progress_bar_config(self, disable=False, **kwargs):
-        self._progress_disable = disable
+    def maybe_free_model_hooks(self):
+        """No offload hooks exist on the CPU backend: nothing to free."""
+
+    def enable_vae_slicing(self):
+        """Decode one video of a batch at a time (the same as `pipe.vae.enable_slicing()`)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self):
+        """Decode the whole batch at once again (`pipe.vae.disable_slicing()`)."""
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self):
+        """Decode in overlapping spatial tiles to bound memory (`pipe.vae.enable_tiling()`)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self):
+        """Decode whole frames again (`pipe.vae.disable_tiling()`)."""
+        self.vae.disable_tiling()
+
+    # ---- progress bar --------------------------------------------------------------------------------------
+
+    def progress_bar(self, iterable=None, total=None):
+        """A tqdm bar over `iterable`, or with `total` steps, configured by set_progress_bar_config (diffusers)."""
+        from tqdm.auto import tqdm
+
+        if not isinstance(self._progress_bar_config, dict):
+            raise ValueError(
+                f"`self._progress_bar_config` should be of type `dict`, but is {type(self._progress_bar_config)}."
+            )
+        if iterable is not None:
+            return tqdm(iterable, **self._progress_bar_config)
+        if total is not None:
+            return tqdm(total=total, **self._progress_bar_config)
+        raise ValueError("Either `total` or `iterable` has to be defined.")
+
+    def set_progress_bar_config(self, **kwargs):
+        """Keyword arguments for tqdm in every later progress bar (e.g. disable=True), replacing earlier ones."""
+        self._progress_bar_config = kwargs
+
+    # ---- per-call state ------------------------------------------------------------------------------------
+
+    def _begin_call(self, guidance_scale, attention_kwargs):
+        state = _CallState(guidance_scale, attention_kwargs)
+        self._local.active = state
+        self._local.last = state
+        with self._lock:
+            self._running.append(state)
+            self._last_call = state
+        return state
+
+    def _end_call(self, state):
+        self._local.active = None
+        with self._lock:
+            self._running.remove(state)
+
+    def _state(self):
+        return getattr(self._local, "active", None) or getattr(self._local, "last", None) or self._last_call
+
+    @property
+    def guidance_scale(self):
+        """The guidance scale of the current (or last) call; with use_dynamic_cfg, the current step's."""
+        state = self._state()
+        return None if state is None else state.guidance_scale
+
+    @property
+    def num_timesteps(self):
+        """How many denoising steps the current (or last) call runs."""
+        state = self._state()
+        return None if state is None else state.num_timesteps
+
+    @property
+    def attention_kwargs(self):
+        """The attention_kwargs given to the current (or last) call."""
+        state = self._state()
+        return None if state is None else state.attention_kwargs
+
+    @property
+    def current_timestep(self):
+        """The timestep being denoised by the current call (None outside the loop)."""
+        state = self._state()
+        return None if state is None else state.current_timestep
+
+    @property
+    def interrupt(self):
+        """True once the current call was asked to stop (`pipe._interrupt = True`)."""
+        state = self._state()
+        return False if state is None else state.interrupt
+
+    @property
+    def _interrupt(self):
+        return self.interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value):
+        """diffusers' stop flag: set inside a callback it stops that call's loop (the remaining steps are skipped
+        and the latents reached so far are decoded); set from any other thread it stops every call in flight."""
+        active = getattr(self._local, "active", None)
+        if active is not None:
+            active.interrupt = bool(value)
+            return
+        with self._lock:
+            for state in self._running:
+                state.interrupt = bool(value)
+
+    def _warn_once(self, argument, message):
+        """Warns once per pipeline object and argument that an accepted argument is not acted on."""
+        with self._lock:
+            if argument in self._warned:
+                return
+            self._warned.add(argument)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+class CogVideoXPipeline(DiffusionPipeline):
+    """Text-to-video with CogVideoX: T5 prompt encoding, the transformer denoising loop with classifier-free
+    guidance, and the VAE decode, exactly as diffusers' CogVideoXPipeline computes them.
+
+    Args:
+        tokenizer (T5Tokenizer): turns prompts into T5 token ids.
+        text_encoder (T5EncoderModel): the frozen T5 v1.1 encoder giving the prompt embeddings.
+        vae (AutoencoderKLCogVideoX): decodes the denoised latents to frames.
+        transformer (CogVideoXTransformer3DModel): the denoiser.
+        scheduler (CogVideoXDDIMScheduler, CogVideoXDPMScheduler or DDIMScheduler): the sampler. Each call runs
+            on its own copy of it (so concurrent calls cannot disturb each other); `pipe.scheduler` itself is the
+            template and is never stepped.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler):
+        super().__init__()
+        self.tokenizer, self.text_encoder, self.vae = tokenizer, text_encoder, vae
+        self.transformer, self.scheduler = transformer, scheduler
+        self.vae_scale_factor_spatial = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8
+        self.vae_scale_factor_temporal = vae.config.temporal_compression_ratio if vae else 4
+        self.vae_scaling_factor_image = vae.config.scaling_factor if vae else 0.7
 
     # ---- prompt encoding -----------------------------------------------------------------------------------
 
     def _t5_prompt_embeds(self, prompt, max_sequence_length):
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=max_sequence_length, truncation=True, add_special_tokens=True,
-            return_tensors="np",
-        )["input_ids"]  # fmt: skip
+        with _TOKENIZER_LOCK:
+            ids = self.tokenizer(
+                prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
+                add_special_tokens=True, return_tensors="np",
+            )["input_ids"]  # fmt: skip
         return self.text_encoder(ids)[0].astype(np.float32, copy=False)
 
     def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
-                      prompt_embeds=None, negative_prompt_embeds=None, max_sequence_length=226, **kwargs):  # fmt: skip
+                      prompt_embeds=None, negative_prompt_embeds=None, max_sequence_length=226, device=None,
+                      dtype=None):  # fmt: skip
+        """Encodes the prompt (and, with guidance, the negative prompt) into T5 hidden states, as diffusers.
+
+        Args:
+            prompt (str or list of str): the prompt(s); may be None when prompt_embeds is given.
+            negative_prompt (str or list of str, optional): what to guide away from; "" when not given.
+            do_classifier_free_guidance (bool): also encode the negative prompt.
+            num_videos_per_prompt (int): each embedding is repeated this many times (consecutively).
+            prompt_embeds, negative_prompt_embeds (arrays [B, L, D], optional): precomputed embeddings, used as
+                given instead of running the tokenizer and T5.
+            max_sequence_length (int): tokens per prompt (padded / truncated to it).
+            device: must be the CPU (or None). dtype: the embeddings are float32 (a different dtype warns once).
+
+        Returns:
+            (prompt_embeds, negative_prompt_embeds) float32 arrays [B * num_videos_per_prompt, L, D]; the second is
+            None without guidance and without given negative embeddings.
+        """
+        check_device(device)
+        if dtype is not None and str(dtype).replace("torch.", "") not in ("float32", "float"):
+            self._warn_once("encode_prompt.dtype", f"encode_prompt(dtype={dtype!r}) is ignored: embeddings are float32")
+        num_videos_per_prompt = _positive_int(num_videos_per_prompt, "num_videos_per_prompt")
         if prompt_embeds is None:
             prompt_embeds = self._t5_prompt_embeds(prompt, max_sequence_length)
         prompt_embeds = np.repeat(np.asarray(prompt_embeds, dtype=np.float32), num_videos_per_prompt, axis=0)
@@ -148,18 +532,24 @@ class CogVideoXPipeline:
 
     def check_inputs(self, prompt, height, width, num_frames, num_inference_steps, negative_prompt,
                      callback_on_step_end_tensor_inputs, prompt_embeds=None, negative_prompt_embeds=None,
-                     output_type="pil"):  # fmt: skip
-        if height % 8 != 0 or width % 8 != 0:
-            raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
-        if num_frames < 1 or self._decoded_frames(num_frames) != num_frames:
-            r = self.vae_scale_factor_temporal
-            valid = sorted({self._decoded_frames(n) for n in range(max(1, num_frames - 2 * r), num_frames + 2 * r)})
-            raise ValueError(
-                f"num_frames {num_frames} does not map to whole latent frames: the VAE would decode "
-                f"{self._decoded_frames(max(num_frames, 1))}; nearby valid counts are {valid}"
-            )
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+                     output_type="pil", latents=None, guidance_scale=6.0, num_videos_per_prompt=1,
+                     eta=0.0):  # fmt: skip
+        """Raises ValueError for arguments the call cannot use, before any work: sizes that are not multiples of
+        vae_scale_factor_spatial x patch_size (with the nearest valid values), frame counts that do not map to
+        whole latent frames, NaN / inf in latents or embeddings, conflicting prompt arguments, and more (diffusers'
+        checks and some it lacks). Sizes whose arrays could not fit in this machine's memory raise
+        cogvideo_c.OutOfMemoryError, also before any work."""
+        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
+            _positive_int(value, name)
+        self._check_spatial_size(height, width)
+        num_videos_per_prompt = _positive_int(num_videos_per_prompt, "num_videos_per_prompt")
+        if not isinstance(num_inference_steps, (int, np.integer)) or isinstance(num_inference_steps, bool) \
+                or num_inference_steps < 1:  # fmt: skip
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(value):  # fmt: skip
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
         bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, "
@@ -170,6 +560,8 @@ class CogVideoXPipeline:
             raise ValueError("Provide either `prompt` or `prompt_embeds`. Cannot leave both undefined.")
         if prompt is not None and not isinstance(prompt, (str, list)):
             raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("`prompt` is an empty list")
         if prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Cannot forward both `prompt` and `negative_prompt_embeds`.")
         if negative_prompt is not None and negative_prompt_embeds is not None:
@@ -183,8 +575,55 @@ class CogVideoXPipeline:
                 )
         if prompt_embeds is not None and np.ndim(prompt_embeds) != 3:
             raise ValueError(f"prompt_embeds must be [batch, tokens, width], got shape {np.shape(prompt_embeds)}")
+        for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds),
+                            ("latents", latents)):  # fmt: skip
+            if value is not None:
+                _finite_array(value, name)
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type {output_type!r}: use 'pil', 'np' or 'latent' ('pt' needs torch)")
+        batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
+        # arithmetic only: an absurd size is refused here, before the VAE is asked about frames or anything is built
+        self._check_host_memory(batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1.0)
+        if self._decoded_frames(num_frames) != num_frames:
+            r = self.vae_scale_factor_temporal
+            valid = sorted({self._decoded_frames(n) for n in range(max(1, num_frames - 2 * r), num_frames + 2 * r)})
+            raise ValueError(
+                f"num_frames {num_frames} does not map to whole latent frames: the VAE would decode "
+                f"{self._decoded_frames(num_frames)}; nearby valid counts are {valid}"
+            )
+
+    def _check_spatial_size(self, height, width):
+        """height and width in pixels must be multiples of vae_scale_factor_spatial x patch_size (16 for the
+        released models): the VAE divides by the first, the transformer's patches by the second."""
+        patch = self.transformer.config.patch_size
+        multiple = self.vae_scale_factor_spatial * patch
+        for name, value in (("height", height), ("width", width)):
+            if value % multiple:
+                lower = value // multiple * multiple
+                nearest = " or ".join(str(v) for v in (lower, lower + multiple) if v > 0)
+                raise ValueError(
+                    f"`{name}` {value} must be a multiple of {multiple} (vae_scale_factor_spatial "
+                    f"{self.vae_scale_factor_spatial} x the transformer's patch_size {patch}); the nearest valid "
+                    f"{name} is {nearest}"
+                )
+
+    def _check_host_memory(self, videos, height, width, num_frames, do_cfg):
+        """The arrays this call holds in NumPy (latents with their CFG copies and scheduler temporaries, the rotary
+        tables, the decoded float32 video and its conversion) must fit in the machine's memory."""
+        c = self.transformer.config
+        s, r = self.vae_scale_factor_spatial, self.vae_scale_factor_temporal
+        latent_frames = (num_frames - 1) // r + 1
+        latent_bytes = 4 * videos * latent_frames * c.in_channels * (height // s) * (width // s)
+        tokens = latent_frames * (height // (s * c.patch_size)) * (width // (s * c.patch_size))
+        video_bytes = 4 * videos * 3 * (latent_frames * r) * height * width
+        need = (8 if do_cfg else 5) * latent_bytes + 2 * 4 * tokens * c.attention_head_dim + 3 * video_bytes
+        available = _host_memory_bytes()
+        if available is not None and need > available:
+            raise OutOfMemoryError(
+                f"{videos} video(s) of {num_frames} frames at {height}x{width} need at least {need / 2**30:.3g} GiB "
+                f"for their latents and decoded frames alone, more than this machine's {available / 2**30:.3g} GiB: "
+                "use fewer frames, a smaller size or fewer videos per call"
+            )
 
     def _decoded_frames(self, num_frames):
         """Frames the VAE decodes from the latents of num_frames (4(F-1)+1 for odd latent counts F, 4F for even,
@@ -194,27 +633,98 @@ class CogVideoXPipeline:
 
     # ---- the call ------------------------------------------------------------------------------------------
 
-    @property
-    def guidance_scale(self):
-        return self._guidance_scale
-
     def __call__(self, prompt=None, negative_prompt=None, height=None, width=None, num_frames=None,
                  num_inference_steps=50, timesteps=None, guidance_scale=6, use_dynamic_cfg=False,
                  num_videos_per_prompt=1, eta=0.0, generator=None, latents=None, prompt_embeds=None,
                  negative_prompt_embeds=None, output_type="pil", return_dict=True, attention_kwargs=None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length=226):  # fmt: skip
+        """Generates videos from text, as diffusers' CogVideoXPipeline.__call__.
+
+        Args:
+            prompt (str or list of str, optional): the prompt(s) to guide generation; or pass `prompt_embeds`.
+            negative_prompt (str or list of str, optional): what to guide away from ("" when not given); ignored
+                without guidance (guidance_scale <= 1).
+            height (int, optional): frame height in pixels, a multiple of vae_scale_factor_spatial x patch_size
+                (16 for the released models); defaults to transformer.config.sample_height x
+                vae_scale_factor_spatial (480 for CogVideoX).
+            width (int, optional): frame width in pixels, the same multiple; defaults to sample_width x
+                vae_scale_factor_spatial (720).
+            num_frames (int, optional): frames to generate; must map to whole latent frames (4k + 1 for the
+                released models, e.g. 49); defaults to transformer.config.sample_frames.
+            num_inference_steps (int, defaults to 50): denoising steps; more is slower and usually better.
+            timesteps: custom timesteps are not supported by the CogVideoX schedulers (ValueError, as diffusers'
+                retrieve_timesteps raises for them).
+            guidance_scale (float, defaults to 6): classifier-free guidance weight w (Imagen, eq. 2); guidance is
+                on when it is > 1.
+            use_dynamic_cfg (bool, defaults to False): raise the guidance over the steps with diffusers' cosine rule.
+            num_videos_per_prompt (int, defaults to 1): videos generated per prompt. diffusers ignores this
+                argument (it always makes one); here it is acted on: each prompt's embeddings are repeated and
+                batch x num_videos_per_prompt latents are drawn, so the output holds that many videos per prompt
+                (consecutively), the same as repeating each prompt in a list.
+            eta (float, defaults to 0.0): DDIM's eta, used by DDIMScheduler; the CogVideoX schedulers ignore it (as
+                in diffusers), and a non-zero value then warns once.
+            generator (optional): an int seed, a numpy.random.Generator, a torch.Generator (drawn as torch draws),
+                or a list with one per video, for the initial latents and the DPM scheduler's noise.
+            latents (array [B x num_videos_per_prompt, F, C, h, w], optional): initial noise, used instead of
+                drawing it; must be finite.
+            prompt_embeds (array [B, L, D], optional): precomputed prompt embeddings (instead of `prompt`).
+            negative_prompt_embeds (array [B, L, D], optional): precomputed negative embeddings.
+            output_type (str, defaults to "pil"): "pil" (lists of PIL images), "np" (float32 [B, F, H, W, 3] in
+                [0, 1]) or "latent" (the denoised latents).
+            return_dict (bool, defaults to True): return a CogVideoXPipelineOutput instead of a tuple.
+            attention_kwargs (dict, optional): accepted for diffusers' sake; there are no attention processors or
+                LoRA scales to pass it to, so a value warns once and changes nothing.
+            callback_on_step_end (callable, optional): called after every step as
+                `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; callback_kwargs holds the tensors
+                named in callback_on_step_end_tensor_inputs, and returned entries replace them. Setting
+                `pipe._interrupt = True` in it stops the loop after that step (the latents reached are decoded).
+            callback_on_step_end_tensor_inputs (list of str, defaults to ["latents"]): any of "latents",
+                "prompt_embeds", "negative_prompt_embeds".
+            max_sequence_length (int, defaults to 226): tokens per prompt; must equal the transformer's
+                max_text_seq_length.
+
+        Returns:
+            CogVideoXPipelineOutput with `frames` (see output_type), or the tuple (frames,) when return_dict is False.
+
+        Bad arguments raise ValueError (sizes, NaN inputs, conflicting prompts) and sizes that cannot fit in memory
+        cogvideo_c.OutOfMemoryError, all before any encoding or denoising. One pipeline may be called from several
+        threads at once; each call keeps its own scheduler copy and state.
+        """
         tc = self.transformer.config
         height = height or tc.sample_height * self.vae_scale_factor_spatial
         width = width or tc.sample_width * self.vae_scale_factor_spatial
         num_frames = num_frames or tc.sample_frames
-        num_videos_per_prompt = 1  # diffusers ignores the argument here too
         if timesteps is not None:
             raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
         self.check_inputs(prompt, height, width, num_frames, num_inference_steps, negative_prompt,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
-                          output_type)  # fmt: skip
-        self._guidance_scale = guidance_scale
+                          output_type, latents, guidance_scale, num_videos_per_prompt, eta)  # fmt: skip
+        from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+        if attention_kwargs is not None:
+            self._warn_once("attention_kwargs", "attention_kwargs is ignored: cogvideo_c has no attention processors "
+                                                "or LoRA scales to pass it to")  # fmt: skip
+        if eta and isinstance(self.scheduler, (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)):
+            self._warn_once("eta", f"eta={eta} is ignored by {type(self.scheduler).__name__} (as in diffusers; "
+                                   "DDIMScheduler uses it)")  # fmt: skip
+        scheduler = copy.deepcopy(self.scheduler)  # this call's own timesteps and noise stream
+        state = self._begin_call(guidance_scale, attention_kwargs)
+        try:
+            video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
+                                   num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt, eta,
+                                   generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+                                   callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                   max_sequence_length)  # fmt: skip
+        finally:
+            self._end_call(state)
+        return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
+
+    def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
+                  guidance_scale, use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, prompt_embeds,
+                  negative_prompt_embeds, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                  max_sequence_length):  # fmt: skip
+        tc = self.transformer.config
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
         do_cfg = guidance_scale > 1.0
 
@@ -225,70 +735,76 @@ class CogVideoXPipeline:
         if do_cfg:
             prompt_embeds = np.concatenate([negative_prompt_embeds, prompt_embeds], axis=0)  # unconditional first
 
-        self.scheduler.set_timesteps(num_inference_steps)
-        timesteps = self.scheduler.timesteps
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps
+        state.num_timesteps = len(timesteps)
         latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
         additional_frames = 0
         if tc.patch_size_t is not None and latent_frames % tc.patch_size_t != 0:
             additional_frames = tc.patch_size_t - latent_frames % tc.patch_size_t
             num_frames += additional_frames * self.vae_scale_factor_temporal
         latents = self.prepare_latents(batch_size * num_videos_per_prompt, tc.in_channels, num_frames, height, width,
-                                       generator, latents)  # fmt: skip
+                                       generator, latents, scheduler=scheduler)  # fmt: skip
 
-        step_params = inspect.signature(self.scheduler.step).parameters
+        step_params = inspect.signature(scheduler.step).parameters
         extra_step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in step_params}
         image_rotary_emb = None
         if tc.use_rotary_positional_embeddings:
             image_rotary_emb = self.transformer.rotary_positional_embeddings(
                 height, width, latents.shape[1], vae_scale_factor_spatial=self.vae_scale_factor_spatial
             )
-        is_dpm = type(self.scheduler).__name__ == "CogVideoXDPMScheduler"
-        bar = _progress(len(timesteps), self._progress_disable)
+        is_dpm = type(scheduler).__name__ == "CogVideoXDPMScheduler"
         old_pred_original_sample = None
-        for i, t in enumerate(timesteps):
-            latent_model_input = np.concatenate([latents, latents]) if do_cfg else latents
-            latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-            timestep = np.full((latent_model_input.shape[0],), t, dtype=np.int64)
-            noise_pred = self.transformer(
-                hidden_states=latent_model_input, encoder_hidden_states=prompt_embeds, timestep=timestep,
-                image_rotary_emb=image_rotary_emb, return_dict=False,
-            )[0].astype(np.float32, copy=False)  # fmt: skip
-            if use_dynamic_cfg:
-                # the raw timestep value in a Python double, as diffusers computes it (spec: reproduce literally)
-                q = ((num_inference_steps - int(t)) / num_inference_steps) ** 5.0
-                self._guidance_scale = 1 + guidance_scale * ((1 - math.cos(math.pi * q)) / 2)
-            if do_cfg:
-                uncond, text = np.split(noise_pred, 2)
-                noise_pred = uncond + np.float32(self._guidance_scale) * (text - uncond)
-            if is_dpm:
-                latents, old_pred_original_sample = self.scheduler.step(
-                    noise_pred, old_pred_original_sample, t, timesteps[i - 1] if i > 0 else None, latents,
-                    **extra_step_kwargs, return_dict=False,
-                )  # fmt: skip
-            else:
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-            latents = np.asarray(latents, dtype=np.float32)
-            if callback_on_step_end is not None:
-                local = {"latents": latents, "prompt_embeds": prompt_embeds,
-                         "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
-                kw = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                outputs = callback_on_step_end(self, i, t, kw) or {}
-                latents = outputs.pop("latents", latents)
-                prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-            if bar is not None:
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                if state.interrupt:
+                    continue
+                state.current_timestep = t
+                latent_model_input = np.concatenate([latents, latents]) if do_cfg else latents
+                latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+                timestep = np.full((latent_model_input.shape[0],), t, dtype=np.int64)
+                noise_pred = self.transformer(
+                    hidden_states=latent_model_input, encoder_hidden_states=prompt_embeds, timestep=timestep,
+                    image_rotary_emb=image_rotary_emb, return_dict=False,
+                )[0].astype(np.float32, copy=False)  # fmt: skip
+                if use_dynamic_cfg:
+                    # the raw timestep value in a Python double, as diffusers computes it (spec: reproduce literally)
+                    q = ((num_inference_steps - int(t)) / num_inference_steps) ** 5.0
+                    state.guidance_scale = 1 + guidance_scale * ((1 - math.cos(math.pi * q)) / 2)
+                if do_cfg:
+                    uncond, text = np.split(noise_pred, 2)
+                    noise_pred = uncond + np.float32(state.guidance_scale) * (text - uncond)
+                if is_dpm:
+                    latents, old_pred_original_sample = scheduler.step(
+                        noise_pred, old_pred_original_sample, t, timesteps[i - 1] if i > 0 else None, latents,
+                        **extra_step_kwargs, return_dict=False,
+                    )  # fmt: skip
+                else:
+                    latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = np.asarray(latents, dtype=np.float32)
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds,
+                             "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
+                    kw = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, kw) or {}
+                    for name in ("latents", "prompt_embeds", "negative_prompt_embeds"):
+                        if name in outputs and outputs[name] is not local[name]:
+                            local[name] = _finite_array(outputs[name], f"{name} returned by the callback at step {i}")
+                    latents, prompt_embeds = local["latents"], local["prompt_embeds"]
+                    negative_prompt_embeds = local["negative_prompt_embeds"]
                 bar.update()
-        if bar is not None:
-            bar.close()
+        state.current_timestep = None
 
         if output_type == "latent":
-            video = latents
-        else:
-            video = self.postprocess_video(self.decode_latents(latents[:, additional_frames:]), output_type)
-        return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
+            return latents
+        return self.postprocess_video(self.decode_latents(latents[:, additional_frames:]), output_type)
 
     def prepare_latents(self, batch_size, num_channels_latents, num_frames, height, width, generator=None,
-                        latents=None):  # fmt: skip
+                        latents=None, scheduler=None):  # fmt: skip
+        """The initial latents [batch, (num_frames - 1) // 4 + 1, channels, height // 8, width // 8]: drawn from
+        `generator` (one draw for the batch, or one per entry of a list of generators), or the given `latents`
+        checked for shape; scaled by the scheduler's init_noise_sigma."""
+        scheduler = scheduler or self.scheduler
         shape = (
             batch_size, (num_frames - 1) // self.vae_scale_factor_temporal + 1, num_channels_latents,
             height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
@@ -296,7 +812,10 @@ class CogVideoXPipeline:
         if latents is None:
             if isinstance(generator, list):
                 if len(generator) != batch_size:
-                    raise ValueError(f"{len(generator)} generators for a batch of {batch_size}")
+                    raise ValueError(
+                        f"{len(generator)} generators for a batch of {batch_size} videos (prompts x "
+                        "num_videos_per_prompt): pass one generator per video"
+                    )
                 latents = np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
             else:
                 latents = _standard_normal(shape, generator)
@@ -304,9 +823,10 @@ class CogVideoXPipeline:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
                 raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
-        return latents * np.float32(self.scheduler.init_noise_sigma)
+        return latents * np.float32(scheduler.init_noise_sigma)
 
     def decode_latents(self, latents):
+        """Latents [B, F, C, h, w] -> the VAE's frames [B, 3, F', H, W] in [-1, 1] (after 1 / scaling_factor)."""
         latents = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4))  # BFCHW -> BCFHW
         latents = np.float32(1 / self.vae_scaling_factor_image) * latents
         return self.vae.decode(latents).sample

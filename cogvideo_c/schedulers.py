@@ -440,10 +440,14 @@ class _SchedulerBase:
         return cls.from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def save_config(self, save_directory, **kwargs):
+        """Writes scheduler_config.json (with _class_name and _diffusers_version, as diffusers) into
+        save_directory, created if needed; returns its path."""
+        from .modeling import DIFFUSERS_VERSION
+
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(dict(self.config), f, indent=2, sort_keys=True)
+            json.dump({"_diffusers_version": DIFFUSERS_VERSION, **self.config}, f, indent=2, sort_keys=True)
             f.write("\n")
         return path
 

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import configuration
-from ._dtypes import resolve_dtype
 from ._load import _C
+from .modeling import ModelMixin, load_dtype, warn_ignored
+from .safetensors_io import find_weights
 
 
 @dataclass
@@ -17,7 +18,7 @@ class BaseModelOutput:
         return (self.last_hidden_state,)[index]
 
 
-class T5EncoderModel:
+class T5EncoderModel(ModelMixin):
     """T5 v1.1 (gated-gelu) and original (relu) encoders: RMS norms, relative position buckets, no attention mask
     unless given (the CogVideoX pipeline gives none). Weights are grouped per block and kept in torch_dtype; the
     computation is f32, so the half-precision overflow transformers clamps cannot occur."""
@@ -50,11 +51,26 @@ class T5EncoderModel:
         self.dtype = dtype
         self._core = _C.T5(core_cfg, weights_path, dtype)
 
+    _weights_stem = "model"  # transformers' file names: model.safetensors, model-00001-of-00002.safetensors
+    _default_max_shard_size = "50GB"  # transformers' save_pretrained default
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
+                        variant=None, **kwargs):  # fmt: skip
+        """Loads a transformers-layout folder (config.json + model.safetensors, sharded or not); weights are
+        converted to dtype (or torch_dtype: float32 default, float16, bfloat16). variant="fp16" loads
+        model.fp16.safetensors. Other keyword arguments (hub options) are accepted with a warning."""
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, None)
-        return cls(cfg, configuration.weights_file(folder, stem="model"), resolve_dtype(torch_dtype))
+        run_dtype = load_dtype(dtype, torch_dtype)
+        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
+        return cls(cfg, find_weights(folder, stem="model", variant=variant), run_dtype)
+
+    def _config_to_save(self):
+        """config.json as transformers writes it (architectures and model_type; no diffusers keys)."""
+        cfg = {"architectures": ["T5EncoderModel"], "model_type": "t5"}
+        cfg.update(self.config)
+        return cfg
 
     @property
     def weight_bytes(self):

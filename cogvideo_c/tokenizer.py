@@ -498,6 +498,39 @@ class T5Tokenizer:
             f"model_max_length={self.model_max_length})"
         )
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> tuple[str, ...]:
+        """Writes the tokenizer files it was loaded from (spiece.model and/or tokenizer.json, special_tokens_map.json,
+        added_tokens.json) into save_directory, and tokenizer_config.json with the current model_max_length and
+        extra_ids, so that from_pretrained(save_directory) gives the same ids. Returns the written paths."""
+        import shutil
+
+        source = self.name_or_path
+        if not source or not os.path.isdir(source):
+            raise ValueError(
+                f"this tokenizer was not loaded from a folder ({source!r}): save_pretrained copies the files it was "
+                "loaded from"
+            )
+        os.makedirs(save_directory, exist_ok=True)
+        written = []
+        for name in (SPIECE_MODEL, TOKENIZER_JSON, SPECIAL_TOKENS_MAP, "added_tokens.json"):
+            src = os.path.join(source, name)
+            if os.path.isfile(src):
+                dst = os.path.join(save_directory, name)
+                if not (os.path.exists(dst) and os.path.samefile(src, dst)):
+                    shutil.copyfile(src, dst)
+                written.append(dst)
+        config = {}
+        src_config = os.path.join(source, TOKENIZER_CONFIG)
+        if os.path.isfile(src_config):
+            with open(src_config, encoding="utf-8") as f:
+                config = json.load(f)
+        config.update(model_max_length=self.model_max_length, extra_ids=self._extra_ids)
+        config.setdefault("tokenizer_class", "T5Tokenizer")
+        dst_config = os.path.join(save_directory, TOKENIZER_CONFIG)
+        with open(dst_config, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return (dst_config, *written)
+
 
 # transformers 5 has one T5 tokenizer class; the Fast name and AutoTokenizer.from_pretrained resolve to it.
 T5TokenizerFast = T5Tokenizer

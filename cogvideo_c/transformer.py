@@ -5,10 +5,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import configuration
-from ._dtypes import resolve_dtype
 from ._load import _C
 from .configuration import config_int
 from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
+from .modeling import ModelMixin, load_dtype, warn_ignored
+from .safetensors_io import find_weights
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Transformer2DModelOutput:
     sample: np.ndarray
 
 
-class CogVideoXTransformer3DModel:
+class CogVideoXTransformer3DModel(ModelMixin):
     """diffusers.CogVideoXTransformer3DModel: CogVideoX-2b (sin-cos table), -5b (RoPE), -5b-I2V (learned table),
     1.5 (temporal patches, 'slice' RoPE, ofs). Weights are grouped per transformer block; 16-bit weights stay
     16-bit and are widened tile by tile inside the GEMMs."""
@@ -64,17 +65,22 @@ class CogVideoXTransformer3DModel:
         self._sincos_cache = {}
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
+                        variant=None, **kwargs):  # fmt: skip
         """Loads a diffusers-layout folder (config.json + safetensors, sharded or not); weights are converted to
-        torch_dtype (float32 default, float16, bfloat16) at load and kept in it."""
+        dtype (or its older name torch_dtype: float32 default, float16, bfloat16) at load and kept in it.
+        variant="fp16" loads diffusion_pytorch_model.fp16.safetensors (or its sharded index). Other keyword
+        arguments (hub options) are accepted with a warning."""
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, "CogVideoXTransformer3DModel")
-        return cls(cfg, configuration.weights_file(folder), resolve_dtype(torch_dtype))
+        run_dtype = load_dtype(dtype, torch_dtype)
+        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
+        return cls(cfg, find_weights(folder, variant=variant), run_dtype)
 
     @classmethod
-    def from_config(cls, config, seed=0, torch_dtype=None):
+    def from_config(cls, config, seed=0, torch_dtype=None, dtype=None):
         """A model with seeded random weights (no checkpoint): for benchmarks at the real 2b/5b sizes."""
-        return cls(dict(config), None, resolve_dtype(torch_dtype), seed)
+        return cls(dict(config), None, load_dtype(dtype, torch_dtype), seed)
 
     @property
     def weight_bytes(self):
@@ -122,7 +128,8 @@ class CogVideoXTransformer3DModel:
         if c.use_learned_positional_embeddings and (c.sample_frames == pre_frames):
             return "learned"
         key = (frames, height, width)
-        if key not in self._sincos_cache:
+        cache = self._sincos_cache  # one read: another thread may replace the cache meanwhile
+        if key not in cache:
             p = c.patch_size
             post_frames = (pre_frames - 1) // c.temporal_compression_ratio + 1
             grid = get_3d_sincos_pos_embed(
@@ -131,8 +138,8 @@ class CogVideoXTransformer3DModel:
             )  # fmt: skip
             table = np.zeros((c.max_text_seq_length + grid.shape[0], self.inner_dim), dtype=np.float32)
             table[c.max_text_seq_length :] = grid  # one rounding float64 -> float32, as .to(embeds.dtype)
-            self._sincos_cache = {key: table}
-        return self._sincos_cache[key]
+            cache = self._sincos_cache = {key: table}
+        return cache[key]
 
     # ---- forward -----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,155 @@
+"""What the three model classes share with diffusers' ModelMixin: the dtype= / torch_dtype= / variant= loading
+arguments, save_pretrained, to(), device."""
+
+import json
+import os
+import tempfile
+import warnings
+
+from ._dtypes import resolve_dtype
+from .safetensors_io import TensorEntry, save_checkpoint
+
+DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose file layout and config keys cogvideo_c follows
+
+# loading arguments that ask for nothing cogvideo_c would do differently
+_HONOURED = {"use_safetensors": True, "local_files_only": True}
+
+
+class Device(str):
+    """A device name that also reads like torch.device: `pipe.device == "cpu"`, `pipe.device.type`."""
+
+    @property
+    def type(self):
+        return self.split(":")[0]
+
+    @property
+    def index(self):
+        return int(self.split(":")[1]) if ":" in self else None
+
+
+CPU = Device("cpu")
+
+
+def load_dtype(dtype, torch_dtype, default="float32"):
+    """The run dtype from diffusers' `dtype=` or its older name `torch_dtype=` (both: an error, as in diffusers)."""
+    if dtype is not None and torch_dtype is not None:
+        raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
+    return resolve_dtype(dtype if dtype is not None else torch_dtype, default)
+
+
+def warn_ignored(owner, kwargs, stacklevel=3):
+    """One warning naming the keyword arguments `owner` accepts for diffusers' sake but does not act on."""
+    ignored = sorted(k for k, v in kwargs.items() if not (k in _HONOURED and v == _HONOURED[k]))
+    if ignored:
+        warnings.warn(
+            f"{owner} ignores {', '.join(ignored)} (cogvideo_c loads local folders of safetensors on the CPU)",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def check_device(device):
+    if device is not None and Device(str(device)).type != "cpu":
+        raise ValueError(f"device {device!r}: this build runs on the CPU (the CUDA backend is not built yet)")
+
+
+def parse_to_args(args, kwargs):
+    """(device, dtype) from diffusers' to(...) forms: to(dtype), to(device), to(device, dtype), to(device=...,
+    dtype=...), and torch_dtype= as another name for dtype. Strings are dtype names when they name one."""
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype", None)
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    if dtype is not None and torch_dtype is not None:
+        raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
+    dtype = dtype if dtype is not None else torch_dtype
+    device = kwargs.pop("device", None)
+    kwargs.pop("silence_dtype_warnings", None)
+    kwargs.pop("non_blocking", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    if len(args) > 2:
+        raise ValueError("Please make sure to pass at most two arguments (`device` and `dtype`) `.to(...)`")
+    positional_dtype = positional_device = None
+    if len(args) == 2:
+        positional_device, positional_dtype = args
+    elif len(args) == 1:
+        try:
+            positional_dtype = resolve_dtype(args[0]) if args[0] is not None else None
+        except ValueError:
+            positional_device = args[0]
+    if dtype is not None and positional_dtype is not None:
+        raise ValueError("You have passed `dtype` both as an argument and as a keyword argument.")
+    if device is not None and positional_device is not None:
+        raise ValueError("You have passed `device` both as an argument and as a keyword argument.")
+    dtype = dtype if dtype is not None else positional_dtype
+    device = device if device is not None else positional_device
+    check_device(device)
+    return device, None if dtype is None else resolve_dtype(dtype)
+
+
+class ModelMixin:
+    """save_pretrained / to / device for a model whose weights live in a C core object (`self._core`, with
+    weight_info() and weight_data(i)) and whose config is `self.config`."""
+
+    _weights_stem = "diffusion_pytorch_model"  # transformers models: "model"
+    _default_max_shard_size = "10GB"  # diffusers' ModelMixin default (transformers: "50GB")
+
+    @property
+    def device(self):
+        """Always the CPU in this build (a str that also has torch.device's `.type`)."""
+        return CPU
+
+    def _config_to_save(self):
+        """config.json as diffusers writes it: _class_name and _diffusers_version, then the config."""
+        cfg = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION}
+        cfg.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()})
+        return cfg
+
+    def save_config(self, save_directory):
+        """Writes config.json into save_directory (created if needed) and returns its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, "config.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self._config_to_save(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    def _weight_entries(self):
+        return [
+            TensorEntry(name, dtype, shape, lambda i=i: self._core.weight_data(i))
+            for i, (name, dtype, shape) in enumerate(self._core.weight_info())
+        ]
+
+    def save_pretrained(self, save_directory, is_main_process=True, save_function=None, safe_serialization=True,
+                        variant=None, max_shard_size=None, push_to_hub=False, **kwargs):  # fmt: skip
+        """Saves config.json and the weights (in the model's dtype: a float16 model writes F16 tensors) so that
+        from_pretrained(save_directory) rebuilds the same model, as diffusers' ModelMixin.save_pretrained.
+
+        variant: weights go to "<name>.<variant>.safetensors" (load them back with variant=...). max_shard_size
+        (bytes or "10GB"-style; default 10GB, transformers models 50GB): bigger checkpoints are written as shards
+        plus a .safetensors.index.json. Only safetensors are written (safe_serialization=False is an error) and
+        nothing is uploaded (push_to_hub=True is an error). Returns nothing, as diffusers."""
+        if os.path.isfile(save_directory):
+            raise OSError(f"save_directory '{save_directory}' is a file, not a folder")
+        if not safe_serialization:
+            raise ValueError("cogvideo_c writes safetensors only (safe_serialization=False would need torch.save)")
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported: cogvideo_c does not upload (use huggingface-cli upload)")
+        if save_function is not None or kwargs:
+            warn_ignored(f"{type(self).__name__}.save_pretrained", dict(kwargs, save_function=save_function))
+        if not is_main_process:
+            return
+        self.save_config(save_directory)
+        save_checkpoint(self._weight_entries(), save_directory, self._weights_stem, variant,
+                        max_shard_size or self._default_max_shard_size)  # fmt: skip
+
+    def to(self, *args, **kwargs):
+        """diffusers' model.to(device / dtype): the device must be the CPU; a new dtype converts the weights as
+        torch's .to(dtype) does (from the weights held now, rounded to nearest even). The conversion goes through a
+        temporary checkpoint in the system temp folder (as large as the model in its current dtype)."""
+        _, dtype = parse_to_args(args, kwargs)
+        if dtype is not None and dtype != self.dtype:
+            with tempfile.TemporaryDirectory(prefix="cogvideo_c-to-") as tmp:
+                self.save_pretrained(tmp)
+                converted = type(self).from_pretrained(tmp, dtype=dtype)
+            self._core, self.dtype = converted._core, converted.dtype
+        return self
