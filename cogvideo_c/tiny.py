@@ -5,9 +5,10 @@ weights drawn from a seeded NumPy generator, written in diffusers layout (config
 
 import json
 import os
-import struct
 
 import numpy as np
+
+from .safetensors_io import save_file
 
 TINY_VAE_CONFIG = {
     "_class_name": "AutoencoderKLCogVideoX",
@@ -24,20 +25,8 @@ TINY_VAE_CONFIG = {
 
 
 def save_safetensors(tensors, path):
-    """Writes {name: float32 array} as a safetensors file (the format's header + little-endian data)."""
-    header, offset, blobs = {}, 0, []
-    for name in sorted(tensors):
-        data = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
-        shape = list(tensors[name].shape)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for blob in blobs:
-            f.write(blob)
+    """Writes {name: array} as a float32 safetensors file."""
+    save_file({name: np.asarray(t, dtype=np.float32) for name, t in tensors.items()}, path)
 
 
 def _vae_shapes(cfg):
