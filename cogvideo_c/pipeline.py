@@ -450,7 +450,7 @@ class DiffusionPipeline:
             if argument in self._warned:
                 return
             self._warned.add(argument)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 class CogVideoXPipeline(DiffusionPipeline):
@@ -582,6 +582,14 @@ class CogVideoXPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type {output_type!r}: use 'pil', 'np' or 'latent' ('pt' needs torch)")
         batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
+        if latents is not None:
+            want = self._latent_shape(batch * num_videos_per_prompt, num_frames, height, width)
+            if np.shape(latents) != want:
+                raise ValueError(
+                    f"latents must have shape {want} ([prompts x num_videos_per_prompt, latent frames, channels, "
+                    f"height / {self.vae_scale_factor_spatial}, width / {self.vae_scale_factor_spatial}]), got "
+                    f"{np.shape(latents)}"
+                )
         # arithmetic only: an absurd size is refused here, before the VAE is asked about frames or anything is built
         self._check_host_memory(batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1.0)
         if self._decoded_frames(num_frames) != num_frames:
@@ -591,6 +599,15 @@ class CogVideoXPipeline(DiffusionPipeline):
                 f"num_frames {num_frames} does not map to whole latent frames: the VAE would decode "
                 f"{self._decoded_frames(num_frames)}; nearby valid counts are {valid}"
             )
+
+    def _latent_shape(self, videos, num_frames, height, width):
+        """The initial latents' shape, with CogVideoX 1.5's padding to whole temporal patches."""
+        frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        pt = self.transformer.config.patch_size_t
+        if pt is not None and frames % pt:
+            frames += pt - frames % pt
+        s = self.vae_scale_factor_spatial
+        return (videos, frames, self.transformer.config.in_channels, height // s, width // s)
 
     def _check_spatial_size(self, height, width):
         """height and width in pixels must be multiples of vae_scale_factor_spatial x patch_size (16 for the

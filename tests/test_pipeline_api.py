@@ -306,6 +306,7 @@ def _nan_at(shape, index, value=np.nan):
             ),
             "`negative_prompt_embeds` holds 1",
         ),  # fmt: skip
+        (dict(latents=np.zeros((1, 2, 4, 2, 2), np.float32)), r"latents must have shape \(1, 3, 4, 2, 2\)"),
         (dict(guidance_scale=float("nan")), "`guidance_scale` must be a finite number"),
         (dict(timesteps=[float("nan")]), "custom `timesteps` are not supported"),
         (dict(height=72, width=16), r"`height` 72 must be a multiple of 16 .*patch_size 2.*64 or 80"),
