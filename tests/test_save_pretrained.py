@@ -199,3 +199,15 @@ def test_safetensors_writer_matches_the_format(tmp_path):
     with pytest.raises(ValueError, match="int64"):
         save_file({"i": np.zeros(2, dtype=np.int64)}, str(tmp_path / "y.safetensors"))
     assert not (tmp_path / "y.safetensors").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_core_weight_access_checks_its_arguments():
+    core = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(str(SRC / "vae"))._core
+    n = len(core.weight_info())
+    with pytest.raises(IndexError, match=rf"weight index {n} is outside \[0, {n}\)"):
+        core.weight_data(n)
+    with pytest.raises(IndexError, match="weight index -1"):
+        core.weight_data(-1)
+    for cls in (cogvideo_c._C.VAE, cogvideo_c._C.Transformer, cogvideo_c._C.T5):
+        with pytest.raises(ValueError, match="not initialised"):
+            cls.__new__(cls).weight_info()
