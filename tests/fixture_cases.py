@@ -82,3 +82,14 @@ def compare_rel(name: str, got, want: np.ndarray, rel_tol: float, reference: str
             + worst_element(got, want, diff, tol, reference)
         )
     return max_diff, max_ref
+
+
+def compare_abs(name: str, got, want: np.ndarray, tol: float, reference: str) -> float:
+    """max |got - want| <= tol, printing the numbers; returns the max abs diff."""
+    got, diff, max_diff = checked_diff(name, got, want, reference)
+    print(f"{name}: max abs diff {max_diff:.3e}, tolerance {tol:.1e}")
+    if not max_diff <= tol:
+        pytest.fail(
+            f"{name}: max abs diff {max_diff:.3e} > {tol:.1e} " + worst_element(got, want, diff, tol, reference)
+        )
+    return max_diff

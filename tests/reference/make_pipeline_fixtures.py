@@ -23,6 +23,8 @@ Writes (everything under tests/fixtures/pipeline/, which is deleted and recreate
                   scheduler made, in order); per prompt-embeds case "<name>__prompt_embeds" and
                   "<name>__negative_prompt_embeds".
   manifest.json   versions, pipelines, cases, prompt-embeds cases (see tests/test_pipeline_parity.py).
+  run_dtype.json, run_dtype.npz   run-dtype cases: the float32 folders loaded with torch_dtype float16 / bfloat16,
+                  with two goldens each (RUN_DTYPE_CASES; see tests/test_dtype_parity.py).
 
 Golden outputs come from diffusers' CogVideoXPipeline in float32 on CPU, reloaded from the saved folder with
 `CogVideoXPipeline.from_pretrained(dir, torch_dtype=torch.float32)` (so the saved files are what is tested).
@@ -241,6 +243,17 @@ CASES = [
          16, 16, 8, 12, 11),
 ]
 # fmt: on
+
+# run-dtype cases (issue 7 item 1): the float32 pipeline folder loaded with torch_dtype float16 / bfloat16, which
+# cogvideo_c runs with every weight kept in that dtype and float32 arithmetic. Two goldens per case:
+#   "frames_key": diffusers on the folder loaded in float32 with every parameter rounded to the dtype (the weights
+#       cogvideo_c holds), computed in float32;
+#   "diffusers_load_frames_key": CogVideoXPipeline.from_pretrained(dir, torch_dtype=<dtype>).to(torch.float32), what
+#       a diffusers user's weights are: for float16, transformers keeps the T5 `wo` weights unrounded
+#       (_keep_in_fp32_modules), everything else is rounded; for bfloat16 the two are identical (asserted).
+RUN_DTYPE_CASES = ("2b_cogddim_cfg_5steps", "5b_cogddim_dyncfg_crop")
+RUN_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+RUN_DTYPE_NPZ = "run_dtype.npz"
 
 EMBED_CASES = [
     dict(name="2b_embeds_monkey", pipeline="tiny_2b", prompt=P_MONKEY, negative_prompt="", max_sequence_length=16),
@@ -474,6 +487,57 @@ def run_embeds(pipe: CogVideoXPipeline, e: dict, arrays: dict) -> dict:
     )
 
 
+def round_parameters(pipe: CogVideoXPipeline, dtype) -> None:
+    """Every parameter of the three models rounded to `dtype`, kept in float32 (buffers are computed tables)."""
+    with torch.no_grad():
+        for comp in (pipe.text_encoder, pipe.transformer, pipe.vae):
+            for p in comp.parameters():
+                p.copy_(p.to(dtype).to(torch.float32))
+
+
+def run_dtype_cases(name: str, d: Path, folder_scheduler, f32_arrays: dict, arrays: dict) -> list[dict]:
+    """The RUN_DTYPE_CASES of one pipeline folder (see RUN_DTYPE_CASES for the two goldens); f32_arrays holds the
+    float32 cases' outputs, `arrays` receives the new ones."""
+    entries = []
+    for dtype, tdt in RUN_DTYPES.items():
+        rounded = CogVideoXPipeline.from_pretrained(str(d), torch_dtype=torch.float32)
+        round_parameters(rounded, tdt)
+        loaded = CogVideoXPipeline.from_pretrained(str(d), torch_dtype=tdt)
+        wo = {p.dtype for n, p in loaded.text_encoder.named_parameters() if ".wo." in n}
+        assert wo == {torch.float32 if dtype == "float16" else tdt}, (name, dtype, wo)
+        loaded.to(torch.float32)
+        for p in (rounded, loaded):
+            p.set_progress_bar_config(disable=True)
+        for c in CASES:
+            if c["pipeline"] != name or c["name"] not in RUN_DTYPE_CASES:
+                continue
+            entry = run_case(rounded, folder_scheduler, dict(c, name=f"{c['name']}__{dtype}"), arrays)
+            load_entry = run_case(loaded, folder_scheduler, dict(c, name=f"{c['name']}__{dtype}__load"), arrays)
+            frames, load_frames = arrays[entry["frames_key"]], arrays.pop(load_entry["frames_key"])
+            for k in ("latents_key", "step_latents_key"):
+                del arrays[load_entry[k]]  # same latents; the step latents are the rounded run's diagnostics
+            if dtype == "float16":
+                entry["diffusers_load_frames_key"] = f"{entry['name']}__diffusers_load_frames"
+                arrays[entry["diffusers_load_frames_key"]] = load_frames
+            else:
+                assert np.array_equal(frames, load_frames), (name, dtype, c["name"])
+                entry["diffusers_load_frames_key"] = entry["frames_key"]
+            entry.update(
+                torch_dtype=dtype,
+                npz=RUN_DTYPE_NPZ,
+                run_dtype_of=c["name"],
+                max_abs_diff_vs_float32=float(np.abs(frames - f32_arrays[f"{c['name']}__frames"]).max()),
+                max_abs_diff_vs_diffusers_load=float(np.abs(frames - load_frames).max()),
+            )
+            print(
+                f"    vs float32 {entry['max_abs_diff_vs_float32']:.3e}, rounded vs diffusers' torch_dtype load "
+                f"{entry['max_abs_diff_vs_diffusers_load']:.3e}"
+            )
+            entries.append(entry)
+        del rounded, loaded
+    return entries
+
+
 def main() -> int:
     if not (TOK_SRC / "spiece.model").is_file():
         print(f"missing {TOK_SRC}/spiece.model: run tests/reference/make_tokenizer_fixtures.py first", file=sys.stderr)
@@ -501,6 +565,19 @@ def main() -> int:
         prompt_embeds_cases=[],
     )
     arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in PIPELINES}
+    run_arrays: dict[str, np.ndarray] = {}
+    run_manifest = dict(
+        versions=manifest["versions"],
+        tolerance=manifest["tolerance"],
+        notes=[
+            "Run-dtype cases: the float32 folder loaded with torch_dtype float16 / bfloat16, called with the float32 "
+            "case's latents and arguments (run_dtype_of). frames_key: diffusers in float32 with every parameter "
+            "rounded to the dtype (the weights cogvideo_c keeps); diffusers_load_frames_key: "
+            "CogVideoXPipeline.from_pretrained(dir, torch_dtype=<dtype>).to(torch.float32), which for float16 keeps "
+            "the T5 `wo` weights unrounded (transformers' _keep_in_fp32_modules); identical for bfloat16.",
+        ],
+        cases=[],
+    )
 
     for name, spec in PIPELINES.items():
         print(f"building {name}")
@@ -533,11 +610,14 @@ def main() -> int:
         for c in CASES:
             if c["pipeline"] == name:
                 manifest["cases"].append(run_case(pipe, folder_scheduler, c, arrays[name]))
+        run_manifest["cases"] += run_dtype_cases(name, d, folder_scheduler, arrays[name], run_arrays)
         del original, pipe
 
     for name in PIPELINES:
         save_npz(OUT / f"{name}.npz", arrays[name])
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
+    (OUT / "run_dtype.json").write_text(json.dumps(run_manifest, indent=1) + "\n")
 
     total = print_file_sizes(OUT, header="sizes:", line="  {rel!s:60s} {size:9d}")
     print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")

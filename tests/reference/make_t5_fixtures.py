@@ -14,6 +14,8 @@ Writes (everything under tests/fixtures/t5/, which is deleted and recreated):
   relu.npz, gated.npz   input_ids (int64 [B, L]) and golden last_hidden_state (float32 [B, L, d_model])
   manifest.json    one entry per case (see tests/test_t5_parity.py), plus the checkpoint weight names/shapes,
                    the relative-position bucket tables and what `_keep_in_fp32_modules` does on load.
+  run_dtype.json, run_dtype.npz   run-dtype cases: the float32 folders loaded with torch_dtype float16 / bfloat16,
+                   with two goldens each (RUN_DTYPE_CASES; see tests/test_dtype_parity.py)
 
 Golden outputs always come from transformers in float32 on CPU (16-bit weight files loaded with dtype=float32),
 with the model's default attention implementation (sdpa); they are cross-checked against the eager attention path
@@ -122,6 +124,17 @@ CASES = {
 SIXTEEN_BIT_CASES = ("b1_l7", "b2_l16")
 FLOAT32_VARIANTS = ("", "_sharded")
 
+# run-dtype cases (issue 7 item 1): the float32 checkpoint loaded with torch_dtype float16 / bfloat16 (cogvideo_c
+# keeps every weight in that dtype and computes in float32). Two references per case:
+#   "output": the weights rounded to the dtype (model.to(dtype)), computed by transformers in float32; for "gated" it
+#       is the 16-bit file case's golden (the same weights: asserted bit-identical), for "relu" a new output.
+#   "transformers_output": what a transformers user gets, T5EncoderModel.from_pretrained(<f32 dir>, dtype=<dtype>)
+#       then .to(torch.float32): for float16, _keep_in_fp32_modules keeps every `wo` at its float32 value (unrounded);
+#       for bfloat16 all weights are rounded, so it equals "output" (asserted).
+RUN_DTYPE_CASES = {"relu": ("b2_l7",), "gated": SIXTEEN_BIT_CASES}
+RUN_DTYPES = {"float16": "_fp16", "bfloat16": "_bf16"}  # run dtype -> the gated 16-bit file variant
+RUN_DTYPE_NPZ = "run_dtype.npz"
+
 
 def build_model(name: str) -> T5EncoderModel:
     torch.manual_seed(SEEDS[name])
@@ -132,6 +145,70 @@ def build_model(name: str) -> T5EncoderModel:
 
 def load(model_dir: Path, dtype=torch.float32, **kw) -> T5EncoderModel:
     return T5EncoderModel.from_pretrained(str(model_dir), dtype=dtype, **kw).eval()
+
+
+def run_dtype_cases(model_name: str, cfg: dict, f32_dir: Path, ref_sd: dict, arrays: dict, run_arrays: dict) -> list:
+    """The RUN_DTYPE_CASES of one model (see RUN_DTYPE_CASES for the two references)."""
+    entries = []
+    for dtype, file_variant in RUN_DTYPES.items():
+        tdt = TORCH_DTYPE[dtype]
+        m = load(f32_dir, dtype=tdt)
+        wo = {n: p.dtype for n, p in m.named_parameters() if ".wo." in n}
+        keep_fp32 = dtype == "float16"  # T5's _keep_in_fp32_modules = ["wo"] applies to float16 loads only
+        assert wo and set(wo.values()) == {torch.float32 if keep_fp32 else tdt}, (model_name, dtype, wo)
+        m = m.to(torch.float32)
+        rounded = build_model(model_name).to(tdt).to(torch.float32)
+        for n, p in m.state_dict().items():
+            want = ref_sd[n] if keep_fp32 and ".wo." in n else ref_sd[n].to(tdt).float()
+            assert torch.equal(p, want), (model_name, dtype, n)
+        rounded_np = {k: t.to(tdt).float().numpy() for k, t in ref_sd.items()}
+        for base in RUN_DTYPE_CASES[model_name]:
+            ids = arrays[f"{model_name}_{base}__input_ids"]
+            t_ids = torch.from_numpy(ids)
+            out = rounded(t_ids).last_hidden_state.numpy()
+            tf_out = m(t_ids).last_hidden_state.numpy()
+            assert np.isfinite(out).all() and np.isfinite(tf_out).all()
+            max_ref = float(np.abs(out).max())
+            d_np = float(np.abs(numpy_t5_encoder(rounded_np, cfg, ids) - out).max())
+            assert d_np <= 2e-5 * max(1.0, max_ref), d_np
+            name = f"{model_name}_{base}__{dtype}"
+            file_key = f"{model_name}{file_variant}_{base}__out"
+            if file_key in arrays:
+                assert np.array_equal(out, arrays[file_key]), name
+                out_key, npz = file_key, f"{model_name}.npz"
+            else:
+                out_key, npz = f"{name}__out", RUN_DTYPE_NPZ
+                run_arrays[out_key] = out
+            if keep_fp32:
+                tf_key = f"{name}__transformers_out"
+                run_arrays[tf_key] = tf_out
+            else:
+                assert np.array_equal(tf_out, out), name
+                tf_key = out_key
+            f32 = arrays[f"{model_name}_{base}__out"]
+            entry = {
+                "name": name,
+                "model_dir": f32_dir.name,
+                "torch_dtype": dtype,
+                "input_ids": f"{model_name}_{base}__input_ids",
+                "npz_inputs": f"{model_name}.npz",
+                "output": out_key,
+                "npz": npz,
+                "transformers_output": tf_key,
+                "npz_transformers": RUN_DTYPE_NPZ if keep_fp32 else npz,
+                "transformers_keeps_wo_in_float32": keep_fp32,
+                "shape": list(out.shape),
+                "max_abs_diff_vs_float32": float(np.abs(out - f32).max()),
+                "max_abs_diff_output_vs_transformers_output": float(np.abs(out - tf_out).max()),
+                "max_abs_expected": max_ref,
+            }
+            entries.append(entry)
+            print(
+                f"  {name:28s} {npz}: vs float32 {entry['max_abs_diff_vs_float32']:.3e}, rounded vs transformers' "
+                f"load {entry['max_abs_diff_output_vs_transformers_output']:.3e} (max|out| {max_ref:.3f})"
+            )
+        del m, rounded
+    return entries
 
 
 def make_ids(rng: np.random.Generator, vocab: int, L: int, n_random: list[int]) -> np.ndarray:
@@ -307,6 +384,8 @@ def main() -> int:
     recreate_dir(OUT)
 
     manifest_cases = []
+    run_cases: list[dict] = []
+    run_arrays: dict[str, np.ndarray] = {}
     checkpoints = {}
     attn_impl = None
     fp32_report = None
@@ -425,6 +504,7 @@ def main() -> int:
                 },
                 ids226,
             )
+        run_cases += run_dtype_cases(model_name, cfg, dirs[""], ref_sd, arrays, run_arrays)
         del loaded, eager, ref
         save_npz(OUT / npz_name, arrays)
 
@@ -454,6 +534,17 @@ def main() -> int:
         "cases": manifest_cases,
     }
     (OUT / "manifest.json").write_text(dumps_compact(manifest) + "\n")
+    save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
+    run_manifest = {
+        "description": "T5EncoderModel run-dtype parity fixtures: the float32 checkpoints loaded with torch_dtype "
+        "float16 / bfloat16. 'output': transformers in float32 on the weights rounded to the dtype (what cogvideo_c "
+        "holds); 'transformers_output': T5EncoderModel.from_pretrained(<f32 dir>, dtype=<dtype>).to(torch.float32), "
+        "which for float16 keeps the `wo` weights unrounded (_keep_in_fp32_modules). Inputs are in <model>.npz. Made "
+        "by tests/reference/make_t5_fixtures.py.",
+        "made_with": versions(torch, transformers, safetensors, np, python=True),
+        "cases": run_cases,
+    }
+    (OUT / "run_dtype.json").write_text(dumps_compact(run_manifest) + "\n")
 
     total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; attention implementation {attn_impl}")

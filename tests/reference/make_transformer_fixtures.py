@@ -9,6 +9,8 @@ Writes (everything under tests/fixtures/transformer/, which is deleted and recre
   <model>/, <model>_f16/, <model>_bf16/   diffusers save_pretrained(safe_serialization=True) directories
   <model>.npz                             inputs, RoPE tables and golden outputs of all cases of that model
   manifest.json                           one entry per case (see tests/test_transformer_parity.py)
+  run_dtype.json, run_dtype.npz           run-dtype cases: the float32 folders loaded with torch_dtype float16 /
+                                          bfloat16 (RUN_DTYPE_CASES; see tests/test_dtype_parity.py)
 
 Golden outputs always come from diffusers in float32 on CPU; the 16-bit weight files are loaded with
 torch_dtype=float32. For RoPE models the (freqs_cos, freqs_sin) tables are produced by the pipeline's own
@@ -153,6 +155,24 @@ SIXTEEN = {
 VARIANT_DTYPE = {"": torch.float32, "_f16": torch.float16, "_bf16": torch.bfloat16}
 VARIANT_NAME = {"": "float32", "_f16": "float16", "_bf16": "bfloat16"}
 
+# run-dtype cases (issue 7 item 1): the float32 checkpoint loaded with torch_dtype float16 / bfloat16; base case name
+# -> run dtypes. Reference: diffusers' own loading path, from_pretrained(<f32 dir>, torch_dtype=<dtype>) then
+# .to(torch.float32) (the 16-bit weights computed in float32; cogvideo_c keeps the weights in the run dtype and
+# computes in float32). Where the 16-bit file case exists its golden is reused (asserted bit-identical); the others add
+# outputs to run_dtype.npz.
+BOTH = ("float16", "bfloat16")
+RUN_DTYPE_CASES = {
+    "t2b_tiny": {"test_config_b2_f1": BOTH},
+    "t2b": {"f3_sample": BOTH, "f2_12x8_b2": ("float16",)},  # f3_sample: the stored sincos table
+    "t5b": {"f2": BOTH, "f2_8x16": ("bfloat16",)},
+    "t5b_i2v": {"f3_sample": ("bfloat16",)},  # learned (persistent) positional table
+    "t15": {"f2": BOTH, "f4_8x6_b2": ("bfloat16",)},
+    "t15_i2v": {"f2_ofs2": ("float16",)},
+    "t15_tiny": {},
+}
+FILE_VARIANT = {"float16": "_f16", "bfloat16": "_bf16"}
+RUN_DTYPE_NPZ = "run_dtype.npz"
+
 LEARNED_HW_ERROR = "It is currently not possible to generate videos at a different resolution"
 
 
@@ -175,6 +195,69 @@ def load_fp32(model_dir: Path) -> CogVideoXTransformer3DModel:
     for b in m.buffers():
         assert b.dtype in (torch.float32, torch.float64), b.dtype
     return m
+
+
+def call_kwargs(arrays: dict, keys: dict, rot) -> dict:
+    """The model's forward arguments for a case (copies of its stored inputs)."""
+    return dict(
+        hidden_states=torch.from_numpy(arrays[keys["hidden_states"]].copy()),
+        encoder_hidden_states=torch.from_numpy(arrays[keys["encoder_hidden_states"]].copy()),
+        timestep=torch.from_numpy(arrays[keys["timestep"]].copy()),
+        ofs=None if keys["ofs"] is None else torch.from_numpy(arrays[keys["ofs"]].copy()),
+        image_rotary_emb=rot,
+        return_dict=True,
+    )
+
+
+def run_dtype_cases(
+    model_name: str, model_dir: Path, loaded: dict, arrays: dict, case_inputs: dict, run_arrays: dict
+) -> list[dict]:
+    """The RUN_DTYPE_CASES of one model: diffusers loads the float32 folder with torch_dtype=<dtype> and computes in
+    float32. Reuses the 16-bit file case's golden where it exists (bit-identical: asserted), else adds the output to
+    run_arrays."""
+    entries = []
+    for dtype in ("float16", "bfloat16"):
+        bases = [b for b, dts in RUN_DTYPE_CASES[model_name].items() if dtype in dts]
+        if not bases:
+            continue
+        torch_dtype = VARIANT_DTYPE[FILE_VARIANT[dtype]]
+        model = CogVideoXTransformer3DModel.from_pretrained(str(model_dir), torch_dtype=torch_dtype).eval()
+        assert {p.dtype for p in model.parameters()} == {torch_dtype}, (model_name, dtype)
+        model = model.to(torch.float32)
+        # the same weights as the 16-bit copy would hold (model.to(dtype) of the float32 weights)
+        want_sd = {k: t.to(torch_dtype).float() for k, t in loaded[""].state_dict().items()}
+        sd = model.state_dict()
+        assert sd.keys() == want_sd.keys() and all(torch.equal(sd[k], want_sd[k]) for k in sd), (model_name, dtype)
+        for base in bases:
+            keys, rot, kind = case_inputs[base]
+            a = model(**call_kwargs(arrays, keys, rot)).sample.contiguous().numpy()
+            assert np.isfinite(a).all(), (model_name, base, dtype)
+            file_key = f"{model_name}_{base}{FILE_VARIANT[dtype]}__sample"
+            if file_key in arrays:
+                assert np.array_equal(a, arrays[file_key]), (model_name, base, dtype)
+                out_key, npz = file_key, f"{model_name}.npz"
+            else:
+                out_key, npz = f"{model_name}_{base}__{dtype}__sample", RUN_DTYPE_NPZ
+                run_arrays[out_key] = a
+            entries.append(
+                {
+                    "name": f"{model_name}_{base}__{dtype}",
+                    "model": model_name,
+                    "model_dir": model_dir.name,
+                    "torch_dtype": dtype,
+                    "npz_inputs": f"{model_name}.npz",
+                    "inputs": dict(keys),
+                    "rope": "pipeline" if rot is not None else "none",
+                    "positional_embedding": kind,
+                    "output": out_key,
+                    "npz": npz,
+                    "same_as_file_case": f"{model_name}_{base}{FILE_VARIANT[dtype]}" if npz != RUN_DTYPE_NPZ else None,
+                    # how far the 16-bit weights move the output from the float32 golden
+                    "max_abs_diff_vs_float32": float(np.abs(a - arrays[f"{model_name}_{base}__sample"]).max()),
+                }
+            )
+            print(f"  {entries[-1]['name']:34s} {npz}: vs float32 {entries[-1]['max_abs_diff_vs_float32']:.3e}")
+    return entries
 
 
 def pipeline_rope(model: CogVideoXTransformer3DModel, height: int, width: int, num_frames: int):
@@ -444,6 +527,8 @@ def main() -> int:
     recreate_dir(OUT)
 
     manifest_cases = []
+    run_cases: list[dict] = []
+    run_arrays: dict[str, np.ndarray] = {}
     for model_name, cfg in MODELS.items():
         print(f"{model_name}: {cfg}")
         variants = ("",) + SIXTEEN[model_name]
@@ -463,6 +548,7 @@ def main() -> int:
         rng = np.random.default_rng(SEEDS[model_name])
         arrays: dict[str, np.ndarray] = {}
         npz_name = f"{model_name}.npz"
+        case_inputs: dict[str, tuple] = {}  # base case name -> (input keys, RoPE tensors or None, positional kind)
 
         for case in cases_for(model_name):
             base = f"{model_name}_{case['base']}"
@@ -500,17 +586,11 @@ def main() -> int:
                 rot = (torch.from_numpy(cos.copy()), torch.from_numpy(sin.copy()))
 
             kind = pos_embedding_kind(cfg, F, H, W)
+            case_inputs[case["base"]] = (keys, rot, kind)
             for v in case["variants"]:
                 name = base + v
                 model = loaded[v]
-                kwargs = dict(
-                    hidden_states=torch.from_numpy(arrays[keys["hidden_states"]].copy()),
-                    encoder_hidden_states=torch.from_numpy(arrays[keys["encoder_hidden_states"]].copy()),
-                    timestep=torch.from_numpy(arrays[keys["timestep"]].copy()),
-                    ofs=None if keys["ofs"] is None else torch.from_numpy(arrays[keys["ofs"]].copy()),
-                    image_rotary_emb=rot,
-                    return_dict=True,
-                )
+                kwargs = call_kwargs(arrays, keys, rot)
                 out_key = None
                 out_shape = None
                 if case["error"] is not None:
@@ -563,6 +643,7 @@ def main() -> int:
         # ---- path checks: RoPE / learned table / ofs must change the output ----
         _path_checks(model_name, cfg, loaded[""], rng)
 
+        run_cases += run_dtype_cases(model_name, dirs[""], loaded, arrays, case_inputs, run_arrays)
         save_npz(OUT / npz_name, arrays)
 
     manifest = {
@@ -580,6 +661,16 @@ def main() -> int:
         "cases": manifest_cases,
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
+    run_manifest = {
+        "description": "CogVideoXTransformer3DModel run-dtype parity fixtures: the float32 checkpoints loaded with "
+        "torch_dtype float16 / bfloat16. Goldens: diffusers CogVideoXTransformer3DModel.from_pretrained(<f32 dir>, "
+        "torch_dtype=<dtype>).to(torch.float32), i.e. the 16-bit weights computed in float32 on CPU; inputs (and RoPE "
+        "tables) are those of the float32 cases in <model>.npz. Made by tests/reference/make_transformer_fixtures.py.",
+        "made_with": versions(torch, diffusers, np, python=True),
+        "cases": run_cases,
+    }
+    (OUT / "run_dtype.json").write_text(json.dumps(run_manifest, indent=1) + "\n")
 
     total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; total size of {OUT.relative_to(ROOT)}: {total / 2**20:.2f} MiB")

@@ -9,6 +9,8 @@ Writes (everything under tests/fixtures/vae/, which is deleted and recreated):
   <model>/, <model>_f16/, <model>_bf16/   diffusers save_pretrained(safe_serialization=True) directories
   <model>.npz                             inputs and golden outputs of all cases of that model (and its 16-bit copies)
   manifest.json                           one entry per case (see tests/test_vae_parity.py)
+  run_dtype.json, run_dtype.npz           run-dtype cases: the float32 folders loaded with torch_dtype float16 /
+                                          bfloat16 (RUN_DTYPE_CASES; see tests/test_dtype_parity.py)
 
 Golden outputs always come from diffusers in float32; the 16-bit files are loaded with torch_dtype=float32.
 The script is deterministic (fixed torch / numpy seeds, fixed zip timestamps).
@@ -158,6 +160,44 @@ def num_frame_batches(op: str, frames: int) -> int:
     return max(frames // bs, 1)
 
 
+def configure(vae: AutoencoderKLCogVideoX, case: dict) -> tuple[dict | None, dict | None]:
+    """Puts `vae` in the state a case needs (slicing, tiling with its arguments, else __init__'s tile defaults);
+    returns (effective tiling values, tiling_info) or (None, None) without tiling."""
+    vae.disable_slicing()
+    vae.disable_tiling()
+    # restore __init__ tile defaults (enable_tiling mutates them)
+    sh, sw = vae.config.sample_height, vae.config.sample_width
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_height, vae.tile_sample_min_width = sh // 2, sw // 2
+    vae.tile_latent_min_height = int(vae.tile_sample_min_height / f)
+    vae.tile_latent_min_width = int(vae.tile_sample_min_width / f)
+    vae.tile_overlap_factor_height, vae.tile_overlap_factor_width = 1 / 6, 1 / 5
+    if case["slicing"]:
+        vae.enable_slicing()
+    if case["tiling"] is None:
+        return None, None
+    vae.enable_tiling(**case["tiling"])
+    tiling_rec = {
+        "tile_sample_min_height": vae.tile_sample_min_height,
+        "tile_sample_min_width": vae.tile_sample_min_width,
+        "tile_overlap_factor_height": vae.tile_overlap_factor_height,
+        "tile_overlap_factor_width": vae.tile_overlap_factor_width,
+    }
+    info = tiling_info(vae, case["op"], case["shape"])
+    assert info["triggered"], (case["name"], info)
+    assert info["tile_count"] > 1, (case["name"], info)
+    return tiling_rec, info
+
+
+def forward(vae: AutoencoderKLCogVideoX, op: str, x_np: np.ndarray) -> dict:
+    """decode -> {"sample"}, encode -> {"mean", "logvar"} (torch tensors)."""
+    x = torch.from_numpy(x_np.copy())
+    if op == "decode":
+        return {"sample": vae.decode(x).sample}
+    dist = vae.encode(x).latent_dist
+    return {"mean": dist.mean, "logvar": dist.logvar}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # cases
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,9 +319,82 @@ def cases_for(model: str) -> list[dict]:
     return cs
 
 
+# run-dtype cases (issue 7 item 1): the float32 checkpoint loaded with torch_dtype float16 / bfloat16. Base case name
+# -> run dtypes. The reference is diffusers' own loading path, `from_pretrained(<f32 dir>, torch_dtype=<dtype>)`, then
+# `.to(torch.float32)`: the same 16-bit weights, computed in float32 (cogvideo_c keeps the weights in the run dtype and
+# computes in float32). Where the 16-bit *file* case of the same input exists, its golden is reused (asserted equal);
+# the others (slicing and tiling in 16 bits) add outputs to run_dtype.npz.
+BOTH = ("float16", "bfloat16")
+RUN_DTYPE_CASES = {
+    "tiny": {
+        "decode_f3": BOTH,
+        "encode_f9": BOTH,
+        "decode_b2_slicing": ("float16",),
+        "encode_b2_slicing": ("bfloat16",),
+        "encode_tiling_custom_f9": ("float16",),
+    },
+    "mid": {"decode_f3": BOTH, "decode_tiling_custom": BOTH, "encode_f9": BOTH},
+}
+RUN_DTYPE_NPZ = "run_dtype.npz"
+FILE_VARIANT = {"float16": "_f16", "bfloat16": "_bf16"}
+TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def run_dtype_cases(model_name, dirs, loaded, arrays, inputs, run_arrays) -> list[dict]:
+    """The RUN_DTYPE_CASES of one model: diffusers loads the float32 folder with torch_dtype=<dtype> and computes in
+    float32. Reuses the 16-bit file case's golden where it exists (bit-identical: asserted), else adds outputs to
+    run_arrays."""
+    cases = {c["base"]: c for c in cases_for(model_name) if c["variant"] == ""}
+    entries = []
+    for dtype in BOTH:
+        vae = AutoencoderKLCogVideoX.from_pretrained(str(dirs[""]), torch_dtype=TORCH_DTYPE[dtype]).eval()
+        assert {p.dtype for p in vae.parameters()} == {TORCH_DTYPE[dtype]}, (model_name, dtype)
+        vae = vae.to(torch.float32)
+        # the same weights as the 16-bit file (model.to(dtype).save_pretrained) loaded in float32
+        file_sd, sd = loaded[FILE_VARIANT[dtype]].state_dict(), vae.state_dict()
+        assert sd.keys() == file_sd.keys() and all(torch.equal(sd[k], file_sd[k]) for k in sd), (model_name, dtype)
+        for base, dtypes in RUN_DTYPE_CASES[model_name].items():
+            if dtype not in dtypes:
+                continue
+            case = cases[base]
+            in_key = inputs[case["input_from"] or base]
+            tiling_rec, _ = configure(vae, case)
+            out = {k: t.contiguous().numpy() for k, t in forward(vae, case["op"], arrays[in_key]).items()}
+            file_keys = {k: f"{model_name}{FILE_VARIANT[dtype]}_{base}__{k}" for k in out}
+            if all(key in arrays for key in file_keys.values()):
+                for k, key in file_keys.items():
+                    assert np.array_equal(out[k], arrays[key]), (model_name, dtype, base, k)
+                out_keys, npz = file_keys, f"{model_name}.npz"
+            else:
+                out_keys, npz = {k: f"{model_name}_{base}__{dtype}__{k}" for k in out}, RUN_DTYPE_NPZ
+                run_arrays.update({out_keys[k]: a for k, a in out.items()})
+            f32 = {k: arrays[f"{model_name}_{base}__{k}"] for k in out}
+            entries.append(
+                {
+                    "name": f"{model_name}_{base}__{dtype}",
+                    "model_dir": dirs[""].name,
+                    "torch_dtype": dtype,
+                    "op": case["op"],
+                    "input": in_key,
+                    "input_shape": list(case["shape"]),
+                    "outputs": out_keys,
+                    "npz": npz,
+                    "slicing": case["slicing"],
+                    "tiling": tiling_rec,
+                    "tiling_args": case["tiling"],
+                    "same_as_file_case": f"{model_name}{FILE_VARIANT[dtype]}_{base}" if npz != RUN_DTYPE_NPZ else None,
+                    # how far the 16-bit weights move the output from the float32 golden (so a run that ignored
+                    # torch_dtype would be seen)
+                    "max_abs_diff_vs_float32": {k: float(np.abs(out[k] - f32[k]).max()) for k in out},
+                }
+            )
+            print(f"  {entries[-1]['name']:40s} {npz}: vs float32 {entries[-1]['max_abs_diff_vs_float32']}")
+    return entries
 
 
 def main() -> int:
@@ -290,6 +403,8 @@ def main() -> int:
     recreate_dir(OUT)
 
     manifest_cases = []
+    run_cases: list[dict] = []
+    run_arrays: dict[str, np.ndarray] = {}
     for model_name in MODELS:
         # ---- models: f32 + 16-bit copies (built once, saved, reloaded through from_pretrained in fp32) ----
         model = build_model(model_name)
@@ -320,30 +435,7 @@ def main() -> int:
 
             # ---- a fresh fp32 model state for this case ----
             vae = loaded[case["variant"]]
-            vae.disable_slicing()
-            vae.disable_tiling()
-            # restore __init__ tile defaults (enable_tiling mutates them)
-            sh, sw = vae.config.sample_height, vae.config.sample_width
-            f = 2 ** (len(vae.config.block_out_channels) - 1)
-            vae.tile_sample_min_height, vae.tile_sample_min_width = sh // 2, sw // 2
-            vae.tile_latent_min_height = int(vae.tile_sample_min_height / f)
-            vae.tile_latent_min_width = int(vae.tile_sample_min_width / f)
-            vae.tile_overlap_factor_height, vae.tile_overlap_factor_width = 1 / 6, 1 / 5
-            if case["slicing"]:
-                vae.enable_slicing()
-            tiling_rec = None
-            info = None
-            if case["tiling"] is not None:
-                vae.enable_tiling(**case["tiling"])
-                tiling_rec = {
-                    "tile_sample_min_height": vae.tile_sample_min_height,
-                    "tile_sample_min_width": vae.tile_sample_min_width,
-                    "tile_overlap_factor_height": vae.tile_overlap_factor_height,
-                    "tile_overlap_factor_width": vae.tile_overlap_factor_width,
-                }
-                info = tiling_info(vae, op, shape)
-                assert info["triggered"], (name, info)
-                assert info["tile_count"] > 1, (name, info)
+            tiling_rec, info = configure(vae, case)
 
             # ---- count sub-network calls to prove which path ran ----
             calls = {"n": 0, "tiled": 0}
@@ -358,12 +450,7 @@ def main() -> int:
 
             setattr(vae, tiled_fn_name, counting)
             try:
-                x = torch.from_numpy(x_np.copy())
-                if op == "decode":
-                    out = {"sample": vae.decode(x).sample}
-                else:
-                    dist = vae.encode(x).latent_dist
-                    out = {"mean": dist.mean, "logvar": dist.logvar}
+                out = forward(vae, op, x_np)
             finally:
                 hook.remove()
                 delattr(vae, tiled_fn_name)
@@ -423,6 +510,7 @@ def main() -> int:
                 )
             print(f"  {name:40s} {op} in{list(shape)} -> {stats}{extra}")
 
+        run_cases += run_dtype_cases(model_name, dirs, loaded, arrays, inputs, run_arrays)
         save_npz(OUT / npz_name, arrays)
         with zipfile.ZipFile(OUT / npz_name) as zf:
             big = sorted(zf.infolist(), key=lambda i: -i.compress_size)[:8]
@@ -443,6 +531,16 @@ def main() -> int:
         "cases": manifest_cases,
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
+    run_manifest = {
+        "description": "AutoencoderKLCogVideoX run-dtype parity fixtures: the float32 checkpoints loaded with "
+        "torch_dtype float16 / bfloat16. Goldens: diffusers AutoencoderKLCogVideoX.from_pretrained(<f32 dir>, "
+        "torch_dtype=<dtype>).to(torch.float32), i.e. the 16-bit weights computed in float32 on CPU (bit-identical to "
+        "the 16-bit file cases, which are reused). Made by tests/reference/make_vae_fixtures.py.",
+        "made_with": versions(torch, diffusers, np, python=True),
+        "cases": run_cases,
+    }
+    (OUT / "run_dtype.json").write_text(json.dumps(run_manifest, indent=1) + "\n")
 
     total = print_file_sizes(OUT)
     print(f"{len(manifest_cases)} cases; total size of {OUT.relative_to(ROOT)}: {total / 2**20:.2f} MiB")
