@@ -1,6 +1,6 @@
 /* The models end to end under the sanitizers: the tiny VAE (decode and encode), the T5 encoder and two transformers
  * (2b style with a sin-cos table, 1.5 style with RoPE and temporal patches), each run in f32, f16 and bf16 and
- * compared with what diffusers / transformers computed for the same weights.
+ * compared with what diffusers / transformers computed for the same weights (the VAE's tiled decode too).
  *
  * Weights come from the committed checkpoints under tests/fixtures/<model>/; inputs and goldens from
  * tests/fixtures/c/ (raw arrays copied out of the npz goldens by tests/reference/make_c_model_fixtures.py). The 16-bit
@@ -138,6 +138,50 @@ static void vae_case(const char *model_dir, cvx_dtype run, const char *golden) {
 done:
     cvx_vae_free(vae);
     free(z_in), free(x_in), free(want_sample), free(want_moments);
+    expect_no_leak(model_dir, base);
+}
+
+/* tests/fixtures/vae/mid/config.json */
+static const cvx_vae_config mid_vae = {
+    .in_channels = 3,
+    .out_channels = 3,
+    .latent_channels = 8,
+    .num_blocks = 4,
+    .block_out_channels = {8, 16, 16, 16},
+    .layers_per_block = 2,
+    .norm_num_groups = 4,
+    .norm_eps = 1e-5f,
+    .temporal_compression_ratio = 4,
+};
+
+/* The tiled path (tiles blended in place, strips kept for the row below) with 16-bit weights: [1, 8, 1, 7, 11] ->
+ * [1, 3, 1, 56, 88] in 3 x 3 tiles. */
+static void vae_tiled_case(const char *model_dir, cvx_dtype run, const char *golden) {
+    char what[160], name[96];
+    const int64_t base = live_bytes();
+    const int64_t z_shape[5] = {1, 8, 1, 7, 11}, sample_shape[5] = {1, 3, 1, 56, 88};
+    const cvx_vae_tiling tiling = {1, 32, 48, 0.25, 1.0 / 6.0};
+    cvx_st_file *st = NULL;
+    cvx_vae *vae = NULL;
+    cvx_tensor z = {0}, out = {0};
+    float *z_in = read_f32("vae_mid_tiled__input.f32", 616);
+    snprintf(name, sizeof(name), "vae_mid_tiled__%s.f32", golden);
+    float *want = read_f32(name, 14784);
+    if (!z_in || !want || !open_weights(model_dir, "diffusion_pytorch_model.safetensors", &st)) goto done;
+    const cvx_status created = cvx_vae_create(&mid_vae, st, run, &vae);
+    cvx_st_close(st);
+    if (!CVX_EXPECT(created == CVX_OK, "%s as %s: %s", model_dir, cvx_dtype_name(run), cvx_error_message())) goto done;
+    z.data = z_in, z.dtype = CVX_F32, z.device = CVX_DEVICE_CPU, z.ndim = 5;
+    memcpy(z.shape, z_shape, sizeof(z_shape));
+    snprintf(what, sizeof(what), "VAE %s run %s: tiled decode", model_dir, cvx_dtype_name(run));
+    const cvx_status s = cvx_vae_decode(vae, &z, 0, &tiling, &out);
+    if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
+        CVX_EXPECT(shape_is(&out, 5, sample_shape), "%s: wrong output shape", what))
+        expect_matches(what, out.data, want, 14784);
+    cvx_tensor_release(&out);
+done:
+    cvx_vae_free(vae);
+    free(z_in), free(want);
     expect_no_leak(model_dir, base);
 }
 
@@ -326,6 +370,9 @@ int main(void) {
         vae_case(vae_dirs[d], run_dtypes[d], dtype_names[d]);
         if (d > 0) vae_case(vae_dirs[0], run_dtypes[d], dtype_names[d]);
     }
+    vae_tiled_case("vae/mid_f16", CVX_F16, "f16");
+    vae_tiled_case("vae/mid_bf16", CVX_BF16, "bf16");
+    vae_tiled_case("vae/mid", CVX_F16, "f16");
     vae_size_limits();
     for (int d = 0; d < 3; d++) {
         t5_case(t5_dirs[d], run_dtypes[d], dtype_names[d]);

@@ -37,6 +37,10 @@ COPIES = [
     ("vae/tiny.npz", "tiny_f16_decode_f3__sample", "vae_decode_f3__f16"),
     ("vae/tiny.npz", "tiny_bf16_decode_f3__sample", "vae_decode_f3__bf16"),
     ("vae/tiny.npz", "tiny_encode_f9__input", "vae_encode_f9__input"),
+    # VAE "mid": a tiled decode (32x48 px tiles, overlap 1/4 x 1/6) of the 16-bit files
+    ("vae/mid.npz", "mid_decode_tiling_custom__input", "vae_mid_tiled__input"),
+    ("vae/mid.npz", "mid_f16_decode_tiling_custom__sample", "vae_mid_tiled__f16"),
+    ("vae/mid.npz", "mid_bf16_decode_tiling_custom__sample", "vae_mid_tiled__bf16"),
     # T5 "gated" (v1.1): 2 x 16 tokens, no mask
     ("t5/gated.npz", "gated_b2_l16__input_ids", "t5_b2_l16__ids"),
     ("t5/gated.npz", "gated_b2_l16__out", "t5_b2_l16__f32"),
