@@ -153,8 +153,14 @@ class AutoencoderKLCogVideoX(ModelMixin):
         self.tile_latent_min_width = int(self.tile_sample_min_width / factor)
 
     def decoded_frames(self, latent_frames):
-        """How many frames decode() returns for latent_frames latent frames (frame batches included)."""
-        shape = (1, self.config.latent_channels, int(latent_frames), 1, 1)
+        """How many frames decode() returns for latent_frames latent frames (frame batches included). Computed in
+        closed form; a count past the core's limit raises ValueError naming it."""
+        frames = int(latent_frames)
+        if frames != latent_frames:
+            raise ValueError(f"latent_frames must be a whole number, got {latent_frames!r}")
+        if not -(2**63) <= frames < 2**63:  # the core's own limit, which it names, is far lower
+            raise ValueError(f"latent_frames {frames} does not fit in 64 bits")
+        shape = (1, self.config.latent_channels, frames, 1, 1)
         return self._core.output_shape(shape, True, None)[2]
 
     def enable_slicing(self):
@@ -208,6 +214,9 @@ class AutoencoderKLCogVideoX(ModelMixin):
         if array.dtype.kind not in "fiu":
             raise ValueError(f"expected a real-valued array, got dtype {array.dtype}")
         run = self._core.decode if decode else self._core.encode
+        if array.ndim == 5:
+            # shapes and size limits first: before a (possibly broadcast) input is converted or any work starts
+            self._core.output_shape(array.shape, decode, self._tiling())
         try:
             return run(array, self.use_slicing, self._tiling())
         except OutOfMemoryError as err:

@@ -492,16 +492,16 @@ static int64_t encoded_frames(const cvx_vae *vae, int64_t t) {
     return t;
 }
 
-/* Output frames of the whole frame-batched pass over n input frames. */
+/* Output frames of the whole frame-batched pass over n input frames. The batches after the first all have bs
+ * frames, so the count is closed-form: a frame count from a caller must not cost time linear in it (codec_shape
+ * bounds n first, so nothing here can overflow). */
 static int64_t codec_frames(const cvx_vae *vae, int decode, int64_t n) {
-    const int64_t bs = decode ? 2 : 8;
-    int64_t total = 0;
-    for (int64_t k = 0; k < frame_batch_count(n, bs); k++) {
-        int64_t s, e;
-        frame_batch_range(n, bs, k, &s, &e);
-        total += decode ? decoded_frames(vae, e - s) : encoded_frames(vae, e - s);
-    }
-    return total;
+    const int64_t bs = decode ? 2 : 8, batches = frame_batch_count(n, bs);
+    int64_t first_start, first_end;
+    frame_batch_range(n, bs, 0, &first_start, &first_end);
+    const int64_t first = first_end - first_start, rest = batches - 1;
+    return decode ? decoded_frames(vae, first) + rest * decoded_frames(vae, bs)
+                  : encoded_frames(vae, first) + rest * encoded_frames(vae, bs);
 }
 
 /* Output rows (or columns) for `size` input rows; 0 when the input is too small for the encoder's stride-2 convs. */
@@ -558,11 +558,14 @@ static int uses_tiles(const cvx_vae *vae, int decode, const cvx_vae_tiling *t, i
     return w > t->tile_sample_min_width || h > t->tile_sample_min_height;
 }
 
-/* Output rows of a tiled pass along one axis of `size` input rows. */
+/* Output rows of a tiled pass along one axis of `size` input rows: the tiles that start at or before size - tile
+ * are whole and alike, so only the few partial ones at the end are visited. */
 static int64_t tiled_extent(const cvx_vae *vae, int decode, int64_t size, int64_t tile, int64_t stride, int64_t limit) {
-    int64_t total = 0;
-    for (int64_t i = 0; i < size; i += stride) {
-        int64_t out = codec_extent(vae, decode, size - i < tile ? size - i : tile);
+    const int64_t whole = size >= tile ? (size - tile) / stride + 1 : 0;
+    const int64_t whole_out = codec_extent(vae, decode, tile);
+    int64_t total = whole * (whole_out < limit ? whole_out : limit);
+    for (int64_t i = whole * stride; i < size; i += stride) {
+        const int64_t out = codec_extent(vae, decode, size - i);
         total += out < limit ? out : limit;
     }
     return total;
@@ -572,15 +575,21 @@ static cvx_status codec_shape(const cvx_vae *vae, int decode, const int64_t in[5
                               int64_t out[5]) {
     const cvx_vae_config *c = &vae->cfg;
     const int want_c = decode ? c->latent_channels : c->in_channels;
+    const char *op = decode ? "decode" : "encode";
     if (in[1] != want_c)
-        return CVX_FAIL(CVX_ERR_INVALID, "%s expects %d channels, got %lld", decode ? "decode" : "encode", want_c,
-                        (long long)in[1]);
-    for (int i = 0; i < 5; i++)
+        return CVX_FAIL(CVX_ERR_INVALID, "%s expects %d channels, got %lld", op, want_c, (long long)in[1]);
+    static const char *const dim_names[5] = {"batch", "channels", "frames", "height", "width"};
+    for (int i = 0; i < 5; i++) {
         if (in[i] < 1)
-            return CVX_FAIL(CVX_ERR_INVALID, "input dimension %d is %lld; every dimension must be at least 1", i,
+            return CVX_FAIL(CVX_ERR_INVALID, "%s: %s is %lld; every dimension must be at least 1", op, dim_names[i],
                             (long long)in[i]);
+        /* before any size arithmetic: bounded inputs keep every output size far inside int64 */
+        if (in[i] > CVX_VAE_MAX_EXTENT)
+            return CVX_FAIL(CVX_ERR_INVALID, "%s: %s is %lld, over the limit of %d", op, dim_names[i], (long long)in[i],
+                            CVX_VAE_MAX_EXTENT);
+    }
     out[0] = in[0];
-    out[1] = decode ? c->out_channels : 2 * c->latent_channels;
+    out[1] = decode ? c->out_channels : 2 * (int64_t)c->latent_channels;
     out[2] = codec_frames(vae, decode, in[2]);
     if (uses_tiles(vae, decode, tiling, in[3], in[4])) {
         tile_plan p;
@@ -594,6 +603,17 @@ static cvx_status codec_shape(const cvx_vae *vae, int decode, const int64_t in[5
     if (out[3] < 1 || out[4] < 1)
         return CVX_FAIL(CVX_ERR_INVALID, "a %lldx%lld input (or tile) is too small for the encoder's %d downsamplings",
                         (long long)in[3], (long long)in[4], c->num_blocks - 1);
+    /* the product is compared with the limit by division before each multiplication, so it never overflows */
+    const int64_t max_elems = CVX_VAE_MAX_OUTPUT_BYTES / (int64_t)sizeof(float);
+    int64_t elems = 1;
+    for (int i = 0; i < 5; i++) {
+        if (elems > max_elems / out[i])
+            return CVX_FAIL(CVX_ERR_INVALID,
+                            "%s: the output [%lld, %lld, %lld, %lld, %lld] would exceed the limit of %lld bytes", op,
+                            (long long)out[0], (long long)out[1], (long long)out[2], (long long)out[3],
+                            (long long)out[4], (long long)CVX_VAE_MAX_OUTPUT_BYTES);
+        elems *= out[i];
+    }
     return CVX_OK;
 }
 

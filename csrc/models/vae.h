@@ -27,6 +27,13 @@ typedef struct cvx_vae_tiling {
 
 typedef struct cvx_vae cvx_vae;
 
+/* What decode and encode accept, checked before any work (CVX_ERR_INVALID past them): each input size (batch,
+ * frames, height, width) at most CVX_VAE_MAX_EXTENT, and an f32 output of at most CVX_VAE_MAX_OUTPUT_BYTES. Far
+ * above any real video (CogVideoX decodes 13 latent frames of 60x90 into 49 frames of 480x720), they keep every
+ * size computation far inside int64. */
+#define CVX_VAE_MAX_EXTENT (1 << 20)
+#define CVX_VAE_MAX_OUTPUT_BYTES ((int64_t)1 << 40)
+
 /* Builds the module tree for `cfg` and loads its weights from `st` converted to `dtype`. */
 cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out);
 void cvx_vae_free(cvx_vae *vae);

@@ -66,7 +66,11 @@ static inline float exp_poly(float x) {
     return y * scale.f;
 }
 
-__attribute__((target_clones("avx2", "default"))) float cvx_exp_shifted_sum(float *x, int64_t n, float shift) {
+/* The multiversioned kernels are static and reached through plain exported functions: clang (through 15 at least)
+ * emits a target_clones function's dispatcher under "<name>.ifunc", not "<name>", so a call from another
+ * translation unit would find no symbol. */
+__attribute__((target_clones("avx2", "default"))) static float exp_shifted_sum_kernel(float *x, int64_t n,
+                                                                                      float shift) {
     for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - shift);
     /* eight partial sums: a strict left-to-right float sum would not vectorise */
     float lane[8] = {0.0f};
@@ -78,7 +82,9 @@ __attribute__((target_clones("avx2", "default"))) float cvx_exp_shifted_sum(floa
     return sum;
 }
 
-__attribute__((target_clones("avx2", "default"))) float cvx_max(const float *x, int64_t n, float start) {
+float cvx_exp_shifted_sum(float *x, int64_t n, float shift) { return exp_shifted_sum_kernel(x, n, shift); }
+
+__attribute__((target_clones("avx2", "default"))) static float max_kernel(const float *x, int64_t n, float start) {
     float lane[8] = {start, start, start, start, start, start, start, start};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -88,6 +94,8 @@ __attribute__((target_clones("avx2", "default"))) float cvx_max(const float *x, 
     for (; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
 }
+
+float cvx_max(const float *x, int64_t n, float start) { return max_kernel(x, n, start); }
 
 void cvx_silu(float *x, int64_t n) {
 #pragma omp parallel for schedule(static)
