@@ -153,10 +153,3 @@ def test_absurd_inputs_are_refused_before_conversion_or_work(decode, shape, mess
         _timed(run, x)
     with pytest.raises(ValueError, match=message):
         _timed(vae._core.output_shape, shape, decode, None)
-
-
-def test_pipeline_with_absurd_num_frames_fails_at_once():
-    assert (PIPELINE / "model_index.json").is_file(), f"missing {PIPELINE} (tests/reference/make_pipeline_fixtures.py)"
-    pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(str(PIPELINE))
-    with pytest.raises(ValueError, match=rf"frames is {2**60 + 1}, over the limit of {MAX_EXTENT}"):
-        _timed(lambda: pipe("a cat", height=16, width=16, num_frames=2**62 + 1, num_inference_steps=1))
