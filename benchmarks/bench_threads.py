@@ -51,7 +51,7 @@ else:
     tmp = tempfile.mkdtemp()
     pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(cogvideo_c.tiny.make_tiny_pipeline(tmp))
     pipe.set_progress_bar_config(disable=True)
-    run = lambda: pipe("a panda", num_inference_steps=4, generator=0, output_type="np")
+    run = lambda: pipe("a panda", num_inference_steps=10, generator=0, output_type="np")
 run()
 times = []
 for _ in range(calls):

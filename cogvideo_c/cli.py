@@ -24,11 +24,17 @@ import time
 import numpy as np
 
 from . import __version__, memory
+from ._dtypes import _ALIASES
 from .models import AutoencoderKLCogVideoX
 from .tiny import make_tiny_pipeline, make_tiny_vae
 from .video import GIF_SUFFIXES, VIDEO_SUFFIXES, check_fps, check_output_path, export_to_gif, export_to_video
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype_name(text):
+    """--dtype's value with the aliases torch_dtype takes (fp16, bf16, half, ...) mapped to the three names."""
+    return _ALIASES.get(text.lower(), text)
 
 
 def _mib(n):
@@ -173,7 +179,13 @@ def _parser():
     gen.add_argument("--width", type=int, default=None, help="video width in pixels; when unset, the model's")
     gen.add_argument("--fps", type=int, default=8, help="frames per second of the written file")
     gen.add_argument("--seed", type=int, default=42, help="generator seed")
-    gen.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype (torch_dtype)")
+    gen.add_argument(
+        "--dtype",
+        default="float32",
+        type=_dtype_name,
+        choices=DTYPES,
+        help="weight dtype (torch_dtype; fp16, bf16, half are accepted too)",
+    )
     gen.add_argument("--tiling", action="store_true", help="pipe.vae.enable_tiling()")
     gen.add_argument("--slicing", action="store_true", help="pipe.vae.enable_slicing()")
     about = "write the embedded tiny pipeline to a folder"
@@ -182,7 +194,13 @@ def _parser():
     about = "decode seeded random latents with a CogVideoX VAE"
     dec = sub.add_parser("vae-decode", help=about, description=about, **kw)
     dec.add_argument("--model", help="a VAE folder (config.json + safetensors); when unset, the embedded tiny VAE")
-    dec.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype (torch_dtype)")
+    dec.add_argument(
+        "--dtype",
+        default="float32",
+        type=_dtype_name,
+        choices=DTYPES,
+        help="weight dtype (torch_dtype; fp16, bf16, half are accepted too)",
+    )
     dec.add_argument("--batch", type=int, default=1, help="batch size")
     dec.add_argument("--frames", type=int, default=3, help="latent frames")
     dec.add_argument("--height", type=int, default=16, help="latent height")

@@ -146,3 +146,13 @@ def test_drop_in_demo_script_runs_and_differs_from_diffusers_only_in_its_import(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.stat().st_size > 1000
+
+
+def test_dtype_takes_torch_dtype_aliases_and_refuses_others(capsys):
+    for text, want in (("fp16", "float16"), ("BF16", "bfloat16"), ("half", "float16"), ("float32", "float32")):
+        assert cli._parser().parse_args(["generate", "--dtype", text]).dtype == want
+    with pytest.raises(SystemExit) as done:
+        cli.main(["vae-decode", "--dtype", "int8"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err  # argparse's wording of the choices varies between Python versions
+    assert "argument --dtype: invalid choice: 'int8'" in err and "bfloat16" in err
