@@ -79,13 +79,17 @@ def run_child(workload: str, calls: int, env_extra: dict, timeout: float) -> flo
 
 
 class BusyLoops:
-    """N processes that spin on a core each, killed (by their own pids) on exit, and bounded in time regardless."""
+    """N processes that spin on a core each, killed (by their own pids) on exit; each also stops by itself after
+    max_seconds or as soon as this process is gone (so a killed benchmark leaves nothing spinning)."""
 
     def __init__(self, count: int, max_seconds: float):
         self.count, self.max_seconds, self.procs = count, max_seconds, []
 
     def __enter__(self):
-        code = f"import time\nend = time.monotonic() + {self.max_seconds}\nwhile time.monotonic() < end: pass"
+        code = (
+            f"import os, time\nend, parent = time.monotonic() + {self.max_seconds}, {os.getpid()}\n"
+            "while time.monotonic() < end and os.getppid() == parent: pass"
+        )
         self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.count)]
         return self
 
@@ -111,8 +115,8 @@ def main(argv=None) -> int:
     results = {}
     for condition, busy in conditions:
         for r in range(args.rounds):
-            # the busy loops are started once per round and end with it (and after 4 child timeouts at the most)
-            with BusyLoops(busy, max_seconds=4 * args.timeout):
+            # the busy loops are started once per round and end with it (or when every child has timed out)
+            with BusyLoops(busy, max_seconds=len(args.configs) * args.timeout):
                 if busy:
                     time.sleep(0.5)  # let them reach the scheduler first
                 for name in args.configs:
