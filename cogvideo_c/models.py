@@ -283,7 +283,8 @@ class AutoencoderKLCogVideoX:
 
         Returns:
             `DecoderOutput` (or `(sample,)`): sample of shape `(batch, out_channels, frames, 8 * height, 8 * width)`,
-            float32, where frames is ``decoded_frames(latent_frames)`` (1 + 4 * (latent_frames - 1) for CogVideoX).
+            float32, where frames is ``decoded_frames(latent_frames)`` (49 for CogVideoX's 13 latent frames; the
+            decode runs in batches of 2 latent frames, as diffusers', so an even count gives 8 per pair).
         """
         sample = self._run(z, decode=True)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
