@@ -16,6 +16,7 @@ from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMSched
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
 from .transformer import CogVideoXTransformer3DModel, Transformer2DModelOutput
+from .utils import load_image, load_video
 from .video import export_to_gif, export_to_video
 
 __version__ = "0.1.0"
@@ -52,6 +53,8 @@ __all__ = [
     "T5TokenizerFast",
     "export_to_gif",
     "export_to_video",
+    "load_image",
+    "load_video",
     "build_info",
     "tiny",
     "cuda_is_available",

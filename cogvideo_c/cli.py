@@ -1,10 +1,18 @@
-"""The `cogvideo-c` command.
+"""The `cogvideo-c` command: CogVideoX on the CPU with cogvideo_c, no torch needed.
 
-cogvideo-c vae-decode [--model VAE_DIR] [--frames 13 --height 60 --width 90] [--tiling] [--slicing]
-    decodes random latents (seeded) with the VAE at VAE_DIR, or with an embedded tiny random VAE when no model
-    is given, and prints the time, the output shape and the peak memory.
-cogvideo-c make-tiny-vae DIR
-    writes that tiny VAE in diffusers layout.
+commands:
+  generate       text to video with a CogVideoX pipeline folder (diffusers layout), or with the embedded tiny random
+                 pipeline when no --model is given; writes an MP4 (.mp4/.m4v/.mov/.mkv/.avi) or a GIF (.gif) and
+                 prints the time and peak memory of each stage. The output path, container and fps are checked
+                 before the model loads.
+  make-tiny      writes the embedded tiny random pipeline to a folder (diffusers layout).
+  vae-decode     decodes seeded random latents with a VAE folder (or the embedded tiny random VAE) and prints the
+                 time, the output shape and the peak memory; --output saves the video as .npy.
+  make-tiny-vae  writes the embedded tiny random VAE to a folder (diffusers layout).
+
+Run `cogvideo-c COMMAND --help` for a command's options. Errors (bad values, missing files, memory budgets) exit
+with status 2 and a one-line message. Threads: OMP_NUM_THREADS=N (OpenMP waits passively unless OMP_WAIT_POLICY or
+GOMP_SPINCOUNT is set).
 """
 
 import argparse
@@ -15,9 +23,18 @@ import time
 
 import numpy as np
 
-from . import memory
+from . import __version__, memory
+from ._dtypes import _ALIASES
 from .models import AutoencoderKLCogVideoX
 from .tiny import make_tiny_pipeline, make_tiny_vae
+from .video import GIF_SUFFIXES, VIDEO_SUFFIXES, check_fps, check_output_path, export_to_gif, export_to_video
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype_name(text):
+    """--dtype's value with the aliases torch_dtype takes (fp16, bf16, half, ...) mapped to the three names."""
+    return _ALIASES.get(text.lower(), text)
 
 
 def _mib(n):
@@ -88,13 +105,20 @@ class _StageTimer:
             print(f"  {label:<13} {seconds:8.2f} s  peak {_mib(peak):>12}  ({calls} call{'s' if calls > 1 else ''})")
 
 
+def _check_output(path, fps):
+    """The export function for path's extension, after checking path and fps as it will (before any model loads)."""
+    check_fps(fps)
+    if os.path.splitext(path)[1].lower() in GIF_SUFFIXES:
+        check_output_path(path, GIF_SUFFIXES)
+        return export_to_gif
+    check_output_path(path, VIDEO_SUFFIXES)
+    return export_to_video
+
+
 def generate(args):
     from .pipeline import CogVideoXPipeline
-    from .video import export_to_video
 
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        raise OSError(f"cannot write {args.output}: '{out_dir}' is not a writable folder")
+    export = _check_output(args.output, args.fps)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model or make_tiny_pipeline(tmp)
         start = time.perf_counter()
@@ -116,7 +140,7 @@ def generate(args):
         use_dynamic_cfg=args.dynamic_cfg, generator=args.seed, output_type="np",
     ).frames[0]  # fmt: skip
     seconds = time.perf_counter() - start
-    path = export_to_video(list(frames), args.output, fps=args.fps)
+    path = export(list(frames), args.output, fps=args.fps)
     name = args.model or "embedded tiny random pipeline"
     print(f"model: {name} (loaded in {load_seconds:.2f} s)")
     print(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s -> {path}")
@@ -124,42 +148,76 @@ def generate(args):
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="cogvideo-c", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, and keeps the description's layout."""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="cogvideo-c", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    kw = dict(formatter_class=_HelpFormatter)
+    about = "text to video (embedded tiny pipeline when no --model)"
+    gen = sub.add_parser("generate", help=about, description=about, **kw)
+    gen.add_argument(
+        "--model", help="a CogVideoX pipeline folder in diffusers layout; when unset, the embedded tiny one"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="text to video (embedded tiny pipeline when no --model)")
-    gen.add_argument("--model", help="a CogVideoX pipeline folder in diffusers layout; default: embedded tiny one")
-    gen.add_argument("--prompt", default="A panda, dressed in a small red jacket, plays a guitar in a bamboo forest.")
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--output", default="output.mp4")
+    gen.add_argument(
+        "--prompt", default="A panda, dressed in a small red jacket, plays a guitar in a bamboo forest.", help="prompt"
+    )
+    gen.add_argument("--negative-prompt", default=None, help="negative_prompt; when unset, none")
+    gen.add_argument(
+        "--output",
+        default="output.mp4",
+        help=f"the file to write: {', '.join(VIDEO_SUFFIXES)} (H.264) or .gif; checked before the model loads",
+    )
     gen.add_argument("--steps", type=int, default=50, help="num_inference_steps")
-    gen.add_argument("--guidance-scale", type=float, default=6.0)
+    gen.add_argument("--guidance-scale", type=float, default=6.0, help="guidance_scale (classifier-free guidance)")
     gen.add_argument("--dynamic-cfg", action="store_true", help="use_dynamic_cfg")
-    gen.add_argument("--frames", type=int, default=None, help="num_frames (default: the model's sample_frames)")
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--fps", type=int, default=8)
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--dtype", default="float32", help="weight dtype: float32, float16, bfloat16")
+    gen.add_argument("--frames", type=int, default=None, help="num_frames; when unset, the model's sample_frames")
+    gen.add_argument("--height", type=int, default=None, help="video height in pixels; when unset, the model's")
+    gen.add_argument("--width", type=int, default=None, help="video width in pixels; when unset, the model's")
+    gen.add_argument("--fps", type=int, default=8, help="frames per second of the written file")
+    gen.add_argument("--seed", type=int, default=42, help="generator seed")
+    gen.add_argument(
+        "--dtype",
+        default="float32",
+        type=_dtype_name,
+        choices=DTYPES,
+        help="weight dtype (torch_dtype; fp16, bf16, half are accepted too)",
+    )
     gen.add_argument("--tiling", action="store_true", help="pipe.vae.enable_tiling()")
     gen.add_argument("--slicing", action="store_true", help="pipe.vae.enable_slicing()")
-    tiny_pipe = sub.add_parser("make-tiny", help="write the embedded tiny pipeline to a folder")
-    tiny_pipe.add_argument("dir")
-    dec = sub.add_parser("vae-decode", help="decode random latents with a CogVideoX VAE")
-    dec.add_argument("--model", help="a VAE folder (config.json + safetensors); default: embedded tiny VAE")
-    dec.add_argument("--dtype", default="float32", help="weight dtype: float32, float16, bfloat16")
-    dec.add_argument("--batch", type=int, default=1)
+    about = "write the embedded tiny pipeline to a folder"
+    tiny_pipe = sub.add_parser("make-tiny", help=about, description=about, **kw)
+    tiny_pipe.add_argument("dir", help="the folder to create (diffusers layout)")
+    about = "decode seeded random latents with a CogVideoX VAE"
+    dec = sub.add_parser("vae-decode", help=about, description=about, **kw)
+    dec.add_argument("--model", help="a VAE folder (config.json + safetensors); when unset, the embedded tiny VAE")
+    dec.add_argument(
+        "--dtype",
+        default="float32",
+        type=_dtype_name,
+        choices=DTYPES,
+        help="weight dtype (torch_dtype; fp16, bf16, half are accepted too)",
+    )
+    dec.add_argument("--batch", type=int, default=1, help="batch size")
     dec.add_argument("--frames", type=int, default=3, help="latent frames")
     dec.add_argument("--height", type=int, default=16, help="latent height")
     dec.add_argument("--width", type=int, default=24, help="latent width")
-    dec.add_argument("--seed", type=int, default=0)
+    dec.add_argument("--seed", type=int, default=0, help="seed of the random latents")
     dec.add_argument("--tiling", action="store_true", help="vae.enable_tiling()")
     dec.add_argument("--slicing", action="store_true", help="vae.enable_slicing()")
-    dec.add_argument("--output", help="save the decoded video as .npy")
-    tiny = sub.add_parser("make-tiny-vae", help="write the embedded tiny VAE to a folder")
-    tiny.add_argument("dir")
+    dec.add_argument("--output", help="save the decoded video as .npy; when unset, not saved")
+    about = "write the embedded tiny VAE to a folder"
+    tiny = sub.add_parser("make-tiny-vae", help=about, description=about, **kw)
+    tiny.add_argument("dir", help="the folder to create (diffusers layout)")
+    return parser
+
+
+def main(argv=None):
+    """Runs the `cogvideo-c` command with argv (default: sys.argv[1:]); returns the exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -172,7 +230,7 @@ def main(argv=None):
         print(f"wrote {make_tiny_vae(args.dir)}")
         return 0
     except (ValueError, OSError, MemoryError) as err:
-        print(f"cogvideo-c: error: {err}", file=sys.stderr)
+        print(f"cogvideo-c: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
 
 

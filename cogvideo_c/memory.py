@@ -16,19 +16,27 @@ def memory_stats(device="cpu"):
 
 
 def memory_allocated(device="cpu"):
+    """Bytes cogvideo_c holds on device now (weights and activations), as ``torch.cuda.memory_allocated``."""
     return memory_stats(device)["allocated_bytes.all.current"]
 
 
 def max_memory_allocated(device="cpu"):
+    """The peak of ``memory_allocated(device)`` since start or the last ``reset_peak_memory_stats``."""
     return memory_stats(device)["allocated_bytes.all.peak"]
 
 
 def reset_peak_memory_stats(device="cpu"):
+    """Starts the peak counters of ``memory_stats(device)`` (and ``max_memory_allocated``) again from now."""
     _C.reset_peak_memory_stats(_device(device))
 
 
 def set_memory_limit(device, nbytes):
-    """Allocations past `nbytes` on `device` raise OutOfMemoryError; None or 0 removes the limit."""
+    """Sets a memory budget: allocations past it raise ``OutOfMemoryError`` (before the work that needs them).
+
+    Args:
+        device (`str`): "cpu" or "cuda" (a "cuda:N" name counts as "cuda").
+        nbytes (`int` or None): the budget in bytes, for weights and activations together; None or 0 removes it.
+    """
     if nbytes is None:
         nbytes = 0
     nbytes = int(nbytes)

@@ -15,11 +15,23 @@ from .safetensors_io import find_weights
 
 @dataclass
 class DecoderOutput:
+    """What ``AutoencoderKLCogVideoX.decode`` returns (diffusers' ``DecoderOutput``).
+
+    Args:
+        sample (`np.ndarray` of shape `(batch, out_channels, frames, height, width)`): the decoded video, float32,
+            roughly in [-1, 1].
+    """
+
     sample: np.ndarray
 
 
 class DiagonalGaussianDistribution:
-    """diffusers' posterior: moments [B, 2C, ...] split into mean and logvar (clamped to [-30, 20])."""
+    """diffusers' posterior: moments [B, 2C, ...] split into mean and logvar (clamped to [-30, 20]).
+
+    Args:
+        parameters (`np.ndarray` of shape `(batch, 2 * latent_channels, frames, height, width)`): the encoder's
+            output; the first half of the channels is the mean, the second half the log-variance.
+    """
 
     def __init__(self, parameters):
         self.parameters = parameters
@@ -29,13 +41,21 @@ class DiagonalGaussianDistribution:
         self.var = np.exp(self.logvar)
 
     def sample(self, generator=None):
+        """A draw ``mean + std * noise`` from the posterior, in the mean's dtype.
+
+        Args:
+            generator (`int`, `np.random.Generator` or `torch.Generator`, *optional*): the noise source; an int
+                seeds a NumPy generator, a torch.Generator draws as torch does. None: fresh OS entropy.
+        """
         noise = _standard_normal(self.mean.shape, generator)
         return (self.mean + self.std * noise).astype(self.mean.dtype, copy=False)
 
     def mode(self):
+        """The posterior's mode, i.e. its mean (what diffusers uses when ``sample_posterior=False``)."""
         return self.mean
 
     def kl(self, other=None):
+        """KL divergence per batch item (summed over all other axes) to ``other``, or to N(0, 1) when None."""
         axes = tuple(range(1, self.mean.ndim))
         if other is None:
             return 0.5 * np.sum(self.mean**2 + self.var - 1.0 - self.logvar, axis=axes)
@@ -47,6 +67,13 @@ class DiagonalGaussianDistribution:
 
 @dataclass
 class AutoencoderKLOutput:
+    """What ``AutoencoderKLCogVideoX.encode`` returns (diffusers' ``AutoencoderKLOutput``).
+
+    Args:
+        latent_dist (`DiagonalGaussianDistribution`): the posterior; ``.sample(generator)`` or ``.mode()`` gives
+            latents of shape `(batch, latent_channels, latent_frames, height / 8, width / 8)`.
+    """
+
     latent_dist: DiagonalGaussianDistribution
 
 
@@ -58,7 +85,14 @@ def _standard_normal(shape, generator):
 
 
 class AutoencoderKLCogVideoX(ModelMixin):
-    """diffusers.AutoencoderKLCogVideoX on the cogvideo_c core: decode/encode with frame batches, slicing, tiling."""
+    """diffusers.AutoencoderKLCogVideoX on the cogvideo_c core: decode/encode with frame batches, slicing, tiling.
+
+    Build it with ``AutoencoderKLCogVideoX.from_pretrained(folder)``; the constructor takes a config dict (keys and
+    defaults as diffusers', e.g. ``block_out_channels``, ``layers_per_block``, ``latent_channels``,
+    ``scaling_factor``), the safetensors file (or sharded index) and the run dtype ("float32", "float16",
+    "bfloat16"). ``config`` holds the resolved values, read-only. Inputs and outputs are NumPy arrays (channels
+    first, ``[batch, channels, frames, height, width]``); the work runs in C on the CPU.
+    """
 
     _DEFAULTS = dict(
         in_channels=3,
@@ -129,10 +163,22 @@ class AutoencoderKLCogVideoX(ModelMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
                         variant=None, **kwargs):  # fmt: skip
-        """Loads a diffusers-layout folder (config.json + safetensors, sharded or not). dtype (or its older name
-        torch_dtype): float32 (default), float16, bfloat16, as a string, NumPy or torch dtype; weights are converted
-        at load. variant="fp16" loads diffusion_pytorch_model.fp16.safetensors (or its sharded index). Other
-        keyword arguments (hub options) are accepted with a warning."""
+        """Loads a VAE from a diffusers-layout folder (config.json + safetensors, single file or sharded).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded), e.g.
+                ``"CogVideoX-2b"`` with ``subfolder="vae"``, or the vae folder itself.
+            subfolder (`str`, *optional*): the component's folder inside it.
+            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
+                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
+            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``diffusion_pytorch_model.fp16.safetensors`` (or
+                its sharded index).
+            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
+
+        Raises:
+            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
+            a weight does not match the architecture (the key is named).
+        """
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, "AutoencoderKLCogVideoX")
         run_dtype = load_dtype(dtype, torch_dtype)
@@ -141,10 +187,12 @@ class AutoencoderKLCogVideoX(ModelMixin):
 
     @property
     def weight_bytes(self):
+        """Bytes the loaded weights take in memory (in the run dtype)."""
         return self._core.weight_bytes
 
     @property
     def num_weight_groups(self):
+        """How many weight tensors the core holds (one per parameter of diffusers' state dict it uses)."""
         return self._core.num_weight_groups
 
     def _update_latent_tile(self):
@@ -164,9 +212,11 @@ class AutoencoderKLCogVideoX(ModelMixin):
         return self._core.output_shape(shape, True, None)[2]
 
     def enable_slicing(self):
+        """Decode/encode a batch one video at a time (as diffusers): less peak memory for batch > 1, same result."""
         self.use_slicing = True
 
     def disable_slicing(self):
+        """Process the whole batch at once again (the default)."""
         self.use_slicing = False
 
     def enable_tiling(
@@ -176,7 +226,17 @@ class AutoencoderKLCogVideoX(ModelMixin):
         tile_overlap_factor_height=None,
         tile_overlap_factor_width=None,
     ):
-        """As diffusers: arguments left None (or 0) keep their current value."""
+        """Decode/encode in overlapping spatial tiles blended at their seams (as diffusers): less peak memory for
+        large frames, a result within tiling's blending of the untiled one.
+
+        Args:
+            tile_sample_min_height (`int`, *optional*): tile height in pixels (default: half of sample_height).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels (default: half of sample_width).
+            tile_overlap_factor_height (`float`, *optional*): vertical overlap, a fraction in (0, 1) (default 1/6).
+            tile_overlap_factor_width (`float`, *optional*): horizontal overlap, a fraction in (0, 1) (default 1/5).
+
+        Arguments left None (or 0) keep their current value, as in diffusers.
+        """
         for name, value in (
             ("tile_overlap_factor_height", tile_overlap_factor_height),
             ("tile_overlap_factor_width", tile_overlap_factor_width),
@@ -197,6 +257,7 @@ class AutoencoderKLCogVideoX(ModelMixin):
         self.tile_overlap_factor_width = tile_overlap_factor_width or self.tile_overlap_factor_width
 
     def disable_tiling(self):
+        """Process whole frames again (the default)."""
         self.use_tiling = False
 
     def _tiling(self):
@@ -229,16 +290,44 @@ class AutoencoderKLCogVideoX(ModelMixin):
             raise OutOfMemoryError(f"{err}{hint}") from None
 
     def decode(self, z, return_dict=True):
-        """z [B, latent_channels, F, h, w] -> DecoderOutput(sample=[B, out_channels, F', 8h, 8w]) (float32)."""
+        """Decodes latents to a video.
+
+        Args:
+            z (`np.ndarray` of shape `(batch, latent_channels, latent_frames, height, width)`): latents (any real
+                dtype; computed in the run dtype). Latents from the pipeline are divided by ``scaling_factor`` first.
+            return_dict (`bool`, defaults to True): return a ``DecoderOutput`` rather than a tuple.
+
+        Returns:
+            `DecoderOutput` (or `(sample,)`): sample of shape `(batch, out_channels, frames, 8 * height, 8 * width)`,
+            float32, where frames is ``decoded_frames(latent_frames)`` (49 for CogVideoX's 13 latent frames; the
+            decode runs in batches of 2 latent frames, as diffusers', so an even count gives 8 per pair).
+        """
         sample = self._run(z, decode=True)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def encode(self, x, return_dict=True):
-        """x [B, in_channels, F, H, W] -> AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution)."""
+        """Encodes a video to the posterior over latents.
+
+        Args:
+            x (`np.ndarray` of shape `(batch, in_channels, frames, height, width)`): the video, roughly in [-1, 1].
+            return_dict (`bool`, defaults to True): return an ``AutoencoderKLOutput`` rather than a tuple.
+
+        Returns:
+            `AutoencoderKLOutput` (or `(latent_dist,)`): a ``DiagonalGaussianDistribution`` over latents of shape
+            `(batch, latent_channels, latent_frames, height / 8, width / 8)`.
+        """
         posterior = DiagonalGaussianDistribution(self._run(x, decode=False))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def forward(self, sample, sample_posterior=False, return_dict=True, generator=None):
+        """Encodes then decodes a video (diffusers' ``forward``; also ``vae(sample)``).
+
+        Args:
+            sample (`np.ndarray` of shape `(batch, in_channels, frames, height, width)`): the video.
+            sample_posterior (`bool`, defaults to False): decode a draw from the posterior instead of its mode.
+            return_dict (`bool`, defaults to True): return a ``DecoderOutput`` rather than a tuple.
+            generator (`int`, `np.random.Generator` or `torch.Generator`, *optional*): noise for the draw.
+        """
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         dec = self.decode(z).sample

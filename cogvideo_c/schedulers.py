@@ -67,9 +67,11 @@ class DDIMSchedulerOutput:
     pred_original_sample: Optional[np.ndarray] = None
 
     def to_tuple(self):
+        """The non-None fields in order: (prev_sample,) or (prev_sample, pred_original_sample)."""
         return tuple(v for v in (self.prev_sample, self.pred_original_sample) if v is not None)
 
     def keys(self):
+        """The names of the non-None fields, as a diffusers BaseOutput (an OrderedDict) lists them."""
         return [k for k in ("prev_sample", "pred_original_sample") if getattr(self, k) is not None]
 
     def __getitem__(self, key):
@@ -358,6 +360,7 @@ class _SchedulerBase:
 
     @property
     def config(self):
+        """The constructor's arguments (and ``_class_name``), read-only; attributes and keys both work."""
         return self._internal_config
 
     # -- loading / saving --------------------------------------------------------------------------------------
@@ -369,6 +372,8 @@ class _SchedulerBase:
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
+        """(init, unused): the keys of config_dict (updated with kwargs) the constructor takes, and the others
+        (warned about once, as diffusers does). Private ``_`` keys are dropped."""
         params = cls._init_parameters()
         config_dict = dict(config_dict)
         config_dict.update(kwargs)
@@ -404,6 +409,11 @@ class _SchedulerBase:
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, subfolder=None):
+        """The dict in ``scheduler_config.json`` of a local folder (or its subfolder), or of a JSON file path.
+
+        Raises FileNotFoundError for a missing folder or file (nothing is downloaded) and ValueError for a file
+        that is not a JSON object.
+        """
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(path):
             cfg_path = path
@@ -440,8 +450,9 @@ class _SchedulerBase:
         return cls.from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def save_config(self, save_directory, **kwargs):
-        """Writes scheduler_config.json (with _class_name and _diffusers_version, as diffusers) into
-        save_directory, created if needed; returns its path."""
+        """Writes ``scheduler_config.json`` (the config with _class_name and _diffusers_version, as diffusers writes
+        it, sorted keys) into save_directory (created if missing) and returns its path; ``save_pretrained`` is the
+        same. Extra keyword arguments are accepted and ignored."""
         from .modeling import DIFFUSERS_VERSION
 
         os.makedirs(save_directory, exist_ok=True)
@@ -466,7 +477,15 @@ class _SchedulerBase:
         return sample
 
     def set_timesteps(self, num_inference_steps, device=None):
-        """Discrete timesteps of the chain (int64, descending). `device` is accepted and ignored."""
+        """Sets the discrete timesteps of the chain (``self.timesteps``, int64, descending) for a run.
+
+        Args:
+            num_inference_steps (`int`): the number of denoising steps, from 1 to num_train_timesteps.
+            device: accepted and ignored (everything runs on the CPU).
+
+        The spacing follows ``timestep_spacing`` ("linspace", "leading" plus steps_offset, or "trailing"), as
+        diffusers. A new call also restarts the scheduler's noise stream.
+        """
         n = num_inference_steps
         if type(n).__module__.startswith("torch"):
             n = n.item()
@@ -640,7 +659,19 @@ class CogVideoXDDIMScheduler(_CogVideoXSchedulerBase):
         variance_noise=None,
         return_dict: bool = True,
     ):
-        """One DDIM update x_t -> x_{t - T // N}; returns DDIMSchedulerOutput or (prev_sample, pred_original_sample)."""
+        """One DDIM update x_t -> x_{t - T // N} (deterministic).
+
+        Args:
+            model_output (`np.ndarray`): the transformer's prediction (noise, velocity or sample, per
+                ``prediction_type``), same shape as sample.
+            timestep (`int`): the current timestep, one of ``self.timesteps``.
+            sample (`np.ndarray`): the current latents x_t.
+            eta, use_clipped_model_output, generator, variance_noise: ignored, as in diffusers.
+            return_dict (`bool`, defaults to True): return a ``DDIMSchedulerOutput`` rather than a tuple.
+
+        Returns:
+            `DDIMSchedulerOutput` or `(prev_sample, pred_original_sample)`.
+        """
         model_output, sample, t, prev_t = self._step_inputs(model_output, timestep, sample)
 
         with np.errstate(all="ignore"):
@@ -709,6 +740,19 @@ class CogVideoXDPMScheduler(_CogVideoXSchedulerBase):
         return_dict: bool = False,
     ):
         """One DPM step; returns (prev_sample, pred_original_sample).
+
+        Args:
+            model_output (`np.ndarray`): the transformer's prediction (noise, velocity or sample, per
+                ``prediction_type``), same shape as sample.
+            old_pred_original_sample (`np.ndarray` or None): the pred_original_sample of the previous step (None at
+                the first one).
+            timestep (`int`): the current timestep, one of ``self.timesteps``.
+            timestep_back (`int` or None): the previous step's timestep (None at the first one).
+            sample (`np.ndarray`): the current latents x_t.
+            eta, use_clipped_model_output: ignored, as in diffusers.
+            generator (`int`, `np.random.Generator` or `torch.Generator`, *optional*): the noise source.
+            variance_noise (`np.ndarray`, *optional*): noise to use instead of drawing it (an extension).
+            return_dict (`bool`, defaults to False): see below.
 
         Exactly as diffusers: on the first step (`old_pred_original_sample is None`) and the last one the tuple is
         returned whatever `return_dict` says; otherwise return_dict=True gives a DDIMSchedulerOutput.
@@ -804,7 +848,22 @@ class DDIMScheduler(_SchedulerBase):
         variance_noise=None,
         return_dict: bool = True,
     ):
-        """One DDIM update (formulas 12 and 16 of the DDIM paper); noise is added only when eta > 0."""
+        """One DDIM update (formulas 12 and 16 of the DDIM paper); noise is added only when eta > 0.
+
+        Args:
+            model_output (`np.ndarray`): the transformer's prediction (noise, velocity or sample, per
+                ``prediction_type``), same shape as sample.
+            timestep (`int`): the current timestep, one of ``self.timesteps``.
+            sample (`np.ndarray`): the current latents x_t.
+            eta (`float`, defaults to 0.0): the weight of the added noise (0: deterministic DDIM, 1: DDPM-like).
+            use_clipped_model_output (`bool`, defaults to False): recompute the noise from the clipped x0.
+            generator (`int`, `np.random.Generator` or `torch.Generator`, *optional*): the noise source (eta > 0).
+            variance_noise (`np.ndarray`, *optional*): the noise to add instead of drawing it (not with generator).
+            return_dict (`bool`, defaults to True): return a ``DDIMSchedulerOutput`` rather than a tuple.
+
+        Returns:
+            `DDIMSchedulerOutput` or `(prev_sample, pred_original_sample)`.
+        """
         model_output, sample, t, prev_t = self._step_inputs(model_output, timestep, sample)
 
         with np.errstate(all="ignore"):

@@ -12,6 +12,12 @@ from .safetensors_io import find_weights
 
 @dataclass
 class BaseModelOutput:
+    """What ``T5EncoderModel`` returns (transformers' ``BaseModelOutput``); ``output[0]`` is last_hidden_state.
+
+    Args:
+        last_hidden_state (`np.ndarray` of shape `(batch, tokens, d_model)`): the encoder's output, float32.
+    """
+
     last_hidden_state: np.ndarray
 
     def __getitem__(self, index):  # text_encoder(input_ids)[0], as the pipeline indexes it
@@ -21,7 +27,12 @@ class BaseModelOutput:
 class T5EncoderModel(ModelMixin):
     """T5 v1.1 (gated-gelu) and original (relu) encoders: RMS norms, relative position buckets, no attention mask
     unless given (the CogVideoX pipeline gives none). Weights are grouped per block and kept in torch_dtype; the
-    computation is f32, so the half-precision overflow transformers clamps cannot occur."""
+    computation is f32, so the half-precision overflow transformers clamps cannot occur.
+
+    Build it with ``T5EncoderModel.from_pretrained(folder)``; the constructor takes a config dict (transformers'
+    T5Config keys: d_model, d_kv, d_ff, num_layers, num_heads, relative_attention_num_buckets, ...), the
+    safetensors file (or sharded index) and the dtype the weights are kept in.
+    """
 
     _DEFAULTS = dict(
         vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
@@ -57,9 +68,21 @@ class T5EncoderModel(ModelMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
                         variant=None, **kwargs):  # fmt: skip
-        """Loads a transformers-layout folder (config.json + model.safetensors, sharded or not); weights are
-        converted to dtype (or torch_dtype: float32 default, float16, bfloat16). variant="fp16" loads
-        model.fp16.safetensors. Other keyword arguments (hub options) are accepted with a warning."""
+        """Loads a T5 encoder from a transformers-layout folder (config.json + model.safetensors, or sharded).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded): the
+                pipeline folder with ``subfolder="text_encoder"``, or the component folder itself.
+            subfolder (`str`, *optional*): the component's folder inside it.
+            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
+                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
+            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``model.fp16.safetensors`` (or its sharded index).
+            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
+
+        Raises:
+            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
+            a weight does not match the architecture (the key is named).
+        """
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, None)
         run_dtype = load_dtype(dtype, torch_dtype)
@@ -74,13 +97,27 @@ class T5EncoderModel(ModelMixin):
 
     @property
     def weight_bytes(self):
+        """Bytes the loaded weights take in memory (in their dtype)."""
         return self._core.weight_bytes
 
     @property
     def num_weight_groups(self):
+        """How many weight groups the core holds (the embedding, one per block, the final norm)."""
         return self._core.num_weight_groups
 
     def __call__(self, input_ids, attention_mask=None, return_dict=True, **kwargs):
+        """Encodes token ids (also ``forward``), as ``transformers.T5EncoderModel`` does.
+
+        Args:
+            input_ids (`np.ndarray` of shape `(batch, tokens)` or `(tokens,)`): integer token ids, e.g. from
+                ``T5Tokenizer(..., return_tensors="np").input_ids``.
+            attention_mask (`np.ndarray` of shape `(batch, tokens)`, *optional*): 1 for tokens to attend to, 0 for
+                padding; None attends to every token (what the CogVideoX pipeline does).
+            return_dict (`bool`, defaults to True): return a ``BaseModelOutput`` rather than a tuple.
+
+        Returns:
+            `BaseModelOutput` (or `(last_hidden_state,)`): float32 of shape `(batch, tokens, d_model)`.
+        """
         ids = np.asarray(input_ids)
         if ids.dtype.kind not in "iu":
             raise ValueError(f"input_ids must be integers, got {ids.dtype}")

@@ -300,26 +300,33 @@ class T5Tokenizer:
     # -- vocabulary ---------------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """The vocabulary size with the added tokens (the sentinels and special tokens), as transformers'."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     @property
     def vocab_size(self) -> int:
+        """The base vocabulary size, without added tokens (transformers' ``vocab_size``)."""
         return self._tokenizer.get_vocab_size(with_added_tokens=False)
 
     @property
     def backend_tokenizer(self):
+        """The underlying ``tokenizers.Tokenizer`` (as transformers' fast tokenizers expose it)."""
         return self._tokenizer
 
     def get_vocab(self) -> dict[str, int]:
+        """{token: id} for every token, added tokens included."""
         return self._tokenizer.get_vocab(with_added_tokens=True)
 
     def convert_tokens_to_ids(self, tokens):
+        """The id of a token (a str), or the list of ids of a list of tokens; unknown tokens map to unk_token_id."""
         if isinstance(tokens, str):
             found = self._tokenizer.token_to_id(tokens)
             return self.unk_token_id if found is None else found
         return [self.convert_tokens_to_ids(t) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """The token of an id (an int), or the list of tokens of a list of ids (special ones dropped when
+        skip_special_tokens)."""
         if isinstance(ids, (int, np.integer)):
             return self._tokenizer.id_to_token(int(ids))
         special = set(self.all_special_ids) if skip_special_tokens else set()
@@ -327,24 +334,30 @@ class T5Tokenizer:
 
     @property
     def eos_token_id(self) -> int:
+        """The id of ``</s>`` (1 for T5), appended to every encoded text."""
         return self._tokenizer.token_to_id(self.eos_token)
 
     @property
     def pad_token_id(self) -> int:
+        """The id of ``<pad>`` (0 for T5), used by padding."""
         return self._tokenizer.token_to_id(self.pad_token)
 
     @property
     def unk_token_id(self) -> int:
+        """The id of ``<unk>`` (2 for T5)."""
         return self._tokenizer.token_to_id(self.unk_token)
 
     @property
     def all_special_ids(self) -> list[int]:
+        """The sorted ids of the special added tokens (pad, eos, unk and the sentinels)."""
         return sorted(i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special)
 
     def get_sentinel_tokens(self) -> list[str]:
+        """``<extra_id_0>`` ... ``<extra_id_{extra_ids - 1}>``, T5's span-corruption sentinels."""
         return [f"<extra_id_{i}>" for i in range(self._extra_ids)]
 
     def get_sentinel_token_ids(self) -> list[int]:
+        """The ids of ``get_sentinel_tokens()``, in the same order."""
         return self.convert_tokens_to_ids(self.get_sentinel_tokens())
 
     # -- encoding -----------------------------------------------------------------------------------------------------
@@ -364,8 +377,23 @@ class T5Tokenizer:
     ) -> BatchEncoding:
         """Tokenises like transformers' ``tokenizer(text, ...)``: ``input_ids`` and ``attention_mask``.
 
-        ``padding``: False/"do_not_pad", True/"longest", "max_length"; ``truncation``: True/"longest_first"/
-        "only_first" or False/None; ``return_tensors``: None (lists) or "np" (int64 arrays).
+        Args:
+            text (`str` or `list[str]`): one text or a batch.
+            padding (`bool` or `str`, defaults to False): False/"do_not_pad", True/"longest", or "max_length"
+                (pads to max_length, what the CogVideoX pipeline uses).
+            truncation (`bool` or `str`, *optional*): True/"longest_first"/"only_first" cut to max_length;
+                False/None keep everything.
+            max_length (`int`, *optional*): the length for padding/truncation (default: model_max_length, 226 for
+                CogVideoX).
+            add_special_tokens (`bool`, defaults to True): append ``</s>``.
+            return_tensors (`str`, *optional*): None (lists) or "np" (int64 arrays); "pt" is refused (no torch).
+            return_attention_mask (`bool`, *optional*): include attention_mask (default: yes).
+            pad_to_multiple_of (`int`, *optional*): round padded lengths up to a multiple of it.
+            padding_side (`str`, *optional*): "right" (default) or "left".
+
+        Returns:
+            `BatchEncoding`: a dict with input_ids (and attention_mask, special_tokens_mask when asked), also
+            readable as attributes.
         """
         unknown = set(kwargs) - _CALL_OPTIONS
         if unknown:
@@ -450,9 +478,11 @@ class T5Tokenizer:
         return out
 
     def encode(self, text: str, add_special_tokens: bool = True, **kwargs) -> list[int]:
+        """The ids of one text (``self(text, ...)["input_ids"]``); keyword arguments as for calling the tokenizer."""
         return self(text, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        """The SentencePiece tokens of a text (``▁``-prefixed pieces), without ``</s>`` unless asked."""
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).tokens
 
     # -- decoding -----------------------------------------------------------------------------------------------------
@@ -460,6 +490,14 @@ class T5Tokenizer:
     def decode(
         self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
     ) -> str:
+        """The text of a sequence of ids (a list, an array or one int).
+
+        Args:
+            token_ids (`int`, `list[int]` or `np.ndarray`): the ids.
+            skip_special_tokens (`bool`, defaults to False): drop pad, eos, unk and sentinel tokens.
+            clean_up_tokenization_spaces (`bool`, *optional*): remove spaces before punctuation (default: the
+                tokenizer config's setting).
+        """
         if isinstance(token_ids, (int, np.integer)):
             token_ids = [token_ids]
         ids = [int(i) for i in np.asarray(token_ids).reshape(-1)]
@@ -472,6 +510,7 @@ class T5Tokenizer:
     def batch_decode(
         self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
     ) -> list[str]:
+        """``decode`` of each sequence of a batch (a list of lists or a 2-D array)."""
         return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
 
     @staticmethod
@@ -544,4 +583,5 @@ class AutoTokenizer:
 
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path, *args, **kwargs) -> T5Tokenizer:
+        """``T5Tokenizer.from_pretrained`` (the same arguments): the only tokenizer CogVideoX checkpoints use."""
         return T5Tokenizer.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

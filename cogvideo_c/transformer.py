@@ -14,13 +14,26 @@ from .safetensors_io import find_weights
 
 @dataclass
 class Transformer2DModelOutput:
+    """What ``CogVideoXTransformer3DModel`` returns (diffusers' ``Transformer2DModelOutput``).
+
+    Args:
+        sample (`np.ndarray` of shape `(batch, frames, out_channels, height, width)`): the predicted noise (or
+            velocity, per the scheduler's prediction_type), float32.
+    """
+
     sample: np.ndarray
 
 
 class CogVideoXTransformer3DModel(ModelMixin):
     """diffusers.CogVideoXTransformer3DModel: CogVideoX-2b (sin-cos table), -5b (RoPE), -5b-I2V (learned table),
     1.5 (temporal patches, 'slice' RoPE, ofs). Weights are grouped per transformer block; 16-bit weights stay
-    16-bit and are widened tile by tile inside the GEMMs."""
+    16-bit and are widened tile by tile inside the GEMMs.
+
+    Build it with ``CogVideoXTransformer3DModel.from_pretrained(folder)`` (or ``from_config`` for random weights);
+    the constructor takes a config dict (diffusers' keys and defaults: num_attention_heads, attention_head_dim,
+    num_layers, patch_size, use_rotary_positional_embeddings, ...), the safetensors file (or sharded index, None
+    for seeded random weights), the dtype the weights are kept in, and the seed of the random weights.
+    """
 
     _DEFAULTS = dict(
         num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
@@ -67,10 +80,22 @@ class CogVideoXTransformer3DModel(ModelMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
                         variant=None, **kwargs):  # fmt: skip
-        """Loads a diffusers-layout folder (config.json + safetensors, sharded or not); weights are converted to
-        dtype (or its older name torch_dtype: float32 default, float16, bfloat16) at load and kept in it.
-        variant="fp16" loads diffusion_pytorch_model.fp16.safetensors (or its sharded index). Other keyword
-        arguments (hub options) are accepted with a warning."""
+        """Loads the transformer from a diffusers-layout folder (config.json + safetensors, sharded or not).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded): the
+                pipeline folder with ``subfolder="transformer"``, or the component folder itself.
+            subfolder (`str`, *optional*): the component's folder inside it.
+            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
+                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
+            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``diffusion_pytorch_model.fp16.safetensors`` (or
+                its sharded index).
+            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
+
+        Raises:
+            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
+            a weight does not match the architecture (the key is named).
+        """
         folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
         cfg = configuration.read_config(folder, "CogVideoXTransformer3DModel")
         run_dtype = load_dtype(dtype, torch_dtype)
@@ -84,10 +109,12 @@ class CogVideoXTransformer3DModel(ModelMixin):
 
     @property
     def weight_bytes(self):
+        """Bytes the loaded weights take in memory (in their dtype)."""
         return self._core.weight_bytes
 
     @property
     def num_weight_groups(self):
+        """How many weight groups the core holds (the embeddings, one per transformer block, the output head)."""
         return self._core.num_weight_groups
 
     # ---- positional tables -----------------------------------------------------------------------------------
@@ -145,9 +172,27 @@ class CogVideoXTransformer3DModel(ModelMixin):
 
     def __call__(self, hidden_states, encoder_hidden_states, timestep, timestep_cond=None, ofs=None,
                  image_rotary_emb=None, attention_kwargs=None, return_dict=True):  # fmt: skip
-        """hidden_states [B, F, C, H, W], encoder_hidden_states [B, L, text_embed_dim], timestep [B] (or one value
-        for all), ofs (1.5-I2V), image_rotary_emb (cos, sin) as the pipeline computes them (None: no RoPE, as in
-        diffusers). Returns [B, F, out_channels, H, W]."""
+        """One denoising prediction (also ``forward``), as diffusers' ``CogVideoXTransformer3DModel.forward``.
+
+        Args:
+            hidden_states (`np.ndarray` of shape `(batch, latent_frames, in_channels, height, width)`): the noisy
+                latents (frames before channels, as the pipeline passes them).
+            encoder_hidden_states (`np.ndarray` of shape `(batch, tokens, text_embed_dim)`): the T5 prompt
+                embeddings; tokens must equal max_text_seq_length for models with a positional table.
+            timestep (`int`, `float` or `np.ndarray` of shape `(batch,)`): the timestep(s); one value is used for
+                every batch item.
+            timestep_cond: not supported (no CogVideoX model uses it); must be None.
+            ofs (`float` or `np.ndarray` of shape `(batch,)`, *optional*): the ofs value of CogVideoX 1.5 I2V.
+            image_rotary_emb (`tuple(np.ndarray, np.ndarray)`, *optional*): (cos, sin), each
+                `(tokens, attention_head_dim)`, from ``rotary_positional_embeddings``; None: no RoPE, as diffusers.
+            attention_kwargs (`dict`, *optional*): accepted and ignored (diffusers passes LoRA scales in it, which
+                cogvideo_c does not support).
+            return_dict (`bool`, defaults to True): return a ``Transformer2DModelOutput`` rather than a tuple.
+
+        Returns:
+            `Transformer2DModelOutput` (or `(sample,)`): float32 of shape
+            `(batch, latent_frames, out_channels, height, width)`.
+        """
         if timestep_cond is not None:
             raise ValueError("timestep_cond is not supported (no CogVideoX model uses it)")
         c = self.config

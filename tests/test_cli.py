@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import cogvideo_c
 from cogvideo_c import cli
@@ -51,9 +52,68 @@ def test_generate_writes_a_real_mp4_with_the_embedded_pipeline(tmp_path, capsys)
     assert meta["size"] == (64, 64) and len(frames) == 9  # read back by ffmpeg: an outside truth
 
 
-def test_generate_rejects_an_unwritable_output_before_work(tmp_path, capsys):
-    assert cli.main(["generate", "--output", str(tmp_path / "missing" / "x.mp4")]) == 2
-    assert "not a writable folder" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--output", "{tmp}/missing/x.mp4"], "does not exist"),
+        (["--output", "{tmp}"], "it is a folder"),
+        (["--output", "{tmp}/x.webm"], "unsupported extension '.webm'"),
+        (["--output", "{tmp}/x"], "unsupported extension '(none)'"),
+        (["--output", "{tmp}/x.mp4", "--fps", "0"], "fps must be a positive finite number, got 0"),
+        (["--output", "{tmp}/x.gif", "--fps", "-2"], "fps must be a positive finite number, got -2"),
+    ],
+)
+def test_generate_checks_output_and_fps_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, match):
+    from cogvideo_c import pipeline
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the output was checked")
+
+    monkeypatch.setattr(pipeline.CogVideoXPipeline, "from_pretrained", classmethod(no_loading))
+    monkeypatch.setattr(cli, "make_tiny_pipeline", no_loading)
+    argv = ["generate"] + [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cogvideo-c: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written
+
+
+def test_generate_writes_a_gif_when_asked(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "panda.gif"
+    assert cli.main(["generate", "--steps", "1", "--fps", "4", "--output", str(out)]) == 0
+    with Image.open(out) as gif:  # read back by Pillow
+        assert gif.format == "GIF" and gif.size == (64, 64) and gif.n_frames == 9 and gif.info["duration"] == 250
+
+
+def test_help_shows_every_command_every_option_and_its_default(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    top = capsys.readouterr().out
+    parser = cli._parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"generate", "make-tiny", "vae-decode", "make-tiny-vae"}
+    for name, sub in commands.items():
+        assert f"\n  {name} " in top, f"the description does not describe {name}"
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if action.option_strings:
+                assert f"(default: {action.default})" in text, f"{name} {action.option_strings} shows no default"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cogvideo-c {cogvideo_c.__version__}"
 
 
 def test_make_tiny_writes_a_diffusers_layout_pipeline(tmp_path):
@@ -86,3 +146,13 @@ def test_drop_in_demo_script_runs_and_differs_from_diffusers_only_in_its_import(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.stat().st_size > 1000
+
+
+def test_dtype_takes_torch_dtype_aliases_and_refuses_others(capsys):
+    for text, want in (("fp16", "float16"), ("BF16", "bfloat16"), ("half", "float16"), ("float32", "float32")):
+        assert cli._parser().parse_args(["generate", "--dtype", text]).dtype == want
+    with pytest.raises(SystemExit) as done:
+        cli.main(["vae-decode", "--dtype", "int8"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err  # argparse's wording of the choices varies between Python versions
+    assert "argument --dtype: invalid choice: 'int8'" in err and "bfloat16" in err

@@ -173,3 +173,139 @@ def test_read_only_folder(tmp_path):
             export_to_video(solid_float_frames(16, 16, COLOURS[:1]), str(ro / "out.mp4"))
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), float("inf"), True, "8", None])
+@pytest.mark.parametrize("export,suffix", [(export_to_video, ".mp4"), (export_to_gif, ".gif")])
+def test_bad_fps_is_refused_before_ffmpeg_starts(tmp_path, monkeypatch, export, suffix, fps):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("ffmpeg was started"))
+    with pytest.raises(ValueError, match="fps must be a positive finite number"):
+        export(solid_float_frames(16, 16, COLOURS[:2]), str(tmp_path / f"out{suffix}"), fps=fps)
+    assert not any(tmp_path.iterdir())
+
+
+def test_nan_in_a_later_frame_is_refused_before_ffmpeg_starts(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("ffmpeg was started"))
+    frames = solid_float_frames(16, 16, COLOURS[:3])
+    frames[2][3, 4, 1] = np.inf
+    with pytest.raises(ValueError, match="frame 2 contains NaN or infinite values"):
+        export_to_video(frames, str(tmp_path / "out.mp4"))
+
+
+@pytest.mark.parametrize(
+    "export,name,match",
+    [
+        (export_to_video, "out.webm", r"unsupported extension '\.webm'; export_to_video writes H\.264 into \.mp4"),
+        (export_to_video, "out.gif", r"unsupported extension '\.gif'.*export_to_gif writes \.gif"),
+        (export_to_video, "out", r"unsupported extension '\(none\)'"),
+        (export_to_gif, "out.mp4", r"unsupported extension '\.mp4'; export_to_gif writes \.gif"),
+    ],
+)
+def test_unsupported_container_is_refused(tmp_path, export, name, match):
+    with pytest.raises(ValueError, match=match):
+        export(solid_float_frames(16, 16, COLOURS[:2]), str(tmp_path / name))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".m4v", ".mov", ".mkv", ".avi", ".MP4"])
+def test_other_h264_containers(tmp_path, suffix):
+    out = export_to_video(solid_float_frames(16, 16, COLOURS[:3]), str(tmp_path / f"v{suffix}"), fps=5)
+    meta, got = read_mp4(out)  # decoded by ffmpeg
+    assert meta["codec"].startswith("h264") and got.shape == (3, 16, 16, 3)
+
+
+def test_ffmpeg_failure_is_a_clean_oserror_and_prints_nothing(tmp_path, capfd):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(OSError, match=r"ffmpeg could not write .*out\.mp4.* \(exit status \d+\): .*lots") as err:
+        export_to_video(solid_float_frames(16, 16, COLOURS[:2]), str(out), bitrate="lots")
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)
+    captured = capfd.readouterr()  # the file descriptors: what ffmpeg itself would have printed
+    assert captured.err == "" and captured.out == ""
+    assert not out.exists()  # the partial file is removed
+
+
+def test_bad_bitrate_values(tmp_path):
+    for bitrate in (0, -5, True, 2.5):
+        with pytest.raises(ValueError, match="bitrate must be a positive int"):
+            export_to_video(solid_float_frames(16, 16, COLOURS[:1]), str(tmp_path / "x.mp4"), bitrate=bitrate)
+
+
+def test_same_bytes_as_imageio_ffmpeg_write_frames(tmp_path):
+    # ffmpeg runs here directly (to capture its log); the command must stay the one imageio-ffmpeg builds
+    frames = [np.random.default_rng(i).random((30, 50, 3)).astype(np.float32) for i in range(4)]
+    ours = export_to_video(frames, str(tmp_path / "ours.mp4"), fps=8)
+    writer = imageio_ffmpeg.write_frames(
+        str(tmp_path / "imageio.mp4"), (50, 30), fps=8, quality=5.0, codec="libx264", macro_block_size=16,
+        ffmpeg_log_level="error",
+    )  # fmt: skip
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray((f * 255).astype(np.uint8)))
+    writer.close()
+    assert open(ours, "rb").read() == (tmp_path / "imageio.mp4").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# load_image / load_video
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_load_video_round_trips_export_to_video_and_export_to_gif(tmp_path):
+    from cogvideo_c import load_video
+
+    mp4 = export_to_video(solid_float_frames(32, 48, COLOURS), str(tmp_path / "v.mp4"), fps=8)
+    frames = load_video(mp4)
+    assert len(frames) == len(COLOURS) and all(f.mode == "RGB" and f.size == (48, 32) for f in frames)
+    for frame, colour in zip(frames, COLOURS):
+        assert np.abs(np.asarray(frame).reshape(-1, 3).mean(axis=0) - colour).max() <= MP4_TOLERANCE
+    gif = export_to_gif([Image.new("RGB", (40, 24), c) for c in COLOURS], str(tmp_path / "a.gif"), fps=5)
+    frames = load_video(gif)
+    assert len(frames) == len(COLOURS)
+    for frame, colour in zip(frames, COLOURS):
+        assert frame.mode == "RGB" and (np.asarray(frame) == colour).all()  # a GIF's palette holds them exactly
+    halves = load_video(gif, convert_method=lambda fs: [f.resize((20, 12)) for f in fs])
+    assert [f.size for f in halves] == [(20, 12)] * len(COLOURS)
+
+
+def test_load_image_from_path_and_pil(tmp_path):
+    from cogvideo_c import load_image
+
+    want = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(want).convert("RGBA").save(tmp_path / "x.png")
+    got = load_image(str(tmp_path / "x.png"))
+    assert got.mode == "RGB" and (np.asarray(got) == want).all()  # PNG is lossless
+    assert load_image(tmp_path / "x.png", convert_method=lambda im: im.convert("L")).mode == "L"
+    grey = load_image(Image.fromarray(want[..., 0]))
+    assert grey.mode == "RGB" and (np.asarray(grey)[..., 2] == want[..., 0]).all()
+    # EXIF orientation 6 (rotate 90 degrees clockwise to display) is applied, as diffusers does
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(want).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    assert load_image(str(tmp_path / "r.jpg")).size == (12, 20)
+
+
+@pytest.mark.parametrize("loader", ["load_image", "load_video"])
+def test_loaders_refuse_urls_and_bad_paths(tmp_path, loader):
+    import cogvideo_c
+
+    load = getattr(cogvideo_c, loader)
+    with pytest.raises(ValueError, match="is a URL: cogvideo_c does not download files"):
+        load("https://example.com/panda.mp4")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(str(tmp_path / "missing.png"))
+    with pytest.raises(OSError, match="is not a regular file"):
+        load(str(tmp_path))
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="is not a regular file"):  # opening it would block forever
+        load(str(fifo))
+    with pytest.raises(ValueError, match="local file path"):
+        load(42)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(OSError) as err:
+        load(str(tmp_path / "junk.mp4"))
+    assert "junk.mp4" in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 600

@@ -1,0 +1,110 @@
+"""``load_image`` / ``load_video`` with the signatures of ``diffusers.utils.load_image`` / ``load_video``.
+
+Local files only: cogvideo_c never downloads, so an http(s) URL raises a ValueError that says to fetch the file
+first. Images are read with Pillow; videos with the ffmpeg binary of ``imageio-ffmpeg`` (a dependency), and GIFs
+with Pillow, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Callable
+
+__all__ = ["load_image", "load_video"]
+
+
+def _local_file(path, what: str) -> str:
+    """path as a str naming an existing regular file (a FIFO or device would block the reader), else an error."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a local file path (str or os.PathLike), got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(f"{what} must be a str path, got {path!r}")
+    if path.lower().startswith(("http://", "https://")):
+        raise ValueError(
+            f"{path!r} is a URL: cogvideo_c does not download files; download it first (e.g. with `curl -O`) "
+            f"and pass the local path"
+        )
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{what} {path!r} is not a regular file")
+    return path
+
+
+def load_image(image, convert_method: Callable | None = None):
+    """Loads an image as a PIL image, as ``diffusers.utils.load_image`` does (without downloading).
+
+    Args:
+        image (`str`, `os.PathLike` or `PIL.Image.Image`):
+            A local image file (any format Pillow reads) or an already loaded PIL image.
+        convert_method (`Callable`, *optional*):
+            Called with the image (after its EXIF orientation is applied) and returns the image to use; by default
+            the image is converted to RGB.
+
+    Returns:
+        `PIL.Image.Image`: the image, RGB unless ``convert_method`` says otherwise.
+
+    Raises:
+        ValueError: for a URL (cogvideo_c does not download) or a value that is neither a path nor a PIL image.
+        OSError: the file is missing, not a regular file, or not an image Pillow can read.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+    else:
+        path = _local_file(image, "image")
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened)  # a loaded copy: the file is closed on return
+        except UnidentifiedImageError:
+            raise OSError(f"{path!r} is not an image Pillow can read") from None
+    return convert_method(image) if convert_method is not None else image.convert("RGB")
+
+
+def load_video(video, convert_method: Callable | None = None) -> list:
+    """Loads a video file as a list of RGB PIL images, as ``diffusers.utils.load_video`` does (without downloading).
+
+    Args:
+        video (`str` or `os.PathLike`):
+            A local video file: a GIF (read with Pillow) or anything ffmpeg decodes (.mp4, .mkv, .mov, ...; read
+            through ``imageio-ffmpeg``). Every frame is decoded into memory (height x width x 3 bytes each).
+        convert_method (`Callable`, *optional*):
+            Called with the list of frames and returns the list to use (diffusers' hook, e.g. to resize them).
+
+    Returns:
+        `list[PIL.Image.Image]`: the frames in order, RGB (diffusers returns a GIF's frames in their palette mode;
+        here they are RGB like a video's).
+
+    Raises:
+        ValueError: for a URL (cogvideo_c does not download) or a value that is not a path.
+        OSError: the file is missing, not a regular file, or not a video ffmpeg or Pillow can decode (the message
+            has a short excerpt of ffmpeg's error; nothing is printed).
+    """
+    from PIL import Image, ImageSequence
+
+    path = _local_file(video, "video")
+    if path.lower().endswith(".gif"):
+        with Image.open(path) as gif:
+            frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+    else:
+        import imageio_ffmpeg
+        import numpy as np
+
+        try:
+            reader = imageio_ffmpeg.read_frames(path)
+            meta = next(reader)
+            width, height = meta["size"]
+            frames = [Image.fromarray(np.frombuffer(b, np.uint8).reshape(height, width, 3)) for b in reader]
+        except (OSError, RuntimeError) as err:
+            # imageio-ffmpeg's message is a multi-line ffmpeg log: keep its first and last lines
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            excerpt = " | ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+            raise OSError(f"cannot read video {path!r}: {excerpt[:300]}") from None
+        if not frames:
+            raise OSError(f"video {path!r} has no frames")
+    return convert_method(frames) if convert_method is not None else frames
