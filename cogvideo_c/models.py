@@ -85,24 +85,22 @@ class AutoencoderKLCogVideoX:
     def __init__(self, config, weights_path, dtype="float32", config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
-        where = config_file or "config"
+        where = f"{config_file}: config" if config_file else "config"
 
         def whole(key, minimum=1):
             return config_int(cfg[key], key, minimum, source=config_file)
 
         blocks = cfg["block_out_channels"]
         if not isinstance(blocks, (list, tuple)) or not blocks:
-            raise ValueError(f"{where}: config 'block_out_channels' must be a non-empty list, got {blocks!r}")
+            raise ValueError(f"{where} 'block_out_channels' must be a non-empty list, got {blocks!r}")
         blocks = tuple(config_int(b, f"block_out_channels[{i}]", 1, source=config_file) for i, b in enumerate(blocks))
         n = len(blocks)
         for key, kind in (("down_block_types", "CogVideoXDownBlock3D"), ("up_block_types", "CogVideoXUpBlock3D")):
             types = cfg.get(key, [kind] * n)
             if not isinstance(types, (list, tuple)) or list(types) != [kind] * n:
-                raise ValueError(
-                    f"{where}: config '{key}' must be {n} x '{kind}' (one per block_out_channels), got {types!r}"
-                )
+                raise ValueError(f"{where} '{key}' must be {n} x '{kind}' (one per block_out_channels), got {types!r}")
         if cfg["act_fn"] not in ("silu", "swish"):
-            raise ValueError(f"{where}: config 'act_fn' {cfg['act_fn']!r} is not supported (CogVideoX VAEs use silu)")
+            raise ValueError(f"{where} 'act_fn' {cfg['act_fn']!r} is not supported (CogVideoX VAEs use silu)")
         if config_bool(cfg["use_quant_conv"], "use_quant_conv", config_file) or config_bool(
             cfg["use_post_quant_conv"], "use_post_quant_conv", config_file
         ):
@@ -115,12 +113,12 @@ class AutoencoderKLCogVideoX:
         for i, channels in enumerate(blocks):
             if channels % groups:
                 raise ValueError(
-                    f"{where}: config 'block_out_channels[{i}]' = {channels} does not divide into norm_num_groups = "
+                    f"{where} 'block_out_channels[{i}]' = {channels} does not divide into norm_num_groups = "
                     f"{groups} (GroupNorm needs a multiple)"
                 )
         ratio = whole("temporal_compression_ratio")
         if ratio & (ratio - 1):
-            raise ValueError(f"{where}: config 'temporal_compression_ratio' = {ratio} must be a power of two")
+            raise ValueError(f"{where} 'temporal_compression_ratio' = {ratio} must be a power of two")
         for key in ("sample_height", "sample_width"):
             whole(key)
         config_float(cfg["scaling_factor"], "scaling_factor", source=config_file)

@@ -32,17 +32,17 @@ class T5EncoderModel:
     def __init__(self, config, weights_path, dtype="float32", config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
-        where = config_file or "config"
+        where = f"{config_file}: config" if config_file else "config"
         proj = cfg["feed_forward_proj"]
         if proj not in ("relu", "gated-gelu"):
-            raise ValueError(f"{where}: config 'feed_forward_proj' {proj!r} is not supported (relu or gated-gelu)")
+            raise ValueError(f"{where} 'feed_forward_proj' {proj!r} is not supported (relu or gated-gelu)")
 
         def whole(key, minimum=1):
             return configuration.config_int(cfg[key], key, minimum, source=config_file)
 
         sizes = {k: whole(k) for k in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers")}
         if sizes["num_heads"] * sizes["d_kv"] > configuration.C_INT_MAX:
-            raise ValueError(f"{where}: config num_heads x d_kv = {sizes['num_heads'] * sizes['d_kv']} is too large")
+            raise ValueError(f"{where} num_heads x d_kv = {sizes['num_heads'] * sizes['d_kv']} is too large")
         # transformers' _relative_position_bucket: max_exact = num_buckets // 4 divides (ZeroDivisionError below 4)
         # and log(max_distance / max_exact) needs max_distance > 0 (a math domain error otherwise)
         buckets = whole("relative_attention_num_buckets", 4)
@@ -52,7 +52,7 @@ class T5EncoderModel:
         per_block = 9 if proj == "gated-gelu" else 8  # q, k, v, o, 2 norms, wi (or wi_0, wi_1), wo
         if sizes["num_layers"] * per_block > len(names):
             raise ValueError(
-                f"{where}: config 'num_layers' = {sizes['num_layers']} implies {sizes['num_layers'] * per_block} block "
+                f"{where} 'num_layers' = {sizes['num_layers']} implies {sizes['num_layers'] * per_block} block "
                 f"tensors, but the checkpoint {weights_path} holds {len(names)} tensors in all"
             )
         # transformers always ties them and saves shared.weight; when a file has both, the encoder uses its own

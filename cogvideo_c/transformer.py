@@ -35,7 +35,7 @@ class CogVideoXTransformer3DModel:
     def __init__(self, config, weights_path=None, dtype="float32", seed=0, config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
-        where = config_file or "config"
+        where = f"{config_file}: config" if config_file else "config"
         if cfg["activation_fn"] != "gelu-approximate" or cfg["timestep_activation_fn"] != "silu":
             raise ValueError(
                 f"{where}: only activation_fn 'gelu-approximate' and timestep_activation_fn 'silu' are supported"
@@ -55,7 +55,7 @@ class CogVideoXTransformer3DModel:
             raise ValueError(f"{where}: learned positional embeddings without rotary ones match no CogVideoX model")
         heads, hd = whole("num_attention_heads"), whole("attention_head_dim", 2)
         if hd % 2:
-            raise ValueError(f"{where}: config 'attention_head_dim' = {hd} must be even (q/k are rotated in pairs)")
+            raise ValueError(f"{where} 'attention_head_dim' = {hd} must be even (q/k are rotated in pairs)")
         p = whole("patch_size")
         pt = None if cfg["patch_size_t"] is None else whole("patch_size_t")
         inner = heads * hd
@@ -67,7 +67,7 @@ class CogVideoXTransformer3DModel:
             ("out_channels x patch_size^2 x patch_size_t", cout * p * p * (pt or 1)),
         ):
             if value > configuration.C_INT_MAX:
-                raise ValueError(f"{where}: config {what} = {value} is larger than this implementation supports")
+                raise ValueError(f"{where} {what} = {value} is larger than this implementation supports")
         if not rotary and inner % 16:
             raise ValueError(
                 f"{where}: the sin-cos positional table needs num_attention_heads x attention_head_dim divisible by "
@@ -77,12 +77,11 @@ class CogVideoXTransformer3DModel:
         ofs = 0 if ofs is None else whole("ofs_embed_dim")
         if ofs and ofs != time_dim:
             raise ValueError(
-                f"{where}: config 'ofs_embed_dim' = {ofs} must equal time_embed_dim = {time_dim} (the embeddings are "
-                "added)"
+                f"{where} 'ofs_embed_dim' = {ofs} must equal time_embed_dim = {time_dim} (the embeddings are added)"
             )
         shift = config_int(cfg["freq_shift"], "freq_shift", -configuration.C_INT_MAX, source=config_file)
         if shift == inner // 2 or (ofs and shift == ofs // 2):
-            raise ValueError(f"{where}: config 'freq_shift' = {shift} divides the timestep frequencies by zero")
+            raise ValueError(f"{where} 'freq_shift' = {shift} divides the timestep frequencies by zero")
         text_len = whole("max_text_seq_length")
         frames_in, ratio = whole("sample_frames"), whole("temporal_compression_ratio")
         sample_h, sample_w = whole("sample_height"), whole("sample_width")

@@ -226,6 +226,10 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
     *out = NULL;
     int levels = 0;
     CVX_CHECK(check_config(cfg, &levels));
+    /* every resnet holds at least 8 tensors (norms and convs, weight and bias): a layer count the checkpoint cannot
+     * hold fails here, before gigabytes of declarations */
+    CVX_CHECK(cvx_weights_check_count(st, 16LL * cfg->num_blocks * cfg->layers_per_block, "layers_per_block",
+                                      cfg->layers_per_block));
     cvx_vae *vae = calloc(1, sizeof(*vae));
     if (!vae) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the VAE");
     vae->cfg = *cfg;
