@@ -147,6 +147,25 @@ static PyObject *py_set_memory_limit(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+#ifdef CVX_WITH_CUDA
+int cvx_cuda_device_count(void);
+#endif
+
+/* Devices the CUDA runtime reports (0 in a build without CUDA). */
+static int cuda_device_count(void) {
+#ifdef CVX_WITH_CUDA
+    int n;
+    Py_BEGIN_ALLOW_THREADS n = cvx_cuda_device_count();
+    Py_END_ALLOW_THREADS return n;
+#else
+    return 0;
+#endif
+}
+
+/* The CUDA kernels do not exist yet: a CUDA build compiles device discovery only, and nothing runs on "cuda". When
+ * they land, this says whether they were compiled. */
+#define CVX_CUDA_KERNELS 0
+
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
 #ifdef _OPENMP
@@ -155,28 +174,24 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     const int openmp = 0;
 #endif
 #ifdef CVX_WITH_CUDA
-    const int cuda = 1;
+    const int cuda_compiled = 1;
 #else
-    const int cuda = 0;
+    const int cuda_compiled = 0;
 #endif
-    return Py_BuildValue("{s:N,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda", PyBool_FromLong(cuda), "blas",
+    const int devices = cuda_device_count();
+    const int cuda = CVX_CUDA_KERNELS && devices > 0; /* "cuda" is usable: kernels compiled and a device present */
+    PyObject *runnable = cuda ? Py_BuildValue("[sss]", "cpu", "emu", "cuda") : Py_BuildValue("[ss]", "cpu", "emu");
+    if (!runnable) return NULL;
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:i,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda",
+                         PyBool_FromLong(cuda), "cuda_compiled", PyBool_FromLong(cuda_compiled), "cuda_kernels",
+                         PyBool_FromLong(CVX_CUDA_KERNELS), "cuda_devices", devices, "devices", runnable, "blas",
                          "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
                          PyBool_FromLong(openmp), "compiler", __VERSION__);
 }
 
-#ifdef CVX_WITH_CUDA
-int cvx_cuda_device_count(void);
-#endif
-
 static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-#ifdef CVX_WITH_CUDA
-    int n;
-    Py_BEGIN_ALLOW_THREADS n = cvx_cuda_device_count();
-    Py_END_ALLOW_THREADS return PyLong_FromLong(n);
-#else
-    return PyLong_FromLong(0);
-#endif
+    return PyLong_FromLong(cuda_device_count());
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------------------------ */
@@ -700,7 +715,7 @@ static PyMethodDef module_methods[] = {
     {"reset_peak_memory_stats", py_reset_peak_memory_stats, METH_VARARGS, "reset_peak_memory_stats(device='cpu')"},
     {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
     {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
-    {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices that can run (0 without CUDA)"},
+    {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,
      "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
     {NULL, NULL, 0, NULL},

@@ -36,7 +36,10 @@ CASES = [(1, 6), (1, 7), (2, 2), (2, 3)]
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    arrays, manifest = {}, {"made_with": versions(torch, transformers, np, python=True), "model": "t5/relu", "cases": {}}
+    arrays, manifest = (
+        {},
+        {"made_with": versions(torch, transformers, np, python=True), "model": "t5/relu", "cases": {}},
+    )
     rng = np.random.default_rng(7)
     for max_distance, tokens in CASES:
         cfg = T5Config.from_pretrained(str(MODEL))
