@@ -241,6 +241,14 @@ def test_direct_forward_refuses_wrong_positional_table_and_timesteps(rope_core):
     assert good.shape == (1, 2, 4, 4, 4) and np.isfinite(good).all()
 
 
+def test_direct_vae_calls_check_the_channels_they_read():
+    core = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(VAE_TINY)._core
+    with pytest.raises(ValueError, match="decode expects 4 channels, got 3"):
+        core.decode(np.zeros((1, 3, 1, 2, 2), np.float32), False, None)
+    with pytest.raises(ValueError, match="encode expects 3 channels, got 4"):
+        core.encode(np.zeros((1, 4, 1, 16, 16), np.float32), False, None)
+
+
 @pytest.mark.parametrize("bad_id", [1103, -1, 2**40])
 def test_direct_t5_forward_refuses_ids_outside_the_vocabulary(bad_id):
     core = cogvideo_c.T5EncoderModel.from_pretrained(T5_RELU)._core
