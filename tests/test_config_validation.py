@@ -84,6 +84,12 @@ def test_c_config_tuples_refuse_out_of_range_ints():
     vae_cfg = (3, 3, 4, (2**32 + 8, 8, 8, 8), 1, 2, 1e-6, 4)
     with pytest.raises(ValueError, match=r"config 'block_out_channels' = 4294967304 does not fit a C int"):
         _C.VAE(vae_cfg, os.path.join(VAE_TINY, "diffusion_pytorch_model.safetensors"), "float32")
+    with pytest.raises(ValueError, match=r"VAE config 'norm_eps' = 0 must be positive"):
+        _C.VAE(
+            (3, 3, 4, (8, 8, 8, 8), 1, 2, 0.0, 4),
+            os.path.join(VAE_TINY, "diffusion_pytorch_model.safetensors"),
+            "float32",
+        )
     tr_cfg = (2**31, 8, 4, 4, 1, 0, 2, 0, 8, 2, 1, 1, 1, 2, 0, 8, 0, 0, 1e-5)
     with pytest.raises(ValueError, match=r"config 'num_attention_heads' = 2147483648 does not fit a C int"):
         _C.Transformer(tr_cfg, None, "float32")

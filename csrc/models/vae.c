@@ -207,6 +207,8 @@ static cvx_status check_config(const cvx_vae_config *c, int *levels) {
     if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 || c->layers_per_block < 1)
         return CVX_FAIL(CVX_ERR_INVALID, "in/out/latent channels and layers_per_block must be positive");
     if (c->norm_num_groups < 1) return CVX_FAIL(CVX_ERR_INVALID, "norm_num_groups must be positive");
+    if (!(c->norm_eps > 0.0f)) /* NaN fails the comparison too */
+        return CVX_FAIL(CVX_ERR_INVALID, "VAE config 'norm_eps' = %g must be positive", (double)c->norm_eps);
     for (int i = 0; i < c->num_blocks; i++)
         if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
             return CVX_FAIL(CVX_ERR_INVALID,
