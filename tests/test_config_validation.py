@@ -79,6 +79,14 @@ def test_block_out_channels_past_c_int_is_refused_not_truncated(tmp_path):
         cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(folder)
 
 
+def test_tile_sizes_past_c_int_are_refused_not_overflowed():
+    # the "i" format used to raise OverflowError "signed integer is greater than maximum"
+    vae = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(VAE_TINY)
+    vae.enable_tiling(2**40, 64)
+    with pytest.raises(ValueError, match=r"tiling 'tile_sample_min_height' = 1099511627776 does not fit a C int"):
+        vae.decode(np.zeros((1, 4, 1, 4, 4), np.float32))
+
+
 def test_c_config_tuples_refuse_out_of_range_ints():
     """The _C constructors read every config int exactly: out of the C int range is a ValueError naming the key."""
     vae_cfg = (3, 3, 4, (2**32 + 8, 8, 8, 8), 1, 2, 1e-6, 4)

@@ -63,23 +63,27 @@ static int parse_dtype(const char *name, cvx_dtype *dt) {
 
 /* ---- config tuples ------------------------------------------------------------------------------------------- */
 
-/* Item i of a config tuple as a C int. An int outside the C int range is refused with its key named, never
- * truncated; a float, string or bool is refused too (the Python layer passes exact ints). */
-static int config_int(PyObject *tuple, Py_ssize_t i, const char *key, int *out) {
-    PyObject *obj = PyTuple_GET_ITEM(tuple, i);
+/* A Python int as a C int: one outside the C int range is refused with `what` 'key' named, never truncated; a
+ * float, string or bool is refused too (the Python layer passes exact ints). */
+static int exact_int(PyObject *obj, const char *what, const char *key, int *out) {
     if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_ValueError, "config '%s' must be an integer, got %R", key, obj);
+        PyErr_Format(PyExc_ValueError, "%s '%s' must be an integer, got %R", what, key, obj);
         return -1;
     }
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (overflow || v < INT_MIN || v > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "config '%s' = %R does not fit a C int", key, obj);
+        PyErr_Format(PyExc_ValueError, "%s '%s' = %R does not fit a C int", what, key, obj);
         return -1;
     }
     *out = (int)v;
     return 0;
+}
+
+/* Item i of a config tuple as a C int. */
+static int config_int(PyObject *tuple, Py_ssize_t i, const char *key, int *out) {
+    return exact_int(PyTuple_GET_ITEM(tuple, i), "config", key, out);
 }
 
 static int config_double(PyObject *tuple, Py_ssize_t i, const char *key, double *out) {
@@ -324,10 +328,13 @@ static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
     memset(t, 0, sizeof(*t));
     if (obj == Py_None) return 0;
     t->enabled = 1;
-    return PyArg_ParseTuple(obj, "iidd", &t->tile_sample_min_height, &t->tile_sample_min_width,
-                            &t->tile_overlap_factor_height, &t->tile_overlap_factor_width)
-               ? 0
-               : -1;
+    PyObject *h = NULL, *w = NULL;
+    if (!PyArg_ParseTuple(obj, "OOdd", &h, &w, &t->tile_overlap_factor_height, &t->tile_overlap_factor_width))
+        return -1;
+    return exact_int(h, "tiling", "tile_sample_min_height", &t->tile_sample_min_height) < 0 ||
+                   exact_int(w, "tiling", "tile_sample_min_width", &t->tile_sample_min_width) < 0
+               ? -1
+               : 0;
 }
 
 /* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling) */
