@@ -498,8 +498,13 @@ class T5Tokenizer:
             raise ValueError(
                 f"truncation must be a bool or one of {sorted(_TRUNCATION_STRATEGIES)}, got {truncation!r}"
             )
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
         if max_length is None and (trunc_mode is not None or pad_mode == "max_length"):
             max_length = self.model_max_length  # transformers' default, 226 for CogVideoX
+        if trunc_mode is not None and max_length >= 2**63:
+            # no text reaches it (the library takes 64-bit lengths): transformers then does not truncate either
+            trunc_mode = None
         if max_length is not None and trunc_mode is not None and add_special_tokens and max_length < 1:
             raise ValueError(f"max_length={max_length} leaves no room for the EOS token")
         if pad_mode == "max_length" and max_length >= int(1e30):

@@ -475,3 +475,18 @@ def test_build_info_is_consistent_with_what_runs():
         pipe = cogvideo_c.CogVideoXPipeline.__new__(cogvideo_c.CogVideoXPipeline)
         with pytest.raises(ValueError, match="the CUDA backend is not built"):
             pipe.to("cuda")
+
+
+@pytest.mark.parametrize("model_max_length", [None, 2**70])
+def test_truncation_without_a_usable_max_length_does_not_truncate(model_max_length):
+    # transformers: "no maximum length is provided and the model has no predefined maximum length: default to no
+    # truncation"; the 1e30 default used to raise OverflowError from the tokenizers library
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tok = cogvideo_c.T5Tokenizer.from_pretrained(TOK_DIR, **kwargs)
+    if model_max_length is None:
+        tok.model_max_length = int(1e30)
+    plain = tok("a long prompt with several words")["input_ids"]
+    assert tok("a long prompt with several words", truncation=True)["input_ids"] == plain
+    assert tok("a long prompt with several words", truncation=True, max_length=2**65)["input_ids"] == plain
+    with pytest.raises(ValueError, match="max_length must be an integer, got 4.0"):
+        tok("a", truncation=True, max_length=4.0)
