@@ -23,13 +23,22 @@ __version__ = "0.1.0"
 
 
 def build_info():
-    """What was compiled: backends, BLAS, OpenMP threads, compiler."""
+    """What was compiled and what runs, as a dict.
+
+    - ``devices``: the devices models and memory budgets can use now (``"cpu"``, ``"emu"`` (an emulated
+      accelerator in host memory, for budgets and offload tests), and ``"cuda"`` only when ``cuda`` is True).
+    - ``cuda``: True only when CUDA kernels are compiled *and* a CUDA device is present, i.e. ``to("cuda")`` works.
+    - ``cuda_compiled``: the build found a CUDA toolkit and compiled device discovery; ``cuda_kernels``: the CUDA
+      kernels were compiled (not yet: no release has them, so ``cuda`` is False on every machine for now);
+      ``cuda_devices``: how many devices the CUDA runtime reports (0 without a CUDA build).
+    - ``cpu``, ``blas``, ``openmp``, ``omp_max_threads``, ``compiler``: the CPU backend.
+    """
     return _C.build_info()
 
 
 def cuda_is_available():
-    """True when the CUDA backend was compiled and a device can run it."""
-    return _C.cuda_device_count() > 0
+    """True when CUDA kernels are compiled and a device can run them (``build_info()["cuda"]``); False for now."""
+    return bool(_C.build_info()["cuda"])
 
 
 __all__ = [

@@ -1,7 +1,11 @@
 """Reading a component folder the way diffusers' from_pretrained does: config.json plus safetensors weights."""
 
 import json
+import math
+import numbers
 import os
+
+import numpy as np
 
 
 class FrozenConfig(dict):
@@ -17,11 +21,45 @@ class FrozenConfig(dict):
         raise AttributeError("the config is frozen")
 
 
-def config_int(value, key):
-    """A config value that must be a whole number (an int, or a float without fraction; not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"config '{key}' must be an integer, got {value!r}")
-    return int(value)
+# The C core holds config sizes in C ints: a larger value is refused here, never truncated.
+C_INT_MAX = 2**31 - 1
+
+
+def _where(key, source):
+    return f"{source}: config '{key}'" if source else f"config '{key}'"
+
+
+def config_int(value, key, minimum=None, maximum=C_INT_MAX, source=None):
+    """A config value that must be an integer in [minimum, maximum]. JSON integers only: a float (even 3.0), a string
+    or a bool is refused, not coerced, as diffusers' modules (range(3.0), nn.Linear(4.0, ...)) and transformers'
+    strict configs refuse them. source (the config file) and key are named in the error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{_where(key, source)} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{_where(key, source)} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{_where(key, source)} = {value} is larger than this implementation supports ({maximum})")
+    return value
+
+
+def config_float(value, key, positive=False, source=None):
+    """A finite real config value (an int is accepted, as JSON writes 0 for 0.0); positive: > 0 (an eps)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{_where(key, source)} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{_where(key, source)} must be a {'positive ' if positive else ''}finite number, got {value}")
+    return value
+
+
+def config_bool(value, key, source=None):
+    """A true/false config value; a string such as "false" is refused (it would read as True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{_where(key, source)} must be true or false, got {value!r}")
 
 
 def component_dir(path, subfolder=None):

@@ -1,5 +1,6 @@
 """Model classes with diffusers' names, signatures and defaults, backed by the C core."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -7,7 +8,7 @@ import numpy as np
 from . import configuration
 from ._load import _C
 from ._random import draw_standard_normal
-from .configuration import config_int
+from .configuration import config_bool, config_float, config_int
 from .memory import OutOfMemoryError
 from .modeling import ModelMixin, load_dtype, warn_ignored
 from .safetensors_io import find_weights
@@ -116,35 +117,59 @@ class AutoencoderKLCogVideoX(ModelMixin):
         invert_scale_latents=False,
     )
 
-    def __init__(self, config, weights_path, dtype="float32"):
+    def __init__(self, config, weights_path, dtype="float32", config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        where = f"{config_file}: config" if config_file else "config"
 
-        def whole(key):
-            return config_int(cfg[key], key)
+        def whole(key, minimum=1):
+            return config_int(cfg[key], key, minimum, source=config_file)
 
         blocks = cfg["block_out_channels"]
         if not isinstance(blocks, (list, tuple)) or not blocks:
-            raise ValueError(f"config 'block_out_channels' must be a non-empty list, got {blocks!r}")
-        blocks = tuple(config_int(b, "block_out_channels") for b in blocks)
+            raise ValueError(f"{where} 'block_out_channels' must be a non-empty list, got {blocks!r}")
+        blocks = tuple(config_int(b, f"block_out_channels[{i}]", 1, source=config_file) for i, b in enumerate(blocks))
         n = len(blocks)
         for key, kind in (("down_block_types", "CogVideoXDownBlock3D"), ("up_block_types", "CogVideoXUpBlock3D")):
             types = cfg.get(key, [kind] * n)
-            if list(types) != [kind] * n:
-                raise ValueError(f"config '{key}' must be {n} x '{kind}' (one per block_out_channels), got {types!r}")
+            if not isinstance(types, (list, tuple)) or list(types) != [kind] * n:
+                raise ValueError(f"{where} '{key}' must be {n} x '{kind}' (one per block_out_channels), got {types!r}")
         if cfg["act_fn"] not in ("silu", "swish"):
-            raise ValueError(f"config 'act_fn' {cfg['act_fn']!r} is not supported (the CogVideoX VAE uses silu)")
-        if cfg["use_quant_conv"] or cfg["use_post_quant_conv"]:
-            raise ValueError("use_quant_conv / use_post_quant_conv are not supported (no CogVideoX VAE uses them)")
+            raise ValueError(f"{where} 'act_fn' {cfg['act_fn']!r} is not supported (CogVideoX VAEs use silu)")
+        if config_bool(cfg["use_quant_conv"], "use_quant_conv", config_file) or config_bool(
+            cfg["use_post_quant_conv"], "use_post_quant_conv", config_file
+        ):
+            raise ValueError(
+                f"{where}: use_quant_conv / use_post_quant_conv are not supported (no CogVideoX VAE uses them)"
+            )
+        # GroupNorm(num_groups, channels) needs the groups to divide every block's channels (the mid blocks and
+        # norm_out use the last block's, the decoder's SpatialNorm3D the same groups)
+        groups = whole("norm_num_groups")
+        for i, channels in enumerate(blocks):
+            if channels % groups:
+                raise ValueError(
+                    f"{where} 'block_out_channels[{i}]' = {channels} does not divide into norm_num_groups = "
+                    f"{groups} (GroupNorm needs a multiple)"
+                )
+        ratio = whole("temporal_compression_ratio")
+        if ratio & (ratio - 1):
+            raise ValueError(f"{where} 'temporal_compression_ratio' = {ratio} must be a power of two")
+        for key in ("sample_height", "sample_width"):
+            whole(key)
+        config_float(cfg["scaling_factor"], "scaling_factor", source=config_file)
+        if cfg["shift_factor"] is not None:
+            config_float(cfg["shift_factor"], "shift_factor", source=config_file)
+        for key in ("force_upcast", "invert_scale_latents"):
+            config_bool(cfg[key], key, config_file)
         core_cfg = (
             whole("in_channels"),
             whole("out_channels"),
             whole("latent_channels"),
             blocks,
             whole("layers_per_block"),
-            whole("norm_num_groups"),
-            float(cfg["norm_eps"]),
-            whole("temporal_compression_ratio"),
+            groups,
+            config_float(cfg["norm_eps"], "norm_eps", positive=True, source=config_file),
+            ratio,
         )
         cfg["block_out_channels"] = blocks
         self.config = configuration.FrozenConfig(cfg)
@@ -183,7 +208,9 @@ class AutoencoderKLCogVideoX(ModelMixin):
         cfg = configuration.read_config(folder, "AutoencoderKLCogVideoX")
         run_dtype = load_dtype(dtype, torch_dtype)
         warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(cfg, find_weights(folder, variant=variant), run_dtype)
+        return cls(
+            cfg, find_weights(folder, variant=variant), run_dtype, config_file=os.path.join(folder, "config.json")
+        )
 
     @property
     def weight_bytes(self):

@@ -1,5 +1,6 @@
 """transformers.T5EncoderModel (the CogVideoX text encoder) on the C core."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,22 +41,40 @@ class T5EncoderModel(ModelMixin):
         feed_forward_proj="relu",
     )  # fmt: skip
 
-    def __init__(self, config, weights_path, dtype="float32"):
+    def __init__(self, config, weights_path, dtype="float32", config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        where = f"{config_file}: config" if config_file else "config"
         proj = cfg["feed_forward_proj"]
         if proj not in ("relu", "gated-gelu"):
-            raise ValueError(f"feed_forward_proj {proj!r} is not supported (relu or gated-gelu)")
+            raise ValueError(f"{where} 'feed_forward_proj' {proj!r} is not supported (relu or gated-gelu)")
+
+        def whole(key, minimum=1):
+            return configuration.config_int(cfg[key], key, minimum, source=config_file)
+
+        sizes = {k: whole(k) for k in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers")}
+        if sizes["num_heads"] * sizes["d_kv"] > configuration.C_INT_MAX:
+            raise ValueError(f"{where} num_heads x d_kv = {sizes['num_heads'] * sizes['d_kv']} is too large")
+        # transformers' _relative_position_bucket: max_exact = num_buckets // 4 divides (ZeroDivisionError below 4)
+        # and log(max_distance / max_exact) needs max_distance > 0 (a math domain error otherwise)
+        buckets = whole("relative_attention_num_buckets", 4)
+        max_distance = whole("relative_attention_max_distance", 1)
+        eps = configuration.config_float(cfg["layer_norm_epsilon"], "layer_norm_epsilon", True, config_file)
         names = _C.safetensors_index(weights_path)
+        per_block = 9 if proj == "gated-gelu" else 8  # q, k, v, o, 2 norms, wi (or wi_0, wi_1), wo
+        if sizes["num_layers"] * per_block > len(names):
+            raise ValueError(
+                f"{where} 'num_layers' = {sizes['num_layers']} implies {sizes['num_layers'] * per_block} block "
+                f"tensors, but the checkpoint {weights_path} holds {len(names)} tensors in all"
+            )
         # transformers always ties them and saves shared.weight; when a file has both, the encoder uses its own
         if "encoder.embed_tokens.weight" in names:
             embedding, ignored = "encoder.embed_tokens.weight", "shared.weight"
         else:
             embedding, ignored = "shared.weight", None
         core_cfg = (
-            int(cfg["vocab_size"]), int(cfg["d_model"]), int(cfg["d_kv"]), int(cfg["num_heads"]), int(cfg["d_ff"]),
-            int(cfg["num_layers"]), int(cfg["relative_attention_num_buckets"]),
-            int(cfg["relative_attention_max_distance"]), proj == "gated-gelu", float(cfg["layer_norm_epsilon"]),
+            sizes["vocab_size"], sizes["d_model"], sizes["d_kv"], sizes["num_heads"], sizes["d_ff"],
+            sizes["num_layers"], buckets, max_distance, proj == "gated-gelu", eps,
             embedding, ignored if ignored in names else None,
         )  # fmt: skip
         self.config = configuration.FrozenConfig(cfg)
@@ -87,7 +106,12 @@ class T5EncoderModel(ModelMixin):
         cfg = configuration.read_config(folder, None)
         run_dtype = load_dtype(dtype, torch_dtype)
         warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(cfg, find_weights(folder, stem="model", variant=variant), run_dtype)
+        return cls(
+            cfg,
+            find_weights(folder, stem="model", variant=variant),
+            run_dtype,
+            config_file=os.path.join(folder, "config.json"),
+        )
 
     def _config_to_save(self):
         """config.json as transformers writes it (architectures and model_type; no diffusers keys)."""

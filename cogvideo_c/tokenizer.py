@@ -17,12 +17,16 @@ U+202F, ...), which ``WhitespaceSplit`` treats as a separator and SentencePiece 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import math
 import os
 import struct
 from typing import Any
 
 import numpy as np
+
+from .configuration import config_bool, config_int
 
 try:
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -43,6 +47,11 @@ _PIECE_CONTROL = 3
 _PIECE_USER_DEFINED = 4
 
 _TRUNCATION_STRATEGIES = {"longest_first", "only_first", "only_second"}
+_MISSING = object()
+
+# T5 adds 100 sentinels; each one is an added token of the tokenizers library (about 1.5 KB): far more is a broken
+# config, refused before building anything
+MAX_EXTRA_IDS = 10_000
 _CALL_OPTIONS = {"return_token_type_ids", "verbose", "return_length", "return_special_tokens_mask", "stride"}
 
 
@@ -117,6 +126,7 @@ def read_spiece_model(path: str) -> tuple[list[tuple[str, float]], list[int], by
         raise ValueError(f"{path} is not a SentencePiece model: {e}") from None
     if not pieces:
         raise ValueError(f"{path} is not a SentencePiece model: it has no pieces")
+    _check_charsmap(charsmap, path)
     return pieces, types, charsmap
 
 
@@ -124,24 +134,81 @@ def _read_tokenizer_json(path: str) -> tuple[list[tuple[str, float]], bytes | No
     """Vocabulary, charsmap and post-processor of a tokenizer.json, the parts transformers 5's T5Tokenizer keeps."""
     with open(path, encoding="utf-8") as f:
         spec = json.load(f)
-    model = spec.get("model") or {}
-    if model.get("type") != "Unigram" or not isinstance(model.get("vocab"), list):
+    model = spec.get("model") if isinstance(spec, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "Unigram" or not isinstance(model.get("vocab"), list):
         raise ValueError(f"{path}: expected a Unigram model with a [piece, score] vocabulary")
-    vocab = [(str(p), float(s)) for p, s in model["vocab"]]
+    vocab = []
+    for i, entry in enumerate(model["vocab"]):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or isinstance(entry[1], bool)
+            or not isinstance(entry[1], (int, float))
+            or not math.isfinite(entry[1])
+        ):
+            raise ValueError(f"{path}: model.vocab[{i}] must be a [piece, score] pair, got {entry!r:.80}")
+        vocab.append((entry[0], float(entry[1])))
     charsmap = None
     norm = spec.get("normalizer") or {}
+    if not isinstance(norm, dict):
+        raise ValueError(f"{path}: 'normalizer' must be an object, got {type(norm).__name__}")
     for n in norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]:
-        if n.get("type") == "Precompiled" and n.get("precompiled_charsmap"):
-            charsmap = base64.b64decode(n["precompiled_charsmap"])
+        if isinstance(n, dict) and n.get("type") == "Precompiled" and n.get("precompiled_charsmap"):
+            try:
+                charsmap = base64.b64decode(n["precompiled_charsmap"], validate=True)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: normalizer 'precompiled_charsmap' is not base64: {err}") from None
             break
-    post = Tokenizer.from_file(path).post_processor
+    _check_charsmap(charsmap, path)
+    with _library_errors(path):
+        post = Tokenizer.from_file(path).post_processor
     return vocab, charsmap, post
 
 
-def _token_content(token) -> str | None:
+def _check_charsmap(charsmap: bytes | None, path: str) -> None:
+    """The tokenizers library accepts a malformed precompiled charsmap and panics on its first use: use it once on
+    varied text while loading, so that the file is named then."""
+    if charsmap and Tokenizer is not None:  # without the library, T5Tokenizer() says what to install
+        with _library_errors(path):
+            normalizers.Precompiled(charsmap).normalize_str("Probe: ａ text, 12 ½ éè\u3000ﬁ.")
+
+
+@contextlib.contextmanager
+def _library_errors(source):
+    """Around calls into the tokenizers library. Its Rust panics surface as pyo3's PanicException, a BaseException
+    that escapes `except Exception`: any failure in there becomes a ValueError naming the file; Ctrl-C and exit still
+    pass through."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - PanicException derives from BaseException only
+        raise ValueError(f"{source}: the tokenizers library rejected it ({type(err).__name__}: {err})") from None
+
+
+def _check_added_tokens(table, where: str) -> dict:
+    """tokenizer_config.json's added_tokens_decoder: {"<id>": "content" | {"content": ..., flags}}."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be an object of id -> token, got {type(table).__name__}")
+    for key, token in table.items():
+        if not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            raise ValueError(f"{where} has a key {key!r} that is not a token id")
+        _token_content(token, f"{where}[{key!r}]")
+    return table
+
+
+def _token_content(token, where: str = "token") -> str | None:
+    """A special token as a string: a string, or an AddedToken dict's "content" (anything else is refused)."""
     if token is None:
         return None
-    return token["content"] if isinstance(token, dict) else str(token)
+    if isinstance(token, str):
+        return token
+    if isinstance(token, dict) and isinstance(token.get("content"), str):
+        return token["content"]
+    raise ValueError(f"{where} must be a string or an object with a string 'content', got {token!r:.80}")
 
 
 def _added_token(content: str, special: bool, spec: dict | None = None) -> AddedToken:
@@ -196,10 +263,47 @@ class T5Tokenizer:
     ):
         if Tokenizer is None:
             raise ImportError("cogvideo_c's T5 tokenizer needs the `tokenizers` package: pip install tokenizers")
+        source = name_or_path or type(self).__name__
+        extra_ids = config_int(extra_ids, "extra_ids", 0, MAX_EXTRA_IDS, source=source)
         vocab = list(vocab)
+        if sentinels_in_vocab and extra_ids > len(vocab):
+            raise ValueError(f"{source}: extra_ids = {extra_ids} sentinels cannot end a vocabulary of {len(vocab)}")
         sentinels = [f"<extra_id_{i}>" for i in range(extra_ids - 1, -1, -1)]
         if not sentinels_in_vocab:  # from spiece.model; a tokenizer.json vocabulary already ends with them
             vocab += [(t, 0.0) for t in sentinels]
+        added_tokens_decoder = _check_added_tokens(added_tokens_decoder, f"{source}: 'added_tokens_decoder'")
+        with _library_errors(source):
+            self._build_backend(
+                vocab, precompiled_charsmap, eos_token, unk_token, pad_token, sentinels, control_tokens,
+                user_defined_tokens, added_tokens_decoder,
+            )  # fmt: skip
+        eos_id = self._tokenizer.token_to_id(eos_token)
+        if eos_id is None:
+            raise ValueError(f"the vocabulary has no EOS token {eos_token!r}")
+        with _library_errors(source):
+            self._tokenizer.post_processor = post_processor or processors.TemplateProcessing(
+                single=["$A", eos_token], pair=["$A", eos_token, "$B", eos_token], special_tokens=[(eos_token, eos_id)]
+            )
+        self.eos_token, self.unk_token, self.pad_token = eos_token, unk_token, pad_token
+        self._extra_ids = extra_ids
+        if model_max_length is not None and (
+            isinstance(model_max_length, bool)
+            or not isinstance(model_max_length, (int, float))
+            or not model_max_length >= 1
+            or model_max_length == float("inf")
+        ):
+            raise ValueError(f"{source}: 'model_max_length' must be a positive number, got {model_max_length!r}")
+        self.model_max_length = int(model_max_length) if model_max_length is not None else int(1e30)
+        self.clean_up_tokenization_spaces = config_bool(
+            clean_up_tokenization_spaces, "clean_up_tokenization_spaces", source
+        )
+        self.name_or_path = name_or_path
+
+    def _build_backend(
+        self, vocab, precompiled_charsmap, eos_token, unk_token, pad_token, sentinels, control_tokens,
+        user_defined_tokens, added_tokens_decoder,
+    ):  # fmt: skip
+        """The tokenizers.Tokenizer transformers 5 builds: Unigram, normaliser, pre-tokeniser, added tokens."""
         self._tokenizer = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
         if precompiled_charsmap:
             self._tokenizer.normalizer = normalizers.Precompiled(precompiled_charsmap)
@@ -213,7 +317,6 @@ class T5Tokenizer:
 
         # Added tokens in transformers' order: the configured decoder table, then named specials, control and
         # user-defined pieces, sentinels. All of them normally exist in the vocabulary and keep its ids.
-        added_tokens_decoder = added_tokens_decoder or {}
         specs = {_token_content(v): v if isinstance(v, dict) else {} for v in added_tokens_decoder.values()}
         plan: dict[str, bool] = {}
         for _, token in sorted(((int(k), v) for k, v in added_tokens_decoder.items()), key=lambda kv: kv[0]):
@@ -225,18 +328,6 @@ class T5Tokenizer:
             plan.setdefault(content, False)
         self._tokenizer.add_special_tokens([_added_token(c, True, specs.get(c)) for c, s in plan.items() if s])
         self._tokenizer.add_tokens([_added_token(c, False, specs.get(c)) for c, s in plan.items() if not s])
-
-        eos_id = self._tokenizer.token_to_id(eos_token)
-        if eos_id is None:
-            raise ValueError(f"the vocabulary has no EOS token {eos_token!r}")
-        self._tokenizer.post_processor = post_processor or processors.TemplateProcessing(
-            single=["$A", eos_token], pair=["$A", eos_token, "$B", eos_token], special_tokens=[(eos_token, eos_id)]
-        )
-        self.eos_token, self.unk_token, self.pad_token = eos_token, unk_token, pad_token
-        self._extra_ids = extra_ids
-        self.model_max_length = int(model_max_length) if model_max_length is not None else int(1e30)
-        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.name_or_path = name_or_path
 
     # -- loading ------------------------------------------------------------------------------------------------------
 
@@ -258,13 +349,19 @@ class T5Tokenizer:
                 f"tokenizer folder {folder!r} does not exist (cogvideo_c loads local checkpoints only; download it "
                 "first, e.g. with `huggingface-cli download`)"
             )
-        config = {}
+        config, sources = {}, {}
         for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # the config's entries win
             path = os.path.join(folder, name)
             if os.path.isfile(path):
+                before = dict(config)
                 with open(path, encoding="utf-8") as f:
                     config.update(json.load(f))
+                sources.update({k: path for k, v in config.items() if before.get(k, _MISSING) is not v})
         config.update(kwargs)
+        sources.update(dict.fromkeys(kwargs, "from_pretrained"))
+
+        def where(key):  # errors name the file (or the argument) a value came from
+            return f"{sources.get(key, folder)}: '{key}'"
 
         spiece = os.path.join(folder, SPIECE_MODEL)
         tok_json = os.path.join(folder, TOKENIZER_JSON)
@@ -283,17 +380,23 @@ class T5Tokenizer:
         return cls(
             vocab,
             precompiled_charsmap=charsmap,
-            eos_token=_token_content(config.get("eos_token")) or "</s>",
-            unk_token=_token_content(config.get("unk_token")) or "<unk>",
-            pad_token=_token_content(config.get("pad_token")) or "<pad>",
-            extra_ids=int(config.get("extra_ids", 100)),
+            eos_token=_token_content(config.get("eos_token"), where("eos_token")) or "</s>",
+            unk_token=_token_content(config.get("unk_token"), where("unk_token")) or "<unk>",
+            pad_token=_token_content(config.get("pad_token"), where("pad_token")) or "<pad>",
+            extra_ids=config_int(
+                config.get("extra_ids", 100), "extra_ids", 0, MAX_EXTRA_IDS, source=sources.get("extra_ids", folder)
+            ),
             sentinels_in_vocab=sentinels_in_vocab,
             control_tokens=control,
             user_defined_tokens=user_defined,
-            added_tokens_decoder=config.get("added_tokens_decoder"),
+            added_tokens_decoder=_check_added_tokens(config.get("added_tokens_decoder"), where("added_tokens_decoder")),
             post_processor=post,
             model_max_length=config.get("model_max_length"),
-            clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
+            clean_up_tokenization_spaces=config_bool(
+                config.get("clean_up_tokenization_spaces", False),
+                "clean_up_tokenization_spaces",
+                sources.get("clean_up_tokenization_spaces", folder),
+            ),
             name_or_path=folder,
         )
 
@@ -423,8 +526,13 @@ class T5Tokenizer:
             raise ValueError(
                 f"truncation must be a bool or one of {sorted(_TRUNCATION_STRATEGIES)}, got {truncation!r}"
             )
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
         if max_length is None and (trunc_mode is not None or pad_mode == "max_length"):
             max_length = self.model_max_length  # transformers' default, 226 for CogVideoX
+        if trunc_mode is not None and max_length >= 2**63:
+            # no text reaches it (the library takes 64-bit lengths): transformers then does not truncate either
+            trunc_mode = None
         if max_length is not None and trunc_mode is not None and add_special_tokens and max_length < 1:
             raise ValueError(f"max_length={max_length} leaves no room for the EOS token")
         if pad_mode == "max_length" and max_length >= int(1e30):
@@ -450,7 +558,8 @@ class T5Tokenizer:
                     length=max_length if pad_mode == "max_length" else None,
                     pad_to_multiple_of=pad_to_multiple_of,
                 )
-            encodings = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+            with _library_errors(self.name_or_path or type(self).__name__):
+                encodings = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
         finally:
             tok.no_truncation()
             tok.no_padding()
@@ -483,7 +592,8 @@ class T5Tokenizer:
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
         """The SentencePiece tokens of a text (``▁``-prefixed pieces), without ``</s>`` unless asked."""
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).tokens
+        with _library_errors(self.name_or_path or type(self).__name__):
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).tokens
 
     # -- decoding -----------------------------------------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """CogVideoXTransformer3DModel with diffusers' name, config keys, call signature and numbers, on the C core."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import configuration
 from ._load import _C
-from .configuration import config_int
+from .configuration import config_bool, config_float, config_int
 from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
 from .modeling import ModelMixin, load_dtype, warn_ignored
 from .safetensors_io import find_weights
@@ -45,32 +46,75 @@ class CogVideoXTransformer3DModel(ModelMixin):
         use_learned_positional_embeddings=False, patch_bias=True,
     )  # fmt: skip
 
-    def __init__(self, config, weights_path=None, dtype="float32", seed=0):
+    def __init__(self, config, weights_path=None, dtype="float32", seed=0, config_file=None):
         cfg = dict(self._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
+        where = f"{config_file}: config" if config_file else "config"
         if cfg["activation_fn"] != "gelu-approximate" or cfg["timestep_activation_fn"] != "silu":
-            raise ValueError("only activation_fn 'gelu-approximate' and timestep_activation_fn 'silu' are supported")
+            raise ValueError(
+                f"{where}: only activation_fn 'gelu-approximate' and timestep_activation_fn 'silu' are supported"
+            )
 
-        def whole(key):
-            return config_int(cfg[key], key)
+        def whole(key, minimum=1):
+            return config_int(cfg[key], key, minimum, source=config_file)
 
-        rotary, learned = bool(cfg["use_rotary_positional_embeddings"]), bool(cfg["use_learned_positional_embeddings"])
+        def flag(key):
+            return config_bool(cfg[key], key, config_file)
+
+        def number(key, positive=True):
+            return config_float(cfg[key], key, positive, config_file)
+
+        rotary, learned = flag("use_rotary_positional_embeddings"), flag("use_learned_positional_embeddings")
         if learned and not rotary:
-            raise ValueError("learned positional embeddings without rotary embeddings match no CogVideoX model")
-        heads, hd = whole("num_attention_heads"), whole("attention_head_dim")
-        p, pt = whole("patch_size"), cfg["patch_size_t"]
-        pt = None if pt is None else int(pt)
-        self.inner_dim = heads * hd
+            raise ValueError(f"{where}: learned positional embeddings without rotary ones match no CogVideoX model")
+        heads, hd = whole("num_attention_heads"), whole("attention_head_dim", 2)
+        if hd % 2:
+            raise ValueError(f"{where} 'attention_head_dim' = {hd} must be even (q/k are rotated in pairs)")
+        p = whole("patch_size")
+        pt = None if cfg["patch_size_t"] is None else whole("patch_size_t")
+        inner = heads * hd
+        cin, cout, time_dim = whole("in_channels"), whole("out_channels"), whole("time_embed_dim")
+        # the C core sizes its linears in C ints: 6 x inner (the modulations) and the patch features must fit
+        for what, value in (
+            ("6 x num_attention_heads x attention_head_dim", 6 * inner),
+            ("in_channels x patch_size^2 x patch_size_t", cin * p * p * (pt or 1)),
+            ("out_channels x patch_size^2 x patch_size_t", cout * p * p * (pt or 1)),
+        ):
+            if value > configuration.C_INT_MAX:
+                raise ValueError(f"{where} {what} = {value} is larger than this implementation supports")
+        if not rotary and inner % 16:
+            raise ValueError(
+                f"{where}: the sin-cos positional table needs num_attention_heads x attention_head_dim divisible by "
+                f"16, got {heads} x {hd} = {inner}"
+            )
+        ofs = cfg["ofs_embed_dim"]
+        ofs = 0 if ofs is None else whole("ofs_embed_dim")
+        if ofs and ofs != time_dim:
+            raise ValueError(
+                f"{where} 'ofs_embed_dim' = {ofs} must equal time_embed_dim = {time_dim} (the embeddings are added)"
+            )
+        shift = config_int(cfg["freq_shift"], "freq_shift", -configuration.C_INT_MAX, source=config_file)
+        if shift == inner // 2 or (ofs and shift == ofs // 2):
+            raise ValueError(f"{where} 'freq_shift' = {shift} divides the timestep frequencies by zero")
+        text_len = whole("max_text_seq_length")
+        frames_in, ratio = whole("sample_frames"), whole("temporal_compression_ratio")
+        sample_h, sample_w = whole("sample_height"), whole("sample_width")
+        eps = number("norm_eps")
+        for key in ("spatial_interpolation_scale", "temporal_interpolation_scale"):
+            number(key)
+        number("dropout", positive=False)
+        self.inner_dim = inner
         rows = 0
         if learned:
-            frames = (whole("sample_frames") - 1) // whole("temporal_compression_ratio") + 1
-            rows = whole("max_text_seq_length") + frames * (cfg["sample_height"] // p) * (cfg["sample_width"] // p)
+            frames = (frames_in - 1) // ratio + 1
+            rows = text_len + frames * (sample_h // p) * (sample_w // p)
+            if rows > configuration.C_INT_MAX:
+                raise ValueError(f"{where}: the learned positional table would have {rows} rows, too many")
         core_cfg = (
-            heads, hd, whole("in_channels"), whole("out_channels"), int(bool(cfg["flip_sin_to_cos"])),
-            whole("freq_shift"), whole("time_embed_dim"), int(cfg["ofs_embed_dim"] or 0),
-            whole("text_embed_dim"), whole("num_layers"), int(bool(cfg["attention_bias"])),
-            int(bool(cfg["patch_bias"])), int(bool(cfg["norm_elementwise_affine"])), p, pt or 0,
-            whole("max_text_seq_length"), int(learned), rows, float(cfg["norm_eps"]),
+            heads, hd, cin, cout, int(flag("flip_sin_to_cos")), shift, time_dim, ofs,
+            whole("text_embed_dim"), whole("num_layers", 0), int(flag("attention_bias")),
+            int(flag("patch_bias")), int(flag("norm_elementwise_affine")), p, pt or 0,
+            text_len, int(learned), rows, eps,
         )  # fmt: skip
         self.config = configuration.FrozenConfig(cfg)
         self.dtype = dtype
@@ -100,7 +144,9 @@ class CogVideoXTransformer3DModel(ModelMixin):
         cfg = configuration.read_config(folder, "CogVideoXTransformer3DModel")
         run_dtype = load_dtype(dtype, torch_dtype)
         warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(cfg, find_weights(folder, variant=variant), run_dtype)
+        return cls(
+            cfg, find_weights(folder, variant=variant), run_dtype, config_file=os.path.join(folder, "config.json")
+        )
 
     @classmethod
     def from_config(cls, config, seed=0, torch_dtype=None, dtype=None):

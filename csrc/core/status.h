@@ -1,8 +1,8 @@
 /* Status codes and the thread-local error message.
  *
- * Every fallible C function returns a cvx_status. The first failure records what failed, where, and why in a
- * thread-local buffer; the Python glue turns (status, message) into the matching exception. Library code never
- * exits or aborts. */
+ * Every fallible C function returns a cvx_status. The first failure records what failed and why in a thread-local
+ * buffer (and where, as a trailing [file.c:line] tag, when the environment has CVX_DEBUG=1); the Python glue turns
+ * (status, message) into the matching exception. Library code never exits or aborts. */
 #ifndef CVX_STATUS_H
 #define CVX_STATUS_H
 

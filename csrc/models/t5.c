@@ -6,6 +6,7 @@
  * the half-precision overflow that transformers clamps cannot happen here. */
 #include "t5.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,11 +44,43 @@ static void decl(cvx_weights *ws, int group, const void **slot, int64_t rows, in
     cvx_weights_declare(ws, group, 0, (void **)slot, cols ? 2 : 1, shape, "%s", name);
 }
 
+/* Every size the forward divides by, indexes with or multiplies into a C int, with the config key named. */
+static cvx_status check_config(const cvx_t5_config *c) {
+    const struct {
+        const char *key;
+        int value, minimum;
+    } sizes[] = {
+        {"vocab_size", c->vocab_size, 1},
+        {"d_model", c->d_model, 1},
+        {"d_kv", c->d_kv, 1},
+        {"num_heads", c->num_heads, 1},
+        {"d_ff", c->d_ff, 1},
+        {"num_layers", c->num_layers, 1},
+        /* transformers' buckets: max_exact = num_buckets / 4 is a divisor (ZeroDivisionError below 4), and
+           log(max_distance / max_exact) needs max_distance > 0 (a math domain error there) */
+        {"relative_attention_num_buckets", c->relative_attention_num_buckets, 4},
+        {"relative_attention_max_distance", c->relative_attention_max_distance, 1},
+    };
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        if (sizes[i].value < sizes[i].minimum)
+            return CVX_FAIL(CVX_ERR_INVALID, "T5 config '%s' = %d must be at least %d", sizes[i].key, sizes[i].value,
+                            sizes[i].minimum);
+    if ((int64_t)c->num_heads * c->d_kv > INT_MAX)
+        return CVX_FAIL(CVX_ERR_INVALID, "T5 config num_heads x d_kv = %lld is too large",
+                        (long long)c->num_heads * c->d_kv);
+    if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
+        return CVX_FAIL(CVX_ERR_INVALID, "T5 config 'layer_norm_epsilon' = %g must be positive and finite",
+                        (double)c->layer_norm_epsilon);
+    if (!c->embedding_name) return CVX_FAIL(CVX_ERR_INVALID, "T5 config has no embedding tensor name");
+    return CVX_OK;
+}
+
 cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out) {
     *out = NULL;
-    if (cfg->vocab_size < 1 || cfg->d_model < 1 || cfg->d_kv < 1 || cfg->num_heads < 1 || cfg->d_ff < 1 ||
-        cfg->num_layers < 1 || cfg->relative_attention_num_buckets < 2 || cfg->relative_attention_max_distance < 1)
-        return CVX_FAIL(CVX_ERR_INVALID, "T5 config has a non-positive size");
+    CVX_CHECK(check_config(cfg));
+    /* each block holds 8 tensors (9 gated): a layer count the checkpoint cannot hold fails before any is declared */
+    CVX_CHECK(
+        cvx_weights_check_count(st, (int64_t)cfg->num_layers * (cfg->gated ? 9 : 8), "num_layers", cfg->num_layers));
     cvx_t5 *t5 = calloc(1, sizeof(*t5));
     if (!t5) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building T5");
     t5->cfg = *cfg;
@@ -104,16 +137,25 @@ int64_t cvx_t5_weight_bytes(const cvx_t5 *t5) { return cvx_weights_total_bytes(&
 int cvx_t5_num_weight_groups(const cvx_t5 *t5) { return t5->weights.num_groups; }
 const cvx_weights *cvx_t5_weights(const cvx_t5 *t5) { return &t5->weights; }
 
-/* T5's bidirectional relative position bucket of rel = key - query, in f32 as transformers computes it. */
+/* T5's bidirectional relative position bucket of rel = key - query, in f32 as transformers computes it. For the
+ * edge configs transformers accepts (max_distance <= max_exact), its log-bucket can come out negative or, through a
+ * division by log(1) = 0, non-finite; torch then casts to int64_t (x86: INT64_MIN) and the embedding lookup fails with
+ * an index error. The same positions fail here (-1), and positions it maps into range get the same bucket. */
 static int relative_bucket(int64_t rel, int num_buckets, int max_distance) {
     const int half = num_buckets / 2, max_exact = half / 2;
-    int bucket = rel > 0 ? half : 0;
+    const int offset = rel > 0 ? half : 0;
     const int64_t n = rel < 0 ? -rel : rel;
-    if (n < max_exact) return bucket + (int)n;
+    if (n < max_exact) return offset + (int)n;
     const float scaled =
         logf((float)n / (float)max_exact) / (float)log((double)max_distance / max_exact) * (float)(half - max_exact);
-    int large = max_exact + (int)scaled;
-    return bucket + (large < half - 1 ? large : half - 1);
+    if (!(scaled < (float)half)) { /* NaN, infinite or past the top: torch's cast gives INT64_MIN (x86) */
+        if (isfinite(scaled) && scaled < 9.2233720e18f) return offset + half - 1;
+        return -1;
+    }
+    if (!(scaled > (float)-(offset + max_exact + 1))) return -1; /* the bucket would be negative */
+    const int large = max_exact + (int)scaled;                   /* truncation toward zero, as .to(torch.long) */
+    const int bucket = offset + (large < half - 1 ? large : half - 1);
+    return bucket >= 0 ? bucket : -1;
 }
 
 /* T5LayerNorm: x * rsqrt(mean(x^2) + eps) * w (no mean, no bias). */
@@ -169,6 +211,10 @@ cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, i
     const int64_t d = c->d_model, H = c->num_heads, kd = c->d_kv, D = H * kd, f = c->d_ff, rows = B * S;
     memset(out, 0, sizeof(*out));
     if (B < 1 || S < 1) return CVX_FAIL(CVX_ERR_INVALID, "input_ids must have at least one row and one token");
+    /* the [H, S, S] bias and the per-thread S x S scores: sizes that overflow are refused, not wrapped */
+    if ((double)H * (double)S * (double)S > 1e17 || (double)cvx_ops_num_threads() * (double)S * (double)S > 1e17)
+        return CVX_FAIL(CVX_ERR_OOM, "%lld tokens need an attention bias of %lld x %lld x %lld floats", (long long)S,
+                        (long long)H, (long long)S, (long long)S);
     for (int64_t i = 0; i < rows; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return CVX_FAIL(CVX_ERR_INVALID, "token id %lld at position %lld is outside the vocabulary of %d",
@@ -208,6 +254,14 @@ cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, i
         for (int64_t i = 0; i < S; i++)
             for (int64_t j = 0; j < S; j++) {
                 const int bucket = relative_bucket(j - i, nb, c->relative_attention_max_distance);
+                if (bucket < 0) {
+                    st = CVX_FAIL(CVX_ERR_INVALID,
+                                  "relative_attention_num_buckets = %d with relative_attention_max_distance = %d "
+                                  "gives relative position %lld no bucket (transformers fails there too); %lld "
+                                  "tokens need a larger max_distance",
+                                  nb, c->relative_attention_max_distance, (long long)(j - i), (long long)S);
+                    goto fail;
+                }
                 for (int64_t h = 0; h < H; h++) bias[(h * S + i) * S + j] = table[bucket * H + h];
             }
     }

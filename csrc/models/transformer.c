@@ -6,6 +6,7 @@
  * feed-forward; the text/video split only selects which modulation and gate a row gets. */
 #include "transformer.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,16 +119,63 @@ static cvx_status declare(cvx_transformer *tr) {
     return CVX_OK;
 }
 
+/* Every size the model divides by or multiplies into a C int, with the config key named. */
+static cvx_status check_config(const cvx_transformer_config *c) {
+    const struct {
+        const char *key;
+        int value, minimum;
+    } sizes[] = {
+        {"num_attention_heads", c->num_attention_heads, 1},
+        {"attention_head_dim", c->attention_head_dim, 2},
+        {"in_channels", c->in_channels, 1},
+        {"out_channels", c->out_channels, 1},
+        {"time_embed_dim", c->time_embed_dim, 1},
+        {"ofs_embed_dim", c->ofs_embed_dim, 0},
+        {"text_embed_dim", c->text_embed_dim, 1},
+        {"num_layers", c->num_layers, 0},
+        {"patch_size", c->patch_size, 1},
+        {"patch_size_t", c->patch_size_t, 0},
+        {"max_text_seq_length", c->max_text_seq_length, 0},
+        {"learned_table_rows", c->learned_table_rows, 0},
+    };
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        if (sizes[i].value < sizes[i].minimum)
+            return CVX_FAIL(CVX_ERR_INVALID, "transformer config '%s' = %d must be at least %d", sizes[i].key,
+                            sizes[i].value, sizes[i].minimum);
+    if (c->attention_head_dim % 2)
+        return CVX_FAIL(CVX_ERR_INVALID, "transformer config 'attention_head_dim' = %d must be even",
+                        c->attention_head_dim);
+    /* the widest linear is the 6D modulation; the patch features are C p p p_t */
+    const int64_t D = (int64_t)c->num_attention_heads * c->attention_head_dim;
+    const int64_t pt = c->patch_size_t ? c->patch_size_t : 1, pp = (int64_t)c->patch_size * c->patch_size * pt;
+    if (6 * D > INT_MAX || pp * c->in_channels > INT_MAX || pp * c->out_channels > INT_MAX)
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "transformer config too large: 6 x heads x head_dim = %lld, in/out_channels x patch_size^2 x "
+                        "patch_size_t = %lld / %lld (at most %d each)",
+                        (long long)(6 * D), (long long)(pp * c->in_channels), (long long)(pp * c->out_channels),
+                        INT_MAX);
+    if (c->ofs_embed_dim && c->ofs_embed_dim != c->time_embed_dim)
+        return CVX_FAIL(CVX_ERR_INVALID, "ofs_embed_dim %d must equal time_embed_dim %d (their embeddings are added)",
+                        c->ofs_embed_dim, c->time_embed_dim);
+    /* the timestep frequencies divide by (dim / 2 - freq_shift) */
+    if (c->freq_shift == D / 2 || (c->ofs_embed_dim && c->freq_shift == c->ofs_embed_dim / 2))
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "transformer config 'freq_shift' = %d divides the timestep frequencies by zero", c->freq_shift);
+    if (c->use_learned_positional_embeddings && c->learned_table_rows < 1)
+        return CVX_FAIL(CVX_ERR_INVALID, "a learned positional table needs at least one row");
+    if (!(c->norm_eps > 0.0f) || !isfinite(c->norm_eps))
+        return CVX_FAIL(CVX_ERR_INVALID, "transformer config 'norm_eps' = %g must be positive and finite",
+                        (double)c->norm_eps);
+    return CVX_OK;
+}
+
 cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
                                   uint64_t seed, cvx_transformer **out) {
     *out = NULL;
-    if (cfg->num_attention_heads < 1 || cfg->attention_head_dim < 2 || cfg->attention_head_dim % 2 ||
-        cfg->num_layers < 0 || cfg->patch_size < 1 || cfg->patch_size_t < 0 || cfg->in_channels < 1 ||
-        cfg->out_channels < 1 || cfg->time_embed_dim < 1 || cfg->text_embed_dim < 1)
-        return CVX_FAIL(CVX_ERR_INVALID, "transformer config has a non-positive size (or an odd attention_head_dim)");
-    if (cfg->ofs_embed_dim && cfg->ofs_embed_dim != cfg->time_embed_dim)
-        return CVX_FAIL(CVX_ERR_INVALID, "ofs_embed_dim %d must equal time_embed_dim %d (their embeddings are added)",
-                        cfg->ofs_embed_dim, cfg->time_embed_dim);
+    CVX_CHECK(check_config(cfg));
+    /* a block holds 17 tensors, 3 more with attention biases and 4 more with affine norms */
+    const int64_t per_block = 17 + 3 * (cfg->attention_bias != 0) + 4 * (cfg->norm_elementwise_affine != 0);
+    CVX_CHECK(cvx_weights_check_count(st, per_block * cfg->num_layers, "num_layers", cfg->num_layers));
     cvx_transformer *tr = calloc(1, sizeof(*tr));
     if (!tr) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the transformer");
     tr->cfg = *cfg;
@@ -357,6 +405,25 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
                         c->text_embed_dim);
     const int64_t D = tr->D, E = c->time_embed_dim, L = txt->shape[1];
     const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, N = Fp * Hp * Wp, S = L + N;
+    if (B < 1 || N < 1)
+        return CVX_FAIL(CVX_ERR_INVALID, "hidden_states [%lld, %lld, %lld, %lld, %lld] holds no patch of %d x %d",
+                        (long long)B, (long long)F, (long long)C, (long long)H, (long long)W, p, p);
+    /* every table is read at the size this input implies: refuse one that holds less (or other) than that */
+    if (!in->timestep || in->timestep_len != B)
+        return CVX_FAIL(CVX_ERR_INVALID, "timestep has %lld values; the batch has %lld items",
+                        (long long)in->timestep_len, (long long)B);
+    if (c->ofs_embed_dim && in->ofs && in->ofs_len != B)
+        return CVX_FAIL(CVX_ERR_INVALID, "ofs has %lld values; the batch has %lld items", (long long)in->ofs_len,
+                        (long long)B);
+    if (in->pos_table && (in->pos_rows != S || in->pos_cols != D))
+        return CVX_FAIL(CVX_ERR_INVALID, "the positional table is [%lld, %lld]; this input needs [%lld, %lld]",
+                        (long long)in->pos_rows, (long long)in->pos_cols, (long long)S, (long long)D);
+    if (in->rope_cos && (!in->rope_sin || in->rope_rows != N || in->rope_cols != c->attention_head_dim))
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "image_rotary_emb must be two [%lld, %d] tables (video tokens x attention_head_dim), got "
+                        "[%lld, %lld]%s",
+                        (long long)N, c->attention_head_dim, (long long)in->rope_rows, (long long)in->rope_cols,
+                        in->rope_sin ? "" : " without a sin table");
     const int64_t feat = C * p * p * pt, small = D > E ? D : E;
     tr_buffers bf = {0};
     CVX_TRY(buffer(&bf.x, B * S * D));

@@ -36,12 +36,16 @@ const cvx_weights *cvx_transformer_weights(const cvx_transformer *tr);
 typedef struct cvx_transformer_inputs {
     const cvx_tensor *hidden; /* latents [B, F, C, H, W] */
     const cvx_tensor *text;   /* encoder_hidden_states [B, L, text_embed_dim] */
-    const float *timestep;    /* [B] */
-    const float *ofs;         /* [B] or NULL */
-    const float *pos_table;   /* [L + N, D] added to every row (sincos), or NULL */
+    const float *timestep;    /* [timestep_len], one per batch item */
+    const float *ofs;         /* [ofs_len] or NULL */
+    const float *pos_table;   /* [pos_rows, pos_cols] = [L + N, D] added to every row (sincos), or NULL */
     int use_learned_table;    /* add patch_embed.pos_embedding instead */
-    const float *rope_cos;    /* [N, head_dim] or NULL: no rotary embedding */
-    const float *rope_sin;
+    const float *rope_cos;    /* [rope_rows, rope_cols] = [N, head_dim] or NULL: no rotary embedding */
+    const float *rope_sin;    /* the same shape as rope_cos */
+    /* what the caller's arrays hold: the forward checks them against the shapes it reads, whichever layer calls */
+    int64_t timestep_len, ofs_len;
+    int64_t pos_rows, pos_cols;
+    int64_t rope_rows, rope_cols;
 } cvx_transformer_inputs;
 
 /* out: [B, F', out_channels, H, W] (F' = F rounded up to patch_size_t), allocated here. */

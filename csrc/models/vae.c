@@ -207,6 +207,8 @@ static cvx_status check_config(const cvx_vae_config *c, int *levels) {
     if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 || c->layers_per_block < 1)
         return CVX_FAIL(CVX_ERR_INVALID, "in/out/latent channels and layers_per_block must be positive");
     if (c->norm_num_groups < 1) return CVX_FAIL(CVX_ERR_INVALID, "norm_num_groups must be positive");
+    if (!(c->norm_eps > 0.0f)) /* NaN fails the comparison too */
+        return CVX_FAIL(CVX_ERR_INVALID, "VAE config 'norm_eps' = %g must be positive", (double)c->norm_eps);
     for (int i = 0; i < c->num_blocks; i++)
         if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
             return CVX_FAIL(CVX_ERR_INVALID,
@@ -226,6 +228,10 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
     *out = NULL;
     int levels = 0;
     CVX_CHECK(check_config(cfg, &levels));
+    /* every resnet holds at least 8 tensors (norms and convs, weight and bias): a layer count the checkpoint cannot
+     * hold fails here, before gigabytes of declarations */
+    CVX_CHECK(cvx_weights_check_count(st, 16LL * cfg->num_blocks * cfg->layers_per_block, "layers_per_block",
+                                      cfg->layers_per_block));
     cvx_vae *vae = calloc(1, sizeof(*vae));
     if (!vae) return CVX_FAIL(CVX_ERR_OOM, "out of host memory building the VAE");
     vae->cfg = *cfg;

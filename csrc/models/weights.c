@@ -1,3 +1,6 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sysconf(_SC_PHYS_PAGES) */
+#endif
 #include "weights.h"
 
 #include <math.h>
@@ -5,12 +8,49 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../mem/mem.h"
+
+cvx_status cvx_weights_check_count(const cvx_st_file *st, int64_t min_tensors, const char *key, int64_t value) {
+    if (st && min_tensors > cvx_st_count(st))
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "config '%s' = %lld implies at least %lld weight tensors, but the checkpoint holds %d", key,
+                        (long long)value, (long long)min_tensors, cvx_st_count(st));
+    if (!st && min_tensors > CVX_WEIGHTS_MAX_TENSORS)
+        return CVX_FAIL(CVX_ERR_INVALID,
+                        "config '%s' = %lld implies at least %lld weight tensors; at most %d are supported", key,
+                        (long long)value, (long long)min_tensors, CVX_WEIGHTS_MAX_TENSORS);
+    return CVX_OK;
+}
+
+/* Elements of a shape, or -1 when the product does not fit an int64_t (or a dimension is negative). */
+static int64_t shape_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n)) return -1;
+    return n;
+}
 
 void cvx_weights_declare(cvx_weights *ws, int group, int as_f32, void **slot, int ndim, const int64_t *shape,
                          const char *fmt, ...) {
     if (ws->decl_status != CVX_OK) return;
+    if (ws->count >= CVX_WEIGHTS_MAX_TENSORS) {
+        ws->decl_status =
+            CVX_FAIL(CVX_ERR_INVALID, "the config implies more than %d weight tensors", CVX_WEIGHTS_MAX_TENSORS);
+        return;
+    }
+    /* 2^40 elements (4 TB in f32) is past any machine: refusing it here keeps every later byte count exact */
+    const int64_t numel = ndim >= 0 && ndim <= 5 ? shape_numel(ndim, shape) : -1;
+    if (numel < 0 || numel > ((int64_t)1 << 40)) {
+        char name[CVX_WEIGHT_NAME_MAX];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(name, sizeof(name), fmt, ap);
+        va_end(ap);
+        ws->decl_status = CVX_FAIL(CVX_ERR_INVALID, "the config gives weight '%s' an impossible size", name);
+        return;
+    }
     if (ws->count == ws->capacity) {
         int cap = ws->capacity ? 2 * ws->capacity : 64;
         cvx_weight_decl *d = realloc(ws->decls, (size_t)cap * sizeof(*d));
@@ -175,6 +215,20 @@ cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t se
     if (dtype != ws->dtype)
         return CVX_FAIL(CVX_ERR_INTERNAL, "weights declared for %s are initialised as %s", cvx_dtype_name(ws->dtype),
                         cvx_dtype_name(dtype));
+    /* nothing in a checkpoint bounds random weights: compare their bytes with what can be had before allocating */
+    int64_t total = 0;
+    for (int i = 0; i < ws->count; i++) total += (int64_t)slot_bytes(&ws->decls[i], dtype);
+    cvx_mem_stats ms;
+    cvx_mem_get_stats(CVX_DEVICE_CPU, &ms);
+    if (ms.limit_bytes > 0 && total > ms.limit_bytes - ms.allocated_bytes)
+        return CVX_FAIL(CVX_ERR_OOM, "random weights of %lld bytes exceed the CPU memory limit (%lld bytes free)",
+                        (long long)total, (long long)(ms.limit_bytes - ms.allocated_bytes));
+#ifdef _SC_PHYS_PAGES
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && total > (int64_t)pages * page)
+        return CVX_FAIL(CVX_ERR_OOM, "random weights of %lld bytes exceed this machine's memory (%lld bytes)",
+                        (long long)total, (long long)pages * page);
+#endif
     CVX_CHECK(alloc_groups(ws, dtype));
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < ws->count; i++) {

@@ -40,8 +40,17 @@ void cvx_weights_declare(cvx_weights *ws, int group, int as_f32, void **slot, in
     __attribute__((format(printf, 7, 8)))
 #endif
     ;
+/* The most tensors one model may declare (the released models have fewer than 1,000): a config implying more is
+ * refused instead of growing the declaration table without bound. */
+#define CVX_WEIGHTS_MAX_TENSORS 65536
+
+/* Before declaring: refuses a config whose `key` = `value` implies at least `min_tensors` tensors when the checkpoint
+ * `st` holds fewer (st NULL, random weights: more than CVX_WEIGHTS_MAX_TENSORS), so that a huge layer count fails at
+ * once, naming the key, instead of after gigabytes of declarations. */
+cvx_status cvx_weights_check_count(const cvx_st_file *st, int64_t min_tensors, const char *key, int64_t value);
 cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype);
-/* Instead of loading: seeded random weights (1-D: norm scales 1, biases 0; others uniform in +-1/sqrt(fan_in)). */
+/* Instead of loading: seeded random weights (1-D: norm scales 1, biases 0; others uniform in +-1/sqrt(fan_in)).
+ * Their bytes are compared with the CPU memory limit and the machine's memory before anything is allocated. */
 cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed);
 int64_t cvx_weights_total_bytes(const cvx_weights *ws);
 void cvx_weights_free(cvx_weights *ws);

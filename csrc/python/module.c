@@ -2,6 +2,9 @@
  * no model logic lives here. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
@@ -58,6 +61,55 @@ static int parse_dtype(const char *name, cvx_dtype *dt) {
     return 0;
 }
 
+/* ---- config tuples ------------------------------------------------------------------------------------------- */
+
+/* A Python int as a C int: one outside the C int range is refused with `what` 'key' named, never truncated; a
+ * float, string or bool is refused too (the Python layer passes exact ints). */
+static int exact_int(PyObject *obj, const char *what, const char *key, int *out) {
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_ValueError, "%s '%s' must be an integer, got %R", what, key, obj);
+        return -1;
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < INT_MIN || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s '%s' = %R does not fit a C int", what, key, obj);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* Item i of a config tuple as a C int. */
+static int config_int(PyObject *tuple, Py_ssize_t i, const char *key, int *out) {
+    return exact_int(PyTuple_GET_ITEM(tuple, i), "config", key, out);
+}
+
+static int config_double(PyObject *tuple, Py_ssize_t i, const char *key, double *out) {
+    PyObject *obj = PyTuple_GET_ITEM(tuple, i);
+    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
+        PyErr_Format(PyExc_ValueError, "config '%s' must be a number, got %R", key, obj);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(obj);
+    if (*out == -1.0 && PyErr_Occurred()) return -1;
+    if (!isfinite(*out) || fabs(*out) > FLT_MAX) { /* the models keep it as a float: no undefined conversion */
+        PyErr_Format(PyExc_ValueError, "config '%s' = %R is not a finite float32 value", key, obj);
+        return -1;
+    }
+    return 0;
+}
+
+/* A config tuple of exactly n items, or -1 with a ValueError. */
+static int config_tuple(PyObject *obj, Py_ssize_t n, const char *what) {
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != n) {
+        PyErr_Format(PyExc_ValueError, "the %s config must be a tuple of %zd items", what, n);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- memory ------------------------------------------------------------------------------------------------- */
 
 static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
@@ -99,6 +151,25 @@ static PyObject *py_set_memory_limit(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+#ifdef CVX_WITH_CUDA
+int cvx_cuda_device_count(void);
+#endif
+
+/* Devices the CUDA runtime reports (0 in a build without CUDA). */
+static int cuda_device_count(void) {
+#ifdef CVX_WITH_CUDA
+    int n;
+    Py_BEGIN_ALLOW_THREADS n = cvx_cuda_device_count();
+    Py_END_ALLOW_THREADS return n;
+#else
+    return 0;
+#endif
+}
+
+/* The CUDA kernels do not exist yet: a CUDA build compiles device discovery only, and nothing runs on "cuda". When
+ * they land, this says whether they were compiled. */
+#define CVX_CUDA_KERNELS 0
+
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
 #ifdef _OPENMP
@@ -107,28 +178,24 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     const int openmp = 0;
 #endif
 #ifdef CVX_WITH_CUDA
-    const int cuda = 1;
+    const int cuda_compiled = 1;
 #else
-    const int cuda = 0;
+    const int cuda_compiled = 0;
 #endif
-    return Py_BuildValue("{s:N,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda", PyBool_FromLong(cuda), "blas",
+    const int devices = cuda_device_count();
+    const int cuda = CVX_CUDA_KERNELS && devices > 0; /* "cuda" is usable: kernels compiled and a device present */
+    PyObject *runnable = cuda ? Py_BuildValue("[sss]", "cpu", "emu", "cuda") : Py_BuildValue("[ss]", "cpu", "emu");
+    if (!runnable) return NULL;
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:i,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda",
+                         PyBool_FromLong(cuda), "cuda_compiled", PyBool_FromLong(cuda_compiled), "cuda_kernels",
+                         PyBool_FromLong(CVX_CUDA_KERNELS), "cuda_devices", devices, "devices", runnable, "blas",
                          "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
                          PyBool_FromLong(openmp), "compiler", __VERSION__);
 }
 
-#ifdef CVX_WITH_CUDA
-int cvx_cuda_device_count(void);
-#endif
-
 static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-#ifdef CVX_WITH_CUDA
-    int n;
-    Py_BEGIN_ALLOW_THREADS n = cvx_cuda_device_count();
-    Py_END_ALLOW_THREADS return PyLong_FromLong(n);
-#else
-    return PyLong_FromLong(0);
-#endif
+    return PyLong_FromLong(cuda_device_count());
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------------------------ */
@@ -258,31 +325,34 @@ static void VAE_dealloc(VAEObject *self) {
 }
 
 /* VAE(config: tuple, weights_path: str, dtype: str) where config is (in_channels, out_channels, latent_channels,
- * block_out_channels: tuple, layers_per_block, norm_num_groups, norm_eps, temporal_compression_ratio). */
+ * block_out_channels: tuple, layers_per_block, norm_num_groups, norm_eps, temporal_compression_ratio). The C model
+ * checks the values; here they are only read, exactly. */
 static int VAE_init(VAEObject *self, PyObject *args, PyObject *kwds) {
     (void)kwds;
     cvx_vae_config cfg;
     memset(&cfg, 0, sizeof(cfg));
-    PyObject *blocks = NULL, *path_obj = NULL;
+    PyObject *c = NULL, *path_obj = NULL;
     const char *dtype_name = NULL;
     double eps = 0.0;
-    if (!PyArg_ParseTuple(args, "(iiiO!iidi)O&s", &cfg.in_channels, &cfg.out_channels, &cfg.latent_channels,
-                          &PyTuple_Type, &blocks, &cfg.layers_per_block, &cfg.norm_num_groups, &eps,
-                          &cfg.temporal_compression_ratio, PyUnicode_FSConverter, &path_obj, &dtype_name))
-        return -1;
+    if (!PyArg_ParseTuple(args, "OO&s", &c, PyUnicode_FSConverter, &path_obj, &dtype_name)) return -1;
     cvx_dtype dtype;
-    if (parse_dtype(dtype_name, &dtype) < 0) goto fail;
+    if (parse_dtype(dtype_name, &dtype) < 0 || config_tuple(c, 8, "VAE") < 0 ||
+        config_int(c, 0, "in_channels", &cfg.in_channels) < 0 ||
+        config_int(c, 1, "out_channels", &cfg.out_channels) < 0 ||
+        config_int(c, 2, "latent_channels", &cfg.latent_channels) < 0 ||
+        config_int(c, 4, "layers_per_block", &cfg.layers_per_block) < 0 ||
+        config_int(c, 5, "norm_num_groups", &cfg.norm_num_groups) < 0 || config_double(c, 6, "norm_eps", &eps) < 0 ||
+        config_int(c, 7, "temporal_compression_ratio", &cfg.temporal_compression_ratio) < 0)
+        goto fail;
     cfg.norm_eps = (float)eps;
-    cfg.num_blocks = (int)PyTuple_GET_SIZE(blocks);
-    if (cfg.num_blocks < 1 || cfg.num_blocks > CVX_VAE_MAX_BLOCKS) {
-        PyErr_Format(PyExc_ValueError, "block_out_channels must have 1 to %d entries", CVX_VAE_MAX_BLOCKS);
+    PyObject *blocks = PyTuple_GET_ITEM(c, 3);
+    if (!PyTuple_Check(blocks) || PyTuple_GET_SIZE(blocks) < 1 || PyTuple_GET_SIZE(blocks) > CVX_VAE_MAX_BLOCKS) {
+        PyErr_Format(PyExc_ValueError, "config 'block_out_channels' must have 1 to %d entries", CVX_VAE_MAX_BLOCKS);
         goto fail;
     }
-    for (int i = 0; i < cfg.num_blocks; i++) {
-        long v = PyLong_AsLong(PyTuple_GET_ITEM(blocks, i));
-        if (v == -1 && PyErr_Occurred()) goto fail;
-        cfg.block_out_channels[i] = (int)v;
-    }
+    cfg.num_blocks = (int)PyTuple_GET_SIZE(blocks);
+    for (int i = 0; i < cfg.num_blocks; i++)
+        if (config_int(blocks, i, "block_out_channels", &cfg.block_out_channels[i]) < 0) goto fail;
     cvx_st_file *st_file = NULL;
     cvx_status st;
     cvx_vae *vae = NULL;
@@ -306,10 +376,13 @@ static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
     memset(t, 0, sizeof(*t));
     if (obj == Py_None) return 0;
     t->enabled = 1;
-    return PyArg_ParseTuple(obj, "iidd", &t->tile_sample_min_height, &t->tile_sample_min_width,
-                            &t->tile_overlap_factor_height, &t->tile_overlap_factor_width)
-               ? 0
-               : -1;
+    PyObject *h = NULL, *w = NULL;
+    if (!PyArg_ParseTuple(obj, "OOdd", &h, &w, &t->tile_overlap_factor_height, &t->tile_overlap_factor_width))
+        return -1;
+    return exact_int(h, "tiling", "tile_sample_min_height", &t->tile_sample_min_height) < 0 ||
+                   exact_int(w, "tiling", "tile_sample_min_width", &t->tile_sample_min_width) < 0
+               ? -1
+               : 0;
 }
 
 /* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling) */
@@ -420,17 +493,52 @@ static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *k
     (void)kwds;
     cvx_transformer_config c;
     memset(&c, 0, sizeof(c));
-    PyObject *path_obj = NULL, *path_arg = NULL;
+    PyObject *cfg = NULL, *path_obj = NULL, *path_arg = NULL;
     const char *dtype_name = NULL;
     unsigned long long seed = 0;
     double eps = 0.0;
-    if (!PyArg_ParseTuple(args, "(iiiiiiiiiiiiiiiiiid)Os|K", &c.num_attention_heads, &c.attention_head_dim,
-                          &c.in_channels, &c.out_channels, &c.flip_sin_to_cos, &c.freq_shift, &c.time_embed_dim,
-                          &c.ofs_embed_dim, &c.text_embed_dim, &c.num_layers, &c.attention_bias, &c.patch_bias,
-                          &c.norm_elementwise_affine, &c.patch_size, &c.patch_size_t, &c.max_text_seq_length,
-                          &c.use_learned_positional_embeddings, &c.learned_table_rows, &eps, &path_arg, &dtype_name,
-                          &seed))
+    if (!PyArg_ParseTuple(args, "OOs|K", &cfg, &path_arg, &dtype_name, &seed) ||
+        config_tuple(cfg, 19, "transformer") < 0)
         return -1;
+    static const char *const keys[18] = {"num_attention_heads",
+                                         "attention_head_dim",
+                                         "in_channels",
+                                         "out_channels",
+                                         "flip_sin_to_cos",
+                                         "freq_shift",
+                                         "time_embed_dim",
+                                         "ofs_embed_dim",
+                                         "text_embed_dim",
+                                         "num_layers",
+                                         "attention_bias",
+                                         "patch_bias",
+                                         "norm_elementwise_affine",
+                                         "patch_size",
+                                         "patch_size_t",
+                                         "max_text_seq_length",
+                                         "use_learned_positional_embeddings",
+                                         "learned_table_rows"};
+    int *const slots[18] = {&c.num_attention_heads,
+                            &c.attention_head_dim,
+                            &c.in_channels,
+                            &c.out_channels,
+                            &c.flip_sin_to_cos,
+                            &c.freq_shift,
+                            &c.time_embed_dim,
+                            &c.ofs_embed_dim,
+                            &c.text_embed_dim,
+                            &c.num_layers,
+                            &c.attention_bias,
+                            &c.patch_bias,
+                            &c.norm_elementwise_affine,
+                            &c.patch_size,
+                            &c.patch_size_t,
+                            &c.max_text_seq_length,
+                            &c.use_learned_positional_embeddings,
+                            &c.learned_table_rows};
+    for (int i = 0; i < 18; i++)
+        if (config_int(cfg, i, keys[i], slots[i]) < 0) return -1;
+    if (config_double(cfg, 18, "norm_eps", &eps) < 0) return -1;
     c.norm_eps = (float)eps;
     cvx_dtype dtype;
     if (parse_dtype(dtype_name, &dtype) < 0) return -1;
@@ -477,14 +585,26 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "timestep and ofs must have one value per batch item (%ld)", (long)B);
         goto done;
     }
-    cvx_transformer_inputs in = {&ht,
-                                 &tt,
-                                 PyArray_DATA(ts),
-                                 ofs ? PyArray_DATA(ofs) : NULL,
-                                 pos ? PyArray_DATA(pos) : NULL,
-                                 use_learned,
-                                 cs ? PyArray_DATA(cs) : NULL,
-                                 sn ? PyArray_DATA(sn) : NULL};
+    if (cs && (PyArray_DIM(sn, 0) != PyArray_DIM(cs, 0) || PyArray_DIM(sn, 1) != PyArray_DIM(cs, 1))) {
+        PyErr_SetString(PyExc_ValueError, "image_rotary_emb's cos and sin tables must have the same shape");
+        goto done;
+    }
+    cvx_transformer_inputs in = {
+        .hidden = &ht,
+        .text = &tt,
+        .timestep = PyArray_DATA(ts),
+        .ofs = ofs ? PyArray_DATA(ofs) : NULL,
+        .pos_table = pos ? PyArray_DATA(pos) : NULL,
+        .use_learned_table = use_learned,
+        .rope_cos = cs ? PyArray_DATA(cs) : NULL,
+        .rope_sin = sn ? PyArray_DATA(sn) : NULL,
+        .timestep_len = PyArray_DIM(ts, 0),
+        .ofs_len = ofs ? PyArray_DIM(ofs, 0) : 0,
+        .pos_rows = pos ? PyArray_DIM(pos, 0) : 0,
+        .pos_cols = pos ? PyArray_DIM(pos, 1) : 0,
+        .rope_rows = cs ? PyArray_DIM(cs, 0) : 0,
+        .rope_cols = cs ? PyArray_DIM(cs, 1) : 0,
+    };
     cvx_status st;
     Py_BEGIN_ALLOW_THREADS st = cvx_transformer_forward(self->tr, &in, &out);
     Py_END_ALLOW_THREADS if (st != CVX_OK) raise_status(st);
@@ -563,19 +683,24 @@ static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
     cvx_t5_config c;
     memset(&c, 0, sizeof(c));
     double eps = 0.0;
-    PyObject *path_obj = NULL;
+    PyObject *cfg = NULL, *path_obj = NULL;
     const char *dtype_name = NULL;
-    if (!PyArg_ParseTuple(args, "(iiiiiiiipdsz)O&s", &c.vocab_size, &c.d_model, &c.d_kv, &c.num_heads, &c.d_ff,
-                          &c.num_layers, &c.relative_attention_num_buckets, &c.relative_attention_max_distance,
-                          &c.gated, &eps, &c.embedding_name, &c.ignored_name, PyUnicode_FSConverter, &path_obj,
-                          &dtype_name))
-        return -1;
-    c.layer_norm_epsilon = (float)eps;
+    if (!PyArg_ParseTuple(args, "OO&s", &cfg, PyUnicode_FSConverter, &path_obj, &dtype_name)) return -1;
     cvx_dtype dtype;
-    if (parse_dtype(dtype_name, &dtype) < 0) {
+    if (parse_dtype(dtype_name, &dtype) < 0 || config_tuple(cfg, 12, "T5") < 0 ||
+        config_int(cfg, 0, "vocab_size", &c.vocab_size) < 0 || config_int(cfg, 1, "d_model", &c.d_model) < 0 ||
+        config_int(cfg, 2, "d_kv", &c.d_kv) < 0 || config_int(cfg, 3, "num_heads", &c.num_heads) < 0 ||
+        config_int(cfg, 4, "d_ff", &c.d_ff) < 0 || config_int(cfg, 5, "num_layers", &c.num_layers) < 0 ||
+        config_int(cfg, 6, "relative_attention_num_buckets", &c.relative_attention_num_buckets) < 0 ||
+        config_int(cfg, 7, "relative_attention_max_distance", &c.relative_attention_max_distance) < 0 ||
+        (c.gated = PyObject_IsTrue(PyTuple_GET_ITEM(cfg, 8))) < 0 ||
+        config_double(cfg, 9, "layer_norm_epsilon", &eps) < 0 ||
+        !(c.embedding_name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(cfg, 10))) ||
+        (PyTuple_GET_ITEM(cfg, 11) != Py_None && !(c.ignored_name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(cfg, 11))))) {
         Py_DECREF(path_obj);
         return -1;
     }
+    c.layer_norm_epsilon = (float)eps;
     cvx_st_file *st_file = NULL;
     cvx_t5 *t5 = NULL;
     cvx_status st;
@@ -678,7 +803,7 @@ static PyMethodDef module_methods[] = {
     {"reset_peak_memory_stats", py_reset_peak_memory_stats, METH_VARARGS, "reset_peak_memory_stats(device='cpu')"},
     {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
     {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
-    {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices that can run (0 without CUDA)"},
+    {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,
      "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
     {NULL, NULL, 0, NULL},

@@ -344,7 +344,17 @@ static void transformer_run(const transformer_case *tc, const char *model_dir, c
     memcpy(hidden.shape, tc->hidden, sizeof(tc->hidden));
     text.data = t, text.dtype = CVX_F32, text.device = CVX_DEVICE_CPU, text.ndim = 3;
     memcpy(text.shape, tc->text, sizeof(tc->text));
-    const cvx_transformer_inputs in = {&hidden, &text, ts, NULL, table, 0, cos_tab, sin_tab};
+    const cvx_transformer_inputs in = {.hidden = &hidden,
+                                       .text = &text,
+                                       .timestep = ts,
+                                       .pos_table = table,
+                                       .rope_cos = cos_tab,
+                                       .rope_sin = sin_tab,
+                                       .timestep_len = tc->hidden[0],
+                                       .pos_rows = tc->table_rows,
+                                       .pos_cols = tc->table_rows ? D : 0,
+                                       .rope_rows = tc->rope_rows,
+                                       .rope_cols = tc->rope_rows ? hd : 0};
     snprintf(what, sizeof(what), "transformer %s run %s", model_dir, cvx_dtype_name(run));
     const cvx_status s = cvx_transformer_forward(tr, &in, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
