@@ -1,7 +1,6 @@
 """CogVideoXPipeline with diffusers' name, from_pretrained, call signature and numbers, on the C core."""
 
 import inspect
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ import numpy as np
 
 from . import configuration
 from ._dtypes import resolve_dtype
+from ._files import read_json
 from .models import AutoencoderKLCogVideoX, _standard_normal
 from .t5 import T5EncoderModel
 from .transformer import CogVideoXTransformer3DModel
@@ -68,14 +68,9 @@ class CogVideoXPipeline:
         root = configuration.component_dir(pretrained_model_name_or_path)
         index_path = os.path.join(root, "model_index.json")
         try:
-            with open(index_path, encoding="utf-8") as f:
-                index = json.load(f)
+            index = read_json(index_path)
         except FileNotFoundError:
             raise FileNotFoundError(f"'{root}' has no model_index.json (not a diffusers pipeline folder)") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{index_path} is not valid JSON: {err}") from None
-        if not isinstance(index, dict):
-            raise ValueError(f"{index_path} must hold a JSON object")
         dtype = resolve_dtype(torch_dtype)
         classes = _component_classes()
         parts = {}

@@ -278,10 +278,17 @@ static int st_tensor_by_name(const void *a, const void *b) {
     return strcmp(((const cvx_st_tensor *)a)->name, ((const cvx_st_tensor *)b)->name);
 }
 
-/* The reference implementation's layout rule: in offset order, each tensor starts where the previous one ended, the
- * first at 0, and the last ends at the end of the file. A gap, an overlap or trailing bytes means the header does not
- * describe the file: a header length off by one byte, for instance, would otherwise shift every weight. */
-static cvx_status st_check_layout(const st_shard *s, uint64_t header_len, uint64_t data_len, const char *data) {
+/* Names are unique, and the reference implementation's layout rule holds: in offset order, each tensor starts where the
+ * previous one ended, the first at 0, and the last ends at the end of the file. A gap, an overlap or trailing bytes
+ * means the header does not describe the file: a header length off by one byte, for instance, would otherwise shift
+ * every weight. */
+static cvx_status st_check_names_and_layout(const st_shard *s, uint64_t header_len, uint64_t data_len,
+                                            const char *data) {
+    /* Names first: a name given twice would otherwise be reported as a tensor overlapping itself. */
+    qsort(s->entries, (size_t)s->num_entries, sizeof(*s->entries), st_tensor_by_name);
+    for (int i = 1; i < s->num_entries; i++)
+        if (strcmp(s->entries[i - 1].name, s->entries[i].name) == 0)
+            return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' appears twice in the header", s->path, s->entries[i].name);
     qsort(s->entries, (size_t)s->num_entries, sizeof(*s->entries), st_tensor_by_offset);
     uint64_t expected = 0;
     const cvx_st_tensor *prev = NULL;
@@ -309,9 +316,6 @@ static cvx_status st_check_layout(const st_shard *s, uint64_t header_len, uint64
             "%llu-byte header (a wrong header length, or trailing bytes)",
             s->path, (unsigned long long)expected, (unsigned long long)data_len, (unsigned long long)header_len);
     qsort(s->entries, (size_t)s->num_entries, sizeof(*s->entries), st_tensor_by_name);
-    for (int i = 1; i < s->num_entries; i++)
-        if (strcmp(s->entries[i - 1].name, s->entries[i].name) == 0)
-            return CVX_FAIL(CVX_ERR_IO, "'%s': tensor '%s' appears twice in the header", s->path, s->entries[i].name);
     return CVX_OK;
 }
 
@@ -361,7 +365,7 @@ static cvx_status st_read_header(st_shard *s, const char *text, size_t len, uint
         name += n + 1;
     }
     CVX_CHECK(cvx_json_finish(&r));
-    return st_check_layout(s, len, data_len, data);
+    return st_check_names_and_layout(s, len, data_len, data);
 }
 
 /* Maps and checks one .safetensors file into s (zeroed on entry; release it with st_shard_release on failure). */
