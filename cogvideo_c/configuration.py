@@ -1,11 +1,12 @@
 """Reading a component folder the way diffusers' from_pretrained does: config.json plus safetensors weights."""
 
-import json
 import math
 import numbers
 import os
 
 import numpy as np
+
+from ._files import read_json
 
 
 class FrozenConfig(dict):
@@ -77,14 +78,9 @@ def read_config(folder, class_name):
     """config.json of a component as a dict; class_name (when not None) must match its _class_name."""
     cfg_path = os.path.join(folder, "config.json")
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
+        cfg = read_json(cfg_path)
     except FileNotFoundError:
         raise FileNotFoundError(f"'{folder}' has no config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, found {type(cfg).__name__}")
     found = cfg.get("_class_name", class_name)
     if class_name is not None and found != class_name:
         raise ValueError(f"{cfg_path} describes a {found}, not a {class_name}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import configuration
+from ._files import read_json
 from .configuration import FrozenConfig
 from .memory import OutOfMemoryError
 from .modeling import CPU, DIFFUSERS_VERSION, ModelMixin, check_device, load_dtype, parse_to_args, warn_ignored
@@ -154,14 +155,9 @@ class DiffusionPipeline:
         root = configuration.component_dir(pretrained_model_name_or_path)
         index_path = os.path.join(root, "model_index.json")
         try:
-            with open(index_path, encoding="utf-8") as f:
-                index = json.load(f)
+            index = read_json(index_path)
         except FileNotFoundError:
             raise FileNotFoundError(f"'{root}' has no model_index.json (not a diffusers pipeline folder)") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{index_path} is not valid JSON: {err}") from None
-        if not isinstance(index, dict):
-            raise ValueError(f"{index_path} must hold a JSON object")
         target = cls
         if cls is DiffusionPipeline:
             name = index.get("_class_name")

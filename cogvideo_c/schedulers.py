@@ -36,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._files import read_json
 from ._random import draw_standard_normal
 from .configuration import FrozenConfig
 
@@ -426,16 +427,9 @@ class _SchedulerBase:
                     "(it does not download)"
                 )
             cfg_path = os.path.join(path, cls.config_name)
-            if not os.path.isfile(cfg_path):
+            if not os.path.lexists(cfg_path):
                 raise FileNotFoundError(f"'{path}' has no {cls.config_name}")
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{cfg_path} must hold a JSON object, found {type(cfg).__name__}")
-        return cfg
+        return read_json(cfg_path)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, return_unused_kwargs=False, **kwargs):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import read_bytes, read_json
 from .configuration import config_bool, config_int
 
 try:
@@ -98,8 +99,7 @@ def _proto_fields(buf: bytes):
 
 def read_spiece_model(path: str) -> tuple[list[tuple[str, float]], list[int], bytes | None]:
     """Pieces with scores, piece types and the precompiled normaliser charsmap of a SentencePiece model file."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     pieces: list[tuple[str, float]] = []
     types: list[int] = []
     charsmap = None
@@ -132,9 +132,8 @@ def read_spiece_model(path: str) -> tuple[list[tuple[str, float]], list[int], by
 
 def _read_tokenizer_json(path: str) -> tuple[list[tuple[str, float]], bytes | None, Any]:
     """Vocabulary, charsmap and post-processor of a tokenizer.json, the parts transformers 5's T5Tokenizer keeps."""
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    model = spec.get("model") if isinstance(spec, dict) else None
+    spec = read_json(path)
+    model = spec.get("model")
     if not isinstance(model, dict) or model.get("type") != "Unigram" or not isinstance(model.get("vocab"), list):
         raise ValueError(f"{path}: expected a Unigram model with a [piece, score] vocabulary")
     vocab = []
@@ -352,10 +351,9 @@ class T5Tokenizer:
         config, sources = {}, {}
         for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # the config's entries win
             path = os.path.join(folder, name)
-            if os.path.isfile(path):
+            if os.path.lexists(path):  # present but a FIFO, a directory, ... is an error, not an absence
                 before = dict(config)
-                with open(path, encoding="utf-8") as f:
-                    config.update(json.load(f))
+                config.update(read_json(path))
                 sources.update({k: path for k, v in config.items() if before.get(k, _MISSING) is not v})
         config.update(kwargs)
         sources.update(dict.fromkeys(kwargs, "from_pretrained"))
@@ -366,10 +364,10 @@ class T5Tokenizer:
         spiece = os.path.join(folder, SPIECE_MODEL)
         tok_json = os.path.join(folder, TOKENIZER_JSON)
         control, user_defined, post = (), (), None
-        if os.path.isfile(tok_json):
+        if os.path.lexists(tok_json):
             vocab, charsmap, post = _read_tokenizer_json(tok_json)
             sentinels_in_vocab = True
-        elif os.path.isfile(spiece):
+        elif os.path.lexists(spiece):
             vocab, types, charsmap = read_spiece_model(spiece)
             control = tuple(p for (p, _), t in zip(vocab, types) if t == _PIECE_CONTROL)
             user_defined = tuple(p for (p, _), t in zip(vocab, types) if t == _PIECE_USER_DEFINED)

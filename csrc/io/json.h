@@ -1,11 +1,15 @@
-/* A small, strict JSON reader (RFC 8259) for safetensors headers and sharded index files.
+/* A small, strict, streaming JSON reader (RFC 8259) for safetensors headers and sharded index files.
  *
- * The parser reads exactly `len` bytes (the text need not be NUL-terminated, so a header can be parsed in place in
- * a read-only mapping), validates UTF-8, decodes escapes (\uXXXX with surrogate pairs) and limits nesting depth.
- * It is stricter than the RFC in two ways that matter for checkpoints: an object with a repeated key is rejected
- * (two tensors of one name would otherwise shadow each other) and "\u0000" is rejected (names are C strings).
+ * The caller walks the document in order (peek the next value's type, enter a container, step through its members,
+ * read strings and numbers into its own storage, skip what it does not need) and builds only the structures it
+ * keeps. No tree is built: a header's cost in memory is what the caller stores per tensor, never a node per JSON
+ * value, so a 100 MB header of nested empty arrays costs nothing beyond its mapping.
+ *
+ * The reader reads exactly `len` bytes (the text need not be NUL-terminated, so a header is read in place in a
+ * read-only mapping), validates UTF-8, decodes escapes (\uXXXX with surrogate pairs), limits nesting depth and
+ * rejects "\u0000" (names are C strings). Repeated keys are the caller's to refuse: it knows which keys it keeps.
  * Malformed input is CVX_ERR_IO, because the text always comes from a file; the message names the source and the
- * byte offset. Trailing whitespace is accepted: safetensors writers pad the header with spaces. */
+ * byte offset. Whitespace around the root value is accepted: safetensors writers pad the header with spaces. */
 #ifndef CVX_JSON_H
 #define CVX_JSON_H
 
@@ -25,28 +29,44 @@ typedef enum cvx_json_type {
     CVX_JSON_OBJECT,
 } cvx_json_type;
 
-typedef struct cvx_json cvx_json;
-struct cvx_json {
-    cvx_json_type type;
-    int boolean;     /* CVX_JSON_BOOL: 0 or 1 */
-    double number;   /* CVX_JSON_NUMBER: the value, as strtod reads it */
-    int is_int;      /* CVX_JSON_NUMBER written without fraction or exponent and within int64: `integer` is exact */
-    int64_t integer; /* (byte offsets past 2^53 would be rounded in `number`) */
-    char *string;    /* CVX_JSON_STRING: decoded UTF-8, NUL-terminated, no NUL inside */
-    size_t string_len;
-    size_t count;    /* CVX_JSON_ARRAY, CVX_JSON_OBJECT: number of elements or members */
-    cvx_json *items; /* the elements, or the members' values, in document order */
-    char **keys;     /* CVX_JSON_OBJECT: keys[i] names items[i] (NUL-terminated UTF-8) */
-};
+typedef struct cvx_json_number {
+    double value;    /* as strtod reads it */
+    int is_int;      /* written without fraction or exponent and within int64: `integer` is exact */
+    int64_t integer; /* (byte offsets past 2^53 would be rounded in `value`) */
+} cvx_json_number;
 
-/* Parses text[0, len) into a tree owned by *out (free it with cvx_json_free). `source` names where the text came
- * from in error messages, e.g. "header of 'model.safetensors'". On failure *out is NULL. */
-cvx_status cvx_json_parse(const char *text, size_t len, const char *source, cvx_json **out);
-/* Frees a tree from cvx_json_parse; NULL is ignored. */
-void cvx_json_free(cvx_json *v);
+typedef struct cvx_json_reader {
+    const char *text; /* not NUL-terminated: every read is checked against len */
+    size_t len;
+    size_t pos;
+    const char *source; /* names the text in messages, e.g. "the header of 'model.safetensors'" */
+    int depth;          /* open containers */
+    unsigned char is_object[CVX_JSON_MAX_DEPTH];
+    unsigned char started[CVX_JSON_MAX_DEPTH]; /* a member of the container has been stepped to */
+} cvx_json_reader;
 
-/* The value of member `key` of an object; NULL when `obj` is not an object or has no such member. */
-const cvx_json *cvx_json_get(const cvx_json *obj, const char *key);
+void cvx_json_reader_init(cvx_json_reader *r, const char *text, size_t len, const char *source);
+
+/* The type of the next value, without consuming it. Fails at the end of the text or at a byte that starts no value. */
+cvx_status cvx_json_peek(cvx_json_reader *r, cvx_json_type *type);
+/* Enters the object or array that comes next (fails on any other value, or past CVX_JSON_MAX_DEPTH levels). */
+cvx_status cvx_json_enter(cvx_json_reader *r);
+/* Steps to the next element of the innermost open array: *more is 1 when a value follows (read or skip it before
+ * stepping again), 0 when the array has closed. */
+cvx_status cvx_json_next(cvx_json_reader *r, int *more);
+/* Steps to the next member of the innermost open object: with *more 1, its key is decoded into key[0, key_cap)
+ * (NUL-terminated, length in *key_len; a key that does not fit fails) and its value follows. */
+cvx_status cvx_json_next_member(cvx_json_reader *r, char *key, size_t key_cap, size_t *key_len, int *more);
+/* Reads the string that comes next into dst[0, cap) (NUL-terminated; a string that does not fit fails). The decoded
+ * text is never longer than its JSON form, so a buffer of the raw text's size always suffices. */
+cvx_status cvx_json_read_string(cvx_json_reader *r, char *dst, size_t cap, size_t *len);
+/* Reads the number that comes next. */
+cvx_status cvx_json_read_number(cvx_json_reader *r, cvx_json_number *out);
+/* Checks and steps over the next value, whatever it is, storing nothing. */
+cvx_status cvx_json_skip(cvx_json_reader *r);
+/* After the root value: fails unless only whitespace remains. */
+cvx_status cvx_json_finish(cvx_json_reader *r);
+
 /* "null", "a boolean", "a number", "a string", "an array", "an object": for messages like "is a string, not an
  * array". */
 const char *cvx_json_type_name(cvx_json_type type);

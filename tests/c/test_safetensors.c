@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../csrc/io/safetensors.h"
@@ -388,25 +389,98 @@ static void test_invalid_single(void) {
              " \"z\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [4, 4]},"
              " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
              zeros, 12);
-    expect_io_error("overlap.safetensors", "tensors 'a' [0, 8) and 'b' [4, 12) overlap");
+    expect_io_error("overlap.safetensors", "tensor 'z' [4, 4) overlaps tensor 'a', which ends at byte 8");
     write_st("same_range.safetensors",
              "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 12]},"
-             " \"b\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]},"
+             " \"b\": {\"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [0, 8]},"
              " \"c\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 12]}}",
              zeros, 12);
-    expect_io_error("same_range.safetensors", "overlap");
+    expect_io_error("same_range.safetensors", "[8, 12) overlaps tensor");
     write_st("duplicate.safetensors",
              "{\"x\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
              " \"x\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
              zeros, 8);
-    expect_io_error("duplicate.safetensors", "duplicate key 'x'");
+    expect_io_error("duplicate.safetensors", "tensor 'x' appears twice in the header");
     write_st("meta_array.safetensors", "{\"__metadata__\": [\"pt\"]}", NULL, 0);
     expect_io_error("meta_array.safetensors", "\"__metadata__\" is an array, not an object");
     write_st("meta_number.safetensors", "{\"__metadata__\": {\"step\": 3}}", NULL, 0);
-    expect_io_error("meta_number.safetensors", "\"__metadata__\" value of 'step' is a number, not a string");
+    expect_io_error("meta_number.safetensors", "a \"__metadata__\" value (header byte 26) is a number, not a string");
 
     expect_io_error("does_not_exist.safetensors", "cannot open");
-    expect_io_error(tmp_dir, "not a regular file");
+    expect_io_error(tmp_dir, "is a directory, not a regular file");
+}
+
+/* The reference implementation's layout rule (safetensors' Metadata::validate and read_metadata): in offset order
+ * the tensors tile the data region exactly, from byte 0 to the end of the file. */
+static void test_layout(void) {
+    unsigned char zeros[16] = {0};
+    const char *pair = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
+                       " \"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [%d, %d]}}";
+    char header[256];
+    snprintf(header, sizeof(header), pair, 8, 12);
+    write_st("gap.safetensors", header, zeros, 12);
+    expect_io_error("gap.safetensors", "tensor 'b' begins at byte 8 of the data region, but the tensors before it end "
+                                       "at byte 4: the 4 bytes between belong to no tensor");
+    snprintf(header, sizeof(header), pair, 4, 8);
+    write_st("trailing_bytes.safetensors", header, zeros, 9);
+    expect_io_error("trailing_bytes.safetensors", "the tensors end at byte 8 of the data region, but the file holds 9");
+    write_st("not_from_zero.safetensors", "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
+             zeros, 8);
+    expect_io_error("not_from_zero.safetensors", "tensor 'a' begins at byte 4");
+    write_st("empty_inside.safetensors",
+             "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
+             " \"z\": {\"dtype\": \"F16\", \"shape\": [0], \"data_offsets\": [2, 2]}}",
+             zeros, 4);
+    expect_io_error("empty_inside.safetensors", "tensor 'z' [2, 2) overlaps tensor 'a', which ends at byte 4");
+
+    /* a header length one byte short of the padded header: the JSON still parses (the dropped byte is padding), but
+     * the data region would start one byte early and every weight would shift by a byte */
+    const char *one = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
+    size_t h = strlen(one), padded = (h + 7) / 8 * 8 + 8; /* at least one byte of padding */
+    unsigned char buf[256];
+    memset(buf, 0, sizeof(buf));
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)(padded - 1) >> (8 * i));
+    memcpy(buf + 8, one, h);
+    memset(buf + 8 + h, ' ', padded - h);
+    write_raw("short_header_len.safetensors", buf, 8 + padded + 4);
+    expect_io_error("short_header_len.safetensors",
+                    "the tensors end at byte 4 of the data region, but the file holds 5");
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)(padded + 1) >> (8 * i));
+    write_raw("long_header_len.safetensors", buf, 8 + padded + 4);
+    expect_io_error("long_header_len.safetensors", "malformed JSON");
+
+    /* the padding itself (and an empty tensor at either end of the region) is fine */
+    write_st("padded.safetensors",
+             "{\"z0\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [0, 0]},"
+             " \"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
+             " \"z4\": {\"dtype\": \"F32\", \"shape\": [3, 0], \"data_offsets\": [4, 4]}}     ",
+             zeros, 4);
+    char path[512];
+    tmp_path(path, sizeof(path), "padded.safetensors");
+    cvx_st_file *f = NULL;
+    cvx_error_clear();
+    if (CVX_EXPECT(cvx_st_open(path, &f) == CVX_OK, "padded header: %s", cvx_error_message())) {
+        CVX_EXPECT(cvx_st_count(f) == 3, "%d tensors, want 3", cvx_st_count(f));
+        cvx_st_close(f);
+    }
+}
+
+/* A FIFO (or a directory, or a device) in place of a checkpoint file: opening a FIFO for reading would block until a
+ * writer comes; the loader must refuse it at once. main() sets an alarm, so a regression fails instead of hanging. */
+static void test_not_regular(void) {
+    char path[512];
+    tmp_path(path, sizeof(path), "fifo.safetensors");
+    if (!CVX_EXPECT(mkfifo(path, 0600) == 0, "mkfifo %s failed", path)) return;
+    written[num_written++] = strdup(path);
+    expect_io_error("fifo.safetensors", "is a FIFO, not a regular file");
+    tmp_path(path, sizeof(path), "fifo.safetensors.index.json");
+    if (!CVX_EXPECT(mkfifo(path, 0600) == 0, "mkfifo %s failed", path)) return;
+    written[num_written++] = strdup(path);
+    expect_io_error("fifo.safetensors.index.json", "is a FIFO, not a regular file");
+    const char *index = "{\"weight_map\": {\"a\": \"fifo.safetensors\"}}";
+    write_raw("fifo_shard.safetensors.index.json", index, strlen(index));
+    expect_io_error_in("fifo_shard.safetensors.index.json", "fifo.safetensors", "is a FIFO, not a regular file");
+    expect_io_error("/dev/null", "is a character device, not a regular file");
 }
 
 static void test_invalid_sharded(void) {
@@ -422,20 +496,85 @@ static void test_invalid_sharded(void) {
          "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"x\": \"size_mismatch.safetensors\"}}",
          "size_mismatch.safetensors", "tensor 'x' spans 8 bytes"},
         {"no_map.safetensors.index.json", "{\"metadata\": {}}", NULL, "no \"weight_map\" object"},
-        {"map_array.safetensors.index.json", "{\"weight_map\": []}", NULL, "no \"weight_map\" object"},
+        {"map_array.safetensors.index.json", "{\"weight_map\": []}", NULL,
+         "index's \"weight_map\" is an array, not an object"},
         {"map_number.safetensors.index.json", "{\"weight_map\": {\"a\": 1}}", NULL,
          "weight_map entry of tensor 'a' is a number"},
         {"not_json.safetensors.index.json", "{\"weight_map\": {", NULL, "malformed JSON"},
         {"list.safetensors.index.json", "[]", NULL, "index is an array, not a JSON object"},
         {"empty.file.index.json", "", NULL, "end of input"},
+        {"absolute.safetensors.index.json", "{\"weight_map\": {\"a\": \"/etc/passwd\"}}", NULL,
+         "shard '/etc/passwd' of tensor 'a' is an absolute path"},
+        {"dotdot.safetensors.index.json", "{\"weight_map\": {\"a\": \"sub/../../x.safetensors\"}}", NULL,
+         "shard of tensor 'a' is named with '..'"},
+        {"no_file.safetensors.index.json", "{\"weight_map\": {\"a\": \".//./\"}}", NULL,
+         "weight_map entry of tensor 'a' names no file"},
+        {"twice.safetensors.index.json",
+         "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"a\": \"model-00001-of-00002.safetensors\"}}",
+         NULL, "tensor 'a' appears twice in the weight_map"},
+        {"two_maps.safetensors.index.json", "{\"weight_map\": {}, \"weight_map\": {}}", NULL,
+         "index has two \"weight_map\" members"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         write_raw(cases[i].file, cases[i].index, strlen(cases[i].index));
         expect_io_error_in(cases[i].file, cases[i].culprit, cases[i].needle);
     }
+
+    /* more distinct shard names than any checkpoint has: refused before any shard is opened (none exists) */
+    size_t n = 5000, cap = n * 32 + 32, len = 0;
+    char *big = malloc(cap);
+    if (!big) return;
+    len += (size_t)snprintf(big, cap, "{\"weight_map\": {");
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(big + len, cap - len, "%s\"t%zu\": \"s%zu\"", i ? "," : "", i, i);
+    len += (size_t)snprintf(big + len, cap - len, "}}");
+    write_raw("many_shards.safetensors.index.json", big, len);
+    expect_io_error("many_shards.safetensors.index.json", "index names 5000 shard files, more than the 4096 allowed");
+    free(big);
+}
+
+/* One shard named 30,000 ways ("x", "./x", ".//x", "././x", and through a symbolic link) is mapped once. */
+static void test_shard_names(void) {
+    enum { N = 30000 };
+    const char *forms[] = {"one.safetensors",     "./one.safetensors", ".//one.safetensors",
+                           "././one.safetensors", "link.safetensors",  "./link.safetensors"};
+    size_t cap = (size_t)N * 80 + 64, len = 0;
+    char *shard = malloc(cap), *index = malloc(cap);
+    if (!shard || !index) goto done;
+    /* the shard: N empty tensors (empty tensors take no bytes, all at offset 0) and one 4-byte one */
+    len += (size_t)snprintf(shard, cap, "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(shard + len, cap - len,
+                                ",\"t%d\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [0, 0]}", i);
+    snprintf(shard + len, cap - len, "}");
+    const float v = 2.5f;
+    write_st("one.safetensors", shard, &v, 4);
+    char path[512];
+    tmp_path(path, sizeof(path), "link.safetensors");
+    CVX_EXPECT(symlink("one.safetensors", path) == 0, "symlink %s failed", path);
+    written[num_written++] = strdup(path);
+
+    len =
+        (size_t)snprintf(index, cap, "{\"metadata\": {\"total_size\": 4}, \"weight_map\": {\"w\": \"one.safetensors\"");
+    for (int i = 0; i < N; i++) len += (size_t)snprintf(index + len, cap - len, ",\"t%d\": \"%s\"", i, forms[i % 6]);
+    len += (size_t)snprintf(index + len, cap - len, "}}");
+    write_raw("aliases.safetensors.index.json", index, len);
+    tmp_path(path, sizeof(path), "aliases.safetensors.index.json");
+    cvx_st_file *f = NULL;
+    cvx_error_clear();
+    if (!CVX_EXPECT(cvx_st_open(path, &f) == CVX_OK, "one shard named 6 ways: %s", cvx_error_message())) goto done;
+    CVX_EXPECT(cvx_st_count(f) == N + 1, "%d tensors, want %d", cvx_st_count(f), N + 1);
+    CVX_EXPECT(count_tmp_mappings() == 1, "%d mappings of the one shard, want 1", count_tmp_mappings());
+    const cvx_st_tensor *t = cvx_st_find(f, "w");
+    CVX_EXPECT(t && read_f32(t->data, 0) == 2.5f, "w not found or wrong");
+    cvx_st_close(f);
+done:
+    free(shard);
+    free(index);
 }
 
 int main(void) {
+    alarm(120); /* a blocking open (a FIFO) ends the test as a failure instead of hanging the run */
     const char *base = getenv("TMPDIR");
     snprintf(tmp_dir, sizeof(tmp_dir), "%s/cvx_st_test_XXXXXX", base && base[0] ? base : "/tmp");
     if (!mkdtemp(tmp_dir)) {
@@ -447,6 +586,9 @@ int main(void) {
     test_sharded();
     test_invalid_single();
     test_invalid_sharded();
+    test_layout();
+    test_not_regular();
+    test_shard_names();
     CVX_EXPECT(count_tmp_mappings() == 0, "%d mappings left after every checkpoint was closed", count_tmp_mappings());
 
     for (int i = 0; i < num_written; i++) {

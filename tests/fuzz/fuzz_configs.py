@@ -1,0 +1,280 @@
+"""A bounded mutational fuzzer over config parsing: mutated JSON files of the tiny fixture pipeline, each case loaded
+with CogVideoXPipeline.from_pretrained and run for one denoising step, in a worker subprocess.
+
+A case passes when it runs, or fails with a clean exception (ValueError, OSError, TypeError, NotImplementedError,
+cogvideo_c.OutOfMemoryError). Anything else is a finding: a crash (the worker dies: SIGSEGV, abort, ...), a hang
+(no answer within --case-timeout seconds) or an unclean exception (KeyError, IndexError, MemoryError, ...).
+
+    python tests/fuzz/fuzz_configs.py --seconds 60            # as tests/fuzz/run.sh runs it
+    python tests/fuzz/fuzz_configs.py --cases 200 --seed 3
+    python tests/fuzz/fuzz_configs.py --replay 3:17            # re-run case 17 of seed 3 here, with its traceback
+
+Cases are deterministic in (seed, index). The worker runs cases one after another and reports each on its own pipe;
+a crash or hang costs one worker, and the next starts at the following case. Exit status 1 when anything was found.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PIPELINE = os.path.join(HERE, "..", "fixtures", "pipeline", "tiny_2b")
+JSON_FILES = (  # (file, weight): the model configs carry the sizes, so they get most of the cases
+    ("model_index.json", 1),
+    ("vae/config.json", 4),
+    ("transformer/config.json", 4),
+    ("text_encoder/config.json", 4),
+    ("scheduler/scheduler_config.json", 2),
+    ("tokenizer/tokenizer_config.json", 1),
+)
+DEEP = "__cvx_fuzz_deep__"  # placeholder for nesting deeper than json.dumps can write: spliced in as text
+MEMORY_LIMIT = 8 * 2**30  # the worker's address space: a config that asks for more must be refused, not swap
+
+INTERESTING = [
+    0, 1, 2, 3, 4, 7, 8, -1, -2, 16, 17, 255, 2**16, 2**20, 2**31 - 1, 2**31, 2**32, 2**32 + 8, 2**53 + 1, 2**62,
+    2**62 + 1, 2**63, 2**64, -(2**63), 10**6, 10**12, 0.0, -0.0, 0.5, 1.5, 2.5, 1e-30, 1e-7, 1e30, 1e308,
+    float("nan"), float("inf"), float("-inf"), "", "x", "2", "silu", "gelu", "relu", "float16", "bfloat16",
+    "Unigram", "x" * 5000, None, True, False, [], [0], [1, 2], [2**32 + 8], [-1], [None], {}, {"a": 1}, [[]],
+]  # fmt: skip
+
+
+def _paths(node, prefix=()):
+    """Every (path, value) in a JSON tree, the root excluded."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield prefix + (key,), value
+        yield from _paths(value, prefix + (key,))
+
+
+def _random_value(rng, old):
+    roll = rng.random()
+    if roll < 0.3 and isinstance(old, (int, float)) and not isinstance(old, bool) and math.isfinite(old):
+        return rng.choice([old + 1, old - 1, old * 2, old * 1000, -old, old + 0.5, int(old) if old == old else 0])
+    if roll < 0.4 and isinstance(old, list):
+        out = list(old)
+        if out and rng.random() < 0.5:
+            del out[rng.randrange(len(out))]
+        else:
+            out.append(rng.choice(out) if out else 0)
+        return out
+    if roll < 0.45:
+        depth = rng.choice([10, 500, 0])
+        return json.loads("[" * depth + "]" * depth) if depth else DEEP
+    return rng.choice(INTERESTING)
+
+
+def _set(root, path, value):
+    node = root
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+def mutate(rng, text):
+    """A mutated copy of the JSON text (str): one to three structural edits, or a byte-level edit."""
+    if rng.random() < 0.15:  # byte level: truncation, a flipped character, a different top-level value, deep nesting
+        kind = rng.randrange(4)
+        if kind == 0:
+            return text[: rng.randrange(len(text) + 1)]
+        if kind == 1:
+            i = rng.randrange(len(text))
+            return text[:i] + rng.choice('{}[]",:0-.eE\\ \x00\xff') + text[i + 1 :]
+        if kind == 2:
+            return rng.choice(["[]", "3", '"s"', "null", "[" + text + "]", text + text])
+        return "[" * 100000 + "]" * 100000
+    cfg = json.loads(text)
+    for _ in range(rng.randint(1, 3)):
+        paths = list(_paths(cfg))
+        op = rng.random()
+        if paths and op < 0.75:
+            path, old = rng.choice(paths)
+            _set(cfg, path, _random_value(rng, old))
+        elif paths and op < 0.9:
+            path, _ = rng.choice(paths)
+            parent = cfg
+            for key in path[:-1]:
+                parent = parent[key]
+            del parent[path[-1]]
+        else:
+            cfg[rng.choice(["unknown_key", "num_layers", "extra"])] = rng.choice(INTERESTING)
+    return json.dumps(cfg, indent=1).replace(json.dumps(DEEP), "[" * 100000 + "]" * 100000)
+
+
+def make_case(seed, index, folder):
+    """Writes case (seed, index) into `folder`: a copy of the tiny pipeline with one JSON file mutated (weights and
+    tokenizer.json linked, not copied). Returns (mutated file, a short description)."""
+    rng = random.Random(f"{seed}:{index}")
+    names, weights = zip(*JSON_FILES)
+    target = rng.choices(names, weights)[0]
+    for dirpath, _, files in os.walk(PIPELINE):
+        rel = os.path.relpath(dirpath, PIPELINE)
+        os.makedirs(os.path.join(folder, rel), exist_ok=True)
+        for name in files:
+            src, dst = os.path.join(dirpath, name), os.path.join(folder, rel, name)
+            if name.endswith(".json") and os.path.normpath(os.path.join(rel, name)) == os.path.normpath(target):
+                with open(src, encoding="utf-8") as f:
+                    text = mutate(rng, f.read())
+                with open(dst, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(text)
+            elif name.endswith(".json") and not name.startswith("tokenizer."):
+                shutil.copyfile(src, dst)
+            else:
+                os.symlink(os.path.abspath(src), dst)
+    return target
+
+
+def run_case(folder):
+    import numpy as np
+
+    import cogvideo_c
+
+    pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(folder)
+    frames = pipe(
+        prompt="a cat",
+        num_inference_steps=1,
+        height=16,
+        width=16,
+        num_frames=8,
+        guidance_scale=6.0,
+        max_sequence_length=16,
+        output_type="np",
+        generator=np.random.default_rng(0),
+    ).frames
+    return np.asarray(frames).shape
+
+
+def worker(seed, start, stop, scratch):
+    """Runs cases [start, stop), reporting 'begin i' / 'end i outcome detail' lines on the original stdout."""
+    import resource
+
+    import cogvideo_c
+
+    clean = (ValueError, OSError, TypeError, NotImplementedError, cogvideo_c.OutOfMemoryError)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    report = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # whatever the library prints must not garble the protocol
+    os.dup2(devnull, 2)
+    for index in range(start, stop):
+        folder = os.path.join(scratch, f"case{index}")
+        target = make_case(seed, index, folder)
+        report.write(f"begin {index} {target}\n")
+        try:
+            outcome, detail = "ok", str(run_case(folder))
+        except BaseException as err:  # noqa: BLE001 - classifying every exception is the point (PanicException too)
+            outcome, detail = "clean" if isinstance(err, clean) else "unclean", f"{type(err).__name__}: {err}"
+        shutil.rmtree(folder, ignore_errors=True)
+        report.write(f"end {index} {outcome} {' '.join(detail.split())[:300]}\n")
+
+
+def fuzz(seed, cases, seconds, case_timeout, log=print):
+    """Runs up to `cases` cases (or for `seconds`); returns the counts and the findings."""
+    scratch = tempfile.mkdtemp(prefix="cvx_fuzz_configs_")
+    counts = {"ok": 0, "clean": 0, "unclean": 0, "crash": 0, "hang": 0}
+    findings, rejections = [], {}
+    deadline = time.monotonic() + seconds if seconds else math.inf
+    index = 0
+    try:
+        while index < cases and time.monotonic() < deadline:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--seed", str(seed), "--start", str(index),
+                   "--stop", str(cases), "--scratch", scratch]  # fmt: skip
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            current, target = None, None
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([proc.stdout], [], [], case_timeout)
+                if not ready:  # no line within the case timeout: the current case hangs
+                    proc.kill()
+                    proc.wait()
+                    counts["hang"] += 1
+                    findings.append((index if current is None else current, target, "hang", f"> {case_timeout} s"))
+                    index = (index if current is None else current) + 1
+                    break
+                line = proc.stdout.readline()
+                if not line:  # the worker died
+                    rc = proc.wait()
+                    if current is not None:
+                        counts["crash"] += 1
+                        findings.append((current, target, "crash", f"worker exit status {rc}"))
+                        index = current + 1
+                    else:
+                        index = cases  # it finished its range (or could not start: nothing more to do)
+                        if rc != 0:
+                            findings.append((index, None, "crash", f"worker failed to start (exit status {rc})"))
+                            counts["crash"] += 1
+                    break
+                parts = line.rstrip("\n").split(" ", 3)
+                if parts[0] == "begin":
+                    current, target = int(parts[1]), parts[2]
+                elif parts[0] == "end":
+                    outcome, detail = parts[2], parts[3] if len(parts) > 3 else ""
+                    counts[outcome] += 1
+                    if outcome == "clean":
+                        name = detail.split(":", 1)[0]
+                        rejections[name] = rejections.get(name, 0) + 1
+                    elif outcome == "unclean":
+                        findings.append((current, target, "unclean exception", detail))
+                    index, current = current + 1, None
+            else:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return counts, rejections, findings
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", type=int, default=10**9, help="at most this many cases")
+    parser.add_argument("--seconds", type=float, default=0, help="stop starting cases after this long (0: no limit)")
+    parser.add_argument("--case-timeout", type=float, default=60.0)
+    parser.add_argument("--replay", metavar="SEED:INDEX", help="run one case here and print its traceback")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.seed, args.start, args.stop, args.scratch)
+        return 0
+    if args.replay:
+        seed, index = (int(x) for x in args.replay.split(":"))
+        with tempfile.TemporaryDirectory() as tmp:
+            target = make_case(seed, index, tmp)
+            print(f"case {seed}:{index} mutates {target}:")
+            with open(os.path.join(tmp, target), encoding="utf-8", errors="replace") as f:
+                print(f.read()[:2000])
+            try:
+                print("result:", run_case(tmp))
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+        return 0
+    if not args.seconds and args.cases == 10**9:
+        parser.error("give --seconds or --cases")
+    start = time.monotonic()
+    counts, rejections, findings = fuzz(args.seed, args.cases, args.seconds, args.case_timeout)
+    total = sum(counts.values())
+    print(
+        f"python config fuzz (seed {args.seed}): {total} cases in {time.monotonic() - start:.0f} s: "
+        f"{counts['ok']} ran, {counts['clean']} cleanly refused "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(rejections.items())) or 'none'}), "
+        f"{counts['unclean']} unclean exceptions, {counts['crash']} crashes, {counts['hang']} hangs"
+    )
+    for index, target, kind, detail in findings:
+        print(f"  {kind}: case {args.seed}:{index} ({target}): {detail}")
+    if findings:
+        print(f"  replay one with: python {os.path.relpath(__file__)} --replay SEED:INDEX")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
