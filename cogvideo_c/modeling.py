@@ -6,8 +6,9 @@ import os
 import tempfile
 import warnings
 
+from . import configuration
 from ._dtypes import resolve_dtype
-from .safetensors_io import TensorEntry, save_checkpoint
+from .safetensors_io import TensorEntry, find_weights, save_checkpoint
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose file layout and config keys cogvideo_c follows
 
@@ -93,6 +94,36 @@ class ModelMixin:
 
     _weights_stem = "diffusion_pytorch_model"  # transformers models: "model"
     _default_max_shard_size = "10GB"  # diffusers' ModelMixin default (transformers: "50GB")
+    _config_names_class = True  # diffusers' config.json names its _class_name; transformers' does not
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
+                        variant=None, **kwargs):  # fmt: skip
+        """Loads the model from a local folder in diffusers layout (transformers' for T5EncoderModel): config.json
+        and safetensors weights, one file or sharded.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded): the
+                pipeline folder with ``subfolder=`` ("vae", "transformer", "text_encoder"), or the component folder
+                itself.
+            subfolder (`str`, *optional*): the component's folder inside it.
+            torch_dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the older name of ``dtype``.
+            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
+                bfloat16; weights are converted at load (give dtype or torch_dtype, not both).
+            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``<weights>.fp16.safetensors`` (or its sharded
+                index), as diffusers names variants.
+            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
+
+        Raises:
+            OSError: the folder, config.json or weights are missing, unreadable or not regular files. ValueError: a
+            config value or a weight does not match the architecture (the file and key are named).
+        """
+        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
+        cfg = configuration.read_config(folder, cls.__name__ if cls._config_names_class else None)
+        run_dtype = load_dtype(dtype, torch_dtype)
+        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
+        weights = find_weights(folder, stem=cls._weights_stem, variant=variant)
+        return cls(cfg, weights, run_dtype, config_file=os.path.join(folder, "config.json"))
 
     @property
     def device(self):

@@ -1,6 +1,5 @@
 """Model classes with diffusers' names, signatures and defaults, backed by the C core."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,8 +9,7 @@ from ._load import _C
 from ._random import draw_standard_normal
 from .configuration import config_bool, config_float, config_int
 from .memory import OutOfMemoryError
-from .modeling import ModelMixin, load_dtype, warn_ignored
-from .safetensors_io import find_weights
+from .modeling import ModelMixin
 
 
 @dataclass
@@ -184,33 +182,6 @@ class AutoencoderKLCogVideoX(ModelMixin):
         self._update_latent_tile()
         self.tile_overlap_factor_height = 1 / 6
         self.tile_overlap_factor_width = 1 / 5
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
-                        variant=None, **kwargs):  # fmt: skip
-        """Loads a VAE from a diffusers-layout folder (config.json + safetensors, single file or sharded).
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded), e.g.
-                ``"CogVideoX-2b"`` with ``subfolder="vae"``, or the vae folder itself.
-            subfolder (`str`, *optional*): the component's folder inside it.
-            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
-                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
-            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``diffusion_pytorch_model.fp16.safetensors`` (or
-                its sharded index).
-            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
-
-        Raises:
-            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
-            a weight does not match the architecture (the key is named).
-        """
-        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
-        cfg = configuration.read_config(folder, "AutoencoderKLCogVideoX")
-        run_dtype = load_dtype(dtype, torch_dtype)
-        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(
-            cfg, find_weights(folder, variant=variant), run_dtype, config_file=os.path.join(folder, "config.json")
-        )
 
     @property
     def weight_bytes(self):

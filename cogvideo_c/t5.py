@@ -1,14 +1,12 @@
 """transformers.T5EncoderModel (the CogVideoX text encoder) on the C core."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import configuration
 from ._load import _C
-from .modeling import ModelMixin, load_dtype, warn_ignored
-from .safetensors_io import find_weights
+from .modeling import ModelMixin
 
 
 @dataclass
@@ -82,36 +80,8 @@ class T5EncoderModel(ModelMixin):
         self._core = _C.T5(core_cfg, weights_path, dtype)
 
     _weights_stem = "model"  # transformers' file names: model.safetensors, model-00001-of-00002.safetensors
+    _config_names_class = False  # transformers' config.json has model_type / architectures instead
     _default_max_shard_size = "50GB"  # transformers' save_pretrained default
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
-                        variant=None, **kwargs):  # fmt: skip
-        """Loads a T5 encoder from a transformers-layout folder (config.json + model.safetensors, or sharded).
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded): the
-                pipeline folder with ``subfolder="text_encoder"``, or the component folder itself.
-            subfolder (`str`, *optional*): the component's folder inside it.
-            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
-                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
-            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``model.fp16.safetensors`` (or its sharded index).
-            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
-
-        Raises:
-            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
-            a weight does not match the architecture (the key is named).
-        """
-        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
-        cfg = configuration.read_config(folder, None)
-        run_dtype = load_dtype(dtype, torch_dtype)
-        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(
-            cfg,
-            find_weights(folder, stem="model", variant=variant),
-            run_dtype,
-            config_file=os.path.join(folder, "config.json"),
-        )
 
     def _config_to_save(self):
         """config.json as transformers writes it (architectures and model_type; no diffusers keys)."""

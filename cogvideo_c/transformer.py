@@ -1,6 +1,5 @@
 """CogVideoXTransformer3DModel with diffusers' name, config keys, call signature and numbers, on the C core."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,8 +8,7 @@ from . import configuration
 from ._load import _C
 from .configuration import config_bool, config_float, config_int
 from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
-from .modeling import ModelMixin, load_dtype, warn_ignored
-from .safetensors_io import find_weights
+from .modeling import ModelMixin, load_dtype
 
 
 @dataclass
@@ -120,33 +118,6 @@ class CogVideoXTransformer3DModel(ModelMixin):
         self.dtype = dtype
         self._core = _C.Transformer(core_cfg, weights_path, dtype, int(seed))
         self._sincos_cache = {}
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, dtype=None,
-                        variant=None, **kwargs):  # fmt: skip
-        """Loads the transformer from a diffusers-layout folder (config.json + safetensors, sharded or not).
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder (nothing is downloaded): the
-                pipeline folder with ``subfolder="transformer"``, or the component folder itself.
-            subfolder (`str`, *optional*): the component's folder inside it.
-            dtype (`str`, NumPy dtype or `torch.dtype`, *optional*): the run dtype, float32 (default), float16 or
-                bfloat16; weights are converted at load. ``torch_dtype`` is its older name (give one of them).
-            variant (`str`, *optional*): e.g. ``"fp16"`` loads ``diffusion_pytorch_model.fp16.safetensors`` (or
-                its sharded index).
-            kwargs: hub options (``cache_dir``, ``revision``, ...) are accepted with a warning; nothing is downloaded.
-
-        Raises:
-            OSError: the folder, config.json or weights are missing or unreadable. ValueError: a config value or
-            a weight does not match the architecture (the key is named).
-        """
-        folder = configuration.component_dir(pretrained_model_name_or_path, subfolder)
-        cfg = configuration.read_config(folder, "CogVideoXTransformer3DModel")
-        run_dtype = load_dtype(dtype, torch_dtype)
-        warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
-        return cls(
-            cfg, find_weights(folder, variant=variant), run_dtype, config_file=os.path.join(folder, "config.json")
-        )
 
     @classmethod
     def from_config(cls, config, seed=0, torch_dtype=None, dtype=None):
