@@ -31,11 +31,16 @@ class Device(str):
 CPU = Device("cpu")
 
 
-def load_dtype(dtype, torch_dtype, default="float32"):
-    """The run dtype from diffusers' `dtype=` or its older name `torch_dtype=` (both: an error, as in diffusers)."""
+def either_dtype(dtype, torch_dtype):
+    """diffusers' `dtype=` or its older name `torch_dtype=`, as given (both: an error, as in diffusers)."""
     if dtype is not None and torch_dtype is not None:
         raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
-    return resolve_dtype(dtype if dtype is not None else torch_dtype, default)
+    return dtype if dtype is not None else torch_dtype
+
+
+def load_dtype(dtype, torch_dtype, default="float32"):
+    """The run dtype from diffusers' `dtype=` or its older name `torch_dtype=`."""
+    return resolve_dtype(either_dtype(dtype, torch_dtype), default)
 
 
 def warn_ignored(owner, kwargs, stacklevel=3):
@@ -58,11 +63,7 @@ def parse_to_args(args, kwargs):
     """(device, dtype) from diffusers' to(...) forms: to(dtype), to(device), to(device, dtype), to(device=...,
     dtype=...), and torch_dtype= as another name for dtype. Strings are dtype names when they name one."""
     kwargs = dict(kwargs)
-    dtype = kwargs.pop("dtype", None)
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    if dtype is not None and torch_dtype is not None:
-        raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
-    dtype = dtype if dtype is not None else torch_dtype
+    dtype = either_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
     device = kwargs.pop("device", None)
     kwargs.pop("silence_dtype_warnings", None)
     kwargs.pop("non_blocking", None)

@@ -16,7 +16,16 @@ from . import configuration
 from ._files import read_json
 from .configuration import FrozenConfig
 from .memory import OutOfMemoryError
-from .modeling import CPU, DIFFUSERS_VERSION, ModelMixin, check_device, load_dtype, parse_to_args, warn_ignored
+from .modeling import (
+    CPU,
+    DIFFUSERS_VERSION,
+    ModelMixin,
+    check_device,
+    either_dtype,
+    load_dtype,
+    parse_to_args,
+    warn_ignored,
+)
 from .models import AutoencoderKLCogVideoX, _standard_normal
 from .t5 import T5EncoderModel
 from .transformer import CogVideoXTransformer3DModel
@@ -174,11 +183,7 @@ class DiffusionPipeline:
     @classmethod
     def _load_components(cls, root, index_path, index, kwargs):
         kwargs = dict(kwargs)
-        dtype_arg = kwargs.pop("dtype", None)
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        if dtype_arg is not None and torch_dtype is not None:
-            raise ValueError("You have passed both `dtype` and `torch_dtype`. Please only pass `dtype`.")
-        dtype_arg = dtype_arg if dtype_arg is not None else torch_dtype
+        dtype_arg = either_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         variant = kwargs.pop("variant", None)
         classes = _component_classes()
         names = cls._component_names()
