@@ -177,7 +177,7 @@ def _parser():
     gen.add_argument("--frames", type=int, default=None, help="num_frames; when unset, the model's sample_frames")
     gen.add_argument("--height", type=int, default=None, help="video height in pixels; when unset, the model's")
     gen.add_argument("--width", type=int, default=None, help="video width in pixels; when unset, the model's")
-    gen.add_argument("--fps", type=int, default=8, help="frames per second of the written file")
+    gen.add_argument("--fps", type=float, default=8, help="frames per second of the written file")
     gen.add_argument("--seed", type=int, default=42, help="generator seed")
     gen.add_argument(
         "--dtype",

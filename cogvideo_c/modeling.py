@@ -55,8 +55,14 @@ def warn_ignored(owner, kwargs, stacklevel=3):
 
 
 def check_device(device):
-    if device is not None and Device(str(device)).type != "cpu":
-        raise ValueError(f"device {device!r}: this build runs on the CPU (the CUDA backend is not built yet)")
+    """Refuses every device but the CPU ("cpu" or "cpu:0"): the CUDA kernels and running models on the emulated
+    accelerator come with later issues, so no other device can run a model in this build."""
+    if device is None or str(device) in ("cpu", "cpu:0"):
+        return
+    raise ValueError(
+        f"device {str(device)!r}: models run on the CPU only in this version ('cpu'); the CUDA kernels are not "
+        "built yet, and 'emu' is a memory-manager device for statistics, not one that runs models"
+    )
 
 
 def parse_to_args(args, kwargs):
@@ -125,6 +131,10 @@ class ModelMixin:
         warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
         weights = find_weights(folder, stem=cls._weights_stem, variant=variant)
         return cls(cfg, weights, run_dtype, config_file=os.path.join(folder, "config.json"))
+
+    def __repr__(self):
+        """The class and its config, as diffusers prints a model's config."""
+        return f"{type(self).__name__} {json.dumps(self._config_to_save(), indent=2, sort_keys=True)}\n"
 
     @property
     def device(self):

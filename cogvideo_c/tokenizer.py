@@ -48,6 +48,8 @@ _PIECE_CONTROL = 3
 _PIECE_USER_DEFINED = 4
 
 _TRUNCATION_STRATEGIES = {"longest_first", "only_first", "only_second"}
+# padded rows are materialised as int64 arrays: past this, padding is a mistake (CogVideoX uses 226)
+MAX_PADDED_LENGTH = 1 << 20
 _MISSING = object()
 
 # T5 adds 100 sentinels; each one is an added token of the tokenizers library (about 1.5 KB): far more is a broken
@@ -535,6 +537,11 @@ class T5Tokenizer:
             raise ValueError(f"max_length={max_length} leaves no room for the EOS token")
         if pad_mode == "max_length" and max_length >= int(1e30):
             raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+        if pad_mode == "max_length" and max_length > MAX_PADDED_LENGTH:
+            raise ValueError(
+                f"padding='max_length' to {max_length} tokens (max_length, or tokenizer_config.json's "
+                f"model_max_length) is more than the {MAX_PADDED_LENGTH} this tokenizer pads to"
+            )
         side = padding_side or self.padding_side
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")

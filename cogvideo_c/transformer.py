@@ -256,7 +256,9 @@ class CogVideoXTransformer3DModel(ModelMixin):
     def _per_item(value, batch, name):
         arr = np.asarray(value, dtype=np.float32)
         if arr.ndim == 0 or (arr.ndim == 1 and arr.shape[0] == 1):
-            return np.full((batch,), arr.reshape(-1)[0], dtype=np.float32)  # one value broadcasts, as in diffusers
+            arr = np.full((batch,), arr.reshape(-1)[0], dtype=np.float32)  # one value broadcasts, as in diffusers
         if arr.ndim != 1 or arr.shape[0] != batch:
             raise ValueError(f"{name} must be a scalar or have one value per batch item ({batch}), got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} must be finite (a NaN or infinite {name} cannot give a prediction), got {arr}")
         return arr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from typing import Callable
 
 __all__ = ["load_image", "load_video"]
@@ -95,16 +96,22 @@ def load_video(video, convert_method: Callable | None = None) -> list:
         import imageio_ffmpeg
         import numpy as np
 
-        try:
+        # imageio-ffmpeg ends ffmpeg when its generator finishes but leaves its pipe objects for the garbage
+        # collector to close, which warns (ResourceWarning) in the user's program: not ours to report
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
             reader = imageio_ffmpeg.read_frames(path)
-            meta = next(reader)
-            width, height = meta["size"]
-            frames = [Image.fromarray(np.frombuffer(b, np.uint8).reshape(height, width, 3)) for b in reader]
-        except (OSError, RuntimeError) as err:
-            # imageio-ffmpeg's message is a multi-line ffmpeg log: keep its first and last lines
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            excerpt = " | ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
-            raise OSError(f"cannot read video {path!r}: {excerpt[:300]}") from None
+            try:
+                meta = next(reader)
+                width, height = meta["size"]
+                frames = [Image.fromarray(np.frombuffer(b, np.uint8).reshape(height, width, 3)) for b in reader]
+            except (OSError, RuntimeError) as err:
+                # imageio-ffmpeg's message is a multi-line ffmpeg log: keep its first and last lines
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                excerpt = " | ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+                raise OSError(f"cannot read video {path!r}: {excerpt[:300]}") from None
+            finally:
+                reader.close()  # ends ffmpeg when an error stopped the reading early
         if not frames:
             raise OSError(f"video {path!r} has no frames")
     return convert_method(frames) if convert_method is not None else frames

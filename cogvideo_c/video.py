@@ -108,6 +108,14 @@ def check_output_path(path, suffixes) -> str:
         raise NotADirectoryError(f"cannot write {path!r}: {folder!r} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise PermissionError(f"cannot write {path!r}: permission denied")
+    if not os.path.exists(path):
+        # access() says yes to root almost everywhere (/proc, read-only mounts): creating the file is the real test
+        try:
+            with open(path, "xb"):
+                pass
+        except OSError as err:
+            raise type(err)(f"cannot write {path!r}: {err.strerror or err}") from None
+        os.remove(path)
     return path
 
 
