@@ -24,6 +24,7 @@ class FrozenConfig(dict):
 
 # The C core holds config sizes in C ints: a larger value is refused here, never truncated.
 C_INT_MAX = 2**31 - 1
+MAX_TENSOR_ELEMENTS = 2**40  # the C weight registry's bound on one tensor (csrc/models/weights.c)
 
 
 def _where(key, source):

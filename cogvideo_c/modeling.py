@@ -130,7 +130,12 @@ class ModelMixin:
         run_dtype = load_dtype(dtype, torch_dtype)
         warn_ignored(f"{cls.__name__}.from_pretrained", kwargs)
         weights = find_weights(folder, stem=cls._weights_stem, variant=variant)
-        return cls(cfg, weights, run_dtype, config_file=os.path.join(folder, "config.json"))
+        try:
+            return cls(cfg, weights, run_dtype, config_file=os.path.join(folder, "config.json"))
+        except ValueError as err:  # the C core's checks name the key and the tensor; say which model too
+            if folder in str(err):
+                raise
+            raise ValueError(f"{folder}: {err}") from None
 
     def __repr__(self):
         """The class and its config, as diffusers prints a model's config."""

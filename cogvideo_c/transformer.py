@@ -80,6 +80,12 @@ class CogVideoXTransformer3DModel(ModelMixin):
         ):
             if value > configuration.C_INT_MAX:
                 raise ValueError(f"{where} {what} = {value} is larger than this implementation supports")
+        if 4 * inner * inner > configuration.MAX_TENSOR_ELEMENTS:  # the feed-forward's [4D, D] weight
+            raise ValueError(
+                f"{where} num_attention_heads x attention_head_dim = {heads} x {hd} = {inner} gives a feed-forward "
+                f"weight of {4 * inner * inner} elements, more than the {configuration.MAX_TENSOR_ELEMENTS} one "
+                "tensor may hold"
+            )
         if not rotary and inner % 16:
             raise ValueError(
                 f"{where}: the sin-cos positional table needs num_attention_heads x attention_head_dim divisible by "

@@ -104,3 +104,22 @@ def test_load_video_leaves_no_unclosed_files(tmp_path):
         import gc
 
         gc.collect()  # an unclosed pipe would warn here, as it was collected
+
+
+@pytest.mark.parametrize(
+    "component,key,value,match",
+    [
+        ("vae", "layers_per_block", 2**20, r"{folder}: config 'layers_per_block' = 1048576 implies at least"),
+        ("transformer", "num_layers", 2**20, r"{folder}: config 'num_layers' = 1048576 implies at least"),
+        ("transformer", "num_attention_heads", 2**20, r"{folder}/config.json: .*num_attention_heads x attention_head"),
+    ],
+)
+def test_errors_from_the_c_checks_name_the_model_folder(tmp_path, component, key, value, match):
+    folder = tmp_path / component
+    shutil.copytree(os.path.join(PIPELINE, component), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    cls = cogvideo_c.AutoencoderKLCogVideoX if component == "vae" else cogvideo_c.CogVideoXTransformer3DModel
+    with pytest.raises(ValueError, match=match.format(folder=str(folder))):
+        cls.from_pretrained(str(folder))
