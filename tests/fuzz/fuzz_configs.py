@@ -15,6 +15,7 @@ a crash or hang costs one worker, and the next starts at the following case. Exi
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -48,6 +49,12 @@ INTERESTING = [
 ]  # fmt: skip
 
 
+def _interesting(rng):
+    """A copy of one of INTERESTING: a later edit of the same case may write into it, and the shared list or dict
+    would then carry into the next cases of the worker (and could end up inside itself, which json.dumps refuses)."""
+    return copy.deepcopy(rng.choice(INTERESTING))
+
+
 def _paths(node, prefix=()):
     """Every (path, value) in a JSON tree, the root excluded."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
@@ -70,7 +77,7 @@ def _random_value(rng, old):
     if roll < 0.45:
         depth = rng.choice([10, 500, 0])
         return json.loads("[" * depth + "]" * depth) if depth else DEEP
-    return rng.choice(INTERESTING)
+    return _interesting(rng)
 
 
 def _set(root, path, value):
@@ -106,7 +113,7 @@ def mutate(rng, text):
                 parent = parent[key]
             del parent[path[-1]]
         else:
-            cfg[rng.choice(["unknown_key", "num_layers", "extra"])] = rng.choice(INTERESTING)
+            cfg[rng.choice(["unknown_key", "num_layers", "extra"])] = _interesting(rng)
     return json.dumps(cfg, indent=1).replace(json.dumps(DEEP), "[" * 100000 + "]" * 100000)
 
 
