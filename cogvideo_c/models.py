@@ -154,15 +154,35 @@ class AutoencoderKLCogVideoX(ModelMixin):
             raise ValueError(f"{where} 'temporal_compression_ratio' = {ratio} must be a power of two")
         for key in ("sample_height", "sample_width"):
             whole(key)
-        config_float(cfg["scaling_factor"], "scaling_factor", source=config_file)
+        # the pipeline multiplies the latents by float32(1 / scaling_factor): 0 would divide by zero, and an inverse
+        # outside float32's normal range would turn every latent into inf or 0
+        scaling = config_float(cfg["scaling_factor"], "scaling_factor", source=config_file)
+        f32 = np.finfo(np.float32)
+        if scaling == 0 or not float(f32.tiny) <= abs(1 / scaling) <= float(f32.max):
+            raise ValueError(
+                f"{where} 'scaling_factor' = {scaling} must be non-zero, with 1 / scaling_factor a normal float32 "
+                "(the latents are divided by it)"
+            )
         if cfg["shift_factor"] is not None:
             config_float(cfg["shift_factor"], "shift_factor", source=config_file)
+        latent_channels = whole("latent_channels")
+        for key in ("latents_mean", "latents_std"):  # per-channel statistics, when a config gives them
+            values = cfg[key]
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)) or len(values) != latent_channels:
+                got = f"{len(values)} values" if isinstance(values, (list, tuple)) else repr(values)[:100]
+                raise ValueError(
+                    f"{where} '{key}' must be null or a list of latent_channels = {latent_channels} numbers, got {got}"
+                )
+            for i, value in enumerate(values):
+                config_float(value, f"{key}[{i}]", positive=key == "latents_std", source=config_file)
         for key in ("force_upcast", "invert_scale_latents"):
             config_bool(cfg[key], key, config_file)
         core_cfg = (
             whole("in_channels"),
             whole("out_channels"),
-            whole("latent_channels"),
+            latent_channels,
             blocks,
             whole("layers_per_block"),
             groups,

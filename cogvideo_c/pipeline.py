@@ -210,9 +210,9 @@ class DiffusionPipeline:
             if not (isinstance(entry, list) and len(entry) == 2):
                 raise ValueError(f"{index_path} does not name a '{name}' component")
             class_name = entry[1]
-            if class_name not in known:
+            if not isinstance(class_name, str) or class_name not in known:  # a list or dict is no class name
                 raise ValueError(
-                    f"{index_path}: {name} is a {class_name}, which cogvideo_c does not provide "
+                    f"{index_path}: {name} is a {str(class_name)[:100]}, which cogvideo_c does not provide "
                     f"(expected one of {sorted(known)})"
                 )
             folder = os.path.join(root, name)

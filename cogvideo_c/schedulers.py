@@ -38,7 +38,7 @@ import numpy as np
 
 from ._files import read_json
 from ._random import draw_standard_normal
-from .configuration import FrozenConfig
+from .configuration import FrozenConfig, _where, config_bool, config_float, config_int
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,87 @@ __all__ = [
     "DDIMScheduler",
     "DDIMSchedulerOutput",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config values
+
+# diffusers' released CogVideoX and DDIM configs use 1000; the tables are built element by element in Python (with
+# exact rationals) and held whole, so a larger count is refused before anything is allocated.
+MAX_TRAIN_TIMESTEPS = 100_000
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+class UnsupportedBetaScheduleError(ValueError, NotImplementedError):
+    """An unknown beta_schedule: a ValueError like every bad config value, and the NotImplementedError that
+    diffusers raises for it."""
+
+
+def _check_beta(value, key, source):
+    """A noise variance: finite, in [0, 1) (1 - beta is an alpha whose square root the steps take and divide by)."""
+    beta = config_float(value, key, source=source)
+    if not 0 <= beta < 1:
+        raise ValueError(f"{_where(key, source)} must be in [0, 1) (a noise variance), got {beta}")
+    return beta
+
+
+def _check_name(value, key, choices, source, known):
+    if not isinstance(value, str):
+        raise ValueError(f"{_where(key, source)} must be a string, one of {', '.join(choices)}; got {value!r}")
+    if known and value not in choices:
+        raise ValueError(f"{_where(key, source)} {value!r} is not supported: one of {', '.join(choices)}")
+
+
+def _check_config(cls_name, kw, source=None, known_names=True):
+    """Checks a scheduler's constructor arguments (all of them, defaults filled in) against what the noise tables
+    and the steps need, before anything is built: ValueError naming source (the config file) and the key.
+
+    known_names: also check prediction_type and timestep_spacing against the supported sets. Direct construction
+    leaves that to set_timesteps / step, as diffusers does (tests/test_schedulers.py pins it); a config dict or
+    file is checked at once, so that a pipeline fails at load rather than after encoding the prompt."""
+    steps = config_int(kw["num_train_timesteps"], "num_train_timesteps", 1, MAX_TRAIN_TIMESTEPS, source)
+    _check_beta(kw["beta_start"], "beta_start", source)
+    _check_beta(kw["beta_end"], "beta_end", source)
+    trained = kw["trained_betas"]
+    if trained is None:
+        schedule = kw["beta_schedule"]
+        if not isinstance(schedule, str) or schedule not in BETA_SCHEDULES:
+            raise UnsupportedBetaScheduleError(
+                f"{_where('beta_schedule', source)} {schedule!r} is not implemented for {cls_name} "
+                f"(one of {', '.join(BETA_SCHEDULES)})"
+            )
+    else:
+        if isinstance(trained, np.ndarray) and trained.ndim == 1:
+            trained = trained.tolist()
+        if not isinstance(trained, (list, tuple)) or len(trained) != steps:
+            got = f"{len(trained)} values" if isinstance(trained, (list, tuple)) else repr(trained)[:100]
+            raise ValueError(
+                f"{_where('trained_betas', source)} must be null or a list of num_train_timesteps = {steps} numbers "
+                f"(one beta per training timestep), got {got}"
+            )
+        for i, beta in enumerate(trained):
+            _check_beta(beta, f"trained_betas[{i}]", source)
+    for key in ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"):
+        if key in kw:
+            config_bool(kw[key], key, source)
+    if kw["rescale_betas_zero_snr"] and steps < 2:
+        raise ValueError(
+            f"{_where('rescale_betas_zero_snr', source)}: rescaling to zero terminal SNR needs num_train_timesteps "
+            f">= 2 (it divides by the difference of the first and last alphas), got {steps}"
+        )
+    config_int(kw["steps_offset"], "steps_offset", 0, steps - 1, source)
+    for key in ("clip_sample_range", "sample_max_value", "snr_shift_scale"):
+        if key in kw:
+            config_float(kw[key], key, positive=True, source=source)
+    if "dynamic_thresholding_ratio" in kw:
+        ratio = config_float(kw["dynamic_thresholding_ratio"], "dynamic_thresholding_ratio", source=source)
+        if not 0 < ratio <= 1:
+            where = _where("dynamic_thresholding_ratio", source)
+            raise ValueError(f"{where} must be in (0, 1] (a quantile), got {ratio}")
+    _check_name(kw["prediction_type"], "prediction_type", PREDICTION_TYPES, source, known_names)
+    _check_name(kw["timestep_spacing"], "timestep_spacing", TIMESTEP_SPACINGS, source, known_names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -184,7 +265,7 @@ def _rescale_betas_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     return dt(1) - alphas
 
 
-def _make_betas(cls_name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, scaled_dtype):
+def _make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, scaled_dtype):
     if trained_betas is not None:
         return np.asarray(trained_betas, dtype=np.float64).astype(np.float32)
     if beta_schedule == "linear":
@@ -192,9 +273,7 @@ def _make_betas(cls_name, num_train_timesteps, beta_start, beta_end, beta_schedu
     if beta_schedule == "scaled_linear":
         r = _torch_linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, scaled_dtype)
         return r * r
-    if beta_schedule == "squaredcos_cap_v2":
-        return betas_for_alpha_bar(num_train_timesteps)
-    raise NotImplementedError(f"{beta_schedule} is not implemented for {cls_name}")
+    return betas_for_alpha_bar(num_train_timesteps)  # "squaredcos_cap_v2", the only other name _check_config admits
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -322,9 +401,9 @@ class _SchedulerBase:
 
     def _build(self, kw):
         """The constructors' common body: register the config, then build the noise tables and the defaults."""
+        _check_config(type(self).__name__, kw, known_names=False)
         self._register_config(kw)
         betas = _make_betas(
-            type(self).__name__,
             kw["num_train_timesteps"],
             kw["beta_start"],
             kw["beta_end"],
@@ -402,7 +481,13 @@ class _SchedulerBase:
             config = config.config
         if not isinstance(config, dict):
             raise ValueError(f"config must be a dict, got {type(config).__name__}")
+        return cls._from_config(config, return_unused_kwargs, kwargs)
+
+    @classmethod
+    def _from_config(cls, config, return_unused_kwargs, kwargs, source=None):
         init, unused = cls.extract_init_dict(config, **kwargs)
+        # every value is checked, the names included, before the constructor builds anything (source: the file)
+        _check_config(cls.__name__, {**cls._init_parameters(), **init}, source)
         model = cls(**init)
         if return_unused_kwargs:
             return model, unused
@@ -415,6 +500,10 @@ class _SchedulerBase:
         Raises FileNotFoundError for a missing folder or file (nothing is downloaded) and ValueError for a file
         that is not a JSON object.
         """
+        return read_json(cls._config_path(pretrained_model_name_or_path, subfolder))
+
+    @classmethod
+    def _config_path(cls, pretrained_model_name_or_path, subfolder):
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(path):
             cfg_path = path
@@ -429,7 +518,7 @@ class _SchedulerBase:
             cfg_path = os.path.join(path, cls.config_name)
             if not os.path.lexists(cfg_path):
                 raise FileNotFoundError(f"'{path}' has no {cls.config_name}")
-        return read_json(cfg_path)
+        return cfg_path
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, return_unused_kwargs=False, **kwargs):
@@ -440,8 +529,8 @@ class _SchedulerBase:
         """
         for ignored in ("cache_dir", "local_files_only", "revision", "token", "force_download", "proxies"):
             kwargs.pop(ignored, None)
-        cfg = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
-        return cls.from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        cfg_path = cls._config_path(pretrained_model_name_or_path, subfolder)
+        return cls._from_config(read_json(cfg_path), return_unused_kwargs, kwargs, source=cfg_path)
 
     def save_config(self, save_directory, **kwargs):
         """Writes ``scheduler_config.json`` (the config with _class_name and _diffusers_version, as diffusers writes

@@ -491,3 +491,133 @@ def test_truncation_without_a_usable_max_length_does_not_truncate(model_max_leng
     assert tok("a long prompt with several words", truncation=True, max_length=2**65)["input_ids"] == plain
     with pytest.raises(ValueError, match="max_length must be an integer, got 4.0"):
         tok("a", truncation=True, max_length=4.0)
+
+
+# ---- items 7, 8, 9: scheduler and VAE config values (what the config fuzzer found) ---------------------------------
+
+PIPELINE = os.path.join(FIXTURES, "pipeline", "tiny_2b")
+SCHEDULER_DIR = os.path.join(PIPELINE, "scheduler")
+NESTED = json.loads("[" * 500 + "]" * 500)  # parses, but deepcopy of the pipeline's scheduler recursed past the limit
+
+
+def scheduler_copy(tmp_path, **over):
+    """A copy of the tiny pipeline's scheduler folder with `over` applied; returns its config file's path."""
+    folder = tmp_path / "scheduler"
+    shutil.copytree(SCHEDULER_DIR, folder)
+    path = folder / "scheduler_config.json"
+    cfg = read_json(path)
+    cfg.update(over)
+    path.write_text(json.dumps(cfg))  # Python's json writes inf / nan as Infinity / NaN and reads them back
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "cls, over, key, message",
+    [
+        # each of these used to fail late with another exception type (named after the case)
+        ("CogVideoXDDIMScheduler", dict(num_train_timesteps=0), "num_train_timesteps", "must be at least 1, got 0"),
+        ("CogVideoXDDIMScheduler", dict(num_train_timesteps=2**53 + 1), "num_train_timesteps",  # MemoryError, 64 PiB
+         r"= 9007199254740993 is larger than this implementation supports \(100000\)"),
+        ("CogVideoXDDIMScheduler", dict(num_train_timesteps=1000.5), "num_train_timesteps", "must be an integer"),
+        ("CogVideoXDDIMScheduler", dict(beta_start=float("inf")), "beta_start", "must be a finite number, got inf"),
+        ("CogVideoXDDIMScheduler", dict(beta_start=-1.0), "beta_start", r"must be in \[0, 1\) \(a noise variance\)"),
+        ("CogVideoXDDIMScheduler", dict(beta_end=1.5), "beta_end", r"must be in \[0, 1\)"),
+        ("CogVideoXDDIMScheduler", dict(beta_end="silu"), "beta_end", "must be a number, got 'silu'"),
+        ("CogVideoXDDIMScheduler", dict(trained_betas=[0.1]), "trained_betas",
+         "must be null or a list of num_train_timesteps = 1000 numbers .* got 1 values"),
+        ("CogVideoXDDIMScheduler", dict(trained_betas={"a": 1}), "trained_betas", "must be null or a list"),
+        ("CogVideoXDDIMScheduler", dict(trained_betas=[0.01] * 999 + [1.0]), r"trained_betas\[999\]",
+         r"must be in \[0, 1\)"),
+        ("CogVideoXDDIMScheduler", dict(clip_sample=NESTED), "clip_sample", r"must be true or false, got \[\["),
+        ("CogVideoXDDIMScheduler", dict(set_alpha_to_one="false"), "set_alpha_to_one", "must be true or false"),
+        ("CogVideoXDDIMScheduler", dict(num_train_timesteps=1), "rescale_betas_zero_snr",
+         "needs num_train_timesteps >= 2"),
+        ("CogVideoXDDIMScheduler", dict(steps_offset=-1), "steps_offset", "must be at least 0"),
+        ("CogVideoXDDIMScheduler", dict(steps_offset=1000), "steps_offset", r"larger than .* supports \(999\)"),
+        ("CogVideoXDPMScheduler", dict(snr_shift_scale=0), "snr_shift_scale", "must be a positive finite number"),
+        ("CogVideoXDDIMScheduler", dict(clip_sample_range=[1]), "clip_sample_range", "must be a number"),
+        ("CogVideoXDDIMScheduler", dict(prediction_type="noise"), "prediction_type",
+         "'noise' is not supported: one of epsilon, sample, v_prediction"),
+        ("CogVideoXDDIMScheduler", dict(timestep_spacing="sideways"), "timestep_spacing",
+         "'sideways' is not supported: one of linspace, leading, trailing"),
+        ("CogVideoXDDIMScheduler", dict(timestep_spacing=NESTED), "timestep_spacing", "must be a string"),
+        ("DDIMScheduler", dict(thresholding="yes"), "thresholding", "must be true or false"),
+        ("DDIMScheduler", dict(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio",
+         r"must be in \(0, 1\] \(a quantile\)"),
+        ("DDIMScheduler", dict(sample_max_value=float("nan")), "sample_max_value", "must be a positive finite"),
+    ],
+)  # fmt: skip
+def test_scheduler_config_values_are_checked_with_file_and_key(tmp_path, cls, over, key, message):
+    path = scheduler_copy(tmp_path, **over)
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: config '{key}'.*{message}"):
+        getattr(cogvideo_c, cls).from_pretrained(os.path.dirname(path))
+
+
+@pytest.mark.parametrize("schedule", ["cubic", ["linear"]])
+def test_unknown_beta_schedule_is_a_value_error_and_diffusers_not_implemented_error(tmp_path, schedule):
+    path = scheduler_copy(tmp_path, beta_schedule=schedule)
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: config 'beta_schedule' .* is not implemented") as err:
+        cogvideo_c.CogVideoXDDIMScheduler.from_pretrained(os.path.dirname(path))
+    assert isinstance(err.value, NotImplementedError)  # what diffusers raises (tests/test_schedulers.py pins it)
+
+
+def test_scheduler_constructor_checks_values_and_from_config_checks_names_at_once():
+    with pytest.raises(ValueError, match=r"^config 'num_train_timesteps' must be at least 1, got 0"):
+        cogvideo_c.CogVideoXDPMScheduler(num_train_timesteps=0)
+    with pytest.raises(ValueError, match=r"^config 'beta_end' must be in \[0, 1\)"):
+        cogvideo_c.DDIMScheduler(beta_end=2.0)
+    # a config dict is checked whole before building, the names included (the constructor leaves them to
+    # set_timesteps / step, as diffusers does)
+    with pytest.raises(ValueError, match=r"^config 'prediction_type' 'noise' is not supported"):
+        cogvideo_c.CogVideoXDDIMScheduler.from_config({"prediction_type": "noise"})
+    # released values load, and keep their table bit for bit (tests/test_schedulers.py compares with diffusers)
+    s = cogvideo_c.CogVideoXDDIMScheduler.from_pretrained(SCHEDULER_DIR)
+    assert len(s.alphas_cumprod) == 1000 and s.alphas_cumprod.dtype == np.float64
+    betas = [0.0001 * (i + 1) for i in range(1000)]
+    assert np.array_equal(cogvideo_c.DDIMScheduler(trained_betas=betas).betas, np.float32(betas))
+
+
+def test_pipeline_refuses_a_nested_scheduler_value_at_load(tmp_path):
+    """clip_sample = [[[...]]] used to load and then raise RecursionError when the call copied its scheduler."""
+    root = tmp_path / "pipe"
+    shutil.copytree(PIPELINE, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**read_json(path), "clip_sample": NESTED}))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: config 'clip_sample' must be true or false"):
+        cogvideo_c.CogVideoXPipeline.from_pretrained(root)
+
+
+def test_model_index_class_name_that_is_not_a_string_names_the_file(tmp_path):
+    root = tmp_path / "pipe"
+    shutil.copytree(PIPELINE, root)
+    index = read_json(root / "model_index.json")
+    index["tokenizer"] = ["transformers", ["T5Tokenizer"]]  # used to be TypeError: unhashable type: 'list'
+    (root / "model_index.json").write_text(json.dumps(index))
+    where = re.escape(str(root / "model_index.json"))
+    with pytest.raises(ValueError, match=rf"^{where}: tokenizer is a \['T5Tokenizer'\], which cogvideo_c does not"):
+        cogvideo_c.CogVideoXPipeline.from_pretrained(root)
+
+
+@pytest.mark.parametrize(
+    "over, key, message",
+    [
+        (dict(scaling_factor=0), "scaling_factor", "= 0.0 must be non-zero"),  # ZeroDivisionError in decode_latents
+        (dict(scaling_factor=1e-300), "scaling_factor", r"1 / scaling_factor a normal float32"),  # inverse: inf
+        (dict(scaling_factor=1e300), "scaling_factor", r"1 / scaling_factor a normal float32"),  # inverse: 0
+        (dict(scaling_factor=float("nan")), "scaling_factor", "must be a finite number"),
+        (dict(shift_factor="x"), "shift_factor", "must be a number"),
+        (dict(latents_mean=[0.0, 0.0, 0.0]), "latents_mean", "must be null or a list of latent_channels = 4 numbers"),
+        (dict(latents_mean=[0.0, 0.0, 0.0, "x"]), r"latents_mean\[3\]", "must be a number"),
+        (dict(latents_std=[1.0, 1.0, 1.0, 0.0]), r"latents_std\[3\]", "must be a positive finite number"),
+    ],
+)
+def test_vae_scaling_values_are_checked_with_file_and_key(tmp_path, over, key, message):
+    folder = copy_with_config(VAE_TINY, tmp_path / "vae", **over)
+    with pytest.raises(ValueError, match=rf"^{re.escape(folder)}/config.json: config '{key}'.*{message}"):
+        cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(folder)
+
+
+def test_vae_per_channel_statistics_of_the_right_length_load(tmp_path):
+    stats = dict(latents_mean=[0.0, 0.5, -0.5, 1.0], latents_std=[1.0, 2.0, 0.5, 1.0], shift_factor=0.25)
+    vae = cogvideo_c.AutoencoderKLCogVideoX.from_pretrained(copy_with_config(VAE_TINY, tmp_path / "vae", **stats))
+    assert list(vae.config.latents_std) == stats["latents_std"] and vae.config.shift_factor == 0.25

@@ -8,7 +8,7 @@
 #    build libFuzzer targets. CLANG=... picks the compiler.
 # 2. A mutational loop in Python over config parsing (fuzz_configs.py): mutated config.json / model_index.json /
 #    scheduler and tokenizer configs of the tiny fixture pipeline, each loaded and run in a worker subprocess with a
-#    per-case timeout; anything but a clean ValueError / OSError / TypeError / OutOfMemoryError is a finding.
+#    per-case timeout; anything but a clean ValueError / OSError / NotImplementedError / OutOfMemoryError is a finding.
 #    PYTHON=... picks the interpreter (it must import cogvideo_c).
 #
 # Inputs that crash are kept under build/fuzz/artifacts/; the corpora grown while fuzzing under build/fuzz/work/.
