@@ -160,7 +160,7 @@ static int relative_bucket(int64_t rel, int num_buckets, int max_distance) {
 
 /* T5LayerNorm: x * rsqrt(mean(x^2) + eps) * w (no mean, no bias). */
 static void rms_norm(const float *x, int64_t rows, int64_t d, float eps, const float *w, float *y) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(3 * rows * d))
     for (int64_t r = 0; r < rows; r++) {
         double sq = 0.0;
         for (int64_t i = 0; i < d; i++) sq += (double)x[r * d + i] * x[r * d + i];
@@ -178,7 +178,7 @@ static cvx_status biased_attention(const float *q, const float *k, const float *
     float *scratch = NULL;
     CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * S * S) * sizeof(float),
                             (void **)&scratch));
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(B *H *S *S *kd / 8))
     for (int64_t task = 0; task < B * H; task++) {
         const int64_t b = task / H, h = task % H;
 #ifdef _OPENMP

@@ -349,7 +349,7 @@ static void gather_patches(const cvx_tensor *h, int p, int pt, float *out) {
     const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
     const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, feat = C * pt * p * p;
     const float *x = h->data;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(cvx_ops_threads_for(B *Fp *Hp *Wp *feat))
     for (int64_t b = 0; b < B; b++)
         for (int64_t g = 0; g < Fp; g++)
             for (int64_t i = 0; i < Hp; i++)
@@ -368,7 +368,7 @@ static void gather_patches(const cvx_tensor *h, int p, int pt, float *out) {
 static void unpatchify(const float *tok, int64_t B, int64_t Fp, int64_t Hp, int64_t Wp, int64_t C, int p, int pt,
                        float *out) {
     const int64_t F = Fp * pt, H = Hp * p, W = Wp * p, feat = C * pt * p * p;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(cvx_ops_threads_for(B *Fp *Hp *Wp *feat))
     for (int64_t b = 0; b < B; b++)
         for (int64_t g = 0; g < Fp; g++)
             for (int64_t i = 0; i < Hp; i++)

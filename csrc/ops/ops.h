@@ -25,6 +25,13 @@
 void cvx_ops_init(void);
 int cvx_ops_num_threads(void);
 
+/* Work, in element operations (a vectorised multiply-add counts 1/16), below which a parallel region costs more in
+ * waking and joining the team than it saves (measured with benchmarks/bench_threads.py: a tiny pipeline ran 1.4x
+ * slower on 2 threads than on one with passive waiting); such a region runs on the calling thread alone. */
+#define CVX_PARALLEL_MIN_WORK ((int64_t)1 << 20)
+/* The team size for a region of `work` element operations: 1 below CVX_PARALLEL_MIN_WORK, else all threads. */
+int cvx_ops_threads_for(int64_t work);
+
 /* One input frame: element (b, c, y, x) is at ptr[b * bstride + c * cstride + y * W + x]. */
 typedef struct cvx_frame {
     const float *ptr;

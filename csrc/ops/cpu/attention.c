@@ -21,7 +21,7 @@ cvx_status cvx_attention(const float *q, const float *k, const float *v, int64_t
     float *scratch = NULL;
     CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
                             (void **)&scratch));
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(B *heads *S *S *hd / 8))
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t b = task / (heads * q_tiles), h = (task / q_tiles) % heads, qt = task % q_tiles;
         const int64_t q0 = qt * CVX_ATTN_Q_TILE, nq = S - q0 < CVX_ATTN_Q_TILE ? S - q0 : CVX_ATTN_Q_TILE;

@@ -20,6 +20,8 @@ int cvx_ops_num_threads(void) {
 #endif
 }
 
+int cvx_ops_threads_for(int64_t work) { return work < CVX_PARALLEL_MIN_WORK ? 1 : cvx_ops_num_threads(); }
+
 void cvx_frames_of(const cvx_tensor *t, int64_t first, int64_t count, cvx_frame *frames) {
     const int64_t C = t->shape[1], T = t->shape[2], HW = t->shape[3] * t->shape[4];
     for (int64_t i = 0; i < count; i++) {
@@ -201,7 +203,7 @@ static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_
     winograd_weights(w, wt->co, k, u);
     float *o = out->data;
     const int64_t ocs = (int64_t)To * Ho * Wo;
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(batch *To *tiles *k * wt->co))
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t b = task / (To * blocks);
         const int t = (int)((task / blocks) % To);
@@ -277,7 +279,7 @@ cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, in
 
     float *o = out->data;
     const int64_t ocs = (int64_t)To * Ho * Wo; /* output channel stride */
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(batch *To *Ho *Wo *K * wt->co / 16))
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t b = task / (To * row_blocks);
         const int t = (int)((task / row_blocks) % To);

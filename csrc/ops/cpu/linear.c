@@ -24,7 +24,7 @@ cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_d
     if (wdt != CVX_F32)
         CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
                                 (void **)&scratch));
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(M *N *K / 16))
     for (int64_t task = 0; task < col_blocks * row_blocks; task++) {
         const int64_t cb = task / row_blocks, rb = task % row_blocks;
         const int64_t n0 = cb * nb, n = N - n0 < nb ? N - n0 : nb;

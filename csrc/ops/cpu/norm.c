@@ -57,7 +57,7 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
     }
     const int64_t *tmap = map, *ymap = map ? map + T : NULL, *xmap = map ? map + T + H : NULL;
 
-#pragma omp parallel for schedule(dynamic) collapse(2)
+#pragma omp parallel for schedule(dynamic) collapse(2) num_threads(cvx_ops_threads_for(3 * B * C * THW))
     for (int64_t b = 0; b < B; b++) {
         for (int64_t g = 0; g < groups; g++) {
             const float *src = xd + (b * C + g * cpg) * THW;

@@ -9,7 +9,7 @@ cvx_status cvx_add_inplace(cvx_tensor *x, const cvx_tensor *y) {
         return CVX_FAIL(CVX_ERR_INVALID, "add: %lld and %lld elements", (long long)n, (long long)cvx_tensor_numel(y));
     float *xd = x->data;
     const float *yd = y->data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(n))
     for (int64_t i = 0; i < n; i++) xd[i] += yd[i];
     return CVX_OK;
 }
@@ -21,7 +21,7 @@ cvx_status cvx_avg_pool_time(const cvx_tensor *x, cvx_tensor *out) {
     CVX_CHECK(cvx_tensor_alloc5(out, B, C, To, x->shape[3], x->shape[4]));
     const float *xd = x->data;
     float *od = out->data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(B *C *T *HW))
     for (int64_t bc = 0; bc < B * C; bc++) {
         const float *s = xd + bc * T * HW;
         float *d = od + bc * To * HW;
@@ -52,7 +52,7 @@ void cvx_copy_box(cvx_tensor *dst, const int64_t d[4], const cvx_tensor *src, co
     const int64_t dT = dst->shape[2], dH = dst->shape[3], dW = dst->shape[4];
     const float *sd = src->data;
     float *dd = dst->data;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(cvx_ops_threads_for(n[0] * C * n[1] * n[2] * n[3]))
     for (int64_t b = 0; b < n[0]; b++) {
         for (int64_t c = 0; c < C; c++) {
             for (int64_t t = 0; t < n[1]; t++) {

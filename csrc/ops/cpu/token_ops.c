@@ -6,7 +6,7 @@
 
 void cvx_layer_norm(const float *x, int64_t rows, int64_t D, float eps, const float *gamma, const float *beta,
                     const float *scale, const float *shift, float *y) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(4 * rows * D))
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
@@ -33,7 +33,7 @@ void cvx_layer_norm(const float *x, int64_t rows, int64_t D, float eps, const fl
 }
 
 void cvx_gated_add(float *x, const float *gate, const float *y, int64_t rows, int64_t D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(rows *D))
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < D; i++) {
             const float g = gate ? gate[i] * y[r * D + i] : y[r * D + i];
@@ -98,7 +98,7 @@ __attribute__((target_clones("avx2", "default"))) static float max_kernel(const 
 float cvx_max(const float *x, int64_t n, float start) { return max_kernel(x, n, start); }
 
 void cvx_silu(float *x, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(4 * n))
     for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
 }
 
@@ -116,13 +116,13 @@ __attribute__((target_clones("avx2", "default"))) static void gelu_tanh_block(fl
 
 void cvx_gelu_tanh(float *x, int64_t n) {
     const int64_t block = 4096;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(4 * n))
     for (int64_t b = 0; b < (n + block - 1) / block; b++)
         gelu_tanh_block(x + b * block, n - b * block < block ? n - b * block : block);
 }
 
 void cvx_rope(float *x, int64_t rows, int64_t ld, int heads, int hd, const float *cos_tab, const float *sin_tab) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(2 * rows * heads * hd))
     for (int64_t r = 0; r < rows; r++) {
         const float *c = cos_tab + r * hd, *s = sin_tab + r * hd;
         for (int h = 0; h < heads; h++) {
