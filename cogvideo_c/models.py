@@ -146,8 +146,8 @@ class AutoencoderKLCogVideoX(ModelMixin):
         for i, channels in enumerate(blocks):
             if channels % groups:
                 raise ValueError(
-                    f"{where} 'block_out_channels[{i}]' = {channels} does not divide into norm_num_groups = "
-                    f"{groups} (GroupNorm needs a multiple)"
+                    f"{where} 'block_out_channels[{i}]' = {channels} is not a multiple of norm_num_groups = "
+                    f"{groups} (GroupNorm splits the channels into equal groups)"
                 )
         ratio = whole("temporal_compression_ratio")
         if ratio & (ratio - 1):

@@ -167,7 +167,7 @@ def test_t5_edge_bucket_configs_match_transformers(case):
 @pytest.mark.parametrize(
     "over, key, message",
     [
-        (dict(norm_num_groups=3), r"block_out_channels\[0\]", "does not divide into norm_num_groups = 3"),
+        (dict(norm_num_groups=3), r"block_out_channels\[0\]", "is not a multiple of norm_num_groups = 3"),
         (dict(norm_eps=0), "norm_eps", "must be a positive finite number"),
         (dict(layers_per_block=1.0), "layers_per_block", "must be an integer, got 1.0"),
         (dict(layers_per_block="1"), "layers_per_block", "must be an integer"),
