@@ -18,6 +18,9 @@ from cogvideo_c import configuration
 from cogvideo_c._load import _C
 from conftest import FIXTURES, VAE_FIXTURES
 
+# `python -c` children run from here: from the checkout root, its unbuilt cogvideo_c/ would shadow an installed one
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 T5_RELU = os.path.join(FIXTURES, "t5", "relu")
 T5_WEIGHTS = os.path.join(T5_RELU, "model.safetensors")
 TR_TINY = os.path.join(FIXTURES, "transformer", "t2b_tiny")
@@ -296,6 +299,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "error": error,
 def measure(case, folder, over):
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURE, case, str(folder), json.dumps(over)],
+        cwd=HERE,
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -439,6 +443,7 @@ def test_malformed_tokenizer_json_names_the_file(tok_copy, mutate, message):
 _C_ERROR = r"""
 import sys
 from cogvideo_c._load import _C
+
 try:
     _C.T5((1103, 32, 8, 4, 37, 5, 2, 128, False, 1e-6, "shared.weight", None), sys.argv[1], "float32")
 except ValueError as err:
@@ -452,7 +457,13 @@ def test_error_location_tags_only_with_cvx_debug(debug, tagged):
     if debug is not None:
         env["CVX_DEBUG"] = debug
     proc = subprocess.run(
-        [sys.executable, "-c", _C_ERROR, T5_WEIGHTS], capture_output=True, text=True, env=env, timeout=60, check=True
+        [sys.executable, "-c", _C_ERROR, T5_WEIGHTS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+        cwd=HERE,
     )
     message = proc.stdout.strip()
     assert message.startswith("T5 config 'relative_attention_num_buckets' = 2 must be at least 4")

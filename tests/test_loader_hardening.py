@@ -19,6 +19,9 @@ from cogvideo_c import _C
 from cogvideo_c._files import MAX_FILE_BYTES
 from conftest import FIXTURES, VAE_FIXTURES
 
+# `python -c` children run from here: from the checkout root, its unbuilt cogvideo_c/ would shadow an installed one
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 PIPELINE = os.path.join(FIXTURES, "pipeline", "tiny_2b")
 T5_SHARDED = os.path.join(FIXTURES, "t5", "gated_sharded")
 TOKENIZER = os.path.join(FIXTURES, "tokenizer")
@@ -229,7 +232,9 @@ _PEAK_RSS = textwrap.dedent(
 
 def peak_rss_growth(path):
     """(safetensors_index's result or error, growth of the peak RSS in bytes) in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True, text=True, timeout=300, cwd=HERE
+    )
     assert out.returncode == 0, out.stderr
     result, growth = out.stdout.strip().rsplit("\n", 1)
     return result, int(growth)

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+# `python -c` children run from here: from the checkout root, its unbuilt cogvideo_c/ would shadow an installed one
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OMP_DISPLAY_ENV")
 
 # What the child prints: the variables as cogvideo_c left them, then libgomp's own report of what it read
@@ -19,7 +22,7 @@ CHILD = "import os, cogvideo_c; print(os.environ.get('OMP_WAIT_POLICY'), os.envi
 def run_child(**env_vars):
     env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     env.update(env_vars, OMP_DISPLAY_ENV="verbose")
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120, cwd=HERE)
     assert done.returncode == 0, done.stderr[-2000:]
     spin = re.search(r"GOMP_SPINCOUNT = '(\d+)'", done.stderr)
     if spin is None:
