@@ -8,9 +8,10 @@ with Pillow, as diffusers does.
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from typing import Callable
+
+from ._files import check_regular
 
 __all__ = ["load_image", "load_video"]
 
@@ -28,11 +29,11 @@ def _local_file(path, what: str) -> str:
             f"and pass the local path"
         )
     try:
-        mode = os.stat(path).st_mode
+        check_regular(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path!r} does not exist") from None
-    if not stat.S_ISREG(mode):
-        raise OSError(f"{what} {path!r} is not a regular file")
+    except OSError as err:
+        raise OSError(f"{what} {err}") from None
     return path
 
 

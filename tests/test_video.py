@@ -297,11 +297,11 @@ def test_loaders_refuse_urls_and_bad_paths(tmp_path, loader):
         load("https://example.com/panda.mp4")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(str(tmp_path / "missing.png"))
-    with pytest.raises(OSError, match="is not a regular file"):
+    with pytest.raises(OSError, match="is a directory, not a regular file"):
         load(str(tmp_path))
     fifo = tmp_path / "fifo.mp4"
     os.mkfifo(fifo)
-    with pytest.raises(OSError, match="is not a regular file"):  # opening it would block forever
+    with pytest.raises(OSError, match="is a FIFO, not a regular file"):  # opening it would block forever
         load(str(fifo))
     with pytest.raises(ValueError, match="local file path"):
         load(42)
