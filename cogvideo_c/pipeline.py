@@ -97,6 +97,17 @@ def _host_memory_bytes():
         return None
 
 
+def _per_call(name, doc, default=None):
+    """A read-only pipeline property answered by the calling thread's current (or last) call's state."""
+
+    def get(self):
+        state = self._state()
+        return default if state is None else getattr(state, name)
+
+    get.__name__, get.__doc__ = name, doc
+    return property(get)
+
+
 class _CallState:
     """What one pipeline call exposes through the pipeline's properties (diffusers keeps these on the pipeline;
     here each call has its own, so concurrent calls cannot change each other's guidance or stop flag)."""
@@ -399,35 +410,17 @@ class DiffusionPipeline:
     def _state(self):
         return getattr(self._local, "active", None) or getattr(self._local, "last", None) or self._last_call
 
-    @property
-    def guidance_scale(self):
-        """The guidance scale of the current (or last) call; with use_dynamic_cfg, the current step's."""
-        state = self._state()
-        return None if state is None else state.guidance_scale
-
-    @property
-    def num_timesteps(self):
-        """How many denoising steps the current (or last) call runs."""
-        state = self._state()
-        return None if state is None else state.num_timesteps
-
-    @property
-    def attention_kwargs(self):
-        """The attention_kwargs given to the current (or last) call."""
-        state = self._state()
-        return None if state is None else state.attention_kwargs
-
-    @property
-    def current_timestep(self):
-        """The timestep being denoised by the current call (None outside the loop)."""
-        state = self._state()
-        return None if state is None else state.current_timestep
-
-    @property
-    def interrupt(self):
-        """True once the current call was asked to stop (`pipe._interrupt = True`)."""
-        state = self._state()
-        return False if state is None else state.interrupt
+    guidance_scale = _per_call(
+        "guidance_scale", "The guidance scale of the current (or last) call; with use_dynamic_cfg, the current step's."
+    )
+    num_timesteps = _per_call("num_timesteps", "How many denoising steps the current (or last) call runs.")
+    attention_kwargs = _per_call("attention_kwargs", "The attention_kwargs given to the current (or last) call.")
+    current_timestep = _per_call(
+        "current_timestep", "The timestep being denoised by the current call (None outside the loop)."
+    )
+    interrupt = _per_call(
+        "interrupt", "True once the current call was asked to stop (`pipe._interrupt = True`).", default=False
+    )
 
     @property
     def _interrupt(self):
