@@ -46,6 +46,7 @@ const char *cvx_status_name(cvx_status status) {
     case CVX_ERR_OOM: return "out of memory";
     case CVX_ERR_IO: return "i/o error";
     case CVX_ERR_INTERNAL: return "internal error";
+    case CVX_ERR_INTERRUPTED: return "interrupted";
     }
     return "unknown status";
 }

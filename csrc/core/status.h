@@ -10,10 +10,11 @@
 
 typedef enum cvx_status {
     CVX_OK = 0,
-    CVX_ERR_INVALID = 1,  /* bad argument or shape: ValueError */
-    CVX_ERR_OOM = 2,      /* allocation failed or memory limit reached: cogvideo_c.OutOfMemoryError */
-    CVX_ERR_IO = 3,       /* file missing, unreadable, truncated or malformed: OSError */
-    CVX_ERR_INTERNAL = 4, /* a bug: RuntimeError */
+    CVX_ERR_INVALID = 1,     /* bad argument or shape: ValueError */
+    CVX_ERR_OOM = 2,         /* allocation failed or memory limit reached: cogvideo_c.OutOfMemoryError */
+    CVX_ERR_IO = 3,          /* file missing, unreadable, truncated or malformed: OSError */
+    CVX_ERR_INTERNAL = 4,    /* a bug: RuntimeError */
+    CVX_ERR_INTERRUPTED = 5, /* the caller asked the work to stop (Ctrl-C): KeyboardInterrupt */
 } cvx_status;
 
 /* Records the error (printf-style message, prefixed with nothing) and returns `status`, so that

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "../mem/arena.h"
+
 cvx_status cvx_tensor_alloc(cvx_tensor *t, cvx_device dev, cvx_mem_kind kind, cvx_dtype dt, int ndim,
                             const int64_t *shape) {
     memset(t, 0, sizeof(*t));
@@ -27,7 +29,10 @@ cvx_status cvx_tensor_alloc5(cvx_tensor *t, int64_t b, int64_t c, int64_t f, int
 }
 
 void cvx_tensor_release(cvx_tensor *t) {
-    cvx_mem_free(t->data);
+    if (t->arena)
+        cvx_arena_free(t->arena, t->data);
+    else
+        cvx_mem_free(t->data);
     memset(t, 0, sizeof(*t));
 }
 

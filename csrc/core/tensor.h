@@ -10,8 +10,11 @@
 
 #define CVX_MAX_DIMS 5
 
+struct cvx_arena;
+
 typedef struct cvx_tensor {
     void *data;
+    struct cvx_arena *arena; /* the arena the data came from (cvx_ctx_tensor), or NULL: the memory manager */
     cvx_dtype dtype;
     cvx_device device;
     int ndim;

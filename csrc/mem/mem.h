@@ -53,7 +53,38 @@ void cvx_mem_reset_peak(cvx_device dev);
 /* bytes <= 0 removes the limit. A limit below what is allocated now is accepted: later allocations fail. */
 void cvx_mem_set_limit(cvx_device dev, int64_t bytes);
 
-/* Copies between any two devices' memory. */
+/* Copies between any two devices' memory, synchronously. */
 cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes);
+
+/* 1 when [ptr, ptr + bytes) lies inside one live CVX_MEM_WEIGHTS allocation on `dev`: the emulated device's ops
+ * check every weight they read with it, so a forgotten acquire fails as loudly as it would crash on a GPU. */
+int cvx_mem_is_resident(cvx_device dev, const void *ptr, size_t bytes);
+
+/* Test hook: the n-th allocation from now (0: the next), on any device, fails with CVX_ERR_OOM as if the device
+ * were full; n < 0 turns it off. Returns how many allocations were made since the last call (to size a loop). */
+int64_t cvx_mem_fail_at(int64_t n);
+
+/* ---- copy queues ---------------------------------------------------------------------------------------------
+ * One per device: copies run in the order they were queued. On "emu" a copy thread runs them (taking at least
+ * bytes / bandwidth seconds each when a bandwidth is set, to model a PCIe link) while the caller computes; on "cpu"
+ * they run at once. An event is a position in the queue: it is complete when every copy queued before it is. */
+typedef struct cvx_queue cvx_queue;
+typedef uint64_t cvx_event;
+
+/* The device's copy queue (created on first use; NULL only for a device this build lacks). */
+cvx_queue *cvx_copy_queue(cvx_device dev);
+cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes);
+cvx_event cvx_queue_record(cvx_queue *q);
+int cvx_queue_done(cvx_queue *q, cvx_event ev);
+/* Blocks until ev is complete; returns the nanoseconds spent waiting. */
+int64_t cvx_queue_wait(cvx_queue *q, cvx_event ev);
+void cvx_queue_sync(cvx_queue *q);
+/* Nanoseconds the queue has spent executing copies since it was created. */
+int64_t cvx_queue_busy_ns(cvx_queue *q);
+/* Bytes per second of the emulated link (<= 0: as fast as memcpy). */
+void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s);
+double cvx_mem_bandwidth(cvx_device dev);
+/* Stops every copy thread (at exit, and in the C tests so that ASan sees no live thread). */
+void cvx_queues_shutdown(void);
 
 #endif
