@@ -58,3 +58,34 @@ void cvx_ctx_release(cvx_ctx *ctx, int group) {
     if (!ctx->res || ctx->measuring) return;
     cvx_residency_release(ctx->res, group);
 }
+
+cvx_status cvx_ctx_begin(cvx_ctx *ctx, int first, int last, int cyclic) {
+    if (!ctx->res || ctx->measuring) return CVX_OK;
+    return cvx_residency_begin(ctx->res, first, last, cyclic);
+}
+
+void cvx_ctx_end(cvx_ctx *ctx) {
+    if (!ctx->res || ctx->measuring) return;
+    cvx_residency_end(ctx->res);
+}
+
+cvx_status cvx_ctx_measure(const cvx_ctx *ctx, cvx_status (*fn)(cvx_ctx *ctx, void *arg), void *arg, size_t *measured) {
+    cvx_ctx m = *ctx;
+    m.be = cvx_backend_measure();
+    m.res = NULL;
+    m.measuring = 1;
+    m.should_stop = NULL;
+    CVX_CHECK(cvx_arena_create(ctx->device, 1, &m.arena));
+    const cvx_status st = fn(&m, arg);
+    if (measured) *measured = cvx_arena_peak(m.arena);
+    cvx_arena_destroy(m.arena);
+    return st;
+}
+
+cvx_status cvx_ctx_run(cvx_ctx *ctx, cvx_status (*fn)(cvx_ctx *ctx, void *arg), void *arg, size_t *measured) {
+    size_t need = 0;
+    CVX_CHECK(cvx_ctx_measure(ctx, fn, arg, &need));
+    if (measured) *measured = need;
+    if (ctx->arena) CVX_CHECK(cvx_arena_reserve(ctx->arena, need));
+    return fn(ctx, arg);
+}

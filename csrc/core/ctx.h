@@ -14,7 +14,9 @@
 #include "status.h"
 #include "tensor.h"
 
-typedef struct cvx_backend cvx_backend;     /* ops/backend.h: the op table of one device */
+typedef struct cvx_backend cvx_backend; /* ops/backend.h: the op table of one device */
+/* The op table that does no work (ops/backend.h defines it). */
+const cvx_backend *cvx_backend_measure(void);
 typedef struct cvx_arena cvx_arena;         /* mem/arena.h: the activation arena */
 typedef struct cvx_residency cvx_residency; /* mem/residency.h: where a component's weight groups are */
 
@@ -47,5 +49,18 @@ cvx_status cvx_ctx_poll(cvx_ctx *ctx);
  * policy drop it. Both are no-ops when ctx->res is NULL or in a measuring pass. */
 cvx_status cvx_ctx_acquire(cvx_ctx *ctx, int group);
 void cvx_ctx_release(cvx_ctx *ctx, int group);
+/* A pass over the block groups first..last, in the order prefetch should follow (cyclic: the pass repeats, as the
+ * VAE's frame batches and tiles rerun the same blocks). A group outside [first, last] that is acquired during the
+ * pass (the model's non-block weights) stays until cvx_ctx_end. cvx_ctx_end also runs after a failure. */
+cvx_status cvx_ctx_begin(cvx_ctx *ctx, int first, int last, int cyclic);
+void cvx_ctx_end(cvx_ctx *ctx);
+
+/* Runs fn(ctx, arg) twice: first as a measuring pass (the measuring backend, a measuring arena, no residency), which
+ * also checks the inputs before any work, then for real with ctx->arena reserved at exactly the measured peak. A
+ * forward run this way allocates nothing on the device while it runs. `measured` (may be NULL) receives the peak.
+ * In the measuring pass ctx->measuring is 1: the forward must not allocate or fill its host output then. */
+cvx_status cvx_ctx_run(cvx_ctx *ctx, cvx_status (*fn)(cvx_ctx *ctx, void *arg), void *arg, size_t *measured);
+/* Only the measuring pass: the arena bytes fn would need. */
+cvx_status cvx_ctx_measure(const cvx_ctx *ctx, cvx_status (*fn)(cvx_ctx *ctx, void *arg), void *arg, size_t *measured);
 
 #endif

@@ -53,7 +53,6 @@ cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy
 }
 cvx_device cvx_residency_device(const cvx_residency *r) { return r->dev; }
 cvx_policy cvx_residency_policy(const cvx_residency *r) { return r->policy; }
-void cvx_residency_pin(cvx_residency *r, int group, int pinned) { (void)r, (void)group, (void)pinned; }
 cvx_status cvx_residency_begin(cvx_residency *r, int first, int last, int cyclic) {
     (void)r, (void)first, (void)last, (void)cyclic;
     return CVX_OK;

@@ -11,9 +11,8 @@
  *   MODEL       the whole component comes in, in one pass, at cvx_residency_onload (or the first acquire), and stays
  *               until cvx_residency_offload (the pipeline calls it when the next component starts).
  *   SEQUENTIAL  only the groups a forward is using: acquire(g) waits for g and queues the next `prefetch` groups of
- *               the pass on the copy queue, into a ring of prefetch + 1 device slots of the largest group's size
- *               (allocated once); release(g) gives g's slot back. The pinned groups (cvx_residency_pin: what sits
- *               outside the blocks) stay for the whole pass.
+ *               the pass on the copy queue, into a ring of prefetch + 1 device slots of the largest block group's
+ *               size (allocated once); release(g) gives g's slot back.
  * On the CPU device every policy reads the host bytes in place: nothing is copied. */
 #ifndef CVX_RESIDENCY_H
 #define CVX_RESIDENCY_H
@@ -57,10 +56,9 @@ cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy
 cvx_device cvx_residency_device(const cvx_residency *r);
 cvx_policy cvx_residency_policy(const cvx_residency *r);
 
-/* Groups pinned for a whole pass under SEQUENTIAL (a model's non-block weights). */
-void cvx_residency_pin(cvx_residency *r, int group, int pinned);
 /* A forward's pass over groups first..last (in that order, the order prefetch follows; `cyclic`: after `last` the
- * pass starts again at `first`, as the VAE's frame batches do). */
+ * pass starts again at `first`, as the VAE's frame batches do). Under SEQUENTIAL a group outside [first, last]
+ * acquired during the pass (the non-block weights) gets a device copy of its own that stays until the pass ends. */
 cvx_status cvx_residency_begin(cvx_residency *r, int first, int last, int cyclic);
 cvx_status cvx_residency_acquire(cvx_residency *r, int group);
 void cvx_residency_release(cvx_residency *r, int group);
