@@ -121,7 +121,7 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
         (long long)s.allocated_bytes, "allocated_bytes.all.peak", (long long)s.peak_allocated_bytes,
         "reserved_bytes.all.current", (long long)s.reserved_bytes, "reserved_bytes.all.peak",
         (long long)s.peak_reserved_bytes, "weights_bytes.current", (long long)s.kind_allocated_bytes[CVX_MEM_WEIGHTS],
@@ -129,7 +129,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
         (long long)s.kind_allocated_bytes[CVX_MEM_ACTIVATIONS], "activations_bytes.peak",
         (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
         "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active, "num_ooms",
-        (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes);
+        (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes, "mapped_weights_bytes.current",
+        (long long)s.mapped_bytes);
 }
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
@@ -309,7 +310,8 @@ static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
     const int npy_type = ws->dtype == CVX_F16 ? NPY_FLOAT16 : ws->dtype == CVX_BF16 ? NPY_UINT16 : NPY_FLOAT32;
     PyObject *arr = PyArray_SimpleNew(d->ndim, dims, npy_type);
     if (!arr) return NULL;
-    cvx_convert(PyArray_DATA((PyArrayObject *)arr), ws->dtype, *d->slot, d->as_f32 ? CVX_F32 : ws->dtype, n);
+    cvx_convert(PyArray_DATA((PyArrayObject *)arr), ws->dtype, cvx_weights_host(ws, (int)i),
+                d->as_f32 ? CVX_F32 : ws->dtype, n);
     return arr;
 }
 
