@@ -335,8 +335,14 @@ int64_t cvx_residency_total_bytes(const cvx_residency *r) {
     return t;
 }
 void cvx_residency_get_stats(const cvx_residency *r, cvx_residency_stats *out) {
-    *out = r->stats;
+    /* field by field: the copy thread adds to copy_ns while queued copies run, and a plain copy of the whole struct
+     * would read it non-atomically (a data race ThreadSanitizer reports) */
+    out->bytes_copied = r->stats.bytes_copied;
+    out->copies = r->stats.copies;
     out->copy_ns = __atomic_load_n(&r->stats.copy_ns, __ATOMIC_RELAXED);
+    out->wait_ns = r->stats.wait_ns;
+    out->resident_bytes = r->stats.resident_bytes;
+    out->peak_resident_bytes = r->stats.peak_resident_bytes;
 }
 void cvx_residency_reset_stats(cvx_residency *r) {
     const int64_t resident = r->stats.resident_bytes;
