@@ -310,12 +310,18 @@ void cvx_residency_release(cvx_residency *r, int g) {
 void cvx_residency_end(cvx_residency *r) {
     if (!r->in_pass) return;
     if (r->dev != CVX_DEVICE_CPU && r->policy == CVX_POLICY_SEQUENTIAL) {
-        for (int s = 0; s < r->ring_n; s++)
-            if (r->ring_owner[s] >= 0) drop_group(r, r->ring_owner[s]);
-        /* the next pass (the next denoising step) starts with the same groups: queue them now, so that its first
-         * copies run behind whatever the caller does between passes; begin() drops them if the pass differs */
-        for (int k = 0; k < r->ring_n - 1 && r->first + k <= r->last; k++) {
+        /* the next pass (the next denoising step) starts with the same groups, first .. first + ring_n - 2: queue
+         * them now, so that its first copies run behind whatever the caller does between passes; begin() drops them
+         * if the pass differs. Those the ring already holds (a cyclic pass's prefetch wrapped around to them) stay
+         * as they are: dropping them would wait for their copies only to queue the same copies again. */
+        const int next = r->ring_n - 1;
+        for (int s = 0; s < r->ring_n; s++) {
+            const int g = r->ring_owner[s];
+            if (g >= 0 && (g < r->first || g >= r->first + next)) drop_group(r, g);
+        }
+        for (int k = 0; k < next && r->first + k <= r->last; k++) {
             int queued;
+            if (r->groups[r->first + k].state != CVX_GROUP_HOST) continue;
             if (queue_ring(r, r->first + k, &queued) != CVX_OK || !queued) break;
         }
     }
