@@ -375,7 +375,10 @@ static void *copy_thread(void *arg) {
     pthread_mutex_lock(&q->lock);
     for (;;) {
         while (!q->count && !q->stop) pthread_cond_wait(&q->work, &q->lock);
-        if (!q->count) break; /* stop, and nothing left to run */
+        if (!q->count) { /* stop, and nothing left to run: copies queued from now on run on the caller's thread */
+            q->running = 0;
+            break;
+        }
         const copy_job job = q->jobs[q->head];
         const double bw = bandwidth[q->dev];
         pthread_mutex_unlock(&q->lock);
@@ -413,9 +416,14 @@ cvx_queue *cvx_copy_queue(cvx_device dev) {
         pthread_mutex_init(&q->lock, NULL);
         pthread_cond_init(&q->work, NULL);
         pthread_cond_init(&q->done, NULL);
-        /* the host has no link to model: its copies run at once, on the caller's thread */
-        if (dev != CVX_DEVICE_CPU) q->running = pthread_create(&q->thread, NULL, copy_thread, q) == 0;
         queues[dev] = q;
+    }
+    /* the host has no link to model: its copies run at once, on the caller's thread. Elsewhere a copy thread runs
+     * them, started here (again, after cvx_queues_shutdown) */
+    if (q && dev != CVX_DEVICE_CPU) {
+        pthread_mutex_lock(&q->lock);
+        if (!q->running) q->running = pthread_create(&q->thread, NULL, copy_thread, q) == 0;
+        pthread_mutex_unlock(&q->lock);
     }
     pthread_mutex_unlock(&queues_lock);
     return q;
@@ -509,24 +517,26 @@ void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s) {
 
 double cvx_mem_bandwidth(cvx_device dev) { return (unsigned)dev < CVX_NUM_DEVICES ? bandwidth[dev] : 0; }
 
+/* The queues themselves stay: components hold their queue and may still copy, wait or be destroyed after this
+ * (a pipeline object outlives the exit handlers), and their events stay valid because the counts go on. */
 void cvx_queues_shutdown(void) {
     pthread_mutex_lock(&queues_lock);
     for (int d = 0; d < CVX_NUM_DEVICES; d++) {
         cvx_queue *q = queues[d];
         if (!q) continue;
-        if (q->running) {
-            pthread_mutex_lock(&q->lock);
-            q->stop = 1;
-            pthread_cond_signal(&q->work);
-            pthread_mutex_unlock(&q->lock);
-            pthread_join(q->thread, NULL);
-        }
-        pthread_mutex_destroy(&q->lock);
-        pthread_cond_destroy(&q->work);
-        pthread_cond_destroy(&q->done);
+        pthread_mutex_lock(&q->lock);
+        const int running = q->running;
+        q->stop = 1;
+        pthread_cond_signal(&q->work);
+        pthread_mutex_unlock(&q->lock);
+        /* the thread runs what is queued, then marks the queue as not running (later copies run inline) */
+        if (running) pthread_join(q->thread, NULL);
+        pthread_mutex_lock(&q->lock);
+        q->stop = 0;
         free(q->jobs);
-        free(q);
-        queues[d] = NULL;
+        q->jobs = NULL;
+        q->head = q->count = q->cap = 0;
+        pthread_mutex_unlock(&q->lock);
     }
     pthread_mutex_unlock(&queues_lock);
 }

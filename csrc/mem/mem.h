@@ -91,7 +91,9 @@ int64_t cvx_queue_busy_ns(cvx_queue *q);
 /* Bytes per second of the emulated link (<= 0: as fast as memcpy). */
 void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s);
 double cvx_mem_bandwidth(cvx_device dev);
-/* Stops every copy thread (at exit, and in the C tests so that ASan sees no live thread). */
+/* Stops every copy thread (at exit, and in the C tests so that ASan sees no live thread) once it has run what is
+ * queued. The queues stay valid, events included: copies queued afterwards run on the caller's thread until
+ * cvx_copy_queue starts the device's thread again. */
 void cvx_queues_shutdown(void);
 
 #endif

@@ -466,6 +466,40 @@ static void test_queue_order(void) {
     free(want);
 }
 
+/* The queue's job ring grows while the copy thread is behind, also when its head has moved (the live jobs wrap
+ * around the end of the ring): the order must survive the reallocation. */
+#define GROW_FIRST 40
+#define GROW_MORE 300
+#define GROW_LEN 1000
+
+static void test_queue_growth(void) {
+    cvx_queue *q = cvx_copy_queue(CVX_DEVICE_EMU);
+    const int n = GROW_FIRST + GROW_MORE;
+    unsigned char *src = xmalloc((size_t)n * GROW_LEN), *dst = xmalloc(GROW_LEN), *want = xmalloc(GROW_LEN);
+    size_t len[GROW_FIRST + GROW_MORE];
+    for (int i = 0; i < n; i++) {
+        len[i] = 1 + (size_t)(rnd() % GROW_LEN);
+        memset(src + (size_t)i * GROW_LEN, i % 253 + 1, len[i]);
+    }
+    memset(dst, 0, GROW_LEN);
+    memset(want, 0, GROW_LEN);
+    cvx_mem_set_bandwidth(CVX_DEVICE_EMU, 2e7); /* 50 us per 1000 bytes: the thread falls behind the producer */
+    const cvx_event ev0 = cvx_queue_record(q);
+    int ok = 1;
+    for (int i = 0; i < GROW_FIRST; i++) ok &= cvx_queue_copy(q, dst, src + (size_t)i * GROW_LEN, len[i], NULL) == 0;
+    cvx_queue_wait(q, ev0 + GROW_FIRST / 2); /* the head moves on, jobs are still queued */
+    for (int i = GROW_FIRST; i < n; i++) ok &= cvx_queue_copy(q, dst, src + (size_t)i * GROW_LEN, len[i], NULL) == 0;
+    CVX_EXPECT(!cvx_queue_done(q, cvx_queue_record(q)), "the thread is behind (the ring had to grow)");
+    cvx_queue_sync(q);
+    for (int i = 0; i < n; i++) memset(want, i % 253 + 1, len[i]);
+    CVX_EXPECT(ok && memcmp(dst, want, GROW_LEN) == 0 && cvx_queue_record(q) - ev0 == (cvx_event)n,
+               "%d copies through a growing ring ran in order", n);
+    cvx_mem_set_bandwidth(CVX_DEVICE_EMU, 0);
+    free(src);
+    free(dst);
+    free(want);
+}
+
 #define SLOW_BYTES (2u << 20)
 #define SLOW_BW 10e6 /* 2 MiB at 10 MB/s: 210 ms */
 
@@ -577,20 +611,34 @@ static void test_queue_producers(void) {
 
 static void test_queue_shutdown(void) {
     cvx_queue *q = cvx_copy_queue(CVX_DEVICE_EMU);
-    unsigned char a[256], b[256];
-    memset(a, 7, sizeof(a));
-    memset(b, 0, sizeof(b));
-    cvx_queue_copy(q, b, a, sizeof(a), NULL);
+    unsigned char *a = xmalloc(SLOW_BYTES), *b = xmalloc(SLOW_BYTES);
+    memset(a, 7, SLOW_BYTES);
+    memset(b, 0, SLOW_BYTES);
+    cvx_queue_copy(q, b, a, 256, NULL);
+    const cvx_event ev = cvx_queue_record(q);
     cvx_queues_shutdown(); /* runs what is queued, then joins the thread */
-    CVX_EXPECT(b[0] == 7 && b[255] == 7, "shutdown ran the queued copy first");
-    cvx_queues_shutdown(); /* twice: nothing left */
-    q = cvx_copy_queue(CVX_DEVICE_EMU);
-    CVX_EXPECT(q != NULL && cvx_queue_record(q) == 0 && cvx_queue_busy_ns(q) == 0,
-               "a queue made after shutdown starts from zero");
-    memset(a, 9, sizeof(a));
-    CVX_EXPECT(cvx_queue_copy(q, b, a, sizeof(a), NULL) == CVX_OK, "the new queue copies");
+    CVX_EXPECT(b[0] == 7 && b[255] == 7 && cvx_queue_done(q, ev), "shutdown ran the queued copy first");
+    cvx_queues_shutdown(); /* twice: nothing to stop */
+    /* without its thread the queue copies on the caller's thread, at once (the link is not modelled then) */
+    memset(a, 8, 256);
+    CVX_EXPECT(cvx_queue_copy(q, b, a, 256, NULL) == CVX_OK && b[0] == 8 && b[255] == 8 &&
+                   cvx_queue_done(q, cvx_queue_record(q)) && cvx_queue_record(q) == ev + 1,
+               "after the shutdown a copy runs inline and the events go on");
+    /* cvx_copy_queue starts the thread again: a slow copy returns before the link's time has passed */
+    CVX_EXPECT(cvx_copy_queue(CVX_DEVICE_EMU) == q, "the same queue");
+    cvx_mem_set_bandwidth(CVX_DEVICE_EMU, SLOW_BW);
+    memset(a, 9, SLOW_BYTES);
+    const int64_t t0 = mono_ns();
+    CVX_EXPECT(cvx_queue_copy(q, b, a, SLOW_BYTES, NULL) == CVX_OK, "queue on the restarted thread");
+    const int64_t queued = mono_ns() - t0;
+    CVX_EXPECT(!cvx_queue_done(q, cvx_queue_record(q)), "the copy runs behind the caller again");
     cvx_queue_sync(q);
-    CVX_EXPECT(b[0] == 9 && b[255] == 9 && cvx_queue_record(q) == 1, "and its thread runs them");
+    CVX_EXPECT(queued < (int64_t)((double)SLOW_BYTES / SLOW_BW * 1e9) / 2 && b[0] == 9 && b[SLOW_BYTES - 1] == 9 &&
+                   cvx_queue_record(q) == ev + 2,
+               "the restarted thread ran it (queued in %lld ns)", (long long)queued);
+    cvx_mem_set_bandwidth(CVX_DEVICE_EMU, 0);
+    free(a);
+    free(b);
 }
 
 /* ---- 5. residency on a fake component ------------------------------------------------------------------------ */
@@ -967,6 +1015,32 @@ static void test_residency_sequential(int k) {
     fake_destroy(&f);
 }
 
+/* The copy threads stop (cvx_queues_shutdown, at exit) while a component still has a copy in flight and is destroyed
+ * later, as a pipeline object is after the exit handlers: the queue the component holds must stay usable. */
+static void test_residency_after_shutdown(void) {
+    fake f;
+    fake_create(&f);
+    const cvx_mem_stats emu0 = stats(CVX_DEVICE_EMU);
+    CVX_EXPECT(cvx_residency_set(f.r, CVX_DEVICE_EMU, CVX_POLICY_SEQUENTIAL, 1) == CVX_OK, "SEQUENTIAL k=1");
+    CVX_EXPECT(run_pass(&f, 0, 1, NULL) == CVX_OK, "a pass");
+    const cvx_event ev = cvx_queue_record(cvx_copy_queue(CVX_DEVICE_EMU));
+    CVX_EXPECT(cvx_residency_state(f.r, 1) == CVX_GROUP_IN_FLIGHT, "end() queued group 1 for the next pass");
+    cvx_queues_shutdown();
+    cvx_residency_offload(f.r); /* waits for group 1's copy on the queue it holds */
+    cvx_mem_stats s = stats(CVX_DEVICE_EMU);
+    CVX_EXPECT(same_live(&emu0, &s) && at_host(&f, 1), "offload after the shutdown frees everything");
+    /* the component works on: its copies run on the caller's thread until a copy thread starts again */
+    pass_check c = {1, 1, 0, emu0.allocated_bytes};
+    CVX_EXPECT(run_pass(&f, 0, 1, &c) == CVX_OK, "a pass after the shutdown");
+    cvx_queue *q = cvx_copy_queue(CVX_DEVICE_EMU);
+    CVX_EXPECT(cvx_queue_done(q, ev) && cvx_queue_record(q) > ev, "events recorded before the shutdown stay complete");
+    cvx_residency_destroy(f.r);
+    f.r = NULL;
+    s = stats(CVX_DEVICE_EMU);
+    CVX_EXPECT(same_live(&emu0, &s), "destroy frees everything");
+    fake_destroy(&f);
+}
+
 /* A group acquired with every ring slot held is a missing release: an error, not a hang. */
 static void test_residency_missing_release(void) {
     fake f;
@@ -1064,42 +1138,27 @@ static void test_residency_faults(int which, int k, int want_allocs) {
     fake_destroy(&f);
 }
 
-int main(int argc, char **argv) {
-    /* `test_device queue residency` runs those parts only (the ThreadSanitizer build runs the threaded ones) */
-    int parts = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "records") == 0) parts |= 1;
-        if (strcmp(argv[i], "arena") == 0) parts |= 2;
-        if (strcmp(argv[i], "queue") == 0) parts |= 4;
-        if (strcmp(argv[i], "residency") == 0) parts |= 8;
-    }
-    if (!parts) parts = 15;
-    if (parts & 1) {
-        test_records();
-        test_is_resident();
-        test_fail_at();
-    }
-    if (parts & 2) {
-        test_arena_first_fit();
-        test_arena_measure_replay();
-    }
-    if (parts & 4) {
-        test_queue_order();
-        test_queue_bandwidth();
-        test_queue_producers();
-        test_queue_shutdown();
-    }
-    if (parts & 8) {
-        test_residency_layout_cpu();
-        test_residency_none_model();
-        test_residency_sequential(1);
-        test_residency_sequential(2);
-        test_residency_missing_release();
-        test_residency_faults(SEQ_NONE, 0, NG);
-        test_residency_faults(SEQ_MODEL, 0, NG);
-        test_residency_faults(SEQ_SEQUENTIAL, 1, 1 + 2);
-        test_residency_faults(SEQ_SEQUENTIAL, 2, 1 + 3);
-    }
+int main(void) {
+    test_records();
+    test_is_resident();
+    test_fail_at();
+    test_arena_first_fit();
+    test_arena_measure_replay();
+    test_queue_order();
+    test_queue_growth();
+    test_queue_bandwidth();
+    test_queue_producers();
+    test_queue_shutdown();
+    test_residency_layout_cpu();
+    test_residency_none_model();
+    test_residency_sequential(1);
+    test_residency_sequential(2);
+    test_residency_missing_release();
+    test_residency_after_shutdown();
+    test_residency_faults(SEQ_NONE, 0, NG);
+    test_residency_faults(SEQ_MODEL, 0, NG);
+    test_residency_faults(SEQ_SEQUENTIAL, 1, 1 + 2);
+    test_residency_faults(SEQ_SEQUENTIAL, 2, 1 + 3);
     cvx_queues_shutdown(); /* no live copy thread at exit */
     const cvx_mem_stats cpu = stats(CVX_DEVICE_CPU), emu = stats(CVX_DEVICE_EMU);
     CVX_EXPECT(cpu.num_active == 0 && cpu.allocated_bytes == 0, "cpu: nothing left live");
