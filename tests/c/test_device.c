@@ -249,7 +249,7 @@ static void test_arena_first_fit(void) {
                    s.num_active == emu0.num_active + 1,
                "the region is one activations allocation of 10048 bytes");
 
-    void *pa, *pb, *pc, *pd, *pe;
+    void *pa = NULL, *pb = NULL, *pc = NULL, *pd = NULL, *pe = NULL;
     CVX_EXPECT(cvx_arena_alloc(a, 1000, &pa) == CVX_OK, "a");
     char *base = pa; /* first fit: the first block starts the region */
     CVX_EXPECT(cvx_arena_alloc(a, 2000, &pb) == CVX_OK, "b");
@@ -274,7 +274,7 @@ static void test_arena_first_fit(void) {
     CVX_EXPECT(cvx_arena_alloc(a, 1, &pf) == CVX_OK && off_of(base, pf) == 3200, "f after c: %zu", off_of(base, pf));
     CVX_EXPECT(cvx_arena_peak(a) == 3264, "peak = highest end %zu", cvx_arena_peak(a));
     /* zero-byte allocations are distinct and take 64 bytes each */
-    void *z1, *z2;
+    void *z1 = NULL, *z2 = NULL;
     CVX_EXPECT(cvx_arena_alloc(a, 0, &z1) == CVX_OK && cvx_arena_alloc(a, 0, &z2) == CVX_OK && z1 != z2 &&
                    off_of(base, z1) == 3264 && off_of(base, z2) == 3328,
                "zero-byte allocations at 3264 and 3328: %zu %zu", off_of(base, z1), off_of(base, z2));
