@@ -31,6 +31,9 @@ static mem_record *records; /* [record_cap], a power of two */
 static size_t record_cap, record_count;
 static mem_range *weight_ranges[CVX_NUM_DEVICES]; /* sorted by start */
 static size_t range_count[CVX_NUM_DEVICES], range_cap[CVX_NUM_DEVICES];
+/* Bytes of allocations between their limit check and their success: they count against the limit (so that
+ * concurrent allocations cannot both pass it) but enter the statistics only once they exist. */
+static int64_t pending_bytes[CVX_NUM_DEVICES];
 static int64_t fail_countdown = -1; /* cvx_mem_fail_at: allocations to let through before one fails */
 static int64_t allocs_since_mark;
 
@@ -157,14 +160,6 @@ static void stats_grow(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64
     s->num_active++;
 }
 
-static void stats_undo(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64_t reserved) {
-    s->allocated_bytes -= bytes;
-    s->reserved_bytes -= reserved;
-    s->kind_allocated_bytes[kind] -= bytes;
-    s->num_allocs--;
-    s->num_active--;
-}
-
 cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
     *out = NULL;
     if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)kind >= CVX_NUM_MEM_KINDS)
@@ -190,7 +185,8 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
                         cvx_device_name(dev), bytes);
     }
     if (fail_countdown > 0) fail_countdown--;
-    if (s->limit_bytes > 0 && s->allocated_bytes + s->mapped_bytes + (int64_t)bytes > s->limit_bytes) {
+    if (s->limit_bytes > 0 &&
+        s->allocated_bytes + pending_bytes[dev] + s->mapped_bytes + (int64_t)bytes > s->limit_bytes) {
         int64_t allocated = s->allocated_bytes, limit = s->limit_bytes;
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);
@@ -198,26 +194,26 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
                         "%s: allocating %zu bytes would exceed the memory limit of %lld bytes (%lld allocated)",
                         cvx_device_name(dev), bytes, (long long)limit, (long long)allocated);
     }
-    /* Count before allocating so that concurrent allocations cannot both pass the limit check. */
-    stats_grow(s, kind, (int64_t)bytes, (int64_t)reserved);
+    pending_bytes[dev] += (int64_t)bytes;
     pthread_mutex_unlock(&mem_lock);
 
     void *block = NULL;
     if (posix_memalign(&block, MEM_ALIGN, reserved) != 0) block = NULL;
     pthread_mutex_lock(&mem_lock);
+    pending_bytes[dev] -= (int64_t)bytes;
     const mem_record rec = {(uintptr_t)block, bytes, reserved, (uint8_t)dev, (uint8_t)kind};
     int ok = block && record_insert(&rec) == 0;
     if (ok && kind == CVX_MEM_WEIGHTS && range_insert(dev, (uintptr_t)block, bytes) < 0) {
         record_erase(record_find((uintptr_t)block));
         ok = 0;
     }
-    if (!ok) {
-        stats_undo(s, kind, (int64_t)bytes, (int64_t)reserved);
+    if (!ok) { /* nothing was counted: the peaks never saw bytes that were not held */
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);
         free(block);
         return CVX_FAIL(CVX_ERR_OOM, "%s: the system refused %zu bytes", cvx_device_name(dev), bytes);
     }
+    stats_grow(s, kind, (int64_t)bytes, (int64_t)reserved);
     pthread_mutex_unlock(&mem_lock);
     *out = block;
     return CVX_OK;
@@ -295,7 +291,8 @@ cvx_status cvx_mem_add_mapped(cvx_device dev, int64_t delta) {
     if ((unsigned)dev >= CVX_NUM_DEVICES) return CVX_FAIL(CVX_ERR_INVALID, "bad device %d", (int)dev);
     pthread_mutex_lock(&mem_lock);
     cvx_mem_stats *s = &mem_stats[dev];
-    if (delta > 0 && s->limit_bytes > 0 && s->allocated_bytes + s->mapped_bytes + delta > s->limit_bytes) {
+    if (delta > 0 && s->limit_bytes > 0 &&
+        s->allocated_bytes + pending_bytes[dev] + s->mapped_bytes + delta > s->limit_bytes) {
         const int64_t held = s->allocated_bytes + s->mapped_bytes, limit = s->limit_bytes;
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);

@@ -19,6 +19,11 @@
 
 #define ALIGN 64
 
+/* An allocation the system refuses must come back as CVX_ERR_OOM, as malloc's NULL does; the sanitizers' allocators
+ * abort instead unless told to return NULL (the Makefile's ASAN_OPTIONS only add to these). */
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
+const char *__tsan_default_options(void) { return "allocator_may_return_null=1"; }
+
 static size_t round64(size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 static int64_t reserved_for(size_t bytes) { return bytes ? (int64_t)round64(bytes) : ALIGN; }
 
@@ -227,6 +232,24 @@ static void test_fail_at(void) {
     cvx_mem_free(h);
     cvx_mem_fail_at(-1);
     for (int i = 0; i < 6; i++) cvx_mem_free(p[i]);
+}
+
+/* A request the system refuses (no limit set: the real out-of-memory case) fails with CVX_ERR_OOM and leaves no trace
+ * in the statistics, the peaks included: memory_stats after a failed attempt must not report bytes never held. */
+static void test_system_refusal(void) {
+    cvx_mem_reset_peak(CVX_DEVICE_EMU);
+    const cvx_mem_stats before = stats(CVX_DEVICE_EMU);
+    void *p = (void *)&p;
+    cvx_error_clear();
+    CVX_EXPECT(cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_WEIGHTS, (size_t)1 << 44, &p) == CVX_ERR_OOM && p == NULL,
+               "16 TiB is refused");
+    CVX_EXPECT(strstr(cvx_error_message(), "refused") != NULL, "message: %s", cvx_error_message());
+    cvx_error_clear();
+    cvx_mem_stats s = stats(CVX_DEVICE_EMU);
+    CVX_EXPECT(s.num_ooms == before.num_ooms + 1, "counted as an OOM");
+    s.num_ooms = before.num_ooms;
+    CVX_EXPECT(memcmp(&s, &before, sizeof(s)) == 0, "no other statistic changed (peak %lld, was %lld)",
+               (long long)s.peak_allocated_bytes, (long long)before.peak_allocated_bytes);
 }
 
 /* ---- 3. the activation arena --------------------------------------------------------------------------------- */
@@ -1142,6 +1165,7 @@ int main(void) {
     test_records();
     test_is_resident();
     test_fail_at();
+    test_system_refusal();
     test_arena_first_fit();
     test_arena_measure_replay();
     test_queue_order();
