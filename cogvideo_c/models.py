@@ -292,6 +292,7 @@ class AutoencoderKLCogVideoX(ModelMixin):
         array = np.asarray(array)
         if array.dtype.kind not in "fiu":
             raise ValueError(f"expected a real-valued array, got dtype {array.dtype}")
+        self._before_forward()
         run = self._core.decode if decode else self._core.encode
         if array.ndim == 5:
             # shapes and size limits first: before a (possibly broadcast) input is converted or any work starts

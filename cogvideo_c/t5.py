@@ -117,6 +117,7 @@ class T5EncoderModel(ModelMixin):
             raise ValueError(f"input_ids must be integers, got {ids.dtype}")
         if ids.ndim == 1:
             ids = ids[None]
+        self._before_forward()
         out = self._core.forward(ids.astype(np.int64, copy=False), attention_mask)
         return BaseModelOutput(last_hidden_state=out) if return_dict else (out,)
 

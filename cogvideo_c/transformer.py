@@ -253,6 +253,7 @@ class CogVideoXTransformer3DModel(ModelMixin):
                 raise ValueError(f"image_rotary_emb must be two [{tokens}, {c.attention_head_dim}] tables, got "
                                  f"{cos.shape} and {sin.shape}")  # fmt: skip
         learned = isinstance(table, str)
+        self._before_forward()
         out = self._core.forward(h, e, t, o, None if learned else table, learned, cos, sin)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 

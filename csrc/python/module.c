@@ -924,6 +924,27 @@ static PyObject *py_bandwidth(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(cvx_mem_bandwidth(dev));
 }
 
+/* stage_mark(device): restart the window peaks; stage_peaks(device) -> (total, weights, activations) since. */
+static PyObject *py_stage_mark(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_mark_window(dev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_stage_peaks(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_stats s;
+    cvx_mem_get_stats(dev, &s);
+    return Py_BuildValue("(LLL)", (long long)s.window_peak_bytes, (long long)s.window_kind_peak_bytes[CVX_MEM_WEIGHTS],
+                         (long long)s.window_kind_peak_bytes[CVX_MEM_ACTIVATIONS]);
+}
+
 /* _fail_at(n): test hook, the n-th allocation from now fails; returns the allocations made since the last call. */
 static PyObject *py_fail_at(PyObject *self, PyObject *arg) {
     (void)self;
@@ -950,6 +971,8 @@ static PyMethodDef module_methods[] = {
     {"residency_reset_stats", py_residency_reset_stats, METH_O, "residency_reset_stats(core)"},
     {"set_bandwidth", py_set_bandwidth, METH_VARARGS, "set_bandwidth(device, bytes_per_s): the emulated link"},
     {"bandwidth", py_bandwidth, METH_VARARGS, "bandwidth(device='emu') -> bytes per second (0: unlimited)"},
+    {"stage_mark", py_stage_mark, METH_VARARGS, "stage_mark(device): restart the per-stage peaks"},
+    {"stage_peaks", py_stage_peaks, METH_VARARGS, "stage_peaks(device) -> (total, weights, activations) peaks"},
     {"_fail_at", py_fail_at, METH_O, "_fail_at(n): test hook: the n-th allocation from now fails (n < 0: off)"},
     {NULL, NULL, 0, NULL},
 };
