@@ -227,3 +227,153 @@ class StageMeter:
             "wait_seconds": wait_s, "overlap": max(0.0, 1.0 - wait_s / copy_s) if info["copies"] and copy_s else None,
             "host_peak_rss_bytes": peak_rss, "host_rss_bytes": rss,
         }  # fmt: skip
+
+
+# ---- auto: the fastest combination that fits a budget -------------------------------------------------------------
+
+# per component, fastest first; (policy, prefetch)
+_COMPONENT_OPTIONS = (("model", 0), ("sequential", 1), ("sequential", 0))
+
+
+def stage_need(info, policy, prefetch, arena):
+    """Device bytes one component's stage needs under a policy: all its weights (model), or the ring of
+    prefetch + 1 slots of its largest block group plus its non-block group (sequential), plus its arena."""
+    groups = [b for b, _ in info["groups"]]
+    if policy == "model" or len(groups) < 2:
+        return sum(groups) + arena
+    return (prefetch + 1) * max(groups[1:]) + groups[0] + arena
+
+
+class AutoPlan:
+    """What enable_auto_offload chose for one request: per component a policy, the VAE's slicing/tiling, and the
+    device peak each stage will reach."""
+
+    def __init__(self, budget, resident, choices, vae_options, peaks):
+        self.budget = budget
+        self.resident = resident  # True: everything stays on the device (the `none` strategy)
+        self.choices = choices  # name -> (policy, prefetch)
+        self.vae_options = vae_options  # (slicing, tiling) the plan needs
+        self.peaks = peaks  # name -> bytes
+
+    def describe(self):
+        if self.resident:
+            head = "every component stays on the device"
+        else:
+            head = ", ".join(
+                f"{n} {p}" + (f" (prefetch {k})" if p == "sequential" else "") for n, (p, k) in self.choices.items()
+            )
+        extra = []
+        if self.vae_options[0]:
+            extra.append("VAE slicing")
+        if self.vae_options[1]:
+            extra.append("VAE tiling")
+        tail = f" with {' and '.join(extra)}" if extra else ""
+        peak = max(self.peaks.values()) if self.peaks else 0
+        return f"auto offload within {format_bytes(self.budget)}: {head}{tail}; device peak {format_bytes(peak)}"
+
+
+def plan_auto(budget, components, arenas):
+    """components: name -> residency info; arenas: name -> {(slicing, tiling): bytes} (one key for non-VAE
+    components, (None, None)). Returns the fastest AutoPlan that fits, or raises OutOfMemoryError naming the
+    smallest budget that would fit."""
+    from .memory import OutOfMemoryError
+
+    names = list(components)
+    weights = {n: sum(b for b, _ in components[n]["groups"]) for n in names}
+    vae_keys = list(next((a for n, a in arenas.items() if len(a) > 1), {(None, None): 0}))
+
+    def arena(name, key):
+        table = arenas[name]
+        return table[key] if key in table else next(iter(table.values()))
+
+    best_need = None
+    for key in vae_keys:  # the user's VAE settings first, then slicing, then tiling
+        # everything resident: the weights of all, and one stage's arena at a time
+        total = sum(weights.values()) + max(arena(n, key) for n in names)
+        if total <= budget:
+            return AutoPlan(budget, True, {n: ("none", 0) for n in names}, key, {n: total for n in names})
+        choices, peaks, fits = {}, {}, True
+        for n in names:
+            options = [(p, k, stage_need(components[n], p, k, arena(n, key))) for p, k in _COMPONENT_OPTIONS]
+            fitting = [o for o in options if o[2] <= budget]
+            smallest = min(o[2] for o in options)
+            best_need = smallest if best_need is None else best_need
+            if not fitting:
+                fits = False
+                peaks[n] = smallest
+                continue
+            p, k, need = fitting[0]
+            choices[n], peaks[n] = (p, k), need
+        if fits:
+            return AutoPlan(budget, False, choices, key, peaks)
+    # nothing fits: the smallest budget is the largest stage under its leanest option with the leanest VAE setting
+    leanest = vae_keys[-1]
+    smallest = max(
+        min(stage_need(components[n], p, k, arena(n, leanest)) for p, k in _COMPONENT_OPTIONS) for n in names
+    )
+    raise OutOfMemoryError(
+        f"max_memory={format_bytes(budget)} ({budget} bytes) cannot hold this request under any offload strategy; "
+        f"the smallest budget that fits is {format_bytes(smallest)} ({smallest} bytes: sequential offload with "
+        f"prefetch 0{' and VAE tiling' if leanest[1] else ''})"
+    )
+
+
+class AutoChain(OffloadChain):
+    """enable_auto_offload: per-component policies from an AutoPlan, and components that stay on the device
+    across stages and calls while the budget allows (no needless reloads)."""
+
+    def __init__(self, pipe, device, budget):
+        self.budget = budget
+        self.plan = None
+        super().__init__(pipe, device, "auto", 1)
+
+    def apply(self, plan):
+        """Installs a plan (only what changed moves)."""
+        self.plan = plan
+        for model in self.models:
+            name = self.name_of(model)
+            policy, prefetch = plan.choices.get(name, ("model", 0))
+            policy = "none" if plan.resident else policy
+            if self.policies.get(id(model)) != policy or model._device != self.device:
+                set_residency(model, self.device, policy, prefetch)
+            self.policies[id(model)] = policy
+            model._offload_hook = self
+
+    def name_of(self, model):
+        for name, component in self.pipe.components.items():
+            if component is model:
+                return name
+        return type(model).__name__
+
+    def install_one(self, model):
+        policy = self.policies.get(id(model), "model")
+        set_residency(model, self.device, policy, self.prefetch)
+        model._offload_hook = self
+
+    def before(self, model):
+        if model._device != self.device:
+            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+        need = self.plan.peaks.get(self.name_of(model), 0) if self.plan else 0
+        held = {id(m): _C.residency_info(m._core)["resident_bytes"] for m in self.models}
+        for other in self.models:  # evict in sequence order, only what the budget needs
+            if other is model:
+                continue
+            other_held = sum(held[id(m)] for m in self.models if m is not model)
+            if self.plan is None or self.plan.resident or other_held + need <= self.budget:
+                break
+            _C.residency_offload(other._core)
+            held[id(other)] = 0
+        for other in self.models:
+            if other is not model:
+                trim = getattr(other._core, "trim_arena", None)
+                if trim is not None:
+                    trim()
+        if self.policies[id(model)] == "model":
+            _C.residency_onload(model._core)
+
+    def free(self):
+        """Components stay on the device after a call when they fit: the next call does not reload them."""
+        for model in self.models:
+            trim = getattr(model._core, "trim_arena", None)
+            if trim is not None:
+                trim()
