@@ -105,7 +105,7 @@ TR_FIELDS = dict(
 )  # fmt: skip
 
 
-def test_c_config_tuples_refuse_out_of_range_ints():
+def test_c_configs_refuse_out_of_range_ints():
     """The _C constructors read every config int exactly: out of the C int range is a ValueError naming the key."""
     vae_cfg = dict(VAE_FIELDS, block_out_channels=(2**32 + 8, 8, 8, 8))
     with pytest.raises(ValueError, match=r"config 'block_out_channels' = 4294967304 does not fit a C int"):

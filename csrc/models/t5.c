@@ -148,6 +148,7 @@ static cvx_status build(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dty
 }
 
 cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out) {
+    *out = NULL;
     cvx_t5 *t5 = NULL;
     CVX_CHECK(build(cfg, st, dtype, &t5));
     cvx_status st_ = cvx_weights_load(&t5->weights, st, dtype);

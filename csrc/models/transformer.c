@@ -222,6 +222,7 @@ static cvx_status build(const cvx_transformer_config *cfg, const cvx_st_file *st
 
 cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
                                   uint64_t seed, cvx_transformer **out) {
+    *out = NULL;
     cvx_transformer *tr = NULL;
     CVX_CHECK(build(cfg, st, dtype, &tr));
     cvx_status st_ =

@@ -265,6 +265,7 @@ static cvx_status build(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dt
 }
 
 cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out) {
+    *out = NULL;
     cvx_vae *vae = NULL;
     CVX_CHECK(build(cfg, st, dtype, &vae));
     cvx_status st_ = cvx_weights_load(&vae->weights, st, dtype);
