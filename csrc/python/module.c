@@ -420,7 +420,7 @@ static int VAE_init(VAEObject *self, PyObject *args, PyObject *kwds) {
     cvx_vae *vae = NULL;
     Py_BEGIN_ALLOW_THREADS st = cvx_st_open(PyBytes_AS_STRING(path_obj), &st_file);
     if (st == CVX_OK) st = cvx_vae_create(&cfg, st_file, dtype, &vae);
-    cvx_st_close(st_file); /* the weights were copied into their groups */
+    cvx_st_close(st_file); /* our reference: weights read in place keep the mapping with one of their own */
     Py_END_ALLOW_THREADS Py_DECREF(path_obj);
     if (st != CVX_OK) {
         raise_status(st);
