@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import configuration
+from . import _C, configuration
 from ._files import read_json
 from .configuration import FrozenConfig
 from .memory import OutOfMemoryError
@@ -498,6 +498,70 @@ class DiffusionPipeline:
         finally:
             meter.end()
 
+    def enable_auto_offload(self, max_memory="6GB", device=None):
+        """One budget knob (beyond diffusers): before each call, from sizes known before any work (each
+        component's weight groups, and each stage's activation arena measured for the requested size), picks the
+        fastest combination that fits `max_memory` on the device: everything resident; else per component whole
+        (model offload) or streamed (sequential, prefetch 1, then 0); with the VAE's slicing, then tiling, turned
+        on only when nothing fits without. It prints the choice, and keeps components on the device across
+        stages and calls while they fit, so nothing is reloaded needlessly. A budget nothing fits raises
+        OutOfMemoryError before any work, naming the smallest budget that would.
+
+        Args:
+            max_memory (`int` or `str`, defaults to "6GB"): device bytes, or a size as accelerate reads it ("6GB"
+                = 6e9 bytes, "6GiB" = 6 x 2**30).
+            device (`str`, *optional*): as enable_model_cpu_offload's.
+        """
+        from .offload import AutoChain, default_offload_device, parse_memory_size, resolve_device
+
+        budget = parse_memory_size(max_memory)
+        current = self._offload
+        if current is not None and current.policy == "group":
+            raise ValueError("group offloading is enabled on this pipeline: auto offload cannot be applied on top")
+        if device is None:
+            device = current.device if current is not None else default_offload_device(self.device)
+        else:
+            device = resolve_device(device)
+        self._remove_offload()
+        for model in self._models():
+            model.to("cpu")
+        self._offload_chain = AutoChain(self, device, budget)
+
+    def _plan_auto(self, chain, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """The AutoPlan for one request, applied to the chain (printed when it changes)."""
+        from .offload import plan_auto, print_plan
+
+        tc = self.transformer.config
+        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        if tc.patch_size_t is not None and latent_frames % tc.patch_size_t:
+            latent_frames += tc.patch_size_t - latent_frames % tc.patch_size_t
+        h, w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        rows = batch * (2 if do_cfg else 1)
+        latents = (rows, latent_frames, tc.in_channels, h, w)
+        components = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}
+        infos = {name: _C.residency_info(m._core) for name, m in components.items()}
+        arenas = {
+            "text_encoder": {(None, None): self.text_encoder.arena_bytes((batch, max_sequence_length))},
+            "transformer": {(None, None): self.transformer.arena_bytes(latents, (rows, max_sequence_length))},
+        }
+        vae = self.vae
+        z = (batch, vae.config.latent_channels, latent_frames, h, w)
+        options = [(vae.use_slicing, vae.use_tiling), (True, vae.use_tiling), (True, True)]
+        keys = list(dict.fromkeys(options))  # the user's settings first; no duplicates
+        arenas["vae"] = {key: vae.arena_bytes(z, *key) for key in keys} if decode else {keys[0]: 0}
+        plan = plan_auto(chain.budget, infos, arenas)
+        slicing, tiling = plan.vae_options
+        if slicing and not vae.use_slicing:
+            vae.enable_slicing()
+        if tiling and not vae.use_tiling:
+            vae.enable_tiling()
+        text = plan.describe()
+        if text != getattr(chain, "_printed", None):
+            print_plan(text)
+            chain._printed = text
+        chain.apply(plan)
+        return plan
+
     def maybe_free_model_hooks(self):
         """diffusers' end-of-call step: under an offload strategy every component leaves the device (the state
         before the call); without one, nothing happens."""
@@ -874,6 +938,11 @@ class CogVideoXPipeline(DiffusionPipeline):
         state = self._begin_call(guidance_scale, attention_kwargs)
         # components move between host and device under an offload strategy: calls then take turns
         with self._device_lock if self._offload is not None else contextlib.nullcontext():
+            chain = self._offload
+            if chain is not None and chain.policy == "auto":  # sizes are known now: plan before any work
+                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+                self._plan_auto(chain, batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1,
+                                max_sequence_length, output_type != "latent")  # fmt: skip
             try:
                 video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
                                        num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
