@@ -38,14 +38,13 @@ def _shapes(schema):
     return {name: shape for name, shape, _, _ in schema}
 
 
-def make_tiny_vae(folder, seed=0):
-    """Writes the tiny random VAE to `folder` (diffusers layout) and returns the folder."""
+def make_tiny_vae(folder, seed=0, config=None):
+    """Writes the tiny random VAE (or one of `config`) to `folder` (diffusers layout) and returns the folder."""
     os.makedirs(folder, exist_ok=True)
-    tensors = _random_weights(
-        _shapes(AutoencoderKLCogVideoX.weight_schema(TINY_VAE_CONFIG)), np.random.default_rng(seed)
-    )
+    config = config or TINY_VAE_CONFIG
+    tensors = _random_weights(_shapes(AutoencoderKLCogVideoX.weight_schema(config)), np.random.default_rng(seed))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(TINY_VAE_CONFIG, f, indent=2)
+        json.dump(config, f, indent=2)
     save_safetensors(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     return folder
 
@@ -106,22 +105,28 @@ def _write_component(folder, name, config, tensors, weights_name):
         save_safetensors(tensors, os.path.join(path, weights_name))
 
 
-def make_tiny_pipeline(folder, seed=0):
+def make_tiny_pipeline(folder, seed=0, text_encoder=None, transformer=None, vae=None):
     """Writes a tiny random-weight CogVideoX pipeline in diffusers layout (model_index.json + tokenizer,
-    text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds."""
+    text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds.
+
+    text_encoder / transformer / vae: config entries that replace the tiny ones (e.g. {"num_layers": 8} for a
+    deeper transformer, as the offload tests and benchmarks use); the weights follow the C schema of the result."""
     import shutil
 
+    t5_config = dict(TINY_T5_CONFIG, **(text_encoder or {}))
+    tr_config = dict(TINY_TRANSFORMER_CONFIG, **(transformer or {}))
+    vae_config = dict(TINY_VAE_CONFIG, **(vae or {}))
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "tiny_tokenizer"),
                     os.path.join(folder, "tokenizer"), dirs_exist_ok=True)  # fmt: skip
-    t5 = _random_weights(_shapes(T5EncoderModel.weight_schema(TINY_T5_CONFIG)), rng, embedding_names=("shared.weight",))
+    t5 = _random_weights(_shapes(T5EncoderModel.weight_schema(t5_config)), rng, embedding_names=("shared.weight",))
     t5["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] *= 10.0
-    _write_component(folder, "text_encoder", TINY_T5_CONFIG, t5, "model.safetensors")
-    tr_schema = CogVideoXTransformer3DModel.weight_schema(TINY_TRANSFORMER_CONFIG)
+    _write_component(folder, "text_encoder", t5_config, t5, "model.safetensors")
+    tr_schema = CogVideoXTransformer3DModel.weight_schema(tr_config)
     tr = _random_weights(_shapes(_first_draw_order(tr_schema)), rng)
-    _write_component(folder, "transformer", TINY_TRANSFORMER_CONFIG, tr, "diffusion_pytorch_model.safetensors")
-    make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1)
+    _write_component(folder, "transformer", tr_config, tr, "diffusion_pytorch_model.safetensors")
+    make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1, config=vae_config)
     _write_component(folder, "scheduler", TINY_SCHEDULER_CONFIG, None, None)
     index = {
         "_class_name": "CogVideoXPipeline", "tokenizer": ["transformers", "T5Tokenizer"],
