@@ -241,7 +241,7 @@ def stage_need(info, policy, prefetch, arena):
     groups = [b for b, _ in info["groups"]]
     if policy == "model" or len(groups) < 2:
         return sum(groups) + arena
-    return (prefetch + 1) * max(groups[1:]) + groups[0] + arena
+    return min(prefetch + 1, len(groups) - 1) * max(groups[1:]) + groups[0] + arena
 
 
 class AutoPlan:
