@@ -70,41 +70,6 @@ def vae_decode(args):
     return 0
 
 
-class _StageTimer:
-    """Wall time and peak memory of each pipeline stage, measured around the components' calls."""
-
-    def __init__(self):
-        self.rows = []
-
-    def measure(self, label, fn, *args, **kwargs):
-        memory.reset_peak_memory_stats()
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.rows.append((label, time.perf_counter() - start, memory.memory_stats()["allocated_bytes.all.peak"]))
-        return result
-
-    def wrap(self, pipe, component, label):
-        """Times every call of pipe.<component> (a model called like a function)."""
-        timer, model = self, getattr(pipe, component)
-
-        class Timed:
-            def __call__(self, *args, **kwargs):
-                return timer.measure(label, model, *args, **kwargs)
-
-            def __getattr__(self, name):
-                return getattr(model, name)
-
-        setattr(pipe, component, Timed())
-
-    def report(self):
-        stages = {}
-        for label, seconds, peak in self.rows:
-            total, worst, calls = stages.get(label, (0.0, 0, 0))
-            stages[label] = (total + seconds, max(worst, peak), calls + 1)
-        for label, (seconds, peak, calls) in stages.items():
-            print(f"  {label:<13} {seconds:8.2f} s  peak {_mib(peak):>12}  ({calls} call{'s' if calls > 1 else ''})")
-
-
 def _check_output(path, fps):
     """The export function for path's extension, after checking path and fps as it will (before any model loads)."""
     check_fps(fps)
@@ -128,11 +93,7 @@ def generate(args):
         pipe.vae.enable_tiling()
     if args.slicing:
         pipe.vae.enable_slicing()
-    timer = _StageTimer()
-    timer.wrap(pipe, "text_encoder", "text encoder")
-    timer.wrap(pipe, "transformer", "transformer")
-    vae_decode_fn = pipe.vae.decode
-    pipe.vae.decode = lambda *a, **k: timer.measure("vae decode", vae_decode_fn, *a, **k)
+    _apply_offload(pipe, args)
     start = time.perf_counter()
     frames = pipe(
         prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
@@ -144,8 +105,25 @@ def generate(args):
     name = args.model or "embedded tiny random pipeline"
     print(f"model: {name} (loaded in {load_seconds:.2f} s)")
     print(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s -> {path}")
-    timer.report()
+    print(f"memory by stage (device {pipe._execution_device}, peak per stage):")
+    print(pipe.memory_report())
     return 0
+
+
+def _apply_offload(pipe, args):
+    """--device / --offload / --max-memory as the Python calls a diffusers script makes."""
+    if args.max_memory is not None and args.offload not in (None, "auto"):
+        raise ValueError(f"--max-memory goes with --offload auto (or no --offload), not --offload {args.offload}")
+    offload = args.offload or ("auto" if args.max_memory is not None else "none")
+    device = args.device
+    if offload == "none":
+        pipe.to(device)
+    elif offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.enable_auto_offload(max_memory=args.max_memory or "6GB", device=device)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -188,6 +166,15 @@ def _parser():
     )
     gen.add_argument("--tiling", action="store_true", help="pipe.vae.enable_tiling()")
     gen.add_argument("--slicing", action="store_true", help="pipe.vae.enable_slicing()")
+    gen.add_argument("--device", default="cpu", help="where the models compute: cpu, or emu (the emulated accelerator)")
+    gen.add_argument(
+        "--offload",
+        choices=("none", "model", "sequential", "auto"),
+        default=None,
+        help="pipe.to(device) / enable_model_cpu_offload / enable_sequential_cpu_offload / enable_auto_offload "
+        "(default: none, or auto with --max-memory)",
+    )
+    gen.add_argument("--max-memory", default=None, help="the device budget for --offload auto, e.g. 6GB or 512MiB")
     about = "write the embedded tiny pipeline to a folder"
     tiny_pipe = sub.add_parser("make-tiny", help=about, description=about, **kw)
     tiny_pipe.add_argument("dir", help="the folder to create (diffusers layout)")

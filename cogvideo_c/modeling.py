@@ -55,14 +55,14 @@ def warn_ignored(owner, kwargs, stacklevel=3):
 
 
 def check_device(device):
-    """Refuses every device but the CPU ("cpu" or "cpu:0"): the CUDA kernels and running models on the emulated
-    accelerator come with later issues, so no other device can run a model in this build."""
-    if device is None or str(device) in ("cpu", "cpu:0"):
-        return
-    raise ValueError(
-        f"device {str(device)!r}: models run on the CPU only in this version ('cpu'); the CUDA kernels are not "
-        "built yet, and 'emu' is a memory-manager device for statistics, not one that runs models"
-    )
+    """A device models can run on: "cpu" or "emu" (the emulated accelerator: a separate memory pool with a copy
+    thread, where the offload strategies run as they will on a GPU). ValueError for anything else, before any
+    work."""
+    if device is None:
+        return None
+    from .offload import resolve_device
+
+    return resolve_device(device)
 
 
 def parse_to_args(args, kwargs):
@@ -91,8 +91,7 @@ def parse_to_args(args, kwargs):
         raise ValueError("You have passed `device` both as an argument and as a keyword argument.")
     dtype = dtype if dtype is not None else positional_dtype
     device = device if device is not None else positional_device
-    check_device(device)
-    return device, None if dtype is None else resolve_dtype(dtype)
+    return check_device(device), None if dtype is None else resolve_dtype(dtype)
 
 
 class ModelMixin:
@@ -100,6 +99,8 @@ class ModelMixin:
     weight_info() and weight_data(i)) and whose config is `self.config`."""
 
     _weights_stem = "diffusion_pytorch_model"  # transformers models: "model"
+    _device = CPU  # where the weights are (set_residency moves them)
+    _offload_hook = None  # the pipeline's OffloadChain, when an offload strategy is on
     _default_max_shard_size = "10GB"  # diffusers' ModelMixin default (transformers: "50GB")
     _config_names_class = True  # diffusers' config.json names its _class_name; transformers' does not
 
@@ -143,8 +144,24 @@ class ModelMixin:
 
     @property
     def device(self):
-        """Always the CPU in this build (a str that also has torch.device's `.type`)."""
-        return CPU
+        """The device the model computes on: "cpu" or "emu" (a str that also has torch.device's `.type`)."""
+        return self._device
+
+    def _before_forward(self):
+        """Every forward starts here: the pipeline's offload hook brings this model in (and the others out)."""
+        if self._offload_hook is not None:
+            self._offload_hook.before(self)
+
+    def _leave_stage(self):
+        """Another component runs now: an offloaded model drops its device copies; every model gives back its
+        activation arena, so the device holds one stage's activations at a time."""
+        from . import _C
+
+        if self._offload_hook is not None:
+            _C.residency_offload(self._core)
+        trim = getattr(self._core, "trim_arena", None)
+        if trim is not None:
+            trim()
 
     def _config_to_save(self):
         """config.json as diffusers writes it: _class_name and _diffusers_version, then the config."""
@@ -190,13 +207,23 @@ class ModelMixin:
                         max_shard_size or self._default_max_shard_size)  # fmt: skip
 
     def to(self, *args, **kwargs):
-        """diffusers' model.to(device / dtype): the device must be the CPU; a new dtype converts the weights as
-        torch's .to(dtype) does (from the weights held now, rounded to nearest even). The conversion goes through a
-        temporary checkpoint in the system temp folder (as large as the model in its current dtype)."""
-        _, dtype = parse_to_args(args, kwargs)
+        """diffusers' model.to(device / dtype). A device ("cpu" or "emu") brings every weight group there (the copies
+        on the old device are dropped; nothing is copied back). A new dtype converts the weights as torch's
+        .to(dtype) does (from the weights held now, rounded to nearest even), through a temporary checkpoint in the
+        system temp folder (as large as the model in its current dtype)."""
+        device, dtype = parse_to_args(args, kwargs)
         if dtype is not None and dtype != self.dtype:
             with tempfile.TemporaryDirectory(prefix="cogvideo_c-to-") as tmp:
                 self.save_pretrained(tmp)
                 converted = type(self).from_pretrained(tmp, dtype=dtype)
             self._core, self.dtype = converted._core, converted.dtype
+            old_device, self._device = self._device, CPU  # a new core: its weights start on the host
+            if device is None and self._offload_hook is not None:
+                self._offload_hook.install_one(self)  # the new weights follow the offload strategy
+            elif device is None and old_device != CPU:
+                device = old_device  # they go where the old ones were
+        if device is not None:
+            from .offload import set_residency
+
+            set_residency(self, device, "none")
         return self

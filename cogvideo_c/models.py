@@ -116,7 +116,31 @@ class AutoencoderKLCogVideoX(ModelMixin):
     )
 
     def __init__(self, config, weights_path, dtype="float32", config_file=None):
-        cfg = dict(self._DEFAULTS)
+        cfg, core_cfg = self._core_config(config, config_file)
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.VAE(core_cfg, weights_path, dtype)
+        self.use_slicing = False
+        self.use_tiling = False
+        self.num_latent_frames_batch_size = 2
+        self.num_sample_frames_batch_size = 8
+        self.tile_sample_min_height = int(cfg["sample_height"]) // 2
+        self.tile_sample_min_width = int(cfg["sample_width"]) // 2
+        self._update_latent_tile()
+        self.tile_overlap_factor_height = 1 / 6
+        self.tile_overlap_factor_width = 1 / 5
+
+    @classmethod
+    def weight_schema(cls, config, dtype="float32"):
+        """What a model of `config` declares, from the C core, without loading or allocating anything:
+        [(name, shape, group, stored_dtype)] in declaration order (diffusers' state-dict names)."""
+        return _C.weight_schema("vae", cls._core_config(config)[1], dtype)
+
+    @classmethod
+    def _core_config(cls, config, config_file=None):
+        """(the resolved config, diffusers' defaults filled in; the C core's config by its field names), after
+        checking every value (errors name config_file and the key)."""
+        cfg = dict(cls._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
         where = f"{config_file}: config" if config_file else "config"
 
@@ -179,29 +203,18 @@ class AutoencoderKLCogVideoX(ModelMixin):
                 config_float(value, f"{key}[{i}]", positive=key == "latents_std", source=config_file)
         for key in ("force_upcast", "invert_scale_latents"):
             config_bool(cfg[key], key, config_file)
-        core_cfg = (
-            whole("in_channels"),
-            whole("out_channels"),
-            latent_channels,
-            blocks,
-            whole("layers_per_block"),
-            groups,
-            config_float(cfg["norm_eps"], "norm_eps", positive=True, source=config_file),
-            ratio,
+        core_cfg = dict(
+            in_channels=whole("in_channels"),
+            out_channels=whole("out_channels"),
+            latent_channels=latent_channels,
+            block_out_channels=blocks,
+            layers_per_block=whole("layers_per_block"),
+            norm_num_groups=groups,
+            norm_eps=config_float(cfg["norm_eps"], "norm_eps", positive=True, source=config_file),
+            temporal_compression_ratio=ratio,
         )
         cfg["block_out_channels"] = blocks
-        self.config = configuration.FrozenConfig(cfg)
-        self.dtype = dtype
-        self._core = _C.VAE(core_cfg, weights_path, dtype)
-        self.use_slicing = False
-        self.use_tiling = False
-        self.num_latent_frames_batch_size = 2
-        self.num_sample_frames_batch_size = 8
-        self.tile_sample_min_height = int(cfg["sample_height"]) // 2
-        self.tile_sample_min_width = int(cfg["sample_width"]) // 2
-        self._update_latent_tile()
-        self.tile_overlap_factor_height = 1 / 6
-        self.tile_overlap_factor_width = 1 / 5
+        return cfg, core_cfg
 
     @property
     def weight_bytes(self):
@@ -292,6 +305,7 @@ class AutoencoderKLCogVideoX(ModelMixin):
         array = np.asarray(array)
         if array.dtype.kind not in "fiu":
             raise ValueError(f"expected a real-valued array, got dtype {array.dtype}")
+        self._before_forward()
         run = self._core.decode if decode else self._core.encode
         if array.ndim == 5:
             # shapes and size limits first: before a (possibly broadcast) input is converted or any work starts

@@ -1,6 +1,7 @@
 """DiffusionPipeline and CogVideoXPipeline with diffusers' names, from_pretrained, call signature and numbers, on the
 C core."""
 
+import contextlib
 import copy
 import inspect
 import json
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import configuration
+from . import _C, configuration
 from ._files import read_json
 from .configuration import FrozenConfig
 from .memory import OutOfMemoryError
@@ -27,6 +28,7 @@ from .modeling import (
     warn_ignored,
 )
 from .models import AutoencoderKLCogVideoX, _standard_normal
+from .offload import MemoryReport
 from .t5 import T5EncoderModel
 from .transformer import CogVideoXTransformer3DModel
 
@@ -149,6 +151,8 @@ class DiffusionPipeline:
         self._running = []  # _CallState of the calls in flight
         self._last_call = None
         self._warned = set()
+        self._device_lock = threading.Lock()
+        self._last_report = None
 
     # ---- loading -------------------------------------------------------------------------------------------
 
@@ -280,12 +284,16 @@ class DiffusionPipeline:
 
     @property
     def device(self):
-        """The device the pipeline computes on: the CPU in this build (a str with torch.device's `.type`)."""
-        return CPU
+        """The device of the first model component, as diffusers reports it ("cpu" while offloaded; a str with
+        torch.device's `.type`)."""
+        models = self._models()
+        return models[0].device if models else CPU
 
     @property
     def _execution_device(self):
-        return CPU
+        """Where the components compute: the offload device when a strategy is on."""
+        chain = self._offload
+        return chain.device if chain is not None else self.device
 
     @property
     def dtype(self):
@@ -338,22 +346,228 @@ class DiffusionPipeline:
 
     def to(self, *args, **kwargs):
         """diffusers' pipe.to(device), pipe.to(dtype), pipe.to(device, dtype), pipe.to(device=..., dtype=...)
-        (torch_dtype= is also accepted). The device must be the CPU in this build. A dtype converts the weights of
-        every model component from the weights held now, as torch's .to(dtype) does. Returns the pipeline."""
-        _, dtype = parse_to_args(args, kwargs)
+        (torch_dtype= is also accepted). A device ("cpu", or "emu": the emulated accelerator) brings every model
+        component there whole (the `none` strategy). As in diffusers, moving a sequentially offloaded pipeline to an
+        accelerator is an error, and moving a model-offloaded one warns (the memory saving is lost; its components
+        then stay on the device). A dtype converts the weights of every model component from the weights held now,
+        as torch's .to(dtype) does. Returns the pipeline."""
+        device, dtype = parse_to_args(args, kwargs)
+        chain = self._offload
+        if device is not None and device != "cpu" and chain is not None:
+            if chain.policy == "sequential":
+                raise ValueError(
+                    "It seems like you have activated sequential model offloading by calling "
+                    "`enable_sequential_cpu_offload`, but are now attempting to move the pipeline to an accelerator. "
+                    "This is not compatible with offloading. Please, move your pipeline `.to('cpu')` or consider "
+                    "removing the move altogether if you use sequential offloading."
+                )
+            if chain.policy == "model":
+                warnings.warn(
+                    "It seems like you have activated model offloading by calling `enable_model_cpu_offload`, but are "
+                    f"now manually moving the pipeline to {device}. The memory gains from offloading are lost: every "
+                    "component now stays on the device.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._remove_offload()
         if dtype is not None:
             for model in self._models():
                 model.to(dtype=dtype)
+        if device is not None:
+            for model in self._models():
+                if model._offload_hook is None:
+                    model.to(device)
+                elif device == "cpu":  # diffusers: the hooks stay and bring the weights back on the next call
+                    model._leave_stage()
         return self
 
+    @property
+    def _offload(self):
+        return getattr(self, "_offload_chain", None)
+
+    def _remove_offload(self):
+        chain = self._offload
+        if chain is not None:
+            chain.free()
+            chain.remove()
+        self._offload_chain = None
+
+    def _enable_offload(self, policy, device, gpu_id, prefetch, what):
+        from .offload import OffloadChain, default_offload_device, resolve_device
+
+        if self.model_cpu_offload_seq is None:
+            raise ValueError(f"{what} cannot be enabled because no `model_cpu_offload_seq` class attribute is set.")
+        current = self._offload
+        if current is not None and current.policy == "group" and policy != "group":
+            raise ValueError(
+                "You are trying to apply model/sequential CPU offloading to a pipeline that contains components with "
+                "group offloading enabled. This is not supported. Please disable group offloading for components of "
+                "the pipeline to use other offloading methods."
+            )
+        if device is None:
+            if gpu_id is not None:
+                raise ValueError(f"{what}: gpu_id={gpu_id} names a CUDA device, which this build does not have")
+            device = current.device if current is not None else default_offload_device(self.device)
+        else:
+            device = resolve_device(device, gpu_id)
+        self._remove_offload()  # diffusers: remove_all_hooks(), then hook again
+        for model in self._models():
+            model.to("cpu")
+        self._offload_chain = OffloadChain(self, device, policy, prefetch, vae_policy=self._vae_sequential_policy)
+        return self._offload_chain
+
+    # Under sequential offload the VAE comes to the device whole: its blocks rerun for every frame batch and tile,
+    # so streaming them would copy the decoder's weights once per batch (benchmarks/bench_offload.py measures both).
+    _vae_sequential_policy = "model"
+
     def enable_model_cpu_offload(self, gpu_id=None, device=None):
-        """On the CPU backend every component already lives in host memory: nothing to move."""
+        """diffusers' model offload: each component comes to the device whole when it runs and leaves when the
+        next one in `model_cpu_offload_seq` (text_encoder -> transformer -> vae) starts; after the call every
+        component is off the device again (maybe_free_model_hooks).
+
+        Args:
+            gpu_id (`int`, *optional*): the accelerator index (0: there is one emulated device).
+            device (`str`, *optional*): "emu" (the emulated accelerator) or "cpu". Without one: the device the
+                pipeline was moved to; on a CPU-only setup the weights stay on the CPU (a warning says so) where
+                diffusers would raise for want of an accelerator.
+        """
+        self._enable_offload("model", device, gpu_id, 0, "Model CPU offload")
 
     def enable_sequential_cpu_offload(self, gpu_id=None, device=None):
-        """On the CPU backend every component already lives in host memory: nothing to stream."""
+        """diffusers' sequential offload, done as a stream: inside each forward only one block's weight group is
+        on the device at a time, and the next one is copied on the copy queue while the current block computes
+        (a ring of two device slots), so the copies hide behind compute instead of costing diffusers' 3-10x. The
+        weights outside the blocks stay on the device while their component runs. Arguments as
+        enable_model_cpu_offload."""
+        self._enable_offload("sequential", device, gpu_id, 1, "Sequential CPU offload")
+
+    def enable_group_offload(self, onload_device, offload_device="cpu", offload_type="block_level",
+                             num_blocks_per_group=None, non_blocking=False, use_stream=False, record_stream=False,
+                             low_cpu_mem_usage=False, offload_to_disk_path=None, exclude_modules=None):  # fmt: skip
+        """diffusers' group offloading on every model component: block groups come to `onload_device` as their
+        blocks run. Here a group is one block (a transformer or T5 block, a VAE block), so "block_level" with
+        `num_blocks_per_group` = N keeps up to N blocks on the device (2N with `use_stream`, which prefetches the
+        next N while the current ones compute) and "leaf_level" keeps one (two with `use_stream`).
+        `offload_device` must be the CPU; weights are never written to disk (`offload_to_disk_path` is refused);
+        `non_blocking`, `record_stream` and `low_cpu_mem_usage` change nothing here (copies are always queued, and
+        host weights are the mapped checkpoint)."""
+        from .offload import resolve_device
+
+        if str(offload_device) not in ("cpu", "cpu:0"):
+            raise ValueError(f"offload_device must be the CPU, got {offload_device!r}")
+        if offload_to_disk_path is not None:
+            raise ValueError("offload_to_disk_path is not supported: the host weights are the mapped checkpoint")
+        if offload_type not in ("block_level", "leaf_level"):
+            raise ValueError(f"offload_type must be 'block_level' or 'leaf_level', got {offload_type!r}")
+        if offload_type == "block_level" and num_blocks_per_group is None:
+            raise ValueError("`num_blocks_per_group` must be provided when using `offload_type='block_level'.")
+        n = 1 if offload_type == "leaf_level" else _positive_int(num_blocks_per_group, "num_blocks_per_group")
+        excluded = [exclude_modules] if isinstance(exclude_modules, str) else list(exclude_modules or [])
+        unknown = [name for name in excluded if name not in self.components]
+        if unknown:
+            raise ValueError(f"exclude_modules names no component: {unknown}")
+        device = resolve_device(onload_device, what="onload_device")
+        chain = self._enable_offload("group", device, None, 2 * n - 1 if use_stream else n - 1, "Group offload")
+        for name in excluded:  # diffusers moves excluded components to the onload device whole
+            model = self.components[name]
+            if model in chain.models:
+                chain.models.remove(model)
+                model._offload_hook = None
+                model.to(device)
+
+    def memory_report(self):
+        """The last call's memory report (a MemoryReport: a dict per stage, str() a table): device peaks (weights
+        vs activations), bytes copied, copy time, the overlap of copies with compute, host peak RSS. None before
+        the first call."""
+        return self._last_report
+
+    @contextlib.contextmanager
+    def _stage(self, report, stage, name):
+        """One stage of a call: the other components give back their arenas (and, offloaded, their weights), and
+        the stage is measured for memory_report()."""
+        from .offload import StageMeter
+
+        model = getattr(self, name)
+        if self._offload is None:
+            for other in self._models():
+                if other is not model:
+                    other._leave_stage()
+        meter = StageMeter(report, stage, name, model, self._execution_device)
+        try:
+            yield
+        finally:
+            meter.end()
+
+    def enable_auto_offload(self, max_memory="6GB", device=None):
+        """One budget knob (beyond diffusers): before each call, from sizes known before any work (each
+        component's weight groups, and each stage's activation arena measured for the requested size), picks the
+        fastest combination that fits `max_memory` on the device: everything resident; else per component whole
+        (model offload) or streamed (sequential, prefetch 1, then 0); with the VAE's slicing, then tiling, turned
+        on only when nothing fits without. It prints the choice, and keeps components on the device across
+        stages and calls while they fit, so nothing is reloaded needlessly. A budget nothing fits raises
+        OutOfMemoryError before any work, naming the smallest budget that would.
+
+        Args:
+            max_memory (`int` or `str`, defaults to "6GB"): device bytes, or a size as accelerate reads it ("6GB"
+                = 6e9 bytes, "6GiB" = 6 x 2**30).
+            device (`str`, *optional*): as enable_model_cpu_offload's.
+        """
+        from .offload import AutoChain, default_offload_device, parse_memory_size, resolve_device
+
+        budget = parse_memory_size(max_memory)
+        current = self._offload
+        if current is not None and current.policy == "group":
+            raise ValueError("group offloading is enabled on this pipeline: auto offload cannot be applied on top")
+        if device is None:
+            device = current.device if current is not None else default_offload_device(self.device)
+        else:
+            device = resolve_device(device)
+        self._remove_offload()
+        for model in self._models():
+            model.to("cpu")
+        self._offload_chain = AutoChain(self, device, budget)
+
+    def _plan_auto(self, chain, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """The AutoPlan for one request, applied to the chain (printed when it changes)."""
+        from .offload import plan_auto, print_plan
+
+        tc = self.transformer.config
+        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        if tc.patch_size_t is not None and latent_frames % tc.patch_size_t:
+            latent_frames += tc.patch_size_t - latent_frames % tc.patch_size_t
+        h, w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        rows = batch * (2 if do_cfg else 1)
+        latents = (rows, latent_frames, tc.in_channels, h, w)
+        components = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}
+        infos = {name: _C.residency_info(m._core) for name, m in components.items()}
+        arenas = {
+            "text_encoder": {(None, None): self.text_encoder.arena_bytes((batch, max_sequence_length))},
+            "transformer": {(None, None): self.transformer.arena_bytes(latents, (rows, max_sequence_length))},
+        }
+        vae = self.vae
+        z = (batch, vae.config.latent_channels, latent_frames, h, w)
+        options = [(vae.use_slicing, vae.use_tiling), (True, vae.use_tiling), (True, True)]
+        keys = list(dict.fromkeys(options))  # the user's settings first; no duplicates
+        arenas["vae"] = {key: vae.arena_bytes(z, *key) for key in keys} if decode else {keys[0]: 0}
+        plan = plan_auto(chain.budget, infos, arenas)
+        slicing, tiling = plan.vae_options
+        if slicing and not vae.use_slicing:
+            vae.enable_slicing()
+        if tiling and not vae.use_tiling:
+            vae.enable_tiling()
+        text = plan.describe()
+        if text != getattr(chain, "_printed", None):
+            print_plan(text)
+            chain._printed = text
+        chain.apply(plan)
+        return plan
 
     def maybe_free_model_hooks(self):
-        """No offload hooks exist on the CPU backend: nothing to free."""
+        """diffusers' end-of-call step: under an offload strategy every component leaves the device (the state
+        before the call); without one, nothing happens."""
+        chain = self._offload
+        if chain is not None:
+            chain.free()
 
     def enable_vae_slicing(self):
         """Decode one video of a batch at a time (the same as `pipe.vae.enable_slicing()`)."""
@@ -496,7 +710,8 @@ class CogVideoXPipeline(DiffusionPipeline):
             prompt_embeds, negative_prompt_embeds (arrays [B, L, D], optional): precomputed embeddings, used as
                 given instead of running the tokenizer and T5.
             max_sequence_length (int): tokens per prompt (padded / truncated to it).
-            device: must be the CPU (or None). dtype: the embeddings are float32 (a different dtype warns once).
+            device: a device the pipeline accepts, or None (the embeddings are host arrays wherever T5 runs).
+                dtype: the embeddings are float32 (a different dtype warns once).
 
         Returns:
             (prompt_embeds, negative_prompt_embeds) float32 arrays [B * num_videos_per_prompt, L, D]; the second is
@@ -721,14 +936,22 @@ class CogVideoXPipeline(DiffusionPipeline):
                                    "DDIMScheduler uses it)")  # fmt: skip
         scheduler = copy.deepcopy(self.scheduler)  # this call's own timesteps and noise stream
         state = self._begin_call(guidance_scale, attention_kwargs)
-        try:
-            video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
-                                   num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt, eta,
-                                   generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                   max_sequence_length)  # fmt: skip
-        finally:
-            self._end_call(state)
+        # components move between host and device under an offload strategy: calls then take turns
+        with self._device_lock if self._offload is not None else contextlib.nullcontext():
+            chain = self._offload
+            if chain is not None and chain.policy == "auto":  # sizes are known now: plan before any work
+                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+                self._plan_auto(chain, batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1,
+                                max_sequence_length, output_type != "latent")  # fmt: skip
+            try:
+                video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
+                                       num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
+                                       eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+                                       callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                       max_sequence_length)  # fmt: skip
+            finally:
+                self._end_call(state)
+                self.maybe_free_model_hooks()
         return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
 
     def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
@@ -739,10 +962,13 @@ class CogVideoXPipeline(DiffusionPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
         do_cfg = guidance_scale > 1.0
 
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
-            max_sequence_length,
-        )  # fmt: skip
+        report = MemoryReport()
+        self._last_report = report
+        with self._stage(report, "encode_prompt", "text_encoder"):
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+                prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
+                max_sequence_length,
+            )  # fmt: skip
         if do_cfg:
             prompt_embeds = np.concatenate([negative_prompt_embeds, prompt_embeds], axis=0)  # unconditional first
 
@@ -766,7 +992,7 @@ class CogVideoXPipeline(DiffusionPipeline):
             )
         is_dpm = type(scheduler).__name__ == "CogVideoXDPMScheduler"
         old_pred_original_sample = None
-        with self.progress_bar(total=len(timesteps)) as bar:
+        with self._stage(report, "denoise", "transformer"), self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 if state.interrupt:
                     continue
@@ -808,7 +1034,9 @@ class CogVideoXPipeline(DiffusionPipeline):
 
         if output_type == "latent":
             return latents
-        return self.postprocess_video(self.decode_latents(latents[:, additional_frames:]), output_type)
+        with self._stage(report, "decode", "vae"):
+            video = self.decode_latents(latents[:, additional_frames:])
+        return self.postprocess_video(video, output_type)
 
     def prepare_latents(self, batch_size, num_channels_latents, num_frames, height, width, generator=None,
                         latents=None, scheduler=None):  # fmt: skip

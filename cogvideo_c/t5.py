@@ -40,7 +40,24 @@ class T5EncoderModel(ModelMixin):
     )  # fmt: skip
 
     def __init__(self, config, weights_path, dtype="float32", config_file=None):
-        cfg = dict(self._DEFAULTS)
+        cfg, core_cfg = self._core_config(config, config_file, weights_path)
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.T5(core_cfg, weights_path, dtype)
+
+    @classmethod
+    def weight_schema(cls, config, dtype="float32"):
+        """What a model of `config` declares, from the C core, without loading or allocating anything:
+        [(name, shape, group, stored_dtype)] in declaration order (transformers' state-dict names; the embedding
+        as transformers saves it, shared.weight)."""
+        return _C.weight_schema("t5", cls._core_config(config)[1], dtype)
+
+    @classmethod
+    def _core_config(cls, config, config_file=None, weights_path=None):
+        """(the resolved config, transformers' defaults filled in; the C core's config by its field names), after
+        checking every value (errors name config_file and the key). With weights_path, the layer count is checked
+        against the checkpoint and the embedding is the one it holds; without, it is shared.weight."""
+        cfg = dict(cls._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
         where = f"{config_file}: config" if config_file else "config"
         proj = cfg["feed_forward_proj"]
@@ -58,26 +75,26 @@ class T5EncoderModel(ModelMixin):
         buckets = whole("relative_attention_num_buckets", 4)
         max_distance = whole("relative_attention_max_distance", 1)
         eps = configuration.config_float(cfg["layer_norm_epsilon"], "layer_norm_epsilon", True, config_file)
-        names = _C.safetensors_index(weights_path)
-        per_block = 9 if proj == "gated-gelu" else 8  # q, k, v, o, 2 norms, wi (or wi_0, wi_1), wo
-        if sizes["num_layers"] * per_block > len(names):
-            raise ValueError(
-                f"{where} 'num_layers' = {sizes['num_layers']} implies {sizes['num_layers'] * per_block} block "
-                f"tensors, but the checkpoint {weights_path} holds {len(names)} tensors in all"
-            )
+        names = ()
+        if weights_path is not None:
+            names = _C.safetensors_index(weights_path)
+            per_block = 9 if proj == "gated-gelu" else 8  # q, k, v, o, 2 norms, wi (or wi_0, wi_1), wo
+            if sizes["num_layers"] * per_block > len(names):
+                raise ValueError(
+                    f"{where} 'num_layers' = {sizes['num_layers']} implies {sizes['num_layers'] * per_block} block "
+                    f"tensors, but the checkpoint {weights_path} holds {len(names)} tensors in all"
+                )
         # transformers always ties them and saves shared.weight; when a file has both, the encoder uses its own
         if "encoder.embed_tokens.weight" in names:
             embedding, ignored = "encoder.embed_tokens.weight", "shared.weight"
         else:
             embedding, ignored = "shared.weight", None
-        core_cfg = (
-            sizes["vocab_size"], sizes["d_model"], sizes["d_kv"], sizes["num_heads"], sizes["d_ff"],
-            sizes["num_layers"], buckets, max_distance, proj == "gated-gelu", eps,
-            embedding, ignored if ignored in names else None,
+        core_cfg = dict(
+            sizes, relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance,
+            gated=proj == "gated-gelu", layer_norm_epsilon=eps, embedding_name=embedding,
+            ignored_name=ignored if ignored in names else None,
         )  # fmt: skip
-        self.config = configuration.FrozenConfig(cfg)
-        self.dtype = dtype
-        self._core = _C.T5(core_cfg, weights_path, dtype)
+        return cfg, core_cfg
 
     _weights_stem = "model"  # transformers' file names: model.safetensors, model-00001-of-00002.safetensors
     _config_names_class = False  # transformers' config.json has model_type / architectures instead
@@ -117,6 +134,7 @@ class T5EncoderModel(ModelMixin):
             raise ValueError(f"input_ids must be integers, got {ids.dtype}")
         if ids.ndim == 1:
             ids = ids[None]
+        self._before_forward()
         out = self._core.forward(ids.astype(np.int64, copy=False), attention_mask)
         return BaseModelOutput(last_hidden_state=out) if return_dict else (out,)
 

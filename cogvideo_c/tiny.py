@@ -1,14 +1,18 @@
 """An embedded tiny random-weight VAE, so the package runs end to end with no checkpoint at hand.
 
 It has diffusers' own fast-test architecture (block_out_channels (8, 8, 8, 8), 4 latent channels, 2 groups) and
-weights drawn from a seeded NumPy generator, written in diffusers layout (config.json + safetensors)."""
+weights drawn from a seeded NumPy generator, written in diffusers layout (config.json + safetensors). Which tensors
+exist, and their shapes, come from the C core's own declarations (`weight_schema`): the one schema a load checks."""
 
 import json
 import os
 
 import numpy as np
 
+from .models import AutoencoderKLCogVideoX
 from .safetensors_io import save_file
+from .t5 import T5EncoderModel
+from .transformer import CogVideoXTransformer3DModel
 
 TINY_VAE_CONFIG = {
     "_class_name": "AutoencoderKLCogVideoX",
@@ -29,78 +33,18 @@ def save_safetensors(tensors, path):
     save_file({name: np.asarray(t, dtype=np.float32) for name, t in tensors.items()}, path)
 
 
-def _vae_shapes(cfg):
-    """{name: shape} of an AutoencoderKLCogVideoX state dict for `cfg` (diffusers' names)."""
-    shapes = {}
-    boc, latent = cfg["block_out_channels"], cfg["latent_channels"]
-    n = len(boc)
-
-    def conv(prefix, co, ci, k=(3, 3, 3)):
-        shapes[prefix + ".weight"] = (co, ci, *k)
-        shapes[prefix + ".bias"] = (co,)
-
-    def norm(prefix, c):
-        shapes[prefix + ".weight"] = (c,)
-        shapes[prefix + ".bias"] = (c,)
-
-    def resnet(prefix, cin, cout, zq=None):
-        for idx, c in (("1", cin), ("2", cout)):
-            if zq:
-                norm(f"{prefix}.norm{idx}.norm_layer", c)
-                conv(f"{prefix}.norm{idx}.conv_y.conv", c, zq, (1, 1, 1))
-                conv(f"{prefix}.norm{idx}.conv_b.conv", c, zq, (1, 1, 1))
-            else:
-                norm(f"{prefix}.norm{idx}", c)
-            conv(f"{prefix}.conv{idx}.conv", cout, cin if idx == "1" else cout)
-        if cin != cout:
-            conv(f"{prefix}.conv_shortcut", cout, cin, (1, 1, 1))
-
-    conv("encoder.conv_in.conv", boc[0], cfg["in_channels"])
-    out = boc[0]
-    for i in range(n):
-        cin, out = out, boc[i]
-        for r in range(cfg["layers_per_block"]):
-            resnet(f"encoder.down_blocks.{i}.resnets.{r}", cin if r == 0 else out, out)
-        if i != n - 1:
-            conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", out, out, (3, 3))
-    for r in range(2):
-        resnet(f"encoder.mid_block.resnets.{r}", out, out)
-    norm("encoder.norm_out", out)
-    conv("encoder.conv_out.conv", 2 * latent, out)
-
-    top = boc[-1]
-    conv("decoder.conv_in.conv", top, latent)
-    for r in range(2):
-        resnet(f"decoder.mid_block.resnets.{r}", top, top, latent)
-    out = top
-    for i in range(n):
-        cin, out = out, boc[n - 1 - i]
-        for r in range(cfg["layers_per_block"] + 1):
-            resnet(f"decoder.up_blocks.{i}.resnets.{r}", cin if r == 0 else out, out, latent)
-        if i != n - 1:
-            conv(f"decoder.up_blocks.{i}.upsamplers.0.conv", out, out, (3, 3))
-    norm("decoder.norm_out.norm_layer", out)
-    conv("decoder.norm_out.conv_y.conv", out, latent, (1, 1, 1))
-    conv("decoder.norm_out.conv_b.conv", out, latent, (1, 1, 1))
-    conv("decoder.conv_out.conv", cfg["out_channels"], out)
-    return shapes
+def _shapes(schema):
+    """{name: shape} in the order of `schema` ([(name, shape, group, stored_dtype)] from weight_schema)."""
+    return {name: shape for name, shape, _, _ in schema}
 
 
-def make_tiny_vae(folder, seed=0):
-    """Writes the tiny random VAE to `folder` (diffusers layout) and returns the folder."""
+def make_tiny_vae(folder, seed=0, config=None):
+    """Writes the tiny random VAE (or one of `config`) to `folder` (diffusers layout) and returns the folder."""
     os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in _vae_shapes(TINY_VAE_CONFIG).items():
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        if name.endswith("norm_layer.weight") or (len(shape) == 1 and "norm" in name and name.endswith(".weight")):
-            tensors[name] = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
-        elif len(shape) == 1:
-            tensors[name] = 0.05 * rng.standard_normal(shape, dtype=np.float32)
-        else:
-            tensors[name] = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)
+    config = config or TINY_VAE_CONFIG
+    tensors = _random_weights(_shapes(AutoencoderKLCogVideoX.weight_schema(config)), np.random.default_rng(seed))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(TINY_VAE_CONFIG, f, indent=2)
+        json.dump(config, f, indent=2)
     save_safetensors(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     return folder
 
@@ -130,48 +74,11 @@ TINY_SCHEDULER_CONFIG = {
 }  # fmt: skip
 
 
-def _t5_shapes(cfg):
-    d, inner, f = cfg["d_model"], cfg["num_heads"] * cfg["d_kv"], cfg["d_ff"]
-    shapes = {"shared.weight": (cfg["vocab_size"], d), "encoder.final_layer_norm.weight": (d,)}
-    shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-        cfg["relative_attention_num_buckets"], cfg["num_heads"],
-    )  # fmt: skip
-    for i in range(cfg["num_layers"]):
-        p = f"encoder.block.{i}.layer"
-        for name in "qkv":
-            shapes[f"{p}.0.SelfAttention.{name}.weight"] = (inner, d)
-        shapes[f"{p}.0.SelfAttention.o.weight"] = (d, inner)
-        shapes[f"{p}.0.layer_norm.weight"] = (d,)
-        shapes[f"{p}.1.DenseReluDense.wi.weight"] = (f, d)
-        shapes[f"{p}.1.DenseReluDense.wo.weight"] = (d, f)
-        shapes[f"{p}.1.layer_norm.weight"] = (d,)
-    return shapes
-
-
-def _transformer_shapes(cfg):
-    D, E, p = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["time_embed_dim"], cfg["patch_size"]
-    hd, c_in, c_out = cfg["attention_head_dim"], cfg["in_channels"], cfg["out_channels"]
-    shapes = {
-        "patch_embed.proj.weight": (D, c_in, p, p), "patch_embed.proj.bias": (D,),
-        "patch_embed.text_proj.weight": (D, cfg["text_embed_dim"]), "patch_embed.text_proj.bias": (D,),
-        "time_embedding.linear_1.weight": (E, D), "time_embedding.linear_1.bias": (E,),
-        "time_embedding.linear_2.weight": (E, E), "time_embedding.linear_2.bias": (E,),
-        "norm_final.weight": (D,), "norm_final.bias": (D,), "norm_out.linear.weight": (2 * D, E),
-        "norm_out.linear.bias": (2 * D,), "norm_out.norm.weight": (D,), "norm_out.norm.bias": (D,),
-        "proj_out.weight": (p * p * c_out, D), "proj_out.bias": (p * p * c_out,),
-    }  # fmt: skip
-    for i in range(cfg["num_layers"]):
-        b = f"transformer_blocks.{i}"
-        for norm in ("norm1", "norm2"):
-            shapes[f"{b}.{norm}.linear.weight"], shapes[f"{b}.{norm}.linear.bias"] = (6 * D, E), (6 * D,)
-            shapes[f"{b}.{norm}.norm.weight"], shapes[f"{b}.{norm}.norm.bias"] = (D,), (D,)
-        for qk in ("norm_q", "norm_k"):
-            shapes[f"{b}.attn1.{qk}.weight"], shapes[f"{b}.attn1.{qk}.bias"] = (hd,), (hd,)
-        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-            shapes[f"{b}.attn1.{proj}.weight"], shapes[f"{b}.attn1.{proj}.bias"] = (D, D), (D,)
-        shapes[f"{b}.ff.net.0.proj.weight"], shapes[f"{b}.ff.net.0.proj.bias"] = (4 * D, D), (4 * D,)
-        shapes[f"{b}.ff.net.2.weight"], shapes[f"{b}.ff.net.2.bias"] = (D, 4 * D), (D,)
-    return shapes
+def _first_draw_order(schema):
+    """The transformer's tensors in the order the first tiny.py drew (and wrote) them, kept so that the same seed
+    gives the same bytes: the shared group 0 first, then block by block with its two adaptive norms (norm1, norm2)
+    before attention and feed-forward. The C core declares them in diffusers' module order instead."""
+    return sorted(schema, key=lambda w: (w[2], ".norm1." not in w[0] and ".norm2." not in w[0]))
 
 
 def _random_weights(shapes, rng, embedding_names=()):
@@ -198,21 +105,28 @@ def _write_component(folder, name, config, tensors, weights_name):
         save_safetensors(tensors, os.path.join(path, weights_name))
 
 
-def make_tiny_pipeline(folder, seed=0):
+def make_tiny_pipeline(folder, seed=0, text_encoder=None, transformer=None, vae=None):
     """Writes a tiny random-weight CogVideoX pipeline in diffusers layout (model_index.json + tokenizer,
-    text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds."""
+    text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds.
+
+    text_encoder / transformer / vae: config entries that replace the tiny ones (e.g. {"num_layers": 8} for a
+    deeper transformer, as the offload tests and benchmarks use); the weights follow the C schema of the result."""
     import shutil
 
+    t5_config = dict(TINY_T5_CONFIG, **(text_encoder or {}))
+    tr_config = dict(TINY_TRANSFORMER_CONFIG, **(transformer or {}))
+    vae_config = dict(TINY_VAE_CONFIG, **(vae or {}))
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "tiny_tokenizer"),
                     os.path.join(folder, "tokenizer"), dirs_exist_ok=True)  # fmt: skip
-    t5 = _random_weights(_t5_shapes(TINY_T5_CONFIG), rng, embedding_names=("shared.weight",))
+    t5 = _random_weights(_shapes(T5EncoderModel.weight_schema(t5_config)), rng, embedding_names=("shared.weight",))
     t5["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] *= 10.0
-    _write_component(folder, "text_encoder", TINY_T5_CONFIG, t5, "model.safetensors")
-    tr = _random_weights(_transformer_shapes(TINY_TRANSFORMER_CONFIG), rng)
-    _write_component(folder, "transformer", TINY_TRANSFORMER_CONFIG, tr, "diffusion_pytorch_model.safetensors")
-    make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1)
+    _write_component(folder, "text_encoder", t5_config, t5, "model.safetensors")
+    tr_schema = CogVideoXTransformer3DModel.weight_schema(tr_config)
+    tr = _random_weights(_shapes(_first_draw_order(tr_schema)), rng)
+    _write_component(folder, "transformer", tr_config, tr, "diffusion_pytorch_model.safetensors")
+    make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1, config=vae_config)
     _write_component(folder, "scheduler", TINY_SCHEDULER_CONFIG, None, None)
     index = {
         "_class_name": "CogVideoXPipeline", "tokenizer": ["transformers", "T5Tokenizer"],

@@ -45,7 +45,24 @@ class CogVideoXTransformer3DModel(ModelMixin):
     )  # fmt: skip
 
     def __init__(self, config, weights_path=None, dtype="float32", seed=0, config_file=None):
-        cfg = dict(self._DEFAULTS)
+        cfg, core_cfg = self._core_config(config, config_file)
+        self.inner_dim = core_cfg["num_attention_heads"] * core_cfg["attention_head_dim"]
+        self.config = configuration.FrozenConfig(cfg)
+        self.dtype = dtype
+        self._core = _C.Transformer(core_cfg, weights_path, dtype, int(seed))
+        self._sincos_cache = {}
+
+    @classmethod
+    def weight_schema(cls, config, dtype="float32"):
+        """What a model of `config` declares, from the C core, without loading or allocating anything:
+        [(name, shape, group, stored_dtype)] in declaration order (diffusers' state-dict names)."""
+        return _C.weight_schema("transformer", cls._core_config(config)[1], dtype)
+
+    @classmethod
+    def _core_config(cls, config, config_file=None):
+        """(the resolved config, diffusers' defaults filled in; the C core's config by its field names), after
+        checking every value (errors name config_file and the key)."""
+        cfg = dict(cls._DEFAULTS)
         cfg.update({k: v for k, v in config.items() if not k.startswith("_")})
         where = f"{config_file}: config" if config_file else "config"
         if cfg["activation_fn"] != "gelu-approximate" or cfg["timestep_activation_fn"] != "silu":
@@ -107,23 +124,22 @@ class CogVideoXTransformer3DModel(ModelMixin):
         for key in ("spatial_interpolation_scale", "temporal_interpolation_scale"):
             number(key)
         number("dropout", positive=False)
-        self.inner_dim = inner
         rows = 0
         if learned:
             frames = (frames_in - 1) // ratio + 1
             rows = text_len + frames * (sample_h // p) * (sample_w // p)
             if rows > configuration.C_INT_MAX:
                 raise ValueError(f"{where}: the learned positional table would have {rows} rows, too many")
-        core_cfg = (
-            heads, hd, cin, cout, int(flag("flip_sin_to_cos")), shift, time_dim, ofs,
-            whole("text_embed_dim"), whole("num_layers", 0), int(flag("attention_bias")),
-            int(flag("patch_bias")), int(flag("norm_elementwise_affine")), p, pt or 0,
-            text_len, int(learned), rows, eps,
+        core_cfg = dict(
+            num_attention_heads=heads, attention_head_dim=hd, in_channels=cin, out_channels=cout,
+            flip_sin_to_cos=flag("flip_sin_to_cos"), freq_shift=shift, time_embed_dim=time_dim, ofs_embed_dim=ofs,
+            text_embed_dim=whole("text_embed_dim"), num_layers=whole("num_layers", 0),
+            attention_bias=flag("attention_bias"), patch_bias=flag("patch_bias"),
+            norm_elementwise_affine=flag("norm_elementwise_affine"), patch_size=p, patch_size_t=pt or 0,
+            max_text_seq_length=text_len, use_learned_positional_embeddings=learned, learned_table_rows=rows,
+            norm_eps=eps,
         )  # fmt: skip
-        self.config = configuration.FrozenConfig(cfg)
-        self.dtype = dtype
-        self._core = _C.Transformer(core_cfg, weights_path, dtype, int(seed))
-        self._sincos_cache = {}
+        return cfg, core_cfg
 
     @classmethod
     def from_config(cls, config, seed=0, torch_dtype=None, dtype=None):
@@ -253,6 +269,7 @@ class CogVideoXTransformer3DModel(ModelMixin):
                 raise ValueError(f"image_rotary_emb must be two [{tokens}, {c.attention_head_dim}] tables, got "
                                  f"{cos.shape} and {sin.shape}")  # fmt: skip
         learned = isinstance(table, str)
+        self._before_forward()
         out = self._core.forward(h, e, t, o, None if learned else table, learned, cos, sin)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 

@@ -90,24 +90,39 @@ def test_tile_sizes_past_c_int_are_refused_not_overflowed():
         vae.decode(np.zeros((1, 4, 1, 4, 4), np.float32))
 
 
-def test_c_config_tuples_refuse_out_of_range_ints():
+T5_FIELDS = dict(
+    vocab_size=1103, d_model=32, d_kv=8, num_heads=4, d_ff=37, num_layers=5, relative_attention_num_buckets=8,
+    relative_attention_max_distance=128, gated=False, layer_norm_epsilon=1e-6, embedding_name="shared.weight",
+)  # fmt: skip
+VAE_FIELDS = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+    norm_num_groups=2, norm_eps=1e-6, temporal_compression_ratio=4,
+)  # fmt: skip
+TR_FIELDS = dict(
+    num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, flip_sin_to_cos=True, freq_shift=0,
+    time_embed_dim=2, text_embed_dim=8, num_layers=2, attention_bias=True, patch_bias=True,
+    norm_elementwise_affine=True, patch_size=2, max_text_seq_length=8, norm_eps=1e-5,
+)  # fmt: skip
+
+
+def test_c_configs_refuse_out_of_range_ints():
     """The _C constructors read every config int exactly: out of the C int range is a ValueError naming the key."""
-    vae_cfg = (3, 3, 4, (2**32 + 8, 8, 8, 8), 1, 2, 1e-6, 4)
+    vae_cfg = dict(VAE_FIELDS, block_out_channels=(2**32 + 8, 8, 8, 8))
     with pytest.raises(ValueError, match=r"config 'block_out_channels' = 4294967304 does not fit a C int"):
         _C.VAE(vae_cfg, os.path.join(VAE_TINY, "diffusion_pytorch_model.safetensors"), "float32")
     with pytest.raises(ValueError, match=r"VAE config 'norm_eps' = 0 must be positive"):
         _C.VAE(
-            (3, 3, 4, (8, 8, 8, 8), 1, 2, 0.0, 4),
+            dict(VAE_FIELDS, norm_eps=0.0),
             os.path.join(VAE_TINY, "diffusion_pytorch_model.safetensors"),
             "float32",
         )
-    tr_cfg = (2**31, 8, 4, 4, 1, 0, 2, 0, 8, 2, 1, 1, 1, 2, 0, 8, 0, 0, 1e-5)
+    tr_cfg = dict(TR_FIELDS, num_attention_heads=2**31)
     with pytest.raises(ValueError, match=r"config 'num_attention_heads' = 2147483648 does not fit a C int"):
         _C.Transformer(tr_cfg, None, "float32")
-    t5_cfg = (1103, 32, 8, 4, 37, 5, 8, 128.0, False, 1e-6, "shared.weight", None)
+    t5_cfg = dict(T5_FIELDS, relative_attention_max_distance=128.0)
     with pytest.raises(ValueError, match=r"config 'relative_attention_max_distance' must be an integer, got 128.0"):
         _C.T5(t5_cfg, T5_WEIGHTS, "float32")
-    t5_cfg = (1103, 32, 8, 4, 37, 5, 8, 128, False, 1e39, "shared.weight", None)
+    t5_cfg = dict(T5_FIELDS, layer_norm_epsilon=1e39)
     with pytest.raises(ValueError, match=r"config 'layer_norm_epsilon' = 1e\+39 is not a finite float32"):
         _C.T5(t5_cfg, T5_WEIGHTS, "float32")
 
@@ -140,7 +155,7 @@ def test_t5_config_values_are_checked_with_file_and_key(tmp_path, over, key, mes
 
 @pytest.mark.parametrize("buckets", [0, 2, 3])
 def test_t5_c_core_refuses_bucket_counts_without_calling_through_python(buckets):
-    cfg = (1103, 32, 8, 4, 37, 5, buckets, 128, False, 1e-6, "shared.weight", None)
+    cfg = dict(T5_FIELDS, relative_attention_num_buckets=buckets)
     with pytest.raises(ValueError, match=rf"T5 config 'relative_attention_num_buckets' = {buckets} must be at least 4"):
         _C.T5(cfg, T5_WEIGHTS, "float32")
 
@@ -445,7 +460,9 @@ import sys
 from cogvideo_c._load import _C
 
 try:
-    _C.T5((1103, 32, 8, 4, 37, 5, 2, 128, False, 1e-6, "shared.weight", None), sys.argv[1], "float32")
+    _C.T5(dict(vocab_size=1103, d_model=32, d_kv=8, num_heads=4, d_ff=37, num_layers=5,
+               relative_attention_num_buckets=2, relative_attention_max_distance=128, gated=False,
+               layer_norm_epsilon=1e-6, embedding_name="shared.weight"), sys.argv[1], "float32")
 except ValueError as err:
     print(err)
 """

@@ -50,11 +50,24 @@ def test_model_repr_prints_the_class_and_its_config(transformer):
     assert saved["_class_name"] == "CogVideoXTransformer3DModel"
 
 
-@pytest.mark.parametrize("device", ["emu", "mps", "cpu:1", "cuda:0"])
-def test_devices_that_cannot_run_models_are_refused_with_the_reason(transformer, device):
-    with pytest.raises(ValueError, match=rf"device '{device}': models run on the CPU only"):
+@pytest.mark.parametrize(
+    "device,reason",
+    [("mps", "unknown device"), ("cpu:1", "there is one cpu device"), ("cuda:0", "the CUDA kernels are not built")],
+)
+def test_devices_that_cannot_run_models_are_refused_with_the_reason(transformer, device, reason):
+    with pytest.raises(ValueError, match=rf"device '{device}': .*{reason}"):
         transformer.to(device)
     assert transformer.to("cpu") is transformer and transformer.to("cpu:0") is transformer
+    assert transformer.device == "cpu"
+
+
+def test_the_emulated_accelerator_runs_models(transformer):
+    before = cogvideo_c.memory_stats("emu")["weights_bytes.current"]
+    assert transformer.to("emu") is transformer and transformer.device == "emu"
+    # every weight group has its device copy: the emulated device holds the model's weight bytes
+    assert cogvideo_c.memory_stats("emu")["weights_bytes.current"] - before == transformer.weight_bytes
+    transformer.to("cpu")
+    assert cogvideo_c.memory_stats("emu")["weights_bytes.current"] == before and transformer.device == "cpu"
 
 
 def test_padding_to_an_absurd_model_max_length_is_a_value_error(tmp_path):

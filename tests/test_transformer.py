@@ -70,8 +70,10 @@ def test_weight_bytes_are_the_checkpoints_tensor_bytes(folder, dtype):
     after = cogvideo_c.memory_stats()
     copied = after["weights_bytes.current"] - before["weights_bytes.current"]
     mapped = after["mapped_weights_bytes.current"] - before["mapped_weights_bytes.current"]
-    print(f"{folder}: checkpoint tensors {tensor_bytes} bytes, weights {model.weight_bytes} bytes in the device "
-          f"layout, host: {mapped} read in place from the mapped file, {copied} copied")
+    print(
+        f"{folder}: checkpoint tensors {tensor_bytes} bytes, weights {model.weight_bytes} bytes in the device "
+        f"layout, host: {mapped} read in place from the mapped file, {copied} copied"
+    )
     # stored in the run dtype: every tensor is read in place from the mapping, no host copy at all
     assert copied == 0 and mapped == tensor_bytes
     # the device layout holds the same bytes, up to each tensor's 64-byte alignment inside its group

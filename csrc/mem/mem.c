@@ -156,6 +156,9 @@ static void stats_grow(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64
     if (s->reserved_bytes > s->peak_reserved_bytes) s->peak_reserved_bytes = s->reserved_bytes;
     if (s->kind_allocated_bytes[kind] > s->kind_peak_bytes[kind])
         s->kind_peak_bytes[kind] = s->kind_allocated_bytes[kind];
+    if (s->allocated_bytes > s->window_peak_bytes) s->window_peak_bytes = s->allocated_bytes;
+    if (s->kind_allocated_bytes[kind] > s->window_kind_peak_bytes[kind])
+        s->window_kind_peak_bytes[kind] = s->kind_allocated_bytes[kind];
     s->num_allocs++;
     s->num_active++;
 }
@@ -312,6 +315,15 @@ void cvx_mem_reset_peak(cvx_device dev) {
     s->peak_allocated_bytes = s->allocated_bytes;
     s->peak_reserved_bytes = s->reserved_bytes;
     for (int k = 0; k < CVX_NUM_MEM_KINDS; k++) s->kind_peak_bytes[k] = s->kind_allocated_bytes[k];
+    pthread_mutex_unlock(&mem_lock);
+}
+
+void cvx_mem_mark_window(cvx_device dev) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return;
+    pthread_mutex_lock(&mem_lock);
+    cvx_mem_stats *s = &mem_stats[dev];
+    s->window_peak_bytes = s->allocated_bytes;
+    for (int k = 0; k < CVX_NUM_MEM_KINDS; k++) s->window_kind_peak_bytes[k] = s->kind_allocated_bytes[k];
     pthread_mutex_unlock(&mem_lock);
 }
 

@@ -32,6 +32,10 @@ typedef struct cvx_mem_stats {
     int64_t num_ooms;     /* allocations refused */
     int64_t limit_bytes;  /* 0: no limit */
     int64_t mapped_bytes; /* weights read in place from a memory-mapped checkpoint (cvx_mem_add_mapped) */
+    /* peaks since cvx_mem_mark_window: a second set that per-stage reports reset without touching the peaks a
+     * caller measures with cvx_mem_reset_peak */
+    int64_t window_peak_bytes;
+    int64_t window_kind_peak_bytes[CVX_NUM_MEM_KINDS];
 } cvx_mem_stats;
 
 const char *cvx_device_name(cvx_device dev);
@@ -55,6 +59,8 @@ void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out);
 cvx_status cvx_mem_add_mapped(cvx_device dev, int64_t delta);
 /* Peaks (total and per kind) restart from the current values. */
 void cvx_mem_reset_peak(cvx_device dev);
+/* The window peaks restart from the current values. */
+void cvx_mem_mark_window(cvx_device dev);
 /* bytes <= 0 removes the limit. A limit below what is allocated now is accepted: later allocations fail. */
 void cvx_mem_set_limit(cvx_device dev, int64_t bytes);
 

@@ -210,7 +210,7 @@ static cvx_status ensure_ring(cvx_residency *r) {
     int64_t need = 0;
     for (int g = r->first; g <= r->last; g++)
         if (r->groups[g].bytes > need) need = r->groups[g].bytes;
-    const int n = r->prefetch + 1;
+    const int span = r->last - r->first + 1, n = r->prefetch + 1 < span ? r->prefetch + 1 : span;
     if (r->ring && r->ring_bytes >= need && r->ring_n == n) return CVX_OK;
     free_ring(r);
     r->ring = calloc((size_t)n, sizeof(void *));

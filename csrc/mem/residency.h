@@ -11,8 +11,8 @@
  *   MODEL       the whole component comes in, in one pass, at cvx_residency_onload (or the first acquire), and stays
  *               until cvx_residency_offload (the pipeline calls it when the next component starts).
  *   SEQUENTIAL  only the groups a forward is using: acquire(g) waits for g and queues the next `prefetch` groups of
- *               the pass on the copy queue, into a ring of prefetch + 1 device slots of the largest block group's
- *               size (allocated once); release(g) gives g's slot back.
+ *               the pass on the copy queue, into a ring of prefetch + 1 device slots (no more than the pass has
+ *               groups) of the largest block group's size (allocated once); release(g) gives g's slot back.
  * On the CPU device every policy reads the host bytes in place: nothing is copied. */
 #ifndef CVX_RESIDENCY_H
 #define CVX_RESIDENCY_H

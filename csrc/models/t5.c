@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,25 @@ struct cvx_t5 {
     t5_block *blocks;
     cvx_weights weights;
 };
+
+#define FIELD(key, type, required)                                                                                     \
+    { #key, CVX_CONFIG_##type, offsetof(cvx_t5_config, key), required, 0, 0 }
+const cvx_config_field cvx_t5_config_fields[] = {
+    FIELD(vocab_size, INT, 1),
+    FIELD(d_model, INT, 1),
+    FIELD(d_kv, INT, 1),
+    FIELD(num_heads, INT, 1),
+    FIELD(d_ff, INT, 1),
+    FIELD(num_layers, INT, 1),
+    FIELD(relative_attention_num_buckets, INT, 1),
+    FIELD(relative_attention_max_distance, INT, 1),
+    FIELD(gated, BOOL, 1),
+    FIELD(layer_norm_epsilon, FLOAT, 1),
+    FIELD(embedding_name, STRING, 1),
+    FIELD(ignored_name, STRING, 0),
+    {NULL, 0, 0, 0, 0, 0},
+};
+#undef FIELD
 
 static void decl(cvx_weights *ws, int group, const void **slot, int64_t rows, int64_t cols, const char *fmt, int i) {
     char name[CVX_WEIGHT_NAME_MAX];
@@ -75,7 +95,8 @@ static cvx_status check_config(const cvx_t5_config *c) {
     return CVX_OK;
 }
 
-cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out) {
+/* The model shell and its declarations for `cfg`, nothing loaded: what create loads into and schema reports. */
+static cvx_status build(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out) {
     *out = NULL;
     CVX_CHECK(check_config(cfg));
     /* each block holds 8 tensors (9 gated): a layer count the checkpoint cannot hold fails before any is declared */
@@ -95,7 +116,8 @@ cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dt
     ws->ignored = cfg->ignored_name;
     const int64_t d = cfg->d_model, inner = (int64_t)cfg->num_heads * cfg->d_kv, f = cfg->d_ff;
     /* group 0: embedding and final norm; group 1 + i: block i (block 0 also owns the relative bias table) */
-    decl(ws, 0, &t5->embedding, cfg->vocab_size, d, cfg->embedding_name, 0);
+    const int64_t embedding_shape[2] = {cfg->vocab_size, d}; /* its name comes from the caller: not a format */
+    cvx_weights_declare(ws, 0, 0, (void **)&t5->embedding, 2, embedding_shape, "%s", cfg->embedding_name);
     decl(ws, 0, &t5->final_norm, d, 0, "encoder.final_layer_norm.weight", 0);
     decl(ws, 1, &t5->relative_bias, cfg->relative_attention_num_buckets, cfg->num_heads,
          "encoder.block.%d.layer.0.SelfAttention.relative_attention_bias.weight", 0);
@@ -116,12 +138,37 @@ cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dt
         decl(ws, g, &b->wo, d, f, "encoder.block.%d.layer.1.DenseReluDense.wo.weight", i);
         decl(ws, g, &b->ff_norm, d, 0, "encoder.block.%d.layer.1.layer_norm.weight", i);
     }
-    cvx_status st_ = cvx_weights_load(ws, st, dtype);
+    if (ws->decl_status != CVX_OK) {
+        const cvx_status st_ = ws->decl_status;
+        cvx_t5_free(t5);
+        return st_;
+    }
+    *out = t5;
+    return CVX_OK;
+}
+
+cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out) {
+    *out = NULL;
+    cvx_t5 *t5 = NULL;
+    CVX_CHECK(build(cfg, st, dtype, &t5));
+    cvx_status st_ = cvx_weights_load(&t5->weights, st, dtype);
     if (st_ != CVX_OK) {
         cvx_t5_free(t5);
         return st_;
     }
     *out = t5;
+    return CVX_OK;
+}
+
+cvx_status cvx_t5_schema(const cvx_t5_config *cfg, cvx_dtype dtype, cvx_weights *out) {
+    memset(out, 0, sizeof(*out));
+    cvx_t5 *t5 = NULL;
+    CVX_CHECK(build(cfg, NULL, dtype, &t5));
+    *out = t5->weights; /* the table moves out; its slots pointed into the shell freed below */
+    for (int i = 0; i < out->count; i++) out->decls[i].slot = NULL;
+    out->ignored = NULL; /* borrowed from the config, which the caller may free */
+    memset(&t5->weights, 0, sizeof(t5->weights));
+    cvx_t5_free(t5);
     return CVX_OK;
 }
 

@@ -4,6 +4,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "config.h"
 #include "weights.h"
 
 typedef struct cvx_t5_config {
@@ -16,10 +17,16 @@ typedef struct cvx_t5_config {
     const char *ignored_name;   /* a tied duplicate in the file to skip, or NULL */
 } cvx_t5_config;
 
+/* The fields above by name (the keys a config dict passes), ended by a NULL key. */
+extern const cvx_config_field cvx_t5_config_fields[];
+
 typedef struct cvx_t5 cvx_t5;
 
 cvx_status cvx_t5_create(const cvx_t5_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_t5 **out);
 void cvx_t5_free(cvx_t5 *t5);
+/* Only the declarations create makes for `cfg` (the config checked as create checks it): names, shapes, groups,
+ * nothing loaded or allocated beyond the table, every slot NULL. `out` is filled on success; cvx_weights_free it. */
+cvx_status cvx_t5_schema(const cvx_t5_config *cfg, cvx_dtype dtype, cvx_weights *out);
 int64_t cvx_t5_weight_bytes(const cvx_t5 *t5);
 int cvx_t5_num_weight_groups(const cvx_t5 *t5);
 /* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,33 @@ struct cvx_transformer {
     cvx_weights weights;
 };
 
-/* ---- weights ---------------------------------------------------------------------------------------------------- */
+/* ---- config and weights ----------------------------------------------------------------------------------------- */
+
+#define FIELD(key, type, required)                                                                                     \
+    { #key, CVX_CONFIG_##type, offsetof(cvx_transformer_config, key), required, 0, 0 }
+const cvx_config_field cvx_transformer_config_fields[] = {
+    FIELD(num_attention_heads, INT, 1),
+    FIELD(attention_head_dim, INT, 1),
+    FIELD(in_channels, INT, 1),
+    FIELD(out_channels, INT, 1),
+    FIELD(flip_sin_to_cos, BOOL, 1),
+    FIELD(freq_shift, INT, 1),
+    FIELD(time_embed_dim, INT, 1),
+    FIELD(ofs_embed_dim, INT, 0), /* 0: no ofs embedding (diffusers' None) */
+    FIELD(text_embed_dim, INT, 1),
+    FIELD(num_layers, INT, 1),
+    FIELD(attention_bias, BOOL, 1),
+    FIELD(patch_bias, BOOL, 1),
+    FIELD(norm_elementwise_affine, BOOL, 1),
+    FIELD(patch_size, INT, 1),
+    FIELD(patch_size_t, INT, 0), /* 0: CogVideoX 1.0 (diffusers' None) */
+    FIELD(max_text_seq_length, INT, 1),
+    FIELD(use_learned_positional_embeddings, BOOL, 0),
+    FIELD(learned_table_rows, INT, 0),
+    FIELD(norm_eps, FLOAT, 1),
+    {NULL, 0, 0, 0, 0, 0},
+};
+#undef FIELD
 
 static void decl_linear(cvx_weights *ws, int group, tr_linear *l, int out, int in, int bias, const char *name) {
     const int64_t wshape[2] = {out, in}, bshape[1] = {out};
@@ -169,8 +196,9 @@ static cvx_status check_config(const cvx_transformer_config *c) {
     return CVX_OK;
 }
 
-cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
-                                  uint64_t seed, cvx_transformer **out) {
+/* The model shell and its declarations for `cfg`, nothing loaded: what create loads into and schema reports. */
+static cvx_status build(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
+                        cvx_transformer **out) {
     *out = NULL;
     CVX_CHECK(check_config(cfg));
     /* a block holds 17 tensors, 3 more with attention biases and 4 more with affine norms */
@@ -183,13 +211,38 @@ cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_s
     tr->dtype = dtype;
     tr->weights.dtype = dtype;
     cvx_status st_ = declare(tr);
-    if (st_ == CVX_OK)
-        st_ = st ? cvx_weights_load(&tr->weights, st, dtype) : cvx_weights_init_random(&tr->weights, dtype, seed);
+    if (st_ == CVX_OK) st_ = tr->weights.decl_status;
     if (st_ != CVX_OK) {
         cvx_transformer_free(tr);
         return st_;
     }
     *out = tr;
+    return CVX_OK;
+}
+
+cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
+                                  uint64_t seed, cvx_transformer **out) {
+    *out = NULL;
+    cvx_transformer *tr = NULL;
+    CVX_CHECK(build(cfg, st, dtype, &tr));
+    cvx_status st_ =
+        st ? cvx_weights_load(&tr->weights, st, dtype) : cvx_weights_init_random(&tr->weights, dtype, seed);
+    if (st_ != CVX_OK) {
+        cvx_transformer_free(tr);
+        return st_;
+    }
+    *out = tr;
+    return CVX_OK;
+}
+
+cvx_status cvx_transformer_schema(const cvx_transformer_config *cfg, cvx_dtype dtype, cvx_weights *out) {
+    memset(out, 0, sizeof(*out));
+    cvx_transformer *tr = NULL;
+    CVX_CHECK(build(cfg, NULL, dtype, &tr));
+    *out = tr->weights; /* the table moves out; its slots pointed into the shell freed below */
+    for (int i = 0; i < out->count; i++) out->decls[i].slot = NULL;
+    memset(&tr->weights, 0, sizeof(tr->weights));
+    cvx_transformer_free(tr);
     return CVX_OK;
 }
 

@@ -5,6 +5,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "config.h"
 #include "weights.h"
 
 typedef struct cvx_transformer_config {
@@ -21,6 +22,9 @@ typedef struct cvx_transformer_config {
     float norm_eps;
 } cvx_transformer_config;
 
+/* The fields above by name (the keys a config dict passes), ended by a NULL key. */
+extern const cvx_config_field cvx_transformer_config_fields[];
+
 typedef struct cvx_transformer cvx_transformer;
 
 /* Builds the model and loads its weights from `st` (or, with st NULL, draws them from a seeded generator: for
@@ -28,6 +32,9 @@ typedef struct cvx_transformer cvx_transformer;
 cvx_status cvx_transformer_create(const cvx_transformer_config *cfg, const cvx_st_file *st, cvx_dtype dtype,
                                   uint64_t seed, cvx_transformer **out);
 void cvx_transformer_free(cvx_transformer *tr);
+/* Only the declarations create makes for `cfg` (the config checked as create checks it): names, shapes, groups,
+ * nothing loaded or allocated beyond the table, every slot NULL. `out` is filled on success; cvx_weights_free it. */
+cvx_status cvx_transformer_schema(const cvx_transformer_config *cfg, cvx_dtype dtype, cvx_weights *out);
 int64_t cvx_transformer_weight_bytes(const cvx_transformer *tr);
 int cvx_transformer_num_weight_groups(const cvx_transformer *tr);
 /* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */

@@ -7,6 +7,7 @@
  * resampling, so the numbers are those of diffusers' resample-then-convolve). */
 #include "vae.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,23 @@ struct cvx_vae {
 #define GROUP_DEC_MID(n) (2 + (n))
 #define GROUP_DEC_BLOCK(n, i) (3 + (n) + (i))
 
-/* ---- declaration of the weights by their diffusers names -------------------------------------------------------- */
+/* ---- the config by name, and the weights by their diffusers names ----------------------------------------------- */
+
+#define FIELD(key, type)                                                                                               \
+    { #key, CVX_CONFIG_##type, offsetof(cvx_vae_config, key), 1, 0, 0 }
+const cvx_config_field cvx_vae_config_fields[] = {
+    FIELD(in_channels, INT),
+    FIELD(out_channels, INT),
+    FIELD(latent_channels, INT),
+    {"block_out_channels", CVX_CONFIG_INT_LIST, offsetof(cvx_vae_config, block_out_channels), 1,
+     offsetof(cvx_vae_config, num_blocks), CVX_VAE_MAX_BLOCKS},
+    FIELD(layers_per_block, INT),
+    FIELD(norm_num_groups, INT),
+    FIELD(norm_eps, FLOAT),
+    FIELD(temporal_compression_ratio, INT),
+    {NULL, 0, 0, 0, 0, 0},
+};
+#undef FIELD
 
 static void decl_conv(cvx_weights *ws, int group, cvx_conv_weight *cw, int co, int ci, int kt, int kh, int kw, int ndim,
                       const char *prefix) {
@@ -223,7 +240,8 @@ static cvx_status check_config(const cvx_vae_config *c, int *levels) {
     return CVX_OK;
 }
 
-cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out) {
+/* The model shell and its declarations for `cfg`, nothing loaded: what create loads into and schema reports. */
+static cvx_status build(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out) {
     cvx_status st_ = CVX_OK;
     *out = NULL;
     int levels = 0;
@@ -238,11 +256,35 @@ cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_
     vae->compress_levels = levels;
     vae->weights.dtype = dtype; /* before declaring: the conv descriptors record it */
     if ((st_ = declare_encoder(vae)) != CVX_OK || (st_ = declare_decoder(vae)) != CVX_OK ||
-        (st_ = cvx_weights_load(&vae->weights, st, dtype)) != CVX_OK) {
+        (st_ = vae->weights.decl_status) != CVX_OK) {
         cvx_vae_free(vae);
         return st_;
     }
     *out = vae;
+    return CVX_OK;
+}
+
+cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out) {
+    *out = NULL;
+    cvx_vae *vae = NULL;
+    CVX_CHECK(build(cfg, st, dtype, &vae));
+    cvx_status st_ = cvx_weights_load(&vae->weights, st, dtype);
+    if (st_ != CVX_OK) {
+        cvx_vae_free(vae);
+        return st_;
+    }
+    *out = vae;
+    return CVX_OK;
+}
+
+cvx_status cvx_vae_schema(const cvx_vae_config *cfg, cvx_dtype dtype, cvx_weights *out) {
+    memset(out, 0, sizeof(*out));
+    cvx_vae *vae = NULL;
+    CVX_CHECK(build(cfg, NULL, dtype, &vae));
+    *out = vae->weights; /* the table moves out; its slots pointed into the shell freed below */
+    for (int i = 0; i < out->count; i++) out->decls[i].slot = NULL;
+    memset(&vae->weights, 0, sizeof(vae->weights));
+    cvx_vae_free(vae);
     return CVX_OK;
 }
 

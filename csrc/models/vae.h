@@ -5,6 +5,7 @@
 
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "config.h"
 #include "weights.h"
 
 #define CVX_VAE_MAX_BLOCKS 8
@@ -18,6 +19,10 @@ typedef struct cvx_vae_config {
     float norm_eps;
     int temporal_compression_ratio;
 } cvx_vae_config;
+
+/* The fields above by name (the keys a config dict passes; block_out_channels also sets num_blocks), ended by a
+ * NULL key. */
+extern const cvx_config_field cvx_vae_config_fields[];
 
 typedef struct cvx_vae_tiling {
     int enabled;
@@ -37,6 +42,9 @@ typedef struct cvx_vae cvx_vae;
 /* Builds the module tree for `cfg` and loads its weights from `st` converted to `dtype`. */
 cvx_status cvx_vae_create(const cvx_vae_config *cfg, const cvx_st_file *st, cvx_dtype dtype, cvx_vae **out);
 void cvx_vae_free(cvx_vae *vae);
+/* Only the declarations create makes for `cfg` (the config checked as create checks it): names, shapes, groups,
+ * nothing loaded or allocated beyond the table, every slot NULL. `out` is filled on success; cvx_weights_free it. */
+cvx_status cvx_vae_schema(const cvx_vae_config *cfg, cvx_dtype dtype, cvx_weights *out);
 int64_t cvx_vae_weight_bytes(const cvx_vae *vae);
 int cvx_vae_num_weight_groups(const cvx_vae *vae);
 /* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */

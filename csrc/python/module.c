@@ -12,6 +12,8 @@
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "../mem/mem.h"
+#include "../mem/residency.h"
+#include "../models/config.h"
 #include "../models/t5.h"
 #include "../models/transformer.h"
 #include "../models/vae.h"
@@ -28,6 +30,12 @@ static PyObject *raise_status(cvx_status st) {
         type = OutOfMemoryError;
     else if (st == CVX_ERR_IO)
         type = PyExc_OSError;
+    else if (st == CVX_ERR_INTERRUPTED) {
+        cvx_error_clear();
+        /* the stop poll ran the signal handlers: their KeyboardInterrupt is already set */
+        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        return NULL;
+    }
     PyErr_SetString(type, cvx_error_message());
     cvx_error_clear();
     return NULL;
@@ -61,7 +69,7 @@ static int parse_dtype(const char *name, cvx_dtype *dt) {
     return 0;
 }
 
-/* ---- config tuples ------------------------------------------------------------------------------------------- */
+/* ---- configs by name ------------------------------------------------------------------------------------------- */
 
 /* A Python int as a C int: one outside the C int range is refused with `what` 'key' named, never truncated; a
  * float, string or bool is refused too (the Python layer passes exact ints). */
@@ -81,31 +89,99 @@ static int exact_int(PyObject *obj, const char *what, const char *key, int *out)
     return 0;
 }
 
-/* Item i of a config tuple as a C int. */
-static int config_int(PyObject *tuple, Py_ssize_t i, const char *key, int *out) {
-    return exact_int(PyTuple_GET_ITEM(tuple, i), "config", key, out);
-}
-
-static int config_double(PyObject *tuple, Py_ssize_t i, const char *key, double *out) {
-    PyObject *obj = PyTuple_GET_ITEM(tuple, i);
+/* A Python number as a float32 config value; non-finite or out of float32's range is refused with the key named. */
+static int config_float(PyObject *obj, const char *key, float *out) {
     if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
         PyErr_Format(PyExc_ValueError, "config '%s' must be a number, got %R", key, obj);
         return -1;
     }
-    *out = PyFloat_AsDouble(obj);
-    if (*out == -1.0 && PyErr_Occurred()) return -1;
-    if (!isfinite(*out) || fabs(*out) > FLT_MAX) { /* the models keep it as a float: no undefined conversion */
+    const double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    if (!isfinite(v) || fabs(v) > FLT_MAX) { /* the models keep it as a float: no undefined conversion */
         PyErr_Format(PyExc_ValueError, "config '%s' = %R is not a finite float32 value", key, obj);
         return -1;
     }
+    *out = (float)v;
     return 0;
 }
 
-/* A config tuple of exactly n items, or -1 with a ValueError. */
-static int config_tuple(PyObject *obj, Py_ssize_t n, const char *what) {
-    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != n) {
-        PyErr_Format(PyExc_ValueError, "the %s config must be a tuple of %zd items", what, n);
+/* One value of a config dict into its place in the struct, by the field's type. */
+static int config_value(PyObject *obj, const cvx_config_field *f, char *base) {
+    void *at = base + f->offset;
+    switch (f->type) {
+    case CVX_CONFIG_INT: return exact_int(obj, "config", f->key, at);
+    case CVX_CONFIG_BOOL:
+        if (!PyBool_Check(obj)) { /* 0 / 1 or a string would read as a flag by accident */
+            PyErr_Format(PyExc_ValueError, "config '%s' must be True or False, got %R", f->key, obj);
+            return -1;
+        }
+        *(int *)at = obj == Py_True;
+        return 0;
+    case CVX_CONFIG_FLOAT: return config_float(obj, f->key, at);
+    case CVX_CONFIG_STRING:
+        if (obj == Py_None && !f->required) return 0;
+        if (!PyUnicode_Check(obj)) {
+            PyErr_Format(PyExc_ValueError, "config '%s' must be a string, got %R", f->key, obj);
+            return -1;
+        }
+        /* the UTF-8 buffer lives as long as the string, which the caller's dict holds through the call */
+        return (*(const char **)at = PyUnicode_AsUTF8(obj)) ? 0 : -1;
+    case CVX_CONFIG_INT_LIST: {
+        if (!PyTuple_Check(obj) && !PyList_Check(obj)) {
+            PyErr_Format(PyExc_ValueError, "config '%s' must be a list of integers, got %R", f->key, obj);
+            return -1;
+        }
+        PyObject *seq = PySequence_Fast(obj, "a list");
+        if (!seq) return -1;
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        int status = 0;
+        if (n < 1 || n > f->capacity) {
+            PyErr_Format(PyExc_ValueError, "config '%s' must have 1 to %d entries", f->key, f->capacity);
+            status = -1;
+        }
+        for (Py_ssize_t i = 0; status == 0 && i < n; i++)
+            status = exact_int(PySequence_Fast_GET_ITEM(seq, i), "config", f->key, (int *)at + i);
+        Py_DECREF(seq);
+        if (status == 0) *(int *)(base + f->count_offset) = (int)n;
+        return status;
+    }
+    }
+    PyErr_Format(PyExc_SystemError, "config '%s' has an unknown field type", f->key);
+    return -1;
+}
+
+/* Fills the config struct `out` (zeroed here) from a dict whose keys are the struct's field names (`fields`): every
+ * key must be a field (a stray one is named: the Python layer passes only what the struct has), every required
+ * field present, every value exactly of its field's type. The C model then checks the values themselves. */
+static int read_config(PyObject *dict, const char *what, const cvx_config_field *fields, void *out, size_t size) {
+    memset(out, 0, size);
+    if (!PyDict_Check(dict)) {
+        PyErr_Format(PyExc_ValueError, "the %s config must be a dict of its fields, got %R", what, dict);
         return -1;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!name) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s config keys must be strings, got %R", what, key);
+            return -1;
+        }
+        const cvx_config_field *f = fields;
+        while (f->key && strcmp(f->key, name) != 0) f++;
+        if (!f->key) {
+            PyErr_Format(PyExc_ValueError, "%s config has an unknown key '%s'", what, name);
+            return -1;
+        }
+        if (config_value(value, f, out) < 0) return -1;
+    }
+    for (const cvx_config_field *f = fields; f->key; f++) {
+        if (!f->required) continue;
+        PyObject *v = PyDict_GetItemString(dict, f->key);
+        if (!v) {
+            PyErr_Format(PyExc_ValueError, "%s config is missing the key '%s'", what, f->key);
+            return -1;
+        }
     }
     return 0;
 }
@@ -326,52 +402,33 @@ static void VAE_dealloc(VAEObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* VAE(config: tuple, weights_path: str, dtype: str) where config is (in_channels, out_channels, latent_channels,
- * block_out_channels: tuple, layers_per_block, norm_num_groups, norm_eps, temporal_compression_ratio). The C model
+/* VAE(config: dict, weights_path: str, dtype: str); the config's keys are cvx_vae_config's fields. The C model
  * checks the values; here they are only read, exactly. */
 static int VAE_init(VAEObject *self, PyObject *args, PyObject *kwds) {
     (void)kwds;
     cvx_vae_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
     PyObject *c = NULL, *path_obj = NULL;
     const char *dtype_name = NULL;
-    double eps = 0.0;
     if (!PyArg_ParseTuple(args, "OO&s", &c, PyUnicode_FSConverter, &path_obj, &dtype_name)) return -1;
     cvx_dtype dtype;
-    if (parse_dtype(dtype_name, &dtype) < 0 || config_tuple(c, 8, "VAE") < 0 ||
-        config_int(c, 0, "in_channels", &cfg.in_channels) < 0 ||
-        config_int(c, 1, "out_channels", &cfg.out_channels) < 0 ||
-        config_int(c, 2, "latent_channels", &cfg.latent_channels) < 0 ||
-        config_int(c, 4, "layers_per_block", &cfg.layers_per_block) < 0 ||
-        config_int(c, 5, "norm_num_groups", &cfg.norm_num_groups) < 0 || config_double(c, 6, "norm_eps", &eps) < 0 ||
-        config_int(c, 7, "temporal_compression_ratio", &cfg.temporal_compression_ratio) < 0)
-        goto fail;
-    cfg.norm_eps = (float)eps;
-    PyObject *blocks = PyTuple_GET_ITEM(c, 3);
-    if (!PyTuple_Check(blocks) || PyTuple_GET_SIZE(blocks) < 1 || PyTuple_GET_SIZE(blocks) > CVX_VAE_MAX_BLOCKS) {
-        PyErr_Format(PyExc_ValueError, "config 'block_out_channels' must have 1 to %d entries", CVX_VAE_MAX_BLOCKS);
-        goto fail;
+    if (parse_dtype(dtype_name, &dtype) < 0 || read_config(c, "VAE", cvx_vae_config_fields, &cfg, sizeof(cfg)) < 0) {
+        Py_DECREF(path_obj);
+        return -1;
     }
-    cfg.num_blocks = (int)PyTuple_GET_SIZE(blocks);
-    for (int i = 0; i < cfg.num_blocks; i++)
-        if (config_int(blocks, i, "block_out_channels", &cfg.block_out_channels[i]) < 0) goto fail;
     cvx_st_file *st_file = NULL;
     cvx_status st;
     cvx_vae *vae = NULL;
     Py_BEGIN_ALLOW_THREADS st = cvx_st_open(PyBytes_AS_STRING(path_obj), &st_file);
     if (st == CVX_OK) st = cvx_vae_create(&cfg, st_file, dtype, &vae);
-    cvx_st_close(st_file); /* the weights were copied into their groups */
-    Py_END_ALLOW_THREADS if (st != CVX_OK) {
+    cvx_st_close(st_file); /* our reference: weights read in place keep the mapping with one of their own */
+    Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    if (st != CVX_OK) {
         raise_status(st);
-        goto fail;
+        return -1;
     }
     cvx_vae_free(self->vae);
     self->vae = vae;
-    Py_DECREF(path_obj);
     return 0;
-fail:
-    Py_XDECREF(path_obj);
-    return -1;
 }
 
 static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
@@ -487,61 +544,17 @@ static void Transformer_dealloc(TransformerObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Transformer(config: tuple, weights_path: str | None, dtype: str, seed: int = 0); config is (heads, head_dim,
- * in_channels, out_channels, flip_sin_to_cos, freq_shift, time_embed_dim, ofs_embed_dim, text_embed_dim, num_layers,
- * attention_bias, patch_bias, norm_elementwise_affine, patch_size, patch_size_t, max_text_seq_length,
- * use_learned_positional_embeddings, learned_table_rows, norm_eps). No path: seeded random weights. */
+/* Transformer(config: dict, weights_path: str | None, dtype: str, seed: int = 0); the config's keys are
+ * cvx_transformer_config's fields. No path: seeded random weights. */
 static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *kwds) {
     (void)kwds;
     cvx_transformer_config c;
-    memset(&c, 0, sizeof(c));
     PyObject *cfg = NULL, *path_obj = NULL, *path_arg = NULL;
     const char *dtype_name = NULL;
     unsigned long long seed = 0;
-    double eps = 0.0;
     if (!PyArg_ParseTuple(args, "OOs|K", &cfg, &path_arg, &dtype_name, &seed) ||
-        config_tuple(cfg, 19, "transformer") < 0)
+        read_config(cfg, "transformer", cvx_transformer_config_fields, &c, sizeof(c)) < 0)
         return -1;
-    static const char *const keys[18] = {"num_attention_heads",
-                                         "attention_head_dim",
-                                         "in_channels",
-                                         "out_channels",
-                                         "flip_sin_to_cos",
-                                         "freq_shift",
-                                         "time_embed_dim",
-                                         "ofs_embed_dim",
-                                         "text_embed_dim",
-                                         "num_layers",
-                                         "attention_bias",
-                                         "patch_bias",
-                                         "norm_elementwise_affine",
-                                         "patch_size",
-                                         "patch_size_t",
-                                         "max_text_seq_length",
-                                         "use_learned_positional_embeddings",
-                                         "learned_table_rows"};
-    int *const slots[18] = {&c.num_attention_heads,
-                            &c.attention_head_dim,
-                            &c.in_channels,
-                            &c.out_channels,
-                            &c.flip_sin_to_cos,
-                            &c.freq_shift,
-                            &c.time_embed_dim,
-                            &c.ofs_embed_dim,
-                            &c.text_embed_dim,
-                            &c.num_layers,
-                            &c.attention_bias,
-                            &c.patch_bias,
-                            &c.norm_elementwise_affine,
-                            &c.patch_size,
-                            &c.patch_size_t,
-                            &c.max_text_seq_length,
-                            &c.use_learned_positional_embeddings,
-                            &c.learned_table_rows};
-    for (int i = 0; i < 18; i++)
-        if (config_int(cfg, i, keys[i], slots[i]) < 0) return -1;
-    if (config_double(cfg, 18, "norm_eps", &eps) < 0) return -1;
-    c.norm_eps = (float)eps;
     cvx_dtype dtype;
     if (parse_dtype(dtype_name, &dtype) < 0) return -1;
     if (path_arg != Py_None && !PyUnicode_FSConverter(path_arg, &path_obj)) return -1;
@@ -678,31 +691,23 @@ static void T5_dealloc(T5Object *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* T5(config: (vocab, d_model, d_kv, heads, d_ff, layers, buckets, max_distance, gated, eps, embedding_name,
- *             ignored_name | None), weights_path, dtype) */
+/* T5(config: dict, weights_path, dtype); the config's keys are cvx_t5_config's fields. */
 static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
     (void)kwds;
     cvx_t5_config c;
-    memset(&c, 0, sizeof(c));
-    double eps = 0.0;
     PyObject *cfg = NULL, *path_obj = NULL;
     const char *dtype_name = NULL;
     if (!PyArg_ParseTuple(args, "OO&s", &cfg, PyUnicode_FSConverter, &path_obj, &dtype_name)) return -1;
     cvx_dtype dtype;
-    if (parse_dtype(dtype_name, &dtype) < 0 || config_tuple(cfg, 12, "T5") < 0 ||
-        config_int(cfg, 0, "vocab_size", &c.vocab_size) < 0 || config_int(cfg, 1, "d_model", &c.d_model) < 0 ||
-        config_int(cfg, 2, "d_kv", &c.d_kv) < 0 || config_int(cfg, 3, "num_heads", &c.num_heads) < 0 ||
-        config_int(cfg, 4, "d_ff", &c.d_ff) < 0 || config_int(cfg, 5, "num_layers", &c.num_layers) < 0 ||
-        config_int(cfg, 6, "relative_attention_num_buckets", &c.relative_attention_num_buckets) < 0 ||
-        config_int(cfg, 7, "relative_attention_max_distance", &c.relative_attention_max_distance) < 0 ||
-        (c.gated = PyObject_IsTrue(PyTuple_GET_ITEM(cfg, 8))) < 0 ||
-        config_double(cfg, 9, "layer_norm_epsilon", &eps) < 0 ||
-        !(c.embedding_name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(cfg, 10))) ||
-        (PyTuple_GET_ITEM(cfg, 11) != Py_None && !(c.ignored_name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(cfg, 11))))) {
+    /* the tensor names are borrowed from the dict's strings while the GIL is released: a private copy keeps them
+     * alive whatever another thread does to the caller's dict */
+    PyObject *held = PyDict_Check(cfg) ? PyDict_Copy(cfg) : (Py_INCREF(cfg), cfg);
+    if (!held || parse_dtype(dtype_name, &dtype) < 0 ||
+        read_config(held, "T5", cvx_t5_config_fields, &c, sizeof(c)) < 0) {
+        Py_XDECREF(held);
         Py_DECREF(path_obj);
         return -1;
     }
-    c.layer_norm_epsilon = (float)eps;
     cvx_st_file *st_file = NULL;
     cvx_t5 *t5 = NULL;
     cvx_status st;
@@ -710,6 +715,7 @@ static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
     if (st == CVX_OK) st = cvx_t5_create(&c, st_file, dtype, &t5);
     cvx_st_close(st_file);
     Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    Py_DECREF(held);
     if (st != CVX_OK) {
         raise_status(st);
         return -1;
@@ -798,6 +804,203 @@ static PyTypeObject T5Type = {
     .tp_doc = "The T5 encoder in C (use cogvideo_c.T5EncoderModel).",
 };
 
+/* ---- the weight schema ------------------------------------------------------------------------------------------ */
+
+/* weight_schema(kind: "vae" | "transformer" | "t5", config: dict, dtype: str) -> [(name, shape, group,
+ * stored_dtype)] in declaration order: what a model of that config declares (and a load checks a checkpoint
+ * against), with nothing loaded or allocated. stored_dtype is the dtype the tensor is held in for that run dtype. */
+static PyObject *py_weight_schema(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *kind = NULL, *dtype_name = NULL;
+    PyObject *cfg = NULL;
+    if (!PyArg_ParseTuple(args, "sOs", &kind, &cfg, &dtype_name)) return NULL;
+    cvx_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype) < 0) return NULL;
+    cvx_weights ws;
+    cvx_status st;
+    /* the GIL stays held: the T5 config's tensor names are borrowed from the dict, and declaring is quick */
+    if (strcmp(kind, "vae") == 0) {
+        cvx_vae_config c;
+        if (read_config(cfg, "VAE", cvx_vae_config_fields, &c, sizeof(c)) < 0) return NULL;
+        st = cvx_vae_schema(&c, dtype, &ws);
+    } else if (strcmp(kind, "transformer") == 0) {
+        cvx_transformer_config c;
+        if (read_config(cfg, "transformer", cvx_transformer_config_fields, &c, sizeof(c)) < 0) return NULL;
+        st = cvx_transformer_schema(&c, dtype, &ws);
+    } else if (strcmp(kind, "t5") == 0) {
+        cvx_t5_config c;
+        if (read_config(cfg, "T5", cvx_t5_config_fields, &c, sizeof(c)) < 0) return NULL;
+        st = cvx_t5_schema(&c, dtype, &ws);
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown model kind '%s' (vae, transformer or t5)", kind);
+        return NULL;
+    }
+    if (st != CVX_OK) return raise_status(st);
+    PyObject *out = PyList_New(ws.count);
+    for (int i = 0; out && i < ws.count; i++) {
+        const cvx_weight_decl *d = &ws.decls[i];
+        PyObject *shape = PyTuple_New(d->ndim);
+        for (int k = 0; shape && k < d->ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(d->shape[k]));
+        PyObject *item =
+            shape ? Py_BuildValue("(sNis)", d->name, shape, d->group, cvx_dtype_name(d->as_f32 ? CVX_F32 : dtype))
+                  : NULL;
+        if (!item)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, item);
+    }
+    cvx_weights_free(&ws);
+    return out;
+}
+
+/* ---- devices and weight residency ------------------------------------------------------------------------------
+ * The pipeline's offload policies drive each component's residency (mem/residency.h) through these. */
+
+/* The weight registry of a VAE, Transformer or T5 core object; NULL (ValueError set) for anything else. */
+static cvx_weights *weights_of(PyObject *obj) {
+    const cvx_weights *ws = NULL;
+    if (PyObject_TypeCheck(obj, &VAEType))
+        ws = ((VAEObject *)obj)->vae ? cvx_vae_weights(((VAEObject *)obj)->vae) : NULL;
+    else if (PyObject_TypeCheck(obj, &TransformerType))
+        ws = ((TransformerObject *)obj)->tr ? cvx_transformer_weights(((TransformerObject *)obj)->tr) : NULL;
+    else if (PyObject_TypeCheck(obj, &T5Type))
+        ws = ((T5Object *)obj)->t5 ? cvx_t5_weights(((T5Object *)obj)->t5) : NULL;
+    else {
+        PyErr_SetString(PyExc_TypeError, "expected a VAE, Transformer or T5 core object");
+        return NULL;
+    }
+    if (!ws || !ws->res) {
+        PyErr_SetString(PyExc_ValueError, "the model holds no weights (it was not initialised)");
+        return NULL;
+    }
+    return (cvx_weights *)ws; /* the registry is the model's own: residency changes where its slots point */
+}
+
+static const char *const policy_names[] = {"none", "model", "sequential"};
+
+/* residency_set(core, device, policy, prefetch): policy is "none", "model" or "sequential". */
+static PyObject *py_residency_set(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *core = NULL, *dev_obj = NULL;
+    const char *policy_name = NULL;
+    int prefetch = 0;
+    if (!PyArg_ParseTuple(args, "OOsi", &core, &dev_obj, &policy_name, &prefetch)) return NULL;
+    cvx_weights *ws = weights_of(core);
+    cvx_device dev;
+    if (!ws || parse_device(dev_obj, &dev) < 0) return NULL;
+    int policy = -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(policy_name, policy_names[i]) == 0) policy = i;
+    if (policy < 0) return PyErr_Format(PyExc_ValueError, "unknown residency policy '%s'", policy_name);
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_residency_set(ws->res, dev, (cvx_policy)policy, prefetch);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_onload(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_residency_onload(ws->res);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_offload(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    Py_BEGIN_ALLOW_THREADS cvx_residency_offload(ws->res);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_info(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    const cvx_residency *r = ws->res;
+    static const char *const states[] = {"host", "in_flight", "resident"};
+    const int n = cvx_residency_num_groups(r);
+    PyObject *groups = PyList_New(n);
+    if (!groups) return NULL;
+    for (int g = 0; g < n; g++) {
+        PyObject *item =
+            Py_BuildValue("(Ls)", (long long)cvx_residency_group_bytes(r, g), states[cvx_residency_state(r, g)]);
+        if (!item) {
+            Py_DECREF(groups);
+            return NULL;
+        }
+        PyList_SET_ITEM(groups, g, item);
+    }
+    cvx_residency_stats s;
+    cvx_residency_get_stats(r, &s);
+    return Py_BuildValue("{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device",
+                         cvx_device_name(cvx_residency_device(r)), "policy", policy_names[cvx_residency_policy(r)],
+                         "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes, "bytes_copied",
+                         (long long)s.bytes_copied, "copies", (long long)s.copies, "copy_ns", (long long)s.copy_ns,
+                         "wait_ns", (long long)s.wait_ns, "resident_bytes", (long long)s.resident_bytes,
+                         "peak_resident_bytes", (long long)s.peak_resident_bytes);
+}
+
+static PyObject *py_residency_reset_stats(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    Py_BEGIN_ALLOW_THREADS cvx_residency_reset_stats(ws->res);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* set_bandwidth(device, bytes_per_second): the emulated link's speed; <= 0 as fast as memcpy. */
+static PyObject *py_set_bandwidth(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    double bps = 0.0;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "Od", &dev_obj, &bps) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (isnan(bps)) return PyErr_Format(PyExc_ValueError, "bandwidth must be a number of bytes per second");
+    cvx_mem_set_bandwidth(dev, bps);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bandwidth(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    return PyFloat_FromDouble(cvx_mem_bandwidth(dev));
+}
+
+/* stage_mark(device): restart the window peaks; stage_peaks(device) -> (total, weights, activations) since. */
+static PyObject *py_stage_mark(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_mark_window(dev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_stage_peaks(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    cvx_mem_stats s;
+    cvx_mem_get_stats(dev, &s);
+    return Py_BuildValue("(LLL)", (long long)s.window_peak_bytes, (long long)s.window_kind_peak_bytes[CVX_MEM_WEIGHTS],
+                         (long long)s.window_kind_peak_bytes[CVX_MEM_ACTIVATIONS]);
+}
+
+/* _fail_at(n): test hook, the n-th allocation from now fails; returns the allocations made since the last call. */
+static PyObject *py_fail_at(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong((long long)cvx_mem_fail_at((int64_t)n));
+}
+
 /* ---- module -------------------------------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -808,6 +1011,19 @@ static PyMethodDef module_methods[] = {
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,
      "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
+    {"weight_schema", py_weight_schema, METH_VARARGS,
+     "weight_schema(kind, config, dtype) -> [(name, shape, group, stored_dtype)] in declaration order"},
+    {"residency_set", py_residency_set, METH_VARARGS,
+     "residency_set(core, device, policy, prefetch): move a component's weights ('none', 'model', 'sequential')"},
+    {"residency_onload", py_residency_onload, METH_O, "residency_onload(core): every weight group to the device"},
+    {"residency_offload", py_residency_offload, METH_O, "residency_offload(core): drop every device copy"},
+    {"residency_info", py_residency_info, METH_O, "residency_info(core) -> dict of groups, copies and times"},
+    {"residency_reset_stats", py_residency_reset_stats, METH_O, "residency_reset_stats(core)"},
+    {"set_bandwidth", py_set_bandwidth, METH_VARARGS, "set_bandwidth(device, bytes_per_s): the emulated link"},
+    {"bandwidth", py_bandwidth, METH_VARARGS, "bandwidth(device='emu') -> bytes per second (0: unlimited)"},
+    {"stage_mark", py_stage_mark, METH_VARARGS, "stage_mark(device): restart the per-stage peaks"},
+    {"stage_peaks", py_stage_peaks, METH_VARARGS, "stage_peaks(device) -> (total, weights, activations) peaks"},
+    {"_fail_at", py_fail_at, METH_O, "_fail_at(n): test hook: the n-th allocation from now fails (n < 0: off)"},
     {NULL, NULL, 0, NULL},
 };
 

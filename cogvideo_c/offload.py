@@ -1,0 +1,379 @@
+"""Devices and the offload strategies of diffusers, on the C memory manager's weight residency.
+
+A model's weights live in weight groups (one per transformer / T5 block, per VAE block, plus one for the rest);
+each group has its host bytes and at most one device copy. The residency policy of each component says which
+copies exist:
+
+- ``none`` (``pipe.to(device)``): every group is on the device.
+- ``model`` (``enable_model_cpu_offload``): a component comes to the device whole when it runs and leaves when the
+  next one in ``model_cpu_offload_seq`` (``text_encoder->transformer->vae``) starts, as diffusers' hooks do.
+- ``sequential`` (``enable_sequential_cpu_offload``, ``enable_group_offload``): the C forward streams one block
+  group at a time through a ring of ``prefetch + 1`` device slots, copying the next group(s) while the current one
+  computes.
+
+``OffloadChain`` is the hook a pipeline installs on its models (``model._offload_hook``): each model calls
+``before(model)`` when it runs, so calling ``pipe.transformer(...)`` directly follows the policy too, as with
+diffusers' accelerate hooks.
+"""
+
+import re
+import sys
+import warnings
+
+from . import _C
+from .modeling import Device
+
+# what _C's device parser knows; cuda runs nothing until the CUDA backend exists
+_DEVICE_TYPES = ("cpu", "emu", "cuda")
+
+
+def resolve_device(device, gpu_id=None, what="device"):
+    """A Device ("cpu", "emu" or "cuda:N") from a str, a torch.device-like object or an int (a CUDA index), with
+    diffusers' gpu_id rules: gpu_id and an index in `device` together are an error."""
+    if device is None:
+        raise ValueError(f"{what} must be given")
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"
+    text = str(device)
+    m = re.fullmatch(r"(\w+)(?::(\d+))?", text)
+    if not m or m.group(1) not in _DEVICE_TYPES:
+        raise ValueError(f"{what} {text!r}: unknown device; expected 'cpu', 'emu' (the emulated accelerator) or 'cuda'")
+    kind, index = m.group(1), m.group(2)
+    if gpu_id is not None and index is not None:
+        raise ValueError(
+            f"You have passed both `gpu_id`={gpu_id} and an index as part of the passed device `device`={text}. "
+            f"Cannot pass both. Please make sure to either not define `gpu_id` or not pass the index as part of the "
+            f"device: `device`={kind}"
+        )
+    if kind == "cuda":
+        raise ValueError(
+            f"{what} {text!r}: the CUDA kernels are not built yet in this version (build_info()['cuda_kernels'] is "
+            "False); use 'cpu', or 'emu' to run the offload strategies on the emulated accelerator"
+        )
+    if index not in (None, "0") or (gpu_id not in (None, 0)):
+        raise ValueError(f"{what} {text!r}: there is one {kind} device (index 0)")
+    return Device(kind)
+
+
+def default_offload_device(current):
+    """The device enable_*_offload uses when none is given: diffusers picks the accelerator and raises without
+    one; here the emulated accelerator counts as one when the pipeline was moved to it, and otherwise the weights
+    stay where they are (the CPU) with a warning, so that a diffusers script runs unchanged on a CPU-only machine."""
+    if current != "cpu":
+        return current
+    warnings.warn(
+        "no accelerator in this build: the offload strategy is recorded but the weights stay on the CPU, where "
+        "nothing needs offloading (pass device='emu' to run it on the emulated accelerator)",
+        stacklevel=3,
+    )
+    return Device("cpu")
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_memory_size(value, what="max_memory"):
+    """Bytes from an int or a size string as accelerate's max_memory reads it ("6GB" = 6e9, "6GiB" = 6 * 2**30)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number of bytes or a size such as '6GB', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]I?B|B)?\s*", str(value), re.IGNORECASE)
+        if not m:
+            raise ValueError(f"{what} must be a number of bytes or a size such as '6GB', got {value!r}")
+        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()])
+    if size <= 0:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return size
+
+
+def format_bytes(n):
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def set_residency(model, device, policy="none", prefetch=0):
+    """Moves one model's weights (all its device copies are dropped first)."""
+    _C.residency_set(model._core, str(device), policy, int(prefetch))
+    model._device = Device(device)
+
+
+class OffloadChain:
+    """The offload hooks of one pipeline: the device, each component's policy, and the order they run in."""
+
+    def __init__(self, pipe, device, policy, prefetch=1, vae_policy=None):
+        self.pipe = pipe
+        self.device = Device(device)
+        self.policy = policy  # "model", "sequential" or "group"
+        self.prefetch = prefetch
+        names = (pipe.model_cpu_offload_seq or "").split("->")
+        models = pipe._models()
+        # the sequence first, then any other model (offloaded like the rest), as diffusers hooks them
+        ordered = [getattr(pipe, n, None) for n in names]
+        self.models = [m for m in ordered if m in models] + [m for m in models if m not in ordered]
+        self.policies = {}
+        for model in self.models:
+            p = "sequential" if policy in ("sequential", "group") else "model"
+            if p == "sequential" and model is getattr(pipe, "vae", None) and vae_policy:
+                p = vae_policy
+            self.policies[id(model)] = p
+        self.install()
+
+    def install(self):
+        for model in self.models:
+            self.install_one(model)
+
+    def install_one(self, model):
+        set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+        model._offload_hook = self
+
+    def remove(self):
+        for model in self.models:
+            if model._offload_hook is self:
+                model._offload_hook = None
+
+    def before(self, model):
+        """A component is about to run: under model offload the others leave the device and it comes in whole."""
+        if model._device != self.device:  # moved away by to(): follow the policy again
+            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+        for other in self.models:
+            if other is not model:
+                other._leave_stage()
+        if self.policies[id(model)] == "model":
+            _C.residency_onload(model._core)
+
+    def free(self):
+        """maybe_free_model_hooks: every component leaves the device (the state before the call)."""
+        for model in self.models:
+            _C.residency_offload(model._core)
+            model._leave_stage()
+
+
+def describe_chain(chain):
+    parts = [f"{type(m).__name__}: {chain.policies[id(m)]}" for m in chain.models]
+    return f"{chain.policy} offload to {chain.device} ({', '.join(parts)})"
+
+
+def print_plan(text):
+    print(f"cogvideo_c: {text}", file=sys.stderr)
+
+
+def host_memory():
+    """(peak RSS, current RSS) of this process in bytes, from /proc (Linux) or getrusage."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["VmHWM"].split()[0]) * 1024, int(fields["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak *= 1 if sys.platform == "darwin" else 1024
+        return peak, peak
+
+
+class MemoryReport(dict):
+    """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", "denoise", "decode"), each a
+    dict of the component that ran, its device, wall seconds, the device's peak bytes during the stage (total,
+    weights, activations), the activation arena's size, the weight bytes copied to the device and the copy time,
+    the time compute waited for copies, the overlap of copies with compute (1: every copy hidden, None: no
+    copies), and the host's peak and current RSS at the end of the stage. str() gives a table."""
+
+    COLUMNS = (("stage", "{}"), ("component", "{}"), ("device", "{}"), ("seconds", "{:.2f}"),
+               ("device_peak_bytes", "b"), ("device_peak_weights_bytes", "b"), ("device_peak_activations_bytes", "b"),
+               ("bytes_copied", "b"), ("copy_seconds", "{:.3f}"), ("wait_seconds", "{:.3f}"), ("overlap", "{:.0%}"),
+               ("host_peak_rss_bytes", "b"))  # fmt: skip
+
+    def __str__(self):
+        rows = [[name for name, _ in self.COLUMNS]]
+        for stage, rec in self.items():
+            row = []
+            for name, fmt in self.COLUMNS:
+                value = stage if name == "stage" else rec.get(name)
+                if value is None:
+                    row.append("-")
+                elif fmt == "b":
+                    row.append(format_bytes(value))
+                else:
+                    row.append(fmt.format(value))
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+class StageMeter:
+    """Measures one stage of a pipeline call for the memory report."""
+
+    def __init__(self, report, stage, name, model, device):
+        import time
+
+        self.report, self.stage, self.name, self.model, self.device = report, stage, name, model, str(device)
+        self._time = time.perf_counter
+        _C.stage_mark(self.device)
+        _C.residency_reset_stats(model._core)
+        self.t0 = self._time()
+
+    def end(self):
+        seconds = self._time() - self.t0
+        total, weights, acts = _C.stage_peaks(self.device)
+        info = _C.residency_info(self.model._core)
+        copy_s, wait_s = info["copy_ns"] / 1e9, info["wait_ns"] / 1e9
+        peak_rss, rss = host_memory()
+        self.report[self.stage] = {
+            "component": self.name, "device": self.device, "seconds": seconds,
+            "device_peak_bytes": total, "device_peak_weights_bytes": weights, "device_peak_activations_bytes": acts,
+            "bytes_copied": info["bytes_copied"], "copies": info["copies"], "copy_seconds": copy_s,
+            "wait_seconds": wait_s, "overlap": max(0.0, 1.0 - wait_s / copy_s) if info["copies"] and copy_s else None,
+            "host_peak_rss_bytes": peak_rss, "host_rss_bytes": rss,
+        }  # fmt: skip
+
+
+# ---- auto: the fastest combination that fits a budget -------------------------------------------------------------
+
+# per component, fastest first; (policy, prefetch)
+_COMPONENT_OPTIONS = (("model", 0), ("sequential", 1), ("sequential", 0))
+
+
+def stage_need(info, policy, prefetch, arena):
+    """Device bytes one component's stage needs under a policy: all its weights (model), or the ring of
+    prefetch + 1 slots of its largest block group plus its non-block group (sequential), plus its arena."""
+    groups = [b for b, _ in info["groups"]]
+    if policy == "model" or len(groups) < 2:
+        return sum(groups) + arena
+    return min(prefetch + 1, len(groups) - 1) * max(groups[1:]) + groups[0] + arena
+
+
+class AutoPlan:
+    """What enable_auto_offload chose for one request: per component a policy, the VAE's slicing/tiling, and the
+    device peak each stage will reach."""
+
+    def __init__(self, budget, resident, choices, vae_options, peaks):
+        self.budget = budget
+        self.resident = resident  # True: everything stays on the device (the `none` strategy)
+        self.choices = choices  # name -> (policy, prefetch)
+        self.vae_options = vae_options  # (slicing, tiling) the plan needs
+        self.peaks = peaks  # name -> bytes
+
+    def describe(self):
+        if self.resident:
+            head = "every component stays on the device"
+        else:
+            head = ", ".join(
+                f"{n} {p}" + (f" (prefetch {k})" if p == "sequential" else "") for n, (p, k) in self.choices.items()
+            )
+        extra = []
+        if self.vae_options[0]:
+            extra.append("VAE slicing")
+        if self.vae_options[1]:
+            extra.append("VAE tiling")
+        tail = f" with {' and '.join(extra)}" if extra else ""
+        peak = max(self.peaks.values()) if self.peaks else 0
+        return f"auto offload within {format_bytes(self.budget)}: {head}{tail}; device peak {format_bytes(peak)}"
+
+
+def plan_auto(budget, components, arenas):
+    """components: name -> residency info; arenas: name -> {(slicing, tiling): bytes} (one key for non-VAE
+    components, (None, None)). Returns the fastest AutoPlan that fits, or raises OutOfMemoryError naming the
+    smallest budget that would fit."""
+    from .memory import OutOfMemoryError
+
+    names = list(components)
+    weights = {n: sum(b for b, _ in components[n]["groups"]) for n in names}
+    vae_keys = list(next((a for n, a in arenas.items() if len(a) > 1), {(None, None): 0}))
+
+    def arena(name, key):
+        table = arenas[name]
+        return table[key] if key in table else next(iter(table.values()))
+
+    best_need = None
+    for key in vae_keys:  # the user's VAE settings first, then slicing, then tiling
+        # everything resident: the weights of all, and one stage's arena at a time
+        total = sum(weights.values()) + max(arena(n, key) for n in names)
+        if total <= budget:
+            return AutoPlan(budget, True, {n: ("none", 0) for n in names}, key, {n: total for n in names})
+        choices, peaks, fits = {}, {}, True
+        for n in names:
+            options = [(p, k, stage_need(components[n], p, k, arena(n, key))) for p, k in _COMPONENT_OPTIONS]
+            fitting = [o for o in options if o[2] <= budget]
+            smallest = min(o[2] for o in options)
+            best_need = smallest if best_need is None else best_need
+            if not fitting:
+                fits = False
+                peaks[n] = smallest
+                continue
+            p, k, need = fitting[0]
+            choices[n], peaks[n] = (p, k), need
+        if fits:
+            return AutoPlan(budget, False, choices, key, peaks)
+    # nothing fits: the smallest budget is the largest stage under its leanest option with the leanest VAE setting
+    leanest = vae_keys[-1]
+    smallest = max(
+        min(stage_need(components[n], p, k, arena(n, leanest)) for p, k in _COMPONENT_OPTIONS) for n in names
+    )
+    raise OutOfMemoryError(
+        f"max_memory={format_bytes(budget)} ({budget} bytes) cannot hold this request under any offload strategy; "
+        f"the smallest budget that fits is {format_bytes(smallest)} ({smallest} bytes: sequential offload with "
+        f"prefetch 0{' and VAE tiling' if leanest[1] else ''})"
+    )
+
+
+class AutoChain(OffloadChain):
+    """enable_auto_offload: per-component policies from an AutoPlan, and components that stay on the device
+    across stages and calls while the budget allows (no needless reloads)."""
+
+    def __init__(self, pipe, device, budget):
+        self.budget = budget
+        self.plan = None
+        super().__init__(pipe, device, "auto", 1)
+
+    def apply(self, plan):
+        """Installs a plan (only what changed moves)."""
+        self.plan = plan
+        for model in self.models:
+            name = self.name_of(model)
+            policy, prefetch = plan.choices.get(name, ("model", 0))
+            policy = "none" if plan.resident else policy
+            if self.policies.get(id(model)) != policy or model._device != self.device:
+                set_residency(model, self.device, policy, prefetch)
+            self.policies[id(model)] = policy
+            model._offload_hook = self
+
+    def name_of(self, model):
+        for name, component in self.pipe.components.items():
+            if component is model:
+                return name
+        return type(model).__name__
+
+    def install_one(self, model):
+        policy = self.policies.get(id(model), "model")
+        set_residency(model, self.device, policy, self.prefetch)
+        model._offload_hook = self
+
+    def before(self, model):
+        if model._device != self.device:
+            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+        need = self.plan.peaks.get(self.name_of(model), 0) if self.plan else 0
+        held = {id(m): _C.residency_info(m._core)["resident_bytes"] for m in self.models}
+        for other in self.models:  # evict in sequence order, only what the budget needs
+            if other is model:
+                continue
+            other_held = sum(held[id(m)] for m in self.models if m is not model)
+            if self.plan is None or self.plan.resident or other_held + need <= self.budget:
+                break
+            _C.residency_offload(other._core)
+            held[id(other)] = 0
+        for other in self.models:
+            if other is not model:
+                trim = getattr(other._core, "trim_arena", None)
+                if trim is not None:
+                    trim()
+        if self.policies[id(model)] == "model":
+            _C.residency_onload(model._core)
+
+    def free(self):
+        """Components stay on the device after a call when they fit: the next call does not reload them."""
+        for model in self.models:
+            trim = getattr(model._core, "trim_arena", None)
+            if trim is not None:
+                trim()

@@ -1,0 +1,257 @@
+"""The offload strategies on the emulated accelerator ("emu") and on the CPU: the same frames bit for bit under every
+strategy, device peaks the memory manager measures against the bounds each strategy promises, no device allocation
+between denoising steps, diffusers' rules for enabling, switching and moving, and auto's budget.
+
+The outside truth for the frames is the `none` run on the CPU (itself matched against diffusers by the parity
+suites); for the peaks it is arithmetic on the weight-group sizes and the arena sizes the models report."""
+
+import numpy as np
+import pytest
+
+import cogvideo_c
+from cogvideo_c import _C
+from cogvideo_c.tiny import make_tiny_pipeline
+
+# a mid-size pipeline: more layers and heads than the tiny one, so a block group is a small part of the model
+MID = {"transformer": {"num_layers": 6, "num_attention_heads": 4}, "text_encoder": {"num_layers": 3}}
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return {
+        "tiny": make_tiny_pipeline(str(tmp_path_factory.mktemp("tiny"))),
+        "mid": make_tiny_pipeline(str(tmp_path_factory.mktemp("mid")), **MID),
+        "deep": make_tiny_pipeline(str(tmp_path_factory.mktemp("deep")), transformer={"num_layers": 8}),
+    }
+
+
+def load(folder, vae_mode="plain"):
+    pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    if vae_mode == "slicing":
+        pipe.vae.enable_slicing()
+    elif vae_mode == "tiling":  # tiles smaller than the 64x64 frames, so decode really runs tiled
+        pipe.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32)
+    return pipe
+
+
+def run(pipe, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    return pipe(prompt=["a cat", "a dog"], generator=0, output_type="np", **kwargs).frames
+
+
+def apply(pipe, strategy, device):
+    if strategy == "none":
+        pipe.to(device)
+    elif strategy == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif strategy == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif strategy == "group":
+        pipe.enable_group_offload(device, offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    elif strategy == "auto":
+        pipe.enable_auto_offload(max_memory="1GB", device=device)
+    else:
+        raise AssertionError(strategy)
+
+
+STRATEGIES = ("none", "model", "sequential", "group", "auto")
+
+
+@pytest.mark.parametrize("size", ["tiny", "mid"])
+@pytest.mark.parametrize("vae_mode", ["plain", "slicing", "tiling"])
+def test_every_strategy_gives_the_same_frames_bit_for_bit(folders, size, vae_mode, recwarn):
+    pipe = load(folders[size], vae_mode)
+    reference = run(pipe)
+    for device in ("emu", "cpu"):
+        for strategy in STRATEGIES:  # one pipeline switched from strategy to strategy, as a user would
+            apply(pipe, strategy, device)
+            got = run(pipe)
+            assert np.array_equal(got, reference), (size, vae_mode, device, strategy)
+    pipe.to("cpu")
+
+
+def _info(model):
+    return _C.residency_info(model._core)
+
+
+def _groups(model):
+    return [b for b, _ in _info(model)["groups"]]
+
+
+def _stage_peaks(pipe):
+    return {stage: rec for stage, rec in pipe.memory_report().items()}
+
+
+def test_none_holds_every_weight_and_one_stage_arena(folders):
+    pipe = load(folders["mid"])
+    pipe.to("emu")
+    run(pipe)
+    weights = sum(m.weight_bytes for m in (pipe.text_encoder, pipe.transformer, pipe.vae))
+    report = pipe.memory_report()
+    for stage, rec in report.items():
+        print(stage, rec)
+        assert rec["device_peak_weights_bytes"] == weights, stage
+        assert rec["device_peak_bytes"] == weights + rec["device_peak_activations_bytes"], stage
+        assert rec["bytes_copied"] == 0, stage  # everything was brought in by to(), once
+    largest = max(rec["device_peak_activations_bytes"] for rec in report.values())
+    assert max(rec["device_peak_bytes"] for rec in report.values()) == weights + largest
+    pipe.to("cpu")
+    assert cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] == 0
+
+
+def test_model_offload_holds_one_component_and_its_arena(folders):
+    pipe = load(folders["mid"])
+    pipe.enable_model_cpu_offload(device="emu")
+    run(pipe)
+    report = pipe.memory_report()
+    models = {"encode_prompt": pipe.text_encoder, "denoise": pipe.transformer, "decode": pipe.vae}
+    for stage, rec in report.items():
+        print(stage, rec)
+        model = models[stage]
+        assert rec["device_peak_weights_bytes"] == model.weight_bytes, stage
+        assert rec["device_peak_bytes"] <= 1.05 * (model.weight_bytes + rec["device_peak_activations_bytes"])
+        assert rec["bytes_copied"] == model.weight_bytes, stage  # one pass per call, not per step
+    assert cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] == 0  # maybe_free_model_hooks
+
+
+@pytest.mark.parametrize(
+    "offload_type,blocks,use_stream,ring",
+    [("leaf_level", None, False, 1), ("leaf_level", None, True, 2), ("block_level", 2, True, 4)],
+)
+def test_sequential_holds_a_ring_of_block_groups(folders, offload_type, blocks, use_stream, ring):
+    pipe = load(folders["mid"])
+    pipe.enable_group_offload("emu", offload_type=offload_type, num_blocks_per_group=blocks, use_stream=use_stream)
+    run(pipe)
+    assert _info(pipe.transformer)["policy"] == "sequential"
+    report = pipe.memory_report()
+    for stage, model in (("encode_prompt", pipe.text_encoder), ("denoise", pipe.transformer)):
+        groups = _groups(model)
+        slots = min(ring, len(groups) - 1)  # a ring never has more slots than the component has blocks
+        bound = slots * max(groups[1:]) + groups[0]
+        rec = report[stage]
+        print(stage, slots, rec["device_peak_weights_bytes"], bound)
+        assert rec["device_peak_weights_bytes"] == bound, stage
+        assert rec["device_peak_bytes"] <= 1.05 * (bound + rec["device_peak_activations_bytes"])
+    # every block group comes in once per step (the ring's first groups carry over from one step to the next)
+    groups = _groups(pipe.transformer)
+    assert report["denoise"]["bytes_copied"] >= STEPS * sum(groups[1:]) - ring * max(groups[1:])
+    pipe.to("cpu")
+
+
+def test_sequential_peak_does_not_grow_with_depth(folders):
+    peaks = {}
+    for size in ("tiny", "deep"):  # 2 and 8 layers
+        pipe = load(folders[size])
+        pipe.enable_sequential_cpu_offload(device="emu")
+        run(pipe, num_inference_steps=2)
+        peaks[size] = pipe.memory_report()["denoise"]["device_peak_bytes"]
+    print(peaks)
+    assert peaks["deep"] <= 1.1 * peaks["tiny"]
+
+
+@pytest.mark.parametrize("strategy", ["none", "model", "sequential", "auto"])
+def test_no_device_allocation_between_denoising_steps(folders, strategy):
+    pipe = load(folders["mid"])
+    apply(pipe, strategy, "emu")
+    counts = []
+
+    def count(pipe_, step, timestep, kwargs):
+        counts.append(cogvideo_c.memory_stats("emu")["allocation.all.allocated"])
+        return kwargs
+
+    run(pipe, num_inference_steps=5, callback_on_step_end=count)
+    print(strategy, counts)
+    assert len(counts) == 5 and len(set(counts[1:])) == 1, counts  # steps 2..N allocate nothing on the device
+
+
+def test_enabling_twice_and_switching_follow_diffusers(folders):
+    pipe = load(folders["tiny"])
+    reference = run(pipe)
+    pipe.enable_model_cpu_offload(device="emu")
+    pipe.enable_model_cpu_offload(device="emu")  # twice: the same hooks again
+    assert np.array_equal(run(pipe), reference)
+    pipe.enable_sequential_cpu_offload(device="emu")  # switching replaces the hooks
+    assert _info(pipe.transformer)["policy"] == "sequential"
+    with pytest.raises(ValueError, match="activated sequential model offloading"):
+        pipe.to("emu")
+    pipe.to("cpu")  # allowed; the hooks stay and bring the weights back on the next call
+    assert np.array_equal(run(pipe), reference)
+    pipe.enable_model_cpu_offload(device="emu")
+    with pytest.warns(UserWarning, match="memory gains from offloading are lost"):
+        pipe.to("emu")
+    assert pipe._offload is None and _info(pipe.transformer)["policy"] == "none" and pipe.device == "emu"
+    assert np.array_equal(run(pipe), reference)
+    pipe.enable_group_offload("emu", offload_type="leaf_level")
+    with pytest.raises(ValueError, match="group offloading enabled"):
+        pipe.enable_model_cpu_offload(device="emu")
+    with pytest.raises(ValueError, match="group offloading enabled"):
+        pipe.enable_sequential_cpu_offload(device="emu")
+    pipe.to("cpu")
+
+
+def test_offload_argument_errors(folders):
+    pipe = load(folders["tiny"])
+    with pytest.raises(ValueError, match="the CUDA kernels are not built yet"):
+        pipe.enable_model_cpu_offload(device="cuda")
+    with pytest.raises(ValueError, match="both `gpu_id`=0 and an index"):
+        pipe.enable_sequential_cpu_offload(gpu_id=0, device="emu:0")
+    with pytest.raises(ValueError, match="num_blocks_per_group"):
+        pipe.enable_group_offload("emu", offload_type="block_level")
+    with pytest.raises(ValueError, match="offload_device must be the CPU"):
+        pipe.enable_group_offload("emu", offload_device="emu", offload_type="leaf_level")
+    with pytest.raises(ValueError, match="6 apples"):
+        pipe.enable_auto_offload(max_memory="6 apples")
+    with pytest.warns(UserWarning, match="no accelerator in this build"):
+        pipe.enable_model_cpu_offload()  # a diffusers script on a CPU-only machine runs unchanged
+    assert pipe._offload.device == "cpu"
+
+
+def test_auto_keeps_everything_resident_when_it_fits(folders, capsys):
+    pipe = load(folders["mid"])
+    pipe.enable_auto_offload(max_memory="1GB", device="emu")
+    run(pipe)
+    assert "every component stays on the device" in capsys.readouterr().err
+    held = cogvideo_c.memory_stats("emu")["weights_bytes.current"]
+    assert held == sum(m.weight_bytes for m in (pipe.text_encoder, pipe.transformer, pipe.vae))
+    run(pipe)  # a second call reloads nothing
+    assert all(rec["bytes_copied"] == 0 for rec in pipe.memory_report().values())
+    pipe.to("cpu")
+
+
+def test_auto_picks_streaming_under_a_tight_budget_and_stays_within_it(folders, capsys):
+    pipe = load(folders["mid"])
+    reference = run(pipe)
+    tr = pipe.transformer
+    groups = _groups(tr)
+    # room for the transformer's non-block weights, two block groups and its arena, not for all of it
+    latents = (4, 3, 4, 8, 8)
+    arena = tr.arena_bytes(latents, (4, 226))
+    budget = groups[0] + 2 * max(groups[1:]) + arena + max(groups[1:]) // 2
+    assert budget < sum(groups) + arena
+    cap = max(budget, max(m.weight_bytes for m in (pipe.text_encoder, pipe.vae)) * 2 + 4 * 2**20)
+    pipe.enable_auto_offload(max_memory=cap, device="emu")
+    got = run(pipe)
+    printed = capsys.readouterr().err
+    print(printed)
+    assert np.array_equal(got, reference)
+    for stage, rec in pipe.memory_report().items():
+        assert rec["device_peak_bytes"] <= cap, (stage, rec["device_peak_bytes"], cap)
+    pipe.to("cpu")
+
+
+def test_auto_refuses_an_impossible_budget_before_any_work(folders):
+    pipe = load(folders["tiny"])
+    steps = []
+    pipe.enable_auto_offload(max_memory=4096, device="emu")
+    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"the smallest budget that fits is .* \((\d+) bytes") as err:
+        run(pipe, callback_on_step_end=lambda *a: steps.append(1) or a[-1])
+    assert steps == [] and pipe.memory_report() is None  # not one stage ran
+    assert cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] == 0
+    # the budget it names is enough: the run fits in it
+    smallest = int(err.value.args[0].rsplit("(", 1)[1].split()[0])
+    pipe.enable_auto_offload(max_memory=smallest, device="emu")
+    run(pipe)
+    assert max(rec["device_peak_bytes"] for rec in pipe.memory_report().values()) <= smallest
+    pipe.to("cpu")
