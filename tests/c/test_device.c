@@ -736,6 +736,9 @@ static int64_t block_max(const fake *f) {
     return m;
 }
 
+/* The prefetch ring of depth k: k + 1 slots, no more than the pass has groups. */
+static int ring_slots(int k) { return k + 1 < NLAST - NFIRST + 1 ? k + 1 : NLAST - NFIRST + 1; }
+
 static int64_t sum_bytes(const fake *f, int from, int to) {
     int64_t s = 0;
     for (int g = from; g <= to; g++) s += f->gbytes[g];
@@ -904,9 +907,9 @@ static void check_step(fake *f, pass_check *c, int g, int cyclic) {
     }
     int in_ring = 0;
     for (int n = NFIRST; n <= NLAST; n++) in_ring += cvx_residency_state(r, n) != CVX_GROUP_HOST;
-    ok &= in_ring <= c->k + 1;
+    ok &= in_ring <= ring_slots(c->k);
     const cvx_mem_stats s = stats(CVX_DEVICE_EMU);
-    ok &= s.allocated_bytes - c->dev_base == (c->k + 1) * block_max(f) + f->gbytes[0];
+    ok &= s.allocated_bytes - c->dev_base == ring_slots(c->k) * block_max(f) + f->gbytes[0];
     if (!ok && !c->failed) {
         c->failed = 1;
         (void)CVX_EXPECT(0, "k=%d group %d: states %d %d %d %d %d %d, %d ring groups, %lld device bytes", c->k, g,
@@ -947,7 +950,9 @@ static void test_residency_sequential(int k) {
     fake f;
     fake_create(&f);
     cvx_residency *r = f.r;
-    const int64_t ring = (k + 1) * block_max(&f), blocks = sum_bytes(&f, NFIRST, NLAST);
+    /* n: ring slots; the first n - 1 blocks are queued at end() for the next pass */
+    const int n = ring_slots(k);
+    const int64_t ring = n * block_max(&f), blocks = sum_bytes(&f, NFIRST, NLAST);
     cvx_mem_reset_peak(CVX_DEVICE_EMU);
     const cvx_mem_stats emu0 = stats(CVX_DEVICE_EMU);
     CVX_EXPECT(cvx_residency_set(r, CVX_DEVICE_EMU, CVX_POLICY_SEQUENTIAL, k) == CVX_OK, "SEQUENTIAL k=%d", k);
@@ -960,24 +965,24 @@ static void test_residency_sequential(int k) {
     CVX_EXPECT(run_pass(&f, 0, 1, &c) == CVX_OK, "k=%d: first pass", k);
     s = stats(CVX_DEVICE_EMU);
     CVX_EXPECT(s.peak_allocated_bytes - emu0.allocated_bytes == ring + f.gbytes[0],
-               "k=%d: device peak %lld == (k+1) * %lld + %lld", k,
-               (long long)(s.peak_allocated_bytes - emu0.allocated_bytes), (long long)block_max(&f),
+               "k=%d: device peak %lld == %d slots * %lld + %lld", k,
+               (long long)(s.peak_allocated_bytes - emu0.allocated_bytes), n, (long long)block_max(&f),
                (long long)f.gbytes[0]);
-    CVX_EXPECT(s.num_allocs - emu0.num_allocs == k + 2, "k=%d: the ring's %d slots and group 0: %lld allocations", k,
-               k + 1, (long long)(s.num_allocs - emu0.num_allocs));
+    CVX_EXPECT(s.num_allocs - emu0.num_allocs == n + 1, "k=%d: the ring's %d slots and group 0: %lld allocations", k, n,
+               (long long)(s.num_allocs - emu0.num_allocs));
     cvx_residency_stats rs;
     cvx_residency_get_stats(r, &rs);
-    /* group 0, the five blocks, and the first k blocks queued at end() for the next pass */
-    const int64_t next_k = sum_bytes(&f, NFIRST, NFIRST + k - 1);
-    CVX_EXPECT(rs.copies == 1 + 5 + k && rs.bytes_copied == f.gbytes[0] + blocks + next_k,
+    /* group 0, the five blocks, and the first n - 1 blocks queued at end() for the next pass */
+    const int64_t next_k = sum_bytes(&f, NFIRST, NFIRST + n - 2);
+    CVX_EXPECT(rs.copies == 1 + 5 + n - 1 && rs.bytes_copied == f.gbytes[0] + blocks + next_k,
                "k=%d: first pass copied %lld bytes in %lld copies, want %lld in %d", k, (long long)rs.bytes_copied,
-               (long long)rs.copies, (long long)(f.gbytes[0] + blocks + next_k), 1 + 5 + k);
+               (long long)rs.copies, (long long)(f.gbytes[0] + blocks + next_k), 1 + 5 + n - 1);
     CVX_EXPECT(rs.resident_bytes == ring + f.gbytes[0] && rs.peak_resident_bytes == ring + f.gbytes[0],
                "k=%d: resident %lld", k, (long long)rs.resident_bytes);
     ok = cvx_residency_state(r, 0) == CVX_GROUP_RESIDENT;
     for (int g = NFIRST; g <= NLAST; g++)
-        ok &= cvx_residency_state(r, g) == (g < NFIRST + k ? CVX_GROUP_IN_FLIGHT : CVX_GROUP_HOST);
-    CVX_EXPECT(ok, "k=%d: after the pass: group 0 stays, the first k blocks are on their way for the next", k);
+        ok &= cvx_residency_state(r, g) == (g < NFIRST + n - 1 ? CVX_GROUP_IN_FLIGHT : CVX_GROUP_HOST);
+    CVX_EXPECT(ok, "k=%d: after the pass: group 0 stays, the first n - 1 blocks are on their way for the next", k);
 
     /* the second pass (the next denoising step) allocates nothing and copies each block once */
     cvx_residency_reset_stats(r);
@@ -1003,8 +1008,8 @@ static void test_residency_sequential(int k) {
                (long long)rs.copies, (long long)(3 * blocks));
     ok = 1;
     for (int g = NFIRST; g <= NLAST; g++)
-        ok &= cvx_residency_state(r, g) == (g < NFIRST + k ? CVX_GROUP_IN_FLIGHT : CVX_GROUP_HOST);
-    CVX_EXPECT(ok, "k=%d: after the cyclic pass the first k blocks are queued for the next", k);
+        ok &= cvx_residency_state(r, g) == (g < NFIRST + n - 1 ? CVX_GROUP_IN_FLIGHT : CVX_GROUP_HOST);
+    CVX_EXPECT(ok, "k=%d: after the cyclic pass the first n - 1 blocks are queued for the next", k);
     CVX_EXPECT(s.peak_allocated_bytes - emu0.allocated_bytes == ring + f.gbytes[0], "k=%d: peak unchanged", k);
 
     /* a slow link: the first acquire waits for its copy */
@@ -1023,14 +1028,14 @@ static void test_residency_sequential(int k) {
     int64_t tensor_ns = 0;
     for (int g = 0; g < NG; g++)
         for (int t = 0; t < NT; t++) {
-            const int times = g == 0 ? 1 : (g < NFIRST + k ? 2 : 1);
+            const int times = g == 0 ? 1 : (g < NFIRST + n - 1 ? 2 : 1);
             tensor_ns += times * (int64_t)((double)tensor_bytes[g][t] / bw * 1e9);
         }
     CVX_EXPECT(rs.copy_ns >= tensor_ns && rs.bytes_copied == copied_bytes, "k=%d: copy time %lld >= %lld ns", k,
                (long long)rs.copy_ns, (long long)tensor_ns);
     printf("  sequential k=%d: device peak %lld = %d x %lld + %lld; slow link: copy %.1f ms, compute waited %.1f ms\n",
-           k, (long long)(ring + f.gbytes[0]), k + 1, (long long)block_max(&f), (long long)f.gbytes[0],
-           rs.copy_ns / 1e6, rs.wait_ns / 1e6);
+           k, (long long)(ring + f.gbytes[0]), n, (long long)block_max(&f), (long long)f.gbytes[0], rs.copy_ns / 1e6,
+           rs.wait_ns / 1e6);
     cvx_mem_set_bandwidth(CVX_DEVICE_EMU, 0);
     cvx_residency_offload(r);
     s = stats(CVX_DEVICE_EMU);
@@ -1177,12 +1182,14 @@ int main(void) {
     test_residency_none_model();
     test_residency_sequential(1);
     test_residency_sequential(2);
+    test_residency_sequential(8); /* deeper than the pass: the ring has one slot per block */
     test_residency_missing_release();
     test_residency_after_shutdown();
     test_residency_faults(SEQ_NONE, 0, NG);
     test_residency_faults(SEQ_MODEL, 0, NG);
     test_residency_faults(SEQ_SEQUENTIAL, 1, 1 + 2);
     test_residency_faults(SEQ_SEQUENTIAL, 2, 1 + 3);
+    test_residency_faults(SEQ_SEQUENTIAL, 8, 1 + 5);
     cvx_queues_shutdown(); /* no live copy thread at exit */
     const cvx_mem_stats cpu = stats(CVX_DEVICE_CPU), emu = stats(CVX_DEVICE_EMU);
     CVX_EXPECT(cpu.num_active == 0 && cpu.allocated_bytes == 0, "cpu: nothing left live");
