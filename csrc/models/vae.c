@@ -290,11 +290,12 @@ cvx_status cvx_vae_schema(const cvx_vae_config *cfg, cvx_dtype dtype, cvx_weight
 
 void cvx_vae_free(cvx_vae *vae) {
     if (!vae) return;
+    /* the weights first: dropping their device copies re-points the slots, which live in the resnets */
+    cvx_weights_free(&vae->weights);
     for (int i = 0; i < CVX_VAE_MAX_BLOCKS; i++) {
         free(vae->enc_blocks[i].resnets);
         free(vae->dec_blocks[i].resnets);
     }
-    cvx_weights_free(&vae->weights);
     free(vae);
 }
 
