@@ -37,7 +37,12 @@ static int64_t pending_bytes[CVX_NUM_DEVICES];
 static int64_t fail_countdown = -1; /* cvx_mem_fail_at: allocations to let through before one fails */
 static int64_t allocs_since_mark;
 
-static size_t record_hash(uintptr_t p) { return (size_t)((p >> 6) * 0x9e3779b97f4a7c15ull); }
+/* Fibonacci hashing: the product's high bits, which every bit of the pointer reaches (page- or 2 MiB-aligned
+ * device pointers would cluster in the low bits). The table masks the result, so fold the high half down. */
+static size_t record_hash(uintptr_t p) {
+    const uint64_t h = (uint64_t)p * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 32 ^ h >> 48);
+}
 
 /* With mem_lock held. */
 static int records_grow(void) {

@@ -211,7 +211,7 @@ static cvx_status ensure_ring(cvx_residency *r) {
     for (int g = r->first; g <= r->last; g++)
         if (r->groups[g].bytes > need) need = r->groups[g].bytes;
     const int span = r->last - r->first + 1, n = r->prefetch + 1 < span ? r->prefetch + 1 : span;
-    if (r->ring && r->ring_bytes >= need && r->ring_n == n) return CVX_OK;
+    if (r->ring && r->ring_bytes >= need && r->ring_n >= n) return CVX_OK; /* a shorter pass reuses the ring */
     free_ring(r);
     r->ring = calloc((size_t)n, sizeof(void *));
     r->ring_owner = malloc((size_t)n * sizeof(int));

@@ -58,11 +58,14 @@ cvx_policy cvx_residency_policy(const cvx_residency *r);
 
 /* A forward's pass over groups first..last (in that order, the order prefetch follows; `cyclic`: after `last` the
  * pass starts again at `first`, as the VAE's frame batches do). Under SEQUENTIAL a group outside [first, last]
- * acquired during the pass (the non-block weights) gets a device copy of its own that stays until the pass ends. */
+ * acquired during the pass (the non-block weights) gets a device copy of its own that stays until
+ * cvx_residency_offload, so that the next pass (the next denoising step) allocates nothing. */
 cvx_status cvx_residency_begin(cvx_residency *r, int first, int last, int cyclic);
 cvx_status cvx_residency_acquire(cvx_residency *r, int group);
 void cvx_residency_release(cvx_residency *r, int group);
-/* Ends the pass (also after a failure): waits for queued copies and, under SEQUENTIAL, drops every group. */
+/* Ends the pass (also after a failure). Under SEQUENTIAL the ring's groups are dropped and the first ones of the
+ * pass are queued again for the next pass (kept when the ring still holds them); the ring and the non-block
+ * groups stay until cvx_residency_offload, which a caller's error path must call to return to its baseline. */
 void cvx_residency_end(cvx_residency *r);
 
 /* MODEL: every group in, one pass. */
