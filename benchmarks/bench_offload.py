@@ -380,7 +380,8 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} hardware threads ({m['system']}, Python "
         f"{m['python']}); {args.threads} compute threads (OMP_NUM_THREADS). cogvideo_c commit {meta['commit']}; "
-        f"run {meta['date']}.",
+        f"run {meta['date']} in {meta['total_s'] / 60:.1f} min; load average (1 min) "
+        f"{meta['loadavg_before'][0]:.2f} before, {meta['loadavg_after'][0]:.2f} after (the machine may be shared).",
         "",
         f"Pipeline (make_tiny_pipeline overrides, float32): {json.dumps(MID)}. Weights: "
         + ", ".join(f"{n} {fmt_mib(c['weight_bytes'])} MiB" for n, c in meta["components"].items())
@@ -426,17 +427,42 @@ def run_host_ram(args) -> None:
     bound = res["weight_bytes"] * 1.1 + res["activation_peak"] + res["rss_baseline"]
     res["bound"] = bound
     res["meets_bound"] = res["host_peak_rss"] <= bound
-    print()
-    print("| weights (MiB) | activation peak (MiB) | baseline RSS (MiB) | bound: 1.1 w + a + b (MiB) | peak RSS (MiB) "
-          "| peak - baseline (MiB) | within |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---|")
-    print(f"| {fmt_mib(res['weight_bytes'])} | {fmt_mib(res['activation_peak'])} | {fmt_mib(res['rss_baseline'])} | "
-          f"{fmt_mib(bound)} | {fmt_mib(res['host_peak_rss'])} | {fmt_mib(res['host_peak_rss'] - res['rss_baseline'])} "
-          f"| {'yes' if res['meets_bound'] else 'NO'} |")  # fmt: skip
-    print(f"\n(dtypes {res['dtypes']}; call {res['call_s']:.2f} s; RSS after load {fmt_mib(res['rss_after_load'])} "
-          f"MiB; memory_stats('cpu') peak {fmt_mib(res['memory_stats_peak'])} MiB)")  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+    res["command"] = "python benchmarks/bench_offload.py " + " ".join(sys.argv[1:])
+    res["machine"], res["commit"] = machine(), commit()
+    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    m = res["machine"]
+    lines = [
+        "# Host RAM of a pipeline run from a checkpoint stored in the run dtype",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} hardware threads; cogvideo_c commit {res['commit']}; "
+        f"run {res['date']}.",
+        "",
+        f"The benchmark's pipeline (float32 files, float32 run, dtypes {res['dtypes']}) on the CPU (none), one call of "
+        f"{json.dumps(REQUEST)} ({res['call_s']:.2f} s). Baseline: RSS after `import cogvideo_c, numpy`; activation "
+        "peak: the largest stage's device_peak_activations_bytes in pipe.memory_report() (the activation arena); peak "
+        "RSS: the child's VmHWM at the end. The issue's bound: peak RSS <= weights x 1.1 + activations + baseline.",
+        "",
+        "| weights (MiB) | activation peak (MiB) | baseline RSS (MiB) | bound (MiB) | peak RSS (MiB) "
+        "| peak - baseline (MiB) | within the bound |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        f"| {fmt_mib(res['weight_bytes'])} | {fmt_mib(res['activation_peak'])} | {fmt_mib(res['rss_baseline'])} | "
+        f"{fmt_mib(bound)} | {fmt_mib(res['host_peak_rss'])} | {fmt_mib(res['host_peak_rss'] - res['rss_baseline'])} "
+        f"| {'yes' if res['meets_bound'] else 'NO'} |",
+        "",
+        f"RSS after load {fmt_mib(res['rss_after_load'])} MiB (the mapped weights are read in place, paged in as the "
+        f"forwards touch them); memory_stats('cpu') peak {fmt_mib(res['memory_stats_peak'])} MiB; per stage, the "
+        "host peak RSS at its end: "
+        + ", ".join(f"{k} {fmt_mib(v['host_peak_rss_bytes'])} MiB" for k, v in res["report"].items())
+        + ".",
+        "",
+    ]
+    out = Path(args.out or CHECKOUT / "benchmarks" / "results" / "host_ram.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    (Path(args.json) if args.json else out.with_suffix(".json")).write_text(json.dumps(res, indent=1))
+    print(out.read_text())
 
 
 def main() -> None:
@@ -450,7 +476,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-dir", default=None, help="cache the pipeline here (default: a temporary folder)")
     ap.add_argument("--max-memory", type=int, default=None, help="auto's budget in bytes (default: see above)")
-    ap.add_argument("--out", default=str(CHECKOUT / "benchmarks" / "results" / "offload.md"))
+    ap.add_argument("--out", default=None, help="the Markdown (default: benchmarks/results/offload.md, or host_ram.md)")
     ap.add_argument("--json", default=None, help="raw numbers (default: --out with .json)")
     ap.add_argument("--host-ram", action="store_true", help="the host-RAM check on the CPU instead of the table")
     ap.add_argument("--child", choices=["make", "run", "host-ram"], help=argparse.SUPPRESS)
@@ -488,6 +514,7 @@ def run_table(args) -> None:
     sections = {}
     none_pcie = {}  # vae -> the none row at pcie (the auto budget and the half-compute calibration)
     t_start = time.perf_counter()
+    load_before = os.getloadavg()
     try:
         for link in ("pcie", "half-compute"):
             if link not in args.bandwidth:
@@ -540,8 +567,10 @@ def run_table(args) -> None:
         "warmup": args.warmup,
         "threads": args.threads,
         "total_s": time.perf_counter() - t_start,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
     }
-    out = Path(args.out)
+    out = Path(args.out or CHECKOUT / "benchmarks" / "results" / "offload.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_markdown(out, args, meta, sections)
     json_path = Path(args.json) if args.json else out.with_suffix(".json")
