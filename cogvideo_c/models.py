@@ -321,6 +321,20 @@ class AutoencoderKLCogVideoX(ModelMixin):
             hint = f"; {' and '.join(hints)} would need less memory" if hints else ""
             raise OutOfMemoryError(f"{err}{hint}") from None
 
+    def arena_bytes(self, shape, slicing=None, tiling=None, decode=True):
+        """The activation arena (device bytes) decoding latents of `shape` ([B, C, F, h, w]; with decode=False,
+        encoding a video of that shape) needs with the given slicing / tiling (default: as enabled now), from a
+        measuring pass that does no work: what enable_auto_offload plans with."""
+        slicing = self.use_slicing if slicing is None else slicing
+        use_tiling = self.use_tiling if tiling is None else tiling
+        saved, self.use_tiling = self.use_tiling, use_tiling
+        try:
+            tiles = self._tiling()
+        finally:
+            self.use_tiling = saved
+        self._core.output_shape(tuple(shape), decode, tiles)  # sizes checked before anything is made
+        return self._core.measure(np.zeros(shape, dtype=np.float32), decode, bool(slicing), tiles)
+
     def decode(self, z, return_dict=True):
         """Decodes latents to a video.
 

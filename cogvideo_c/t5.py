@@ -116,6 +116,11 @@ class T5EncoderModel(ModelMixin):
         """How many weight groups the core holds (the embedding, one per block, the final norm)."""
         return self._core.num_weight_groups
 
+    def arena_bytes(self, ids_shape):
+        """The activation arena (device bytes) encoding token ids of `ids_shape` ([B, tokens]) needs, from a
+        measuring pass that does no work: what enable_auto_offload plans with."""
+        return self._core.measure(np.zeros(ids_shape, dtype=np.int64), None)
+
     def __call__(self, input_ids, attention_mask=None, return_dict=True, **kwargs):
         """Encodes token ids (also ``forward``), as ``transformers.T5EncoderModel`` does.
 

@@ -234,6 +234,13 @@ class CogVideoXTransformer3DModel(ModelMixin):
         """
         if timestep_cond is not None:
             raise ValueError("timestep_cond is not supported (no CogVideoX model uses it)")
+        args = self._forward_args(hidden_states, encoder_hidden_states, timestep, ofs, image_rotary_emb)
+        self._before_forward()
+        out = self._core.forward(*args)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _forward_args(self, hidden_states, encoder_hidden_states, timestep, ofs, image_rotary_emb):
+        """The C forward's arguments, every shape checked first."""
         c = self.config
         h = np.asarray(hidden_states, dtype=np.float32)
         e = np.asarray(encoder_hidden_states, dtype=np.float32)
@@ -269,9 +276,20 @@ class CogVideoXTransformer3DModel(ModelMixin):
                 raise ValueError(f"image_rotary_emb must be two [{tokens}, {c.attention_head_dim}] tables, got "
                                  f"{cos.shape} and {sin.shape}")  # fmt: skip
         learned = isinstance(table, str)
-        self._before_forward()
-        out = self._core.forward(h, e, t, o, None if learned else table, learned, cos, sin)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        return h, e, t, o, None if learned else table, learned, cos, sin
+
+    def arena_bytes(self, latents_shape, text_shape, height=None, width=None):
+        """The activation arena (device bytes) one forward on latents of `latents_shape` ([B, F, C, h, w]) and text
+        of `text_shape` ([B, L]) needs, from a measuring pass that does no work: what enable_auto_offload plans
+        with. height/width: the pixel size (for the rotary tables; default 8 x the latent size)."""
+        B, F, _, h, w = latents_shape
+        latents = np.zeros(latents_shape, dtype=np.float32)
+        text = np.zeros((text_shape[0], text_shape[1], self.config.text_embed_dim), dtype=np.float32)
+        rope = None
+        if self.config.use_rotary_positional_embeddings:
+            rope = self.rotary_positional_embeddings(height or 8 * h, width or 8 * w, F)
+        ofs = np.zeros(B, dtype=np.float32) if self.config.ofs_embed_dim else None
+        return self._core.measure(*self._forward_args(latents, text, np.zeros(B), ofs, rope))
 
     forward = __call__
 
