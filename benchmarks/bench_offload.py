@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The offload strategies on the emulated accelerator ("emu"): time, device peak and host peak of a mid-size pipeline.
 
-    python benchmarks/bench_offload.py [--bandwidth pcie half-compute] [--repeat 3] [--threads N]
+    python benchmarks/bench_offload.py [--bandwidth pcie half-compute] [--repeat 3] [--rounds 1] [--threads N]
         [--strategies none model sequential sequential-no-prefetch auto] [--vae plain slicing tiling]
         [--model-dir DIR] [--out benchmarks/results/offload.md] [--json benchmarks/results/offload.json]
     python benchmarks/bench_offload.py --host-ram [--model-dir DIR]
@@ -27,12 +27,15 @@ Strategies (device "emu"; the VAE's slicing and tiling as --vae says):
 
 Link speed (`_C.set_bandwidth("emu", bytes/s)`: every copy to the device takes at least bytes / bandwidth):
   * pcie: 16e9 bytes/s, a PCIe 4.0 x16-like link;
-  * half-compute: one transformer block group's copy takes half that block's compute: from the none run at pcie
-    (plain VAE), compute per block = denoise seconds / (steps x layers), bandwidth = group bytes / (0.5 x that).
+  * half-compute: one transformer block group's copy takes half that block's compute: from the none runs at pcie
+    (plain VAE), compute per block = the fastest denoise stage's seconds / (steps x layers) (the slower ones carry a
+    shared machine's other load), bandwidth = group bytes / (0.5 x that).
 
 Each configuration runs in its own child process (this parent imports only the standard library, numpy and
 _bench_common), so its host RSS is clean: one untimed warm-up call, then --repeat timed calls; the time is their
-median. From the last call's pipe.memory_report(): device peak = the largest stage's device_peak_bytes (with its
+median. With --rounds N every configuration of a link runs N times, the configurations interleaved (round 1 of all,
+then round 2, ...), so that a change in a shared machine's load hits them alike; the time is the median of all N x
+--repeat calls. From the last call's pipe.memory_report(): device peak = the largest stage's device_peak_bytes (with its
 weights / activations split), bytes copied = all stages together, overlap = 1 - wait / copy time of the denoising
 stage (the transformer's streaming). Host peak RSS = the child's RSS high-water mark over load and calls; on emu
 the device pool is host memory too, so it counts the mapped checkpoint pages plus the device copies.
@@ -262,8 +265,8 @@ def auto_budget(none_row: dict) -> int:
     the other stages whole: from the none run's measured sizes (the planner itself measures them again)."""
     if "error" in none_row:
         raise SystemExit(f"the none run failed ({none_row['error']}): nothing to measure against")
-    comps = none_row["raw"]["components"]
-    last = none_row["raw"]["reports"][-1]
+    comps = none_row["raw"][-1]["components"]
+    last = none_row["raw"][-1]["reports"][-1]
     acts = {stage: rec["device_peak_activations_bytes"] for stage, rec in last.items()}
     groups = comps["transformer"]["groups"]
     stream = groups[0] + 2 * max(groups[1:]) + acts["denoise"]
@@ -282,8 +285,10 @@ def half_compute_bandwidth(none_row: dict) -> tuple[float, dict]:
         raise SystemExit(f"the none run failed ({none_row['error']}): nothing to measure against")
     steps = REQUEST["num_inference_steps"]
     layers = MID["transformer"]["num_layers"]
-    block_s = none_row["denoise_s"] / (steps * layers)
-    group = max(none_row["raw"]["components"]["transformer"]["groups"][1:])
+    # the fastest denoise seen: on a shared machine the slower ones carry others' load, and the link must be half
+    # of the block's own compute (at most half of any slower one)
+    block_s = min(none_row["denoise_all_s"]) / (steps * layers)
+    group = max(none_row["raw"][-1]["components"]["transformer"]["groups"][1:])
     bw = group / (0.5 * block_s)
     return bw, {"block_compute_s": block_s, "block_group_bytes": group, "bandwidth": bw}
 
@@ -388,10 +393,11 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
         + f"; transformer block group {fmt_mib(meta['block_group_bytes'])} MiB.",
         "",
         f"Request: {json.dumps(REQUEST)}, guidance 6 (classifier-free: 4 rows through the transformer). Each row: "
-        f"one child process, 1 warm-up + median of {args.repeat} timed calls. Device peak: the largest stage's "
-        "peak in pipe.memory_report() (weights / activations at that stage); copied: all stages; denoise overlap: "
-        "1 - wait / copy time of the transformer's stream. Host peak RSS: the child's high-water mark (on emu the "
-        "device pool is host memory too).",
+        f"{args.rounds} child process(es), interleaved with the other rows, each {args.warmup} warm-up + "
+        f"{args.repeat} timed calls; the time is the median of all {args.rounds * args.repeat}. Device peak: the "
+        "largest stage's peak in pipe.memory_report() (weights / activations at that stage); copied: all stages; "
+        "denoise overlap: 1 - wait / copy time of the transformer's stream. Host peak RSS: the child's high-water "
+        "mark (on emu the device pool is host memory too).",
         "",
     ]
     for name, sec in sections.items():
@@ -399,7 +405,8 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
         if "calibration" in sec:
             c = sec["calibration"]
             lines += [
-                f"Calibrated from the none run at pcie (VAE plain): compute per transformer block "
+                f"Calibrated from the fastest denoise of the none runs at pcie (VAE plain): compute per transformer "
+                "block "
                 f"{c['block_compute_s'] * 1e3:.1f} ms, block group {fmt_mib(c['block_group_bytes'])} MiB, so a "
                 f"block's copy takes {0.5 * c['block_compute_s'] * 1e3:.1f} ms at {c['bandwidth'] / 1e6:.0f} MB/s.",
                 "",
@@ -472,6 +479,7 @@ def main() -> None:
     ap.add_argument("--vae", nargs="+", default=list(VAE_MODES), choices=VAE_MODES)
     ap.add_argument("--repeat", type=int, default=3, help="timed calls per configuration; the median is reported")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    ap.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, interleaved")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-dir", default=None, help="cache the pipeline here (default: a temporary folder)")
@@ -491,8 +499,8 @@ def main() -> None:
         return child_run(args)
     if args.child == "host-ram":
         return child_host_ram(args)
-    if args.repeat < 1:
-        ap.error("--repeat must be >= 1")
+    if args.repeat < 1 or args.rounds < 1:
+        ap.error("--repeat and --rounds must be >= 1")
 
     tmp = None
     if args.model_dir is None:
@@ -508,52 +516,81 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def merge_rounds(rows: list[dict]) -> dict:
+    """One configuration's rows from --rounds child runs: the times pooled (their median), the host peak the largest,
+    the rest (deterministic: peaks, bytes) from the last round; every round's raw result kept."""
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        return failed[0]
+    out = dict(rows[-1])
+    out["times_s"] = [t for r in rows for t in r["times_s"]]
+    out["time_s"] = statistics.median(out["times_s"])
+    out["denoise_all_s"] = [rec["denoise"]["seconds"] for r in rows for rec in r["raw"]["reports"]]
+    out["denoise_s"] = statistics.median(out["denoise_all_s"])
+    out["decode_s"] = statistics.median(rec["decode"]["seconds"] for r in rows for rec in r["raw"]["reports"])
+    out["host_peak_rss"] = max(r["host_peak_rss"] for r in rows)
+    out["raw"] = [r["raw"] for r in rows]
+    return out
+
+
+def run_section(args, work: Path, link: str, bandwidth: float, none_pcie: dict, budgets: dict) -> list[dict]:
+    """Every (VAE mode, strategy) at one link, all of them once per round (--rounds), so that a change in the
+    machine's load hits every configuration alike; returns the merged rows."""
+    runs = {}
+    for rnd in range(args.rounds):
+        for vae in args.vae:
+            for strategy in args.strategies:
+                budget = None
+                if strategy == "auto":
+                    if vae not in budgets:
+                        if args.max_memory is not None:
+                            budgets[vae] = args.max_memory
+                        else:
+                            if vae not in none_pcie:
+                                none_pcie[vae] = merge_rounds([run_config(args, work, "none", vae, PCIE)])
+                            budgets[vae] = auto_budget(none_pcie[vae])
+                    budget = budgets[vae]
+                row = run_config(args, work, strategy, vae, bandwidth, budget)
+                runs.setdefault((vae, strategy), []).append(row)
+                if strategy == "none" and link == "pcie" and vae not in none_pcie and "error" not in row:
+                    none_pcie[vae] = merge_rounds([row])  # the auto budget needs only its sizes
+                head = f"  {link} round {rnd + 1}/{args.rounds} {strategy} {vae}:"
+                if "error" in row:
+                    print(f"{head} failed: {row['error']}", flush=True)
+                else:
+                    print(f"{head} {row['time_s']:.3f} s, device peak {fmt_mib(row['device_peak'])} MiB, host peak "
+                          f"{fmt_mib(row['host_peak_rss'])} MiB, overlap {_overlap(row)}", flush=True)  # fmt: skip
+    rows = [merge_rounds(r) for r in runs.values()]
+    if link == "pcie":  # the calibration of half-compute: every round's none times
+        none_pcie.update({r["vae"]: r for r in rows if r["strategy"] == "none" and "error" not in r})
+    return rows
+
+
 def run_table(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_offload_"))
     command = "python benchmarks/bench_offload.py " + " ".join(sys.argv[1:])
     sections = {}
     none_pcie = {}  # vae -> the none row at pcie (the auto budget and the half-compute calibration)
+    budgets = {}  # vae -> auto's max_memory
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     try:
         for link in ("pcie", "half-compute"):
             if link not in args.bandwidth:
                 continue
-            sec = {"rows": []}
+            sec = {}
             if link == "pcie":
                 sec["bandwidth"] = PCIE
             else:
                 if "plain" not in none_pcie:
-                    none_pcie["plain"] = run_config(args, work, "none", "plain", PCIE)
+                    none_pcie["plain"] = merge_rounds([run_config(args, work, "none", "plain", PCIE)])
                 sec["bandwidth"], sec["calibration"] = half_compute_bandwidth(none_pcie["plain"])
-            for vae in args.vae:
-                for strategy in args.strategies:
-                    if strategy == "none" and link == "pcie" and vae in none_pcie:
-                        row = none_pcie[vae]
-                    elif strategy == "auto":
-                        if args.max_memory is not None:
-                            budget = args.max_memory
-                        else:
-                            if vae not in none_pcie:
-                                none_pcie[vae] = run_config(args, work, "none", vae, PCIE)
-                            budget = auto_budget(none_pcie[vae])
-                        row = run_config(args, work, strategy, vae, sec["bandwidth"], budget)
-                    else:
-                        row = run_config(args, work, strategy, vae, sec["bandwidth"])
-                    if strategy == "none" and link == "pcie":
-                        none_pcie[vae] = row
-                    sec["rows"].append(row)
-                    if "error" in row:
-                        print(f"  {link} {strategy} {vae}: failed: {row['error']}", flush=True)
-                    else:
-                        print(f"  {link} {strategy} {vae}: {row['time_s']:.3f} s, device peak "
-                              f"{fmt_mib(row['device_peak'])} MiB, host peak {fmt_mib(row['host_peak_rss'])} MiB, "
-                              f"overlap {_overlap(row)}", flush=True)  # fmt: skip
+            sec["rows"] = run_section(args, work, link, sec["bandwidth"], none_pcie, budgets)
             sections[link] = sec
     finally:
         shutil.rmtree(work, ignore_errors=True)
     any_row = next(r for s in sections.values() for r in s["rows"] if "raw" in r)
-    comps = any_row["raw"]["components"]
+    comps = any_row["raw"][-1]["components"]
     meta = {
         "command": command,
         "machine": machine(),
@@ -576,7 +613,8 @@ def run_table(args) -> None:
     json_path = Path(args.json) if args.json else out.with_suffix(".json")
     for sec in sections.values():
         for row in sec["rows"]:
-            row.get("raw", {}).pop("components", None)  # the same in every row: kept once in meta
+            for raw in row.get("raw", []):
+                raw.pop("components", None)  # the same in every row: kept once in meta
     json_path.write_text(json.dumps({"meta": meta, "sections": sections}, indent=1))
     print(out.read_text())
     print(f"wrote {out} and {json_path} ({meta['total_s']:.0f} s)")
