@@ -17,8 +17,11 @@
 #include "../../csrc/models/t5.h"
 #include "../../csrc/models/transformer.h"
 #include "../../csrc/models/vae.h"
-#include "../../csrc/ops/ops.h"
+#include "../../csrc/ops/backend.h"
 #include "cvx_test.h"
+
+/* The ops run on the CPU backend, their scratch and outputs straight from the memory manager (no arena). */
+static cvx_ctx CTX = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
 
 #ifndef CVX_FIXTURES
 #error "build with -DCVX_FIXTURES='\"<repo>/tests/fixtures\"' (tests/c/Makefile does)"
@@ -121,7 +124,7 @@ static void vae_case(const char *model_dir, cvx_dtype run, const char *golden) {
     z.data = z_in, z.dtype = CVX_F32, z.device = CVX_DEVICE_CPU, z.ndim = 5;
     memcpy(z.shape, z_shape, sizeof(z_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: decode 3 latent frames", model_dir, cvx_dtype_name(run));
-    cvx_status s = cvx_vae_decode(vae, &z, 0, NULL, &out);
+    cvx_status s = cvx_vae_decode(&CTX, vae, &z, 0, NULL, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 5, sample_shape), "%s: wrong output shape", what))
         expect_matches(what, out.data, want_sample, 25920);
@@ -130,7 +133,7 @@ static void vae_case(const char *model_dir, cvx_dtype run, const char *golden) {
     x.data = x_in, x.dtype = CVX_F32, x.device = CVX_DEVICE_CPU, x.ndim = 5;
     memcpy(x.shape, x_shape, sizeof(x_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: encode 9 frames", model_dir, cvx_dtype_name(run));
-    s = cvx_vae_encode(vae, &x, 0, NULL, &out);
+    s = cvx_vae_encode(&CTX, vae, &x, 0, NULL, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 5, moments_shape), "%s: wrong output shape", what))
         expect_matches(what, out.data, want_moments, 144);
@@ -174,7 +177,7 @@ static void vae_tiled_case(const char *model_dir, cvx_dtype run, const char *gol
     z.data = z_in, z.dtype = CVX_F32, z.device = CVX_DEVICE_CPU, z.ndim = 5;
     memcpy(z.shape, z_shape, sizeof(z_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: tiled decode", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_vae_decode(vae, &z, 0, &tiling, &out);
+    const cvx_status s = cvx_vae_decode(&CTX, vae, &z, 0, &tiling, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 5, sample_shape), "%s: wrong output shape", what))
         expect_matches(what, out.data, want, 14784);
@@ -238,7 +241,7 @@ static void t5_case(const char *model_dir, cvx_dtype run, const char *golden) {
     cvx_st_close(st);
     if (!CVX_EXPECT(created == CVX_OK, "%s as %s: %s", model_dir, cvx_dtype_name(run), cvx_error_message())) goto done;
     snprintf(what, sizeof(what), "T5 %s run %s: 2 x 16 tokens", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_t5_forward(t5, ids, NULL, 2, 16, &out);
+    const cvx_status s = cvx_t5_forward(&CTX, t5, ids, NULL, 2, 16, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 3, out_shape), "%s: wrong output shape", what))
         expect_matches(what, out.data, want, 2048);
@@ -356,7 +359,7 @@ static void transformer_run(const transformer_case *tc, const char *model_dir, c
                                        .rope_rows = tc->rope_rows,
                                        .rope_cols = tc->rope_rows ? hd : 0};
     snprintf(what, sizeof(what), "transformer %s run %s", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_transformer_forward(tr, &in, &out);
+    const cvx_status s = cvx_transformer_forward(&CTX, tr, &in, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 5, tc->hidden), "%s: wrong output shape", what))
         expect_matches(what, out.data, want, n_hidden);

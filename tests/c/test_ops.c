@@ -12,10 +12,13 @@
 #include "../../csrc/core/dtype.h"
 #include "../../csrc/core/tensor.h"
 #include "../../csrc/mem/mem.h"
-#include "../../csrc/ops/ops.h"
+#include "../../csrc/ops/backend.h"
 
 #define CVX_TEST_SEED 0x2545f4914f6cdd1dull
 #include "cvx_test.h"
+
+/* The ops run on the CPU backend, their scratch and outputs straight from the memory manager (no arena). */
+static cvx_ctx CTX = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
 
 #define TOL 1e-4
 
@@ -156,7 +159,7 @@ static void run_conv_case(const conv_case *cc) {
     cvx_mem_reset_peak(CVX_DEVICE_CPU);
     cvx_tensor out;
     memset(&out, 0xff, sizeof(out)); /* the op must not care what out held */
-    cvx_status st = cvx_conv3d(frames, nf, B, H, W, &wt, g, &out);
+    cvx_status st = cvx_conv3d(&CTX, frames, nf, B, H, W, &wt, g, &out);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", cc->name, (int)st, cvx_error_message());
     if (st == CVX_OK) {
         expect_shape5(cc->name, &out, B, cc->Co, To, Ho, Wo);
@@ -167,8 +170,9 @@ static void run_conv_case(const conv_case *cc) {
                  blocks > 1 ? "s" : "");
         expect_close(what, out.data, ref, n);
         free(ref);
-        /* the working memory stays bounded: the output, the widened weights and one column buffer per thread */
-        const int64_t out_bytes = n * 4, wf_bytes = cc->wdt == CVX_F32 ? 0 : nw * 4;
+        /* the working memory stays bounded: the output, the widened weights and one column buffer per thread (the
+         * op's one scratch block keeps each part 64-byte aligned) */
+        const int64_t out_bytes = n * 4, wf_bytes = cc->wdt == CVX_F32 ? 0 : (nw * 4 + 63) / 64 * 64;
         int64_t col = K * rows * Wo * 4;
         int64_t bound = out_bytes + wf_bytes + (int64_t)cvx_ops_num_threads() * col;
         if (cc->kh == 3 && cc->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 1 &&
@@ -178,7 +182,7 @@ static void run_conv_case(const conv_case *cc) {
             int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + cc->Co) * 4);
             if (nt < 16) nt = 16;
             if (nt > tiles) nt = tiles;
-            bound = out_bytes + wf_bytes + 16 * cc->Co * k * 4 +
+            bound = out_bytes + wf_bytes + (16 * cc->Co * k * 4 + 63) / 64 * 64 +
                     (int64_t)cvx_ops_num_threads() * (16 * (k + cc->Co) * nt + 8 * (2 * tiles_w + 2)) * 4;
         }
         CVX_EXPECT(peak_bytes() - base <= bound, "%s: peak working memory %lld > %lld", cc->name,
@@ -497,7 +501,7 @@ static void test_conv3d_errors(void) {
     /* fewer frames than the temporal kernel */
     cvx_error_clear();
     memset(&out, 0xff, sizeof(out));
-    cvx_status st = cvx_conv3d(frames, 2, 1, 4, 4, &wt, &g, &out);
+    cvx_status st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt, &g, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "2 frames for kt=3: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     printf("  2 frames for kt=3 -> %s\n", cvx_error_message());
@@ -507,7 +511,7 @@ static void test_conv3d_errors(void) {
     wt.kt = 1;
     g.up = 3;
     cvx_error_clear();
-    st = cvx_conv3d(frames, 2, 1, 4, 4, &wt, &g, &out);
+    st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt, &g, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "up=3: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     expect_no_leak("conv3d: up=3", base_x);
@@ -516,7 +520,7 @@ static void test_conv3d_errors(void) {
     /* a kernel larger than the padded frame */
     cvx_conv_geom nopad = {1, 1, 0, 0, 0, 0, 1};
     cvx_error_clear();
-    st = cvx_conv3d(frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
+    st = cvx_conv3d(&CTX, frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
     CVX_EXPECT(st == CVX_ERR_INVALID, "3x3 kernel on 2x2 frame: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     expect_no_leak("conv3d: kernel larger than frame", base_x);
@@ -541,7 +545,7 @@ static void test_conv3d_errors(void) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, base_x + ooms[i].limit);
         cvx_error_clear();
         memset(&out, 0xff, sizeof(out));
-        st = cvx_conv3d(frames, 2, 1, 4, 4, ooms[i].wt, &g, &out);
+        st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, ooms[i].wt, &g, &out);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_ERR_OOM, "%s: status %d", ooms[i].what, (int)st);
         CVX_EXPECT(is_empty(&out), "%s: out zeroed", ooms[i].what);
@@ -550,7 +554,7 @@ static void test_conv3d_errors(void) {
     }
     cvx_error_clear();
     /* and with room for everything the same call succeeds */
-    st = cvx_conv3d(frames, 2, 1, 4, 4, &wt16, &g, &out);
+    st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt16, &g, &out);
     CVX_EXPECT(st == CVX_OK, "conv after the OOMs: %d", (int)st);
     cvx_tensor_release(&out);
     cvx_tensor_release(&x);
@@ -695,7 +699,7 @@ static void run_gn_case(const gn_case *gc) {
     memset(&out, 0, sizeof(out));
     cvx_tensor *dst = gc->inplace ? &x : &out;
     void *xdata = x.data;
-    cvx_status st = cvx_group_norm(&x, gc->groups, eps, gamma, beta, gc->Tz ? &mod : NULL, gc->silu, dst);
+    cvx_status st = cvx_group_norm(&CTX, &x, gc->groups, eps, gamma, beta, gc->Tz ? &mod : NULL, gc->silu, dst);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", gc->name, (int)st, cvx_error_message());
     if (st == CVX_OK) {
         expect_shape5(gc->name, dst, B, C, T, H, W);
@@ -755,7 +759,7 @@ static void test_group_norm_errors(void) {
     for (size_t i = 0; i < 4; i++) {
         cvx_error_clear();
         memset(&out, 0, sizeof(out));
-        cvx_status st = cvx_group_norm(&x, bad_groups[i], 1e-6f, gamma, beta, NULL, 0, &out);
+        cvx_status st = cvx_group_norm(&CTX, &x, bad_groups[i], 1e-6f, gamma, beta, NULL, 0, &out);
         CVX_EXPECT(st == CVX_ERR_INVALID, "6 channels in %d groups: status %d", bad_groups[i], (int)st);
         CVX_EXPECT(is_empty(&out), "groups %d: out left empty", bad_groups[i]);
         if (i == 0) printf("  6 channels in 4 groups -> %s\n", cvx_error_message());
@@ -765,7 +769,7 @@ static void test_group_norm_errors(void) {
     cvx_norm_modulation mod = {&y6, &b6};
     cvx_error_clear();
     memset(&out, 0, sizeof(out));
-    cvx_status st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &mod, 0, &out);
+    cvx_status st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &mod, 0, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "modulation channels 4 vs 6: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out left empty");
     expect_no_leak("group_norm: modulation channels", base_x);
@@ -773,7 +777,7 @@ static void test_group_norm_errors(void) {
     float before[6 * 2 * 9];
     memcpy(before, x.data, sizeof(before));
     cvx_error_clear();
-    st = cvx_group_norm(&x, 4, 1e-6f, gamma, beta, NULL, 0, &x);
+    st = cvx_group_norm(&CTX, &x, 4, 1e-6f, gamma, beta, NULL, 0, &x);
     CVX_EXPECT(st == CVX_ERR_INVALID && memcmp(before, x.data, sizeof(before)) == 0, "refused in place: x untouched");
     expect_no_leak("group_norm: refused in place", base_x);
 
@@ -790,7 +794,7 @@ static void test_group_norm_errors(void) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, base_y + limits[i]);
         cvx_error_clear();
         memset(&out, 0, sizeof(out));
-        st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &good, 1, &out);
+        st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &good, 1, &out);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_ERR_OOM, "group_norm OOM %zu: status %d", i, (int)st);
         CVX_EXPECT(out.data == NULL, "group_norm OOM %zu: out not allocated", i);
@@ -800,7 +804,7 @@ static void test_group_norm_errors(void) {
     /* in place with the maps refused */
     cvx_mem_set_limit(CVX_DEVICE_CPU, base_y);
     cvx_error_clear();
-    st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &good, 1, &x);
+    st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &good, 1, &x);
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     CVX_EXPECT(st == CVX_ERR_OOM && x.data != NULL, "group_norm in place OOM: status %d", (int)st);
     expect_no_leak("group_norm in place OOM", base_y);
@@ -830,14 +834,14 @@ static void test_add_inplace(void) {
     memcpy(ycopy, y.data, (size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++) ref[i] = (double)((const float *)x.data)[i] + (double)ycopy[i];
     const int64_t base = live_bytes();
-    CVX_EXPECT(cvx_add_inplace(&x, &y) == CVX_OK, "add");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &y) == CVX_OK, "add");
     expect_close("add_inplace", x.data, ref, n);
     CVX_EXPECT(memcmp(y.data, ycopy, (size_t)n * sizeof(float)) == 0, "add leaves y alone");
     expect_no_leak("add_inplace", base);
 
     /* x += x doubles */
     for (int64_t i = 0; i < n; i++) ref[i] = 2.0 * (double)((const float *)x.data)[i];
-    CVX_EXPECT(cvx_add_inplace(&x, &x) == CVX_OK, "add self");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &x) == CVX_OK, "add self");
     expect_close("add_inplace x += x", x.data, ref, n);
 
     /* element counts differ */
@@ -846,7 +850,7 @@ static void test_add_inplace(void) {
     memcpy(xcopy, x.data, (size_t)n * sizeof(float));
     const int64_t base_z = live_bytes();
     cvx_error_clear();
-    CVX_EXPECT(cvx_add_inplace(&x, &z) == CVX_ERR_INVALID, "add of different sizes");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &z) == CVX_ERR_INVALID, "add of different sizes");
     CVX_EXPECT(memcmp(x.data, xcopy, (size_t)n * sizeof(float)) == 0, "refused add leaves x alone");
     expect_no_leak("add_inplace refused", base_z);
     cvx_error_clear();
@@ -886,7 +890,7 @@ static void test_avg_pool_time(void) {
         memset(&out, 0, sizeof(out));
         char what[80];
         snprintf(what, sizeof(what), "avg_pool_time T=%lld -> %lld", (long long)T, (long long)To);
-        CVX_EXPECT(cvx_avg_pool_time(&x, &out) == CVX_OK, "%s", what);
+        CVX_EXPECT(cvx_avg_pool_time(&CTX, &x, &out) == CVX_OK, "%s", what);
         expect_shape5(what, &out, B, C, To, H, W);
         expect_close(what, out.data, ref, B * C * To * HW);
         if (T == 1)
@@ -904,7 +908,7 @@ static void test_avg_pool_time(void) {
     cvx_mem_set_limit(CVX_DEVICE_CPU, base + 1);
     cvx_error_clear();
     memset(&out, 0, sizeof(out));
-    CVX_EXPECT(cvx_avg_pool_time(&x, &out) == CVX_ERR_OOM && out.data == NULL, "avg_pool_time OOM");
+    CVX_EXPECT(cvx_avg_pool_time(&CTX, &x, &out) == CVX_ERR_OOM && out.data == NULL, "avg_pool_time OOM");
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     cvx_error_clear();
     expect_no_leak("avg_pool_time OOM", base);
@@ -924,7 +928,7 @@ static void test_slice_frames(void) {
         memset(&out, 0xff, sizeof(out));
         char what[80];
         snprintf(what, sizeof(what), "slice_frames [%lld, %lld)", (long long)first, (long long)(first + count));
-        CVX_EXPECT(cvx_slice_frames(&x, first, count, &out) == CVX_OK, "%s", what);
+        CVX_EXPECT(cvx_slice_frames(&CTX, &x, first, count, &out) == CVX_OK, "%s", what);
         expect_shape5(what, &out, B, C, count, H, W);
         int64_t bad = 0;
         for (int64_t b = 0; b < B; b++)
@@ -961,7 +965,7 @@ static void test_copy_box(void) {
         float *dd = dst.data;
         for (int64_t i = 0; i < cvx_tensor_numel(&dst); i++) dd[i] = sentinel;
         const int64_t base = live_bytes();
-        cvx_copy_box(&dst, d, &src, s, n);
+        cvx_copy_box(&CTX, &dst, d, &src, s, n);
         expect_no_leak("copy_box", base);
         int64_t bad = 0, copied = 0;
         for (int64_t b = 0; b < 3; b++)
