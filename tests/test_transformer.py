@@ -65,12 +65,16 @@ def test_weight_bytes_are_the_checkpoints_tensor_bytes(folder, dtype):
     path = os.path.join(TR, folder)
     index, tensor_bytes = checkpoint_tensor_bytes(path)
     gc.collect()
-    before = cogvideo_c.memory_stats()["weights_bytes.current"]
+    before = cogvideo_c.memory_stats()
     model = cogvideo_c.CogVideoXTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
-    held = cogvideo_c.memory_stats()["weights_bytes.current"] - before
-    print(f"{folder}: checkpoint tensors {tensor_bytes} bytes, weights held {model.weight_bytes} bytes")
-    assert held == model.weight_bytes
-    # no f32 copy: the same bytes, up to each tensor's 64-byte alignment inside its group
+    after = cogvideo_c.memory_stats()
+    copied = after["weights_bytes.current"] - before["weights_bytes.current"]
+    mapped = after["mapped_weights_bytes.current"] - before["mapped_weights_bytes.current"]
+    print(f"{folder}: checkpoint tensors {tensor_bytes} bytes, weights {model.weight_bytes} bytes in the device "
+          f"layout, host: {mapped} read in place from the mapped file, {copied} copied")
+    # stored in the run dtype: every tensor is read in place from the mapping, no host copy at all
+    assert copied == 0 and mapped == tensor_bytes
+    # the device layout holds the same bytes, up to each tensor's 64-byte alignment inside its group
     assert tensor_bytes <= model.weight_bytes < tensor_bytes + 64 * len(index)
     assert model.num_weight_groups == model.config.num_layers + 1
 

@@ -40,6 +40,7 @@ struct cvx_st_file {
     int num_shards;
     cvx_st_tensor *tensors; /* sorted by name; names point into the shards */
     int num_tensors;
+    int refs; /* cvx_st_open's reference plus one per cvx_st_retain */
 };
 
 static const char *st_file_kind(mode_t mode) {
@@ -623,12 +624,18 @@ cvx_status cvx_st_open(const char *path, cvx_st_file **out) {
         cvx_st_close(f);
         return st;
     }
+    f->refs = 1;
     *out = f;
     return CVX_OK;
 }
 
+void cvx_st_retain(cvx_st_file *f) {
+    if (f) __atomic_fetch_add(&f->refs, 1, __ATOMIC_RELAXED);
+}
+
 void cvx_st_close(cvx_st_file *f) {
     if (!f) return;
+    if (f->refs > 0 && __atomic_sub_fetch(&f->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
     for (int i = 0; i < f->num_shards; i++) st_shard_release(&f->shards[i]);
     free(f->shards);
     free(f->tensors);

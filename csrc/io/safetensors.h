@@ -28,6 +28,9 @@ typedef struct cvx_st_file cvx_st_file; /* one checkpoint: one or more mapped sh
  * (relative to the index's folder). Only F32, F16, BF16 and F64 tensors are accepted (F64: diffusers saves
  * the learned positional table as float64; it is converted at load). */
 cvx_status cvx_st_open(const char *path, cvx_st_file **out);
+/* Another reference: the mapping stays until every cvx_st_close (loaded weights keep the file they point into). */
+void cvx_st_retain(cvx_st_file *f);
+/* Drops a reference; the last one unmaps the shards. */
 void cvx_st_close(cvx_st_file *f);
 
 int cvx_st_count(const cvx_st_file *f);

@@ -4,25 +4,125 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-/* Each block starts with a header; the caller's pointer is 64 bytes past the start, so it stays 64-byte aligned
- * and the header tells cvx_mem_free the device, kind and size without a lookup table. */
+/* Allocation records live beside the data, never in front of it (device memory cannot be read from the host): a
+ * hash table keyed by pointer (open addressing, linear probing, backward-shift deletion) gives cvx_mem_free the
+ * device, kind and size. Weight allocations are also kept per device in a table sorted by address, so that
+ * cvx_mem_is_resident can answer "does this pointer lie inside a live weight buffer on that device". */
 #define MEM_ALIGN 64
-#define MEM_MAGIC 0x63767840u /* "cvx@" */
 
-typedef struct mem_header {
-    uint32_t magic;
+typedef struct mem_record {
+    uintptr_t ptr; /* 0: empty slot */
+    uint64_t bytes;
+    uint64_t reserved;
     uint8_t device;
     uint8_t kind;
-    uint16_t pad_;
-    uint64_t bytes;    /* asked for */
-    uint64_t reserved; /* held, header included */
-} mem_header;
+} mem_record;
 
-_Static_assert(sizeof(mem_header) <= MEM_ALIGN, "header must fit in the alignment gap");
+typedef struct mem_range {
+    uintptr_t start;
+    uint64_t bytes;
+} mem_range;
 
 static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
 static cvx_mem_stats mem_stats[CVX_NUM_DEVICES];
+static mem_record *records; /* [record_cap], a power of two */
+static size_t record_cap, record_count;
+static mem_range *weight_ranges[CVX_NUM_DEVICES]; /* sorted by start */
+static size_t range_count[CVX_NUM_DEVICES], range_cap[CVX_NUM_DEVICES];
+static int64_t fail_countdown = -1; /* cvx_mem_fail_at: allocations to let through before one fails */
+static int64_t allocs_since_mark;
+
+static size_t record_hash(uintptr_t p) { return (size_t)((p >> 6) * 0x9e3779b97f4a7c15ull); }
+
+/* With mem_lock held. */
+static int records_grow(void) {
+    const size_t cap = record_cap ? 2 * record_cap : 1024;
+    mem_record *t = calloc(cap, sizeof(*t));
+    if (!t) return -1;
+    for (size_t i = 0; i < record_cap; i++) {
+        if (!records[i].ptr) continue;
+        size_t j = record_hash(records[i].ptr) & (cap - 1);
+        while (t[j].ptr) j = (j + 1) & (cap - 1);
+        t[j] = records[i];
+    }
+    free(records);
+    records = t;
+    record_cap = cap;
+    return 0;
+}
+
+static int record_insert(const mem_record *r) {
+    if (2 * (record_count + 1) > record_cap && records_grow() < 0) return -1;
+    size_t j = record_hash(r->ptr) & (record_cap - 1);
+    while (records[j].ptr) j = (j + 1) & (record_cap - 1);
+    records[j] = *r;
+    record_count++;
+    return 0;
+}
+
+static mem_record *record_find(uintptr_t p) {
+    if (!record_cap || !p) return NULL;
+    size_t j = record_hash(p) & (record_cap - 1);
+    while (records[j].ptr) {
+        if (records[j].ptr == p) return &records[j];
+        j = (j + 1) & (record_cap - 1);
+    }
+    return NULL;
+}
+
+/* Removes the record at `r` and shifts later members of its probe run back, so lookups need no tombstones. */
+static void record_erase(mem_record *r) {
+    size_t i = (size_t)(r - records);
+    records[i].ptr = 0;
+    record_count--;
+    for (size_t j = (i + 1) & (record_cap - 1); records[j].ptr; j = (j + 1) & (record_cap - 1)) {
+        const size_t home = record_hash(records[j].ptr) & (record_cap - 1);
+        /* move j back to the hole when its home is not in (i, j] cyclically */
+        const int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!between) {
+            records[i] = records[j];
+            records[j].ptr = 0;
+            i = j;
+        }
+    }
+}
+
+/* The index of the first range starting after p. */
+static size_t range_upper(cvx_device dev, uintptr_t p) {
+    size_t lo = 0, hi = range_count[dev];
+    while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (weight_ranges[dev][mid].start <= p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int range_insert(cvx_device dev, uintptr_t start, uint64_t bytes) {
+    if (range_count[dev] == range_cap[dev]) {
+        const size_t cap = range_cap[dev] ? 2 * range_cap[dev] : 64;
+        mem_range *t = realloc(weight_ranges[dev], cap * sizeof(*t));
+        if (!t) return -1;
+        weight_ranges[dev] = t;
+        range_cap[dev] = cap;
+    }
+    const size_t at = range_upper(dev, start);
+    memmove(&weight_ranges[dev][at + 1], &weight_ranges[dev][at], (range_count[dev] - at) * sizeof(mem_range));
+    weight_ranges[dev][at] = (mem_range){start, bytes};
+    range_count[dev]++;
+    return 0;
+}
+
+static void range_erase(cvx_device dev, uintptr_t start) {
+    const size_t at = range_upper(dev, start);
+    if (at == 0 || weight_ranges[dev][at - 1].start != start) return;
+    memmove(&weight_ranges[dev][at - 1], &weight_ranges[dev][at], (range_count[dev] - at) * sizeof(mem_range));
+    range_count[dev]--;
+}
 
 const char *cvx_device_name(cvx_device dev) {
     switch (dev) {
@@ -57,6 +157,14 @@ static void stats_grow(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64
     s->num_active++;
 }
 
+static void stats_undo(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64_t reserved) {
+    s->allocated_bytes -= bytes;
+    s->reserved_bytes -= reserved;
+    s->kind_allocated_bytes[kind] -= bytes;
+    s->num_allocs--;
+    s->num_active--;
+}
+
 cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
     *out = NULL;
     if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)kind >= CVX_NUM_MEM_KINDS)
@@ -68,11 +176,21 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
         pthread_mutex_unlock(&mem_lock);
         return CVX_FAIL(CVX_ERR_OOM, "%s: allocation of %zu bytes is absurd", cvx_device_name(dev), bytes);
     }
-    size_t reserved = MEM_ALIGN + ((bytes + MEM_ALIGN - 1) / MEM_ALIGN) * MEM_ALIGN;
+    /* every block is at least one alignment unit, so each live allocation has a distinct address */
+    const size_t reserved = bytes ? (bytes + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN : MEM_ALIGN;
 
     pthread_mutex_lock(&mem_lock);
     cvx_mem_stats *s = &mem_stats[dev];
-    if (s->limit_bytes > 0 && s->allocated_bytes + (int64_t)bytes > s->limit_bytes) {
+    allocs_since_mark++;
+    if (fail_countdown == 0) {
+        fail_countdown = -1;
+        s->num_ooms++;
+        pthread_mutex_unlock(&mem_lock);
+        return CVX_FAIL(CVX_ERR_OOM, "%s: allocating %zu bytes failed (injected by cvx_mem_fail_at)",
+                        cvx_device_name(dev), bytes);
+    }
+    if (fail_countdown > 0) fail_countdown--;
+    if (s->limit_bytes > 0 && s->allocated_bytes + s->mapped_bytes + (int64_t)bytes > s->limit_bytes) {
         int64_t allocated = s->allocated_bytes, limit = s->limit_bytes;
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);
@@ -85,24 +203,23 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
     pthread_mutex_unlock(&mem_lock);
 
     void *block = NULL;
-    if (posix_memalign(&block, MEM_ALIGN, reserved) != 0) {
-        pthread_mutex_lock(&mem_lock);
-        s->allocated_bytes -= (int64_t)bytes;
-        s->reserved_bytes -= (int64_t)reserved;
-        s->kind_allocated_bytes[kind] -= (int64_t)bytes;
-        s->num_allocs--;
-        s->num_active--;
+    if (posix_memalign(&block, MEM_ALIGN, reserved) != 0) block = NULL;
+    pthread_mutex_lock(&mem_lock);
+    const mem_record rec = {(uintptr_t)block, bytes, reserved, (uint8_t)dev, (uint8_t)kind};
+    int ok = block && record_insert(&rec) == 0;
+    if (ok && kind == CVX_MEM_WEIGHTS && range_insert(dev, (uintptr_t)block, bytes) < 0) {
+        record_erase(record_find((uintptr_t)block));
+        ok = 0;
+    }
+    if (!ok) {
+        stats_undo(s, kind, (int64_t)bytes, (int64_t)reserved);
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);
+        free(block);
         return CVX_FAIL(CVX_ERR_OOM, "%s: the system refused %zu bytes", cvx_device_name(dev), bytes);
     }
-    mem_header *h = block;
-    h->magic = MEM_MAGIC;
-    h->device = (uint8_t)dev;
-    h->kind = (uint8_t)kind;
-    h->bytes = bytes;
-    h->reserved = reserved;
-    *out = (char *)block + MEM_ALIGN;
+    pthread_mutex_unlock(&mem_lock);
+    *out = block;
     return CVX_OK;
 }
 
@@ -112,25 +229,57 @@ cvx_status cvx_mem_calloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void 
     return CVX_OK;
 }
 
-static mem_header *header_of(const void *ptr) { return (mem_header *)((char *)ptr - MEM_ALIGN); }
-
 void cvx_mem_free(void *ptr) {
     if (!ptr) return;
-    mem_header *h = header_of(ptr);
-    if (h->magic != MEM_MAGIC) return; /* not ours: refuse to corrupt the statistics */
-    h->magic = 0;
     pthread_mutex_lock(&mem_lock);
-    cvx_mem_stats *s = &mem_stats[h->device];
-    s->allocated_bytes -= (int64_t)h->bytes;
-    s->reserved_bytes -= (int64_t)h->reserved;
-    s->kind_allocated_bytes[h->kind] -= (int64_t)h->bytes;
+    mem_record *r = record_find((uintptr_t)ptr);
+    if (!r) { /* not ours: refuse to corrupt the statistics */
+        pthread_mutex_unlock(&mem_lock);
+        return;
+    }
+    const mem_record rec = *r;
+    record_erase(r);
+    if (rec.kind == CVX_MEM_WEIGHTS) range_erase((cvx_device)rec.device, rec.ptr);
+    cvx_mem_stats *s = &mem_stats[rec.device];
+    s->allocated_bytes -= (int64_t)rec.bytes;
+    s->reserved_bytes -= (int64_t)rec.reserved;
+    s->kind_allocated_bytes[rec.kind] -= (int64_t)rec.bytes;
     s->num_frees++;
     s->num_active--;
     pthread_mutex_unlock(&mem_lock);
-    free(h);
+    free(ptr);
 }
 
-size_t cvx_mem_size(const void *ptr) { return ptr ? (size_t)header_of(ptr)->bytes : 0; }
+size_t cvx_mem_size(const void *ptr) {
+    pthread_mutex_lock(&mem_lock);
+    const mem_record *r = record_find((uintptr_t)ptr);
+    const size_t bytes = r ? (size_t)r->bytes : 0;
+    pthread_mutex_unlock(&mem_lock);
+    return bytes;
+}
+
+int cvx_mem_is_resident(cvx_device dev, const void *ptr, size_t bytes) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES || !ptr) return 0;
+    const uintptr_t p = (uintptr_t)ptr;
+    pthread_mutex_lock(&mem_lock);
+    const size_t at = range_upper(dev, p);
+    int inside = 0;
+    if (at > 0) {
+        const mem_range *r = &weight_ranges[dev][at - 1];
+        inside = p - r->start <= r->bytes && bytes <= r->bytes - (p - r->start);
+    }
+    pthread_mutex_unlock(&mem_lock);
+    return inside;
+}
+
+int64_t cvx_mem_fail_at(int64_t n) {
+    pthread_mutex_lock(&mem_lock);
+    const int64_t made = allocs_since_mark;
+    allocs_since_mark = 0;
+    fail_countdown = n < 0 ? -1 : n;
+    pthread_mutex_unlock(&mem_lock);
+    return made;
+}
 
 void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out) {
     if ((unsigned)dev >= CVX_NUM_DEVICES) {
@@ -140,6 +289,23 @@ void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out) {
     pthread_mutex_lock(&mem_lock);
     *out = mem_stats[dev];
     pthread_mutex_unlock(&mem_lock);
+}
+
+cvx_status cvx_mem_add_mapped(cvx_device dev, int64_t delta) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return CVX_FAIL(CVX_ERR_INVALID, "bad device %d", (int)dev);
+    pthread_mutex_lock(&mem_lock);
+    cvx_mem_stats *s = &mem_stats[dev];
+    if (delta > 0 && s->limit_bytes > 0 && s->allocated_bytes + s->mapped_bytes + delta > s->limit_bytes) {
+        const int64_t held = s->allocated_bytes + s->mapped_bytes, limit = s->limit_bytes;
+        s->num_ooms++;
+        pthread_mutex_unlock(&mem_lock);
+        return CVX_FAIL(CVX_ERR_OOM,
+                        "%s: mapping %lld bytes of weights would exceed the memory limit of %lld bytes (%lld held)",
+                        cvx_device_name(dev), (long long)delta, (long long)limit, (long long)held);
+    }
+    s->mapped_bytes += delta;
+    pthread_mutex_unlock(&mem_lock);
+    return CVX_OK;
 }
 
 void cvx_mem_reset_peak(cvx_device dev) {
@@ -165,47 +331,202 @@ cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes) {
     return CVX_OK;
 }
 
-/* FIRST CUT (lead, being replaced within the hour): no copy thread yet; copies run at once. */
-int cvx_mem_is_resident(cvx_device dev, const void *ptr, size_t bytes) {
-    (void)dev, (void)ptr, (void)bytes;
-    return 1;
-}
-int64_t cvx_mem_fail_at(int64_t n) {
-    (void)n;
-    return 0;
-}
+/* ---- copy queues ---------------------------------------------------------------------------------------------- */
+
+typedef struct copy_job {
+    void *dst;
+    const void *src;
+    size_t bytes;
+    int64_t *busy_ns; /* the caller's counter, or NULL */
+} copy_job;
+
 struct cvx_queue {
-    int unused;
+    cvx_device dev;
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    pthread_t thread;
+    int running, stop;
+    copy_job *jobs; /* a ring of cap jobs; head is the next to run */
+    size_t head, count, cap;
+    uint64_t submitted, completed;
+    int64_t busy_ns;
 };
-static cvx_queue queue_stub;
+
+static pthread_mutex_t queues_lock = PTHREAD_MUTEX_INITIALIZER;
+static cvx_queue *queues[CVX_NUM_DEVICES];
+static double bandwidth[CVX_NUM_DEVICES]; /* bytes per second, 0: unlimited; read under the queue's lock */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void sleep_until(int64_t t) {
+    for (int64_t left = t - now_ns(); left > 0; left = t - now_ns()) {
+        struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The emulated link: runs the queue's copies in order, each taking at least bytes / bandwidth. */
+static void *copy_thread(void *arg) {
+    cvx_queue *q = arg;
+    pthread_mutex_lock(&q->lock);
+    for (;;) {
+        while (!q->count && !q->stop) pthread_cond_wait(&q->work, &q->lock);
+        if (!q->count) break; /* stop, and nothing left to run */
+        const copy_job job = q->jobs[q->head];
+        const double bw = bandwidth[q->dev];
+        pthread_mutex_unlock(&q->lock);
+        const int64_t t0 = now_ns();
+        memcpy(job.dst, job.src, job.bytes);
+        if (bw > 0) sleep_until(t0 + (int64_t)((double)job.bytes / bw * 1e9));
+        const int64_t spent = now_ns() - t0;
+        if (job.busy_ns) __atomic_fetch_add(job.busy_ns, spent, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&q->lock);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+        q->completed++;
+        q->busy_ns += spent;
+        pthread_cond_broadcast(&q->done);
+    }
+    pthread_mutex_unlock(&q->lock);
+    return NULL;
+}
+
+/* A forked child has no copy thread: forget the parent's queues (their memory is the child's to leak, once). */
+static void queues_after_fork(void) {
+    for (int d = 0; d < CVX_NUM_DEVICES; d++) queues[d] = NULL;
+    pthread_mutex_init(&queues_lock, NULL);
+    pthread_mutex_init(&mem_lock, NULL);
+}
+
 cvx_queue *cvx_copy_queue(cvx_device dev) {
-    (void)dev;
-    return &queue_stub;
+    static int fork_handler;
+    if ((unsigned)dev >= CVX_NUM_DEVICES || dev == CVX_DEVICE_CUDA) return NULL;
+    pthread_mutex_lock(&queues_lock);
+    if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, queues_after_fork) == 0;
+    cvx_queue *q = queues[dev];
+    if (!q && (q = calloc(1, sizeof(*q))) != NULL) {
+        q->dev = dev;
+        pthread_mutex_init(&q->lock, NULL);
+        pthread_cond_init(&q->work, NULL);
+        pthread_cond_init(&q->done, NULL);
+        /* the host has no link to model: its copies run at once, on the caller's thread */
+        if (dev != CVX_DEVICE_CPU) q->running = pthread_create(&q->thread, NULL, copy_thread, q) == 0;
+        queues[dev] = q;
+    }
+    pthread_mutex_unlock(&queues_lock);
+    return q;
 }
-cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes) {
-    (void)q;
-    return cvx_mem_copy(dst, src, bytes);
+
+cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes, int64_t *busy_ns) {
+    if (!q) return CVX_FAIL(CVX_ERR_INVALID, "no copy queue on this device");
+    pthread_mutex_lock(&q->lock);
+    if (!q->running) { /* inline: the host queue, or a copy thread that could not start */
+        pthread_mutex_unlock(&q->lock);
+        const int64_t t0 = now_ns();
+        if (bytes) memcpy(dst, src, bytes);
+        const int64_t spent = now_ns() - t0;
+        if (busy_ns) __atomic_fetch_add(busy_ns, spent, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&q->lock);
+        q->submitted++;
+        q->completed++;
+        q->busy_ns += spent;
+        pthread_mutex_unlock(&q->lock);
+        return CVX_OK;
+    }
+    if (q->count == q->cap) {
+        const size_t cap = q->cap ? 2 * q->cap : 64;
+        copy_job *jobs = malloc(cap * sizeof(*jobs));
+        if (!jobs) {
+            pthread_mutex_unlock(&q->lock);
+            return CVX_FAIL(CVX_ERR_OOM, "out of host memory queuing a copy");
+        }
+        for (size_t i = 0; i < q->count; i++) jobs[i] = q->jobs[(q->head + i) % q->cap];
+        free(q->jobs);
+        q->jobs = jobs;
+        q->head = 0;
+        q->cap = cap;
+    }
+    q->jobs[(q->head + q->count) % q->cap] = (copy_job){dst, src, bytes, busy_ns};
+    q->count++;
+    q->submitted++;
+    pthread_cond_signal(&q->work);
+    pthread_mutex_unlock(&q->lock);
+    return CVX_OK;
 }
+
 cvx_event cvx_queue_record(cvx_queue *q) {
-    (void)q;
-    return 0;
+    if (!q) return 0;
+    pthread_mutex_lock(&q->lock);
+    const cvx_event ev = q->submitted;
+    pthread_mutex_unlock(&q->lock);
+    return ev;
 }
+
 int cvx_queue_done(cvx_queue *q, cvx_event ev) {
-    (void)q, (void)ev;
-    return 1;
+    if (!q) return 1;
+    pthread_mutex_lock(&q->lock);
+    const int done = q->completed >= ev;
+    pthread_mutex_unlock(&q->lock);
+    return done;
 }
+
 int64_t cvx_queue_wait(cvx_queue *q, cvx_event ev) {
-    (void)q, (void)ev;
-    return 0;
+    if (!q) return 0;
+    pthread_mutex_lock(&q->lock);
+    if (q->completed >= ev) {
+        pthread_mutex_unlock(&q->lock);
+        return 0;
+    }
+    const int64_t t0 = now_ns();
+    while (q->completed < ev) pthread_cond_wait(&q->done, &q->lock);
+    pthread_mutex_unlock(&q->lock);
+    return now_ns() - t0;
 }
-void cvx_queue_sync(cvx_queue *q) { (void)q; }
+
+void cvx_queue_sync(cvx_queue *q) {
+    if (q) cvx_queue_wait(q, cvx_queue_record(q));
+}
+
 int64_t cvx_queue_busy_ns(cvx_queue *q) {
-    (void)q;
-    return 0;
+    if (!q) return 0;
+    pthread_mutex_lock(&q->lock);
+    const int64_t ns = q->busy_ns;
+    pthread_mutex_unlock(&q->lock);
+    return ns;
 }
-void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s) { (void)dev, (void)bytes_per_s; }
-double cvx_mem_bandwidth(cvx_device dev) {
-    (void)dev;
-    return 0.0;
+
+void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s) {
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return;
+    cvx_queue *q = cvx_copy_queue(dev);
+    if (q) pthread_mutex_lock(&q->lock);
+    bandwidth[dev] = bytes_per_s > 0 ? bytes_per_s : 0;
+    if (q) pthread_mutex_unlock(&q->lock);
 }
-void cvx_queues_shutdown(void) {}
+
+double cvx_mem_bandwidth(cvx_device dev) { return (unsigned)dev < CVX_NUM_DEVICES ? bandwidth[dev] : 0; }
+
+void cvx_queues_shutdown(void) {
+    pthread_mutex_lock(&queues_lock);
+    for (int d = 0; d < CVX_NUM_DEVICES; d++) {
+        cvx_queue *q = queues[d];
+        if (!q) continue;
+        if (q->running) {
+            pthread_mutex_lock(&q->lock);
+            q->stop = 1;
+            pthread_cond_signal(&q->work);
+            pthread_mutex_unlock(&q->lock);
+            pthread_join(q->thread, NULL);
+        }
+        pthread_mutex_destroy(&q->lock);
+        pthread_cond_destroy(&q->work);
+        pthread_cond_destroy(&q->done);
+        free(q->jobs);
+        free(q);
+        queues[d] = NULL;
+    }
+    pthread_mutex_unlock(&queues_lock);
+}

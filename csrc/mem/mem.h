@@ -28,9 +28,10 @@ typedef struct cvx_mem_stats {
     int64_t kind_peak_bytes[CVX_NUM_MEM_KINDS];
     int64_t num_allocs; /* allocation calls that succeeded */
     int64_t num_frees;
-    int64_t num_active;  /* live allocations */
-    int64_t num_ooms;    /* allocations refused */
-    int64_t limit_bytes; /* 0: no limit */
+    int64_t num_active;   /* live allocations */
+    int64_t num_ooms;     /* allocations refused */
+    int64_t limit_bytes;  /* 0: no limit */
+    int64_t mapped_bytes; /* weights read in place from a memory-mapped checkpoint (cvx_mem_add_mapped) */
 } cvx_mem_stats;
 
 const char *cvx_device_name(cvx_device dev);
@@ -48,6 +49,10 @@ void cvx_mem_free(void *ptr);
 size_t cvx_mem_size(const void *ptr);
 
 void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out);
+/* Host bytes that are not allocations but file mappings the weights read in place. They count against the
+ * device's limit like allocations (they occupy its memory); growing past the limit fails with CVX_ERR_OOM and
+ * changes nothing. */
+cvx_status cvx_mem_add_mapped(cvx_device dev, int64_t delta);
 /* Peaks (total and per kind) restart from the current values. */
 void cvx_mem_reset_peak(cvx_device dev);
 /* bytes <= 0 removes the limit. A limit below what is allocated now is accepted: later allocations fail. */
@@ -73,7 +78,9 @@ typedef uint64_t cvx_event;
 
 /* The device's copy queue (created on first use; NULL only for a device this build lacks). */
 cvx_queue *cvx_copy_queue(cvx_device dev);
-cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes);
+/* Queues a copy; when `busy_ns` is given, the nanoseconds the copy takes are added to it atomically (read it with
+ * __atomic_load_n) once it has run, so that each caller can tell its own copy time. */
+cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes, int64_t *busy_ns);
 cvx_event cvx_queue_record(cvx_queue *q);
 int cvx_queue_done(cvx_queue *q, cvx_event ev);
 /* Blocks until ev is complete; returns the nanoseconds spent waiting. */

@@ -3,83 +3,344 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* FIRST CUT (lead, being replaced within the hour): the CPU path only. On the CPU every policy reads the host bytes
- * in place; any other device is refused. */
+typedef struct group {
+    int64_t bytes;
+    int first_tensor, num_tensors; /* into the residency's tensors, sorted by group */
+    cvx_group_state state;
+    void *dev;     /* the device copy (own allocation or a ring slot) */
+    int ring_slot; /* -1: an allocation of its own */
+    cvx_event ready;
+} group;
+
 struct cvx_residency {
-    cvx_residency_tensor *tensors;
+    cvx_residency_tensor *tensors; /* sorted by group */
     int count, num_groups;
-    int64_t *group_bytes;
+    group *groups;
     cvx_device dev;
     cvx_policy policy;
     int prefetch;
+    cvx_queue *queue;
+    /* the ring of SEQUENTIAL: prefetch + 1 slots of ring_bytes each */
+    void **ring;
+    int *ring_owner; /* group in each slot, -1 free */
+    int ring_n;
+    int64_t ring_bytes;
+    /* the current pass */
+    int first, last, cyclic, in_pass;
     cvx_residency_stats stats;
 };
 
+static void point_slots(cvx_residency *r, int g, int at_device) {
+    const group *gr = &r->groups[g];
+    for (int i = gr->first_tensor; i < gr->first_tensor + gr->num_tensors; i++) {
+        const cvx_residency_tensor *t = &r->tensors[i];
+        *t->slot = at_device ? (void *)((char *)gr->dev + t->offset) : (void *)t->host;
+    }
+}
+
+static int by_group(const void *a, const void *b) {
+    const cvx_residency_tensor *x = a, *y = b;
+    if (x->group != y->group) return x->group < y->group ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
 cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, int num_groups, cvx_residency **out) {
     *out = NULL;
+    if (count < 0 || num_groups < 0) return CVX_FAIL(CVX_ERR_INTERNAL, "bad residency table sizes");
+    for (int i = 0; i < count; i++)
+        if (tensors[i].group < 0 || tensors[i].group >= num_groups || !tensors[i].slot)
+            return CVX_FAIL(CVX_ERR_INTERNAL, "residency tensor %d names group %d of %d", i, tensors[i].group,
+                            num_groups);
     cvx_residency *r = calloc(1, sizeof(*r));
     if (!r) return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the residency table");
     r->tensors = malloc((size_t)(count > 0 ? count : 1) * sizeof(*tensors));
-    r->group_bytes = calloc((size_t)(num_groups > 0 ? num_groups : 1), sizeof(int64_t));
-    if (!r->tensors || !r->group_bytes) {
+    r->groups = calloc((size_t)(num_groups > 0 ? num_groups : 1), sizeof(group));
+    if (!r->tensors || !r->groups) {
         cvx_residency_destroy(r);
         return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the residency table");
     }
-    memcpy(r->tensors, tensors, (size_t)count * sizeof(*tensors));
+    if (count) memcpy(r->tensors, tensors, (size_t)count * sizeof(*tensors));
+    qsort(r->tensors, (size_t)count, sizeof(*tensors), by_group);
     r->count = count;
     r->num_groups = num_groups;
-    for (int i = 0; i < count; i++) {
-        const size_t end = tensors[i].offset + tensors[i].bytes;
-        if ((int64_t)end > r->group_bytes[tensors[i].group]) r->group_bytes[tensors[i].group] = (int64_t)end;
-        *tensors[i].slot = (void *)tensors[i].host;
+    for (int g = 0; g < num_groups; g++) r->groups[g] = (group){0, 0, 0, CVX_GROUP_RESIDENT, NULL, -1, 0};
+    for (int i = count - 1; i >= 0; i--) {
+        group *gr = &r->groups[r->tensors[i].group];
+        const int64_t end = (int64_t)(r->tensors[i].offset + r->tensors[i].bytes);
+        if (end > gr->bytes) gr->bytes = end;
+        gr->first_tensor = i;
+        gr->num_tensors++;
     }
+    r->dev = CVX_DEVICE_CPU;
+    for (int g = 0; g < num_groups; g++) point_slots(r, g, 0);
     *out = r;
     return CVX_OK;
 }
 
+/* Queues the copy of group g into dst; the group is in flight until its event. */
+static cvx_status queue_group(cvx_residency *r, int g, void *dst, int ring_slot) {
+    group *gr = &r->groups[g];
+    for (int i = gr->first_tensor; i < gr->first_tensor + gr->num_tensors; i++) {
+        const cvx_residency_tensor *t = &r->tensors[i];
+        CVX_CHECK(cvx_queue_copy(r->queue, (char *)dst + t->offset, t->host, t->bytes, &r->stats.copy_ns));
+    }
+    gr->dev = dst;
+    gr->ring_slot = ring_slot;
+    gr->ready = cvx_queue_record(r->queue);
+    gr->state = CVX_GROUP_IN_FLIGHT;
+    r->stats.bytes_copied += gr->bytes;
+    r->stats.copies++;
+    return CVX_OK;
+}
+
+static void account(cvx_residency *r, int64_t delta) {
+    r->stats.resident_bytes += delta;
+    if (r->stats.resident_bytes > r->stats.peak_resident_bytes) r->stats.peak_resident_bytes = r->stats.resident_bytes;
+}
+
+/* Group g into an allocation of its own (NONE, MODEL, and a non-block group under SEQUENTIAL). */
+static cvx_status load_own(cvx_residency *r, int g) {
+    group *gr = &r->groups[g];
+    void *dst = NULL;
+    CVX_CHECK(cvx_mem_alloc(r->dev, CVX_MEM_WEIGHTS, (size_t)gr->bytes, &dst));
+    account(r, gr->bytes);
+    const cvx_status st = queue_group(r, g, dst, -1);
+    if (st != CVX_OK) {
+        cvx_queue_sync(r->queue); /* copies of earlier tensors may still read into dst */
+        cvx_mem_free(dst);
+        account(r, -gr->bytes);
+        gr->dev = NULL;
+        gr->state = CVX_GROUP_HOST;
+    }
+    return st;
+}
+
+static void wait_group(cvx_residency *r, int g) {
+    group *gr = &r->groups[g];
+    if (gr->state != CVX_GROUP_IN_FLIGHT) return;
+    r->stats.wait_ns += cvx_queue_wait(r->queue, gr->ready);
+    gr->state = CVX_GROUP_RESIDENT;
+    point_slots(r, g, 1);
+}
+
+/* Frees g's device copy (waiting for its copy first: the queue may still be writing it). */
+static void drop_group(cvx_residency *r, int g) {
+    group *gr = &r->groups[g];
+    if (r->dev == CVX_DEVICE_CPU || gr->state == CVX_GROUP_HOST) return;
+    if (gr->state == CVX_GROUP_IN_FLIGHT) r->stats.wait_ns += cvx_queue_wait(r->queue, gr->ready);
+    if (gr->ring_slot >= 0) {
+        r->ring_owner[gr->ring_slot] = -1;
+    } else {
+        cvx_mem_free(gr->dev);
+        account(r, -gr->bytes);
+    }
+    gr->dev = NULL;
+    gr->ring_slot = -1;
+    gr->state = CVX_GROUP_HOST;
+    point_slots(r, g, 0);
+}
+
+static void free_ring(cvx_residency *r) {
+    for (int s = 0; s < r->ring_n; s++) {
+        if (r->ring_owner[s] >= 0) drop_group(r, r->ring_owner[s]);
+        cvx_mem_free(r->ring[s]);
+    }
+    if (r->ring_n) account(r, -r->ring_bytes * r->ring_n);
+    free(r->ring);
+    free(r->ring_owner);
+    r->ring = NULL;
+    r->ring_owner = NULL;
+    r->ring_n = 0;
+    r->ring_bytes = 0;
+}
+
+void cvx_residency_offload(cvx_residency *r) {
+    if (!r) return;
+    for (int g = 0; g < r->num_groups; g++) drop_group(r, g);
+    free_ring(r);
+}
+
 void cvx_residency_destroy(cvx_residency *r) {
     if (!r) return;
+    cvx_residency_offload(r);
     free(r->tensors);
-    free(r->group_bytes);
+    free(r->groups);
     free(r);
 }
 
+cvx_status cvx_residency_onload(cvx_residency *r) {
+    if (r->dev == CVX_DEVICE_CPU) return CVX_OK;
+    cvx_status st = CVX_OK;
+    for (int g = 0; g < r->num_groups && st == CVX_OK; g++)
+        if (r->groups[g].state == CVX_GROUP_HOST) st = load_own(r, g);
+    if (st != CVX_OK) {
+        cvx_residency_offload(r); /* nothing half in */
+        return st;
+    }
+    for (int g = 0; g < r->num_groups; g++) wait_group(r, g);
+    return CVX_OK;
+}
+
 cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy, int prefetch) {
-    if (dev != CVX_DEVICE_CPU) return CVX_FAIL(CVX_ERR_INVALID, "not yet: only the CPU device");
+    if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)policy > CVX_POLICY_SEQUENTIAL || prefetch < 0 || prefetch > 64)
+        return CVX_FAIL(CVX_ERR_INVALID, "bad residency: device %d, policy %d, prefetch %d", (int)dev, (int)policy,
+                        prefetch);
+    cvx_queue *q = NULL;
+    if (dev != CVX_DEVICE_CPU && !(q = cvx_copy_queue(dev)))
+        return CVX_FAIL(CVX_ERR_INVALID, "the %s device is not available in this build", cvx_device_name(dev));
+    cvx_residency_offload(r);
     r->dev = dev;
     r->policy = policy;
     r->prefetch = prefetch;
-    return CVX_OK;
+    r->queue = q;
+    r->in_pass = 0;
+    /* on the host the host bytes are the weights: every group counts as resident where it is */
+    for (int g = 0; g < r->num_groups; g++)
+        r->groups[g].state = dev == CVX_DEVICE_CPU ? CVX_GROUP_RESIDENT : CVX_GROUP_HOST;
+    return policy == CVX_POLICY_NONE ? cvx_residency_onload(r) : CVX_OK;
 }
+
 cvx_device cvx_residency_device(const cvx_residency *r) { return r->dev; }
 cvx_policy cvx_residency_policy(const cvx_residency *r) { return r->policy; }
+
+static int in_range(const cvx_residency *r, int g) { return r->in_pass && g >= r->first && g <= r->last; }
+
+/* SEQUENTIAL: the ring holds prefetch + 1 slots of the largest group of the pass. */
+static cvx_status ensure_ring(cvx_residency *r) {
+    int64_t need = 0;
+    for (int g = r->first; g <= r->last; g++)
+        if (r->groups[g].bytes > need) need = r->groups[g].bytes;
+    const int n = r->prefetch + 1;
+    if (r->ring && r->ring_bytes >= need && r->ring_n == n) return CVX_OK;
+    free_ring(r);
+    r->ring = calloc((size_t)n, sizeof(void *));
+    r->ring_owner = malloc((size_t)n * sizeof(int));
+    if (!r->ring || !r->ring_owner) {
+        free(r->ring);
+        free(r->ring_owner);
+        r->ring = NULL;
+        r->ring_owner = NULL;
+        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the prefetch ring");
+    }
+    for (int s = 0; s < n; s++) {
+        r->ring_owner[s] = -1;
+        cvx_status st = cvx_mem_alloc(r->dev, CVX_MEM_WEIGHTS, (size_t)need, &r->ring[s]);
+        if (st != CVX_OK) {
+            for (int k = 0; k < s; k++) cvx_mem_free(r->ring[k]);
+            free(r->ring);
+            free(r->ring_owner);
+            r->ring = NULL;
+            r->ring_owner = NULL;
+            return st;
+        }
+    }
+    r->ring_n = n;
+    r->ring_bytes = need;
+    account(r, need * n);
+    return CVX_OK;
+}
+
+/* Queues g into a free ring slot; 0 when none is free (the ring is full of groups still in use or prefetched). */
+static cvx_status queue_ring(cvx_residency *r, int g, int *queued) {
+    *queued = 0;
+    for (int s = 0; s < r->ring_n; s++) {
+        if (r->ring_owner[s] >= 0) continue;
+        CVX_CHECK(queue_group(r, g, r->ring[s], s));
+        r->ring_owner[s] = g;
+        *queued = 1;
+        return CVX_OK;
+    }
+    return CVX_OK;
+}
+
 cvx_status cvx_residency_begin(cvx_residency *r, int first, int last, int cyclic) {
-    (void)r, (void)first, (void)last, (void)cyclic;
+    if (first < 0 || last >= r->num_groups || first > last)
+        return CVX_FAIL(CVX_ERR_INTERNAL, "pass over groups %d..%d of %d", first, last, r->num_groups);
+    r->first = first;
+    r->last = last;
+    r->cyclic = cyclic;
+    r->in_pass = 1;
+    if (r->dev == CVX_DEVICE_CPU || r->policy != CVX_POLICY_SEQUENTIAL) return CVX_OK;
+    /* ring groups a previous pass left (its prefetch for this one) stay only if this pass uses them */
+    for (int s = 0; s < r->ring_n; s++)
+        if (r->ring_owner[s] >= 0 && !in_range(r, r->ring_owner[s])) drop_group(r, r->ring_owner[s]);
+    return ensure_ring(r);
+}
+
+cvx_status cvx_residency_acquire(cvx_residency *r, int group_index) {
+    const int g = group_index;
+    if (g < 0 || g >= r->num_groups) return CVX_FAIL(CVX_ERR_INTERNAL, "acquire of group %d of %d", g, r->num_groups);
+    if (r->dev == CVX_DEVICE_CPU) return CVX_OK;
+    group *gr = &r->groups[g];
+    if (r->policy == CVX_POLICY_MODEL && gr->state == CVX_GROUP_HOST) CVX_CHECK(cvx_residency_onload(r));
+    if (r->policy != CVX_POLICY_SEQUENTIAL || !in_range(r, g)) {
+        if (gr->state == CVX_GROUP_HOST) CVX_CHECK(load_own(r, g));
+        wait_group(r, g);
+        return CVX_OK;
+    }
+    if (gr->state == CVX_GROUP_HOST) {
+        int queued;
+        CVX_CHECK(queue_ring(r, g, &queued));
+        if (!queued)
+            return CVX_FAIL(CVX_ERR_INTERNAL, "group %d acquired with all %d ring slots held (a missing release)", g,
+                            r->ring_n);
+    }
+    /* prefetch: the next groups of the pass, in order, while g computes */
+    const int span = r->last - r->first + 1;
+    for (int k = 1; k <= r->prefetch && k < span; k++) {
+        int next = g + k;
+        if (next > r->last) {
+            if (!r->cyclic) break;
+            next -= span;
+        }
+        if (r->groups[next].state != CVX_GROUP_HOST) continue;
+        int queued;
+        CVX_CHECK(queue_ring(r, next, &queued));
+        if (!queued) break;
+    }
+    wait_group(r, g);
     return CVX_OK;
 }
-cvx_status cvx_residency_acquire(cvx_residency *r, int group) {
-    (void)r, (void)group;
-    return CVX_OK;
+
+void cvx_residency_release(cvx_residency *r, int g) {
+    if (g < 0 || g >= r->num_groups || r->dev == CVX_DEVICE_CPU) return;
+    if (r->policy == CVX_POLICY_SEQUENTIAL && in_range(r, g)) drop_group(r, g);
 }
-void cvx_residency_release(cvx_residency *r, int group) { (void)r, (void)group; }
-void cvx_residency_end(cvx_residency *r) { (void)r; }
-cvx_status cvx_residency_onload(cvx_residency *r) {
-    (void)r;
-    return CVX_OK;
+
+void cvx_residency_end(cvx_residency *r) {
+    if (!r->in_pass) return;
+    if (r->dev != CVX_DEVICE_CPU && r->policy == CVX_POLICY_SEQUENTIAL) {
+        for (int s = 0; s < r->ring_n; s++)
+            if (r->ring_owner[s] >= 0) drop_group(r, r->ring_owner[s]);
+        /* the next pass (the next denoising step) starts with the same groups: queue them now, so that its first
+         * copies run behind whatever the caller does between passes; begin() drops them if the pass differs */
+        for (int k = 0; k < r->ring_n - 1 && r->first + k <= r->last; k++) {
+            int queued;
+            if (queue_ring(r, r->first + k, &queued) != CVX_OK || !queued) break;
+        }
+    }
+    r->in_pass = 0;
 }
-void cvx_residency_offload(cvx_residency *r) { (void)r; }
-cvx_group_state cvx_residency_state(const cvx_residency *r, int group) {
-    (void)r, (void)group;
-    return CVX_GROUP_HOST;
+
+cvx_group_state cvx_residency_state(const cvx_residency *r, int g) {
+    return g >= 0 && g < r->num_groups ? r->groups[g].state : CVX_GROUP_HOST;
 }
 int cvx_residency_num_groups(const cvx_residency *r) { return r->num_groups; }
-int64_t cvx_residency_group_bytes(const cvx_residency *r, int group) {
-    return group >= 0 && group < r->num_groups ? r->group_bytes[group] : 0;
+int64_t cvx_residency_group_bytes(const cvx_residency *r, int g) {
+    return g >= 0 && g < r->num_groups ? r->groups[g].bytes : 0;
 }
 int64_t cvx_residency_total_bytes(const cvx_residency *r) {
     int64_t t = 0;
-    for (int g = 0; g < r->num_groups; g++) t += r->group_bytes[g];
+    for (int g = 0; g < r->num_groups; g++) t += r->groups[g].bytes;
     return t;
 }
-void cvx_residency_get_stats(const cvx_residency *r, cvx_residency_stats *out) { *out = r->stats; }
-void cvx_residency_reset_stats(cvx_residency *r) { memset(&r->stats, 0, sizeof(r->stats)); }
+void cvx_residency_get_stats(const cvx_residency *r, cvx_residency_stats *out) {
+    *out = r->stats;
+    out->copy_ns = __atomic_load_n(&r->stats.copy_ns, __ATOMIC_RELAXED);
+}
+void cvx_residency_reset_stats(cvx_residency *r) {
+    const int64_t resident = r->stats.resident_bytes;
+    cvx_queue_sync(r->queue); /* no copy may still add to copy_ns */
+    memset(&r->stats, 0, sizeof(r->stats));
+    r->stats.resident_bytes = r->stats.peak_resident_bytes = resident;
+}

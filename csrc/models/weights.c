@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../mem/mem.h"
+#include "../mem/residency.h"
 
 cvx_status cvx_weights_check_count(const cvx_st_file *st, int64_t min_tensors, const char *key, int64_t value) {
     if (st && min_tensors > cvx_st_count(st))
@@ -101,35 +102,71 @@ static size_t slot_bytes(const cvx_weight_decl *d, cvx_dtype dtype) {
     return (b + 63) & ~(size_t)63; /* keep every tensor 64-byte aligned inside its group */
 }
 
-/* One buffer per group from the memory manager; every declared slot is pointed at its place. */
-static cvx_status alloc_groups(cvx_weights *ws, cvx_dtype dtype) {
+static size_t tensor_bytes(const cvx_weight_decl *d, cvx_dtype dtype) {
+    return (size_t)decl_numel(d) * (d->as_f32 ? 4 : cvx_dtype_size(dtype));
+}
+
+/* The checkpoint tensor can be read in place: stored exactly as the slot holds it (the run dtype; an f32 vector only
+ * in an f32 run, since other runs round it through the run dtype first), at an address aligned for it. */
+static int readable_in_place(const cvx_weight_decl *d, const cvx_st_tensor *t, cvx_dtype dtype) {
+    if (!t || t->dtype != dtype || (d->as_f32 && dtype != CVX_F32)) return 0;
+    return (uintptr_t)t->data % cvx_dtype_size(dtype) == 0;
+}
+
+/* Lays out every group (device offsets), points each tensor at its host bytes (in place when `st` allows, else its
+ * place in one converted host buffer per group, allocated here) and leaves the slots to the residency table. */
+static cvx_status alloc_groups(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype) {
     ws->group_data = calloc((size_t)ws->num_groups, sizeof(void *));
     ws->group_bytes = calloc((size_t)ws->num_groups, sizeof(int64_t));
-    if (!ws->group_data || !ws->group_bytes) {
-        cvx_weights_free(ws);
-        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
-    }
-    for (int i = 0; i < ws->count; i++)
-        ws->group_bytes[ws->decls[i].group] += (int64_t)slot_bytes(&ws->decls[i], dtype);
-    for (int g = 0; g < ws->num_groups; g++) {
-        cvx_status st = cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &ws->group_data[g]);
-        if (st != CVX_OK) {
-            cvx_weights_free(ws);
-            return st;
-        }
-    }
-    int64_t *fill = calloc((size_t)ws->num_groups, sizeof(int64_t));
-    if (!fill) {
-        cvx_weights_free(ws);
-        return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+    int64_t *host_bytes = calloc((size_t)ws->num_groups, sizeof(int64_t));
+    cvx_residency_tensor *table = malloc((size_t)(ws->count ? ws->count : 1) * sizeof(*table));
+    cvx_status status = CVX_OK;
+    if (!ws->group_data || !ws->group_bytes || !host_bytes || !table) {
+        status = CVX_FAIL(CVX_ERR_OOM, "out of host memory for the weight table");
+        goto done;
     }
     for (int i = 0; i < ws->count; i++) {
         cvx_weight_decl *d = &ws->decls[i];
-        *d->slot = (char *)ws->group_data[d->group] + fill[d->group];
-        fill[d->group] += (int64_t)slot_bytes(d, dtype);
+        d->offset = (size_t)ws->group_bytes[d->group];
+        ws->group_bytes[d->group] += (int64_t)slot_bytes(d, dtype);
+        if (!st || !readable_in_place(d, cvx_st_find(st, d->name), dtype))
+            host_bytes[d->group] += (int64_t)slot_bytes(d, dtype);
     }
-    free(fill);
-    return CVX_OK;
+    for (int g = 0; g < ws->num_groups; g++) {
+        if (!host_bytes[g]) continue;
+        status = cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)host_bytes[g], &ws->group_data[g]);
+        if (status != CVX_OK) goto done;
+    }
+    memset(host_bytes, 0, (size_t)ws->num_groups * sizeof(int64_t)); /* now the fill of each host buffer */
+    int mapped = 0;
+    for (int i = 0; i < ws->count; i++) {
+        cvx_weight_decl *d = &ws->decls[i];
+        const cvx_st_tensor *t = st ? cvx_st_find(st, d->name) : NULL;
+        if (st && readable_in_place(d, t, dtype)) {
+            d->host = t->data;
+            ws->mapped_bytes += (int64_t)tensor_bytes(d, dtype);
+            mapped = 1;
+        } else {
+            d->host = (char *)ws->group_data[d->group] + host_bytes[d->group];
+            host_bytes[d->group] += (int64_t)slot_bytes(d, dtype);
+        }
+        table[i] = (cvx_residency_tensor){d->slot, d->host, tensor_bytes(d, dtype), d->offset, d->group};
+    }
+    if (mapped) {
+        status = cvx_mem_add_mapped(CVX_DEVICE_CPU, ws->mapped_bytes);
+        if (status != CVX_OK) {
+            ws->mapped_bytes = 0;
+            goto done;
+        }
+        ws->file = (cvx_st_file *)st; /* retained, not changed: the mapping must outlive the caller's close */
+        cvx_st_retain(ws->file);
+    }
+    status = cvx_residency_create(table, ws->count, ws->num_groups, &ws->res);
+done:
+    free(host_bytes);
+    free(table);
+    if (status != CVX_OK) cvx_weights_free(ws);
+    return status;
 }
 
 cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dtype) {
@@ -180,11 +217,12 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
                         unexpected, more_u, n_mismatched, n_mismatched ? " " : "", mismatched, more_s);
     }
 
-    CVX_CHECK(alloc_groups(ws, dtype));
+    CVX_CHECK(alloc_groups(ws, st, dtype));
     for (int i = 0; i < ws->count; i++) {
         cvx_weight_decl *d = &ws->decls[i];
         const cvx_st_tensor *t = cvx_st_find(st, d->name);
-        char *dst = *d->slot;
+        if (d->host == t->data) continue; /* read in place from the mapping */
+        char *dst = (char *)d->host;
         const size_t n = (size_t)decl_numel(d);
         if (d->as_f32 && dtype != CVX_F32 && t->dtype != dtype) {
             /* round through the requested dtype first, so values equal what torch_dtype= gives in diffusers */
@@ -220,23 +258,23 @@ cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t se
     for (int i = 0; i < ws->count; i++) total += (int64_t)slot_bytes(&ws->decls[i], dtype);
     cvx_mem_stats ms;
     cvx_mem_get_stats(CVX_DEVICE_CPU, &ms);
-    if (ms.limit_bytes > 0 && total > ms.limit_bytes - ms.allocated_bytes)
+    if (ms.limit_bytes > 0 && total > ms.limit_bytes - ms.allocated_bytes - ms.mapped_bytes)
         return CVX_FAIL(CVX_ERR_OOM, "random weights of %lld bytes exceed the CPU memory limit (%lld bytes free)",
-                        (long long)total, (long long)(ms.limit_bytes - ms.allocated_bytes));
+                        (long long)total, (long long)(ms.limit_bytes - ms.allocated_bytes - ms.mapped_bytes));
 #ifdef _SC_PHYS_PAGES
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages > 0 && page > 0 && total > (int64_t)pages * page)
         return CVX_FAIL(CVX_ERR_OOM, "random weights of %lld bytes exceed this machine's memory (%lld bytes)",
                         (long long)total, (long long)pages * page);
 #endif
-    CVX_CHECK(alloc_groups(ws, dtype));
+    CVX_CHECK(alloc_groups(ws, NULL, dtype));
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < ws->count; i++) {
         const cvx_weight_decl *d = &ws->decls[i];
         const int64_t n = decl_numel(d);
         const cvx_dtype dt = d->as_f32 ? CVX_F32 : dtype;
         const size_t esize = cvx_dtype_size(dt);
-        char *dst = *d->slot;
+        char *dst = (char *)d->host;
         uint64_t state = seed * 0x100000001b3ull + (uint64_t)i;
         /* 1-D weights are norm scales (1) and biases (0); matrices are uniform in +-1/sqrt(fan_in) */
         const size_t len = strlen(d->name);
@@ -258,8 +296,15 @@ int64_t cvx_weights_total_bytes(const cvx_weights *ws) {
     return total;
 }
 
+const void *cvx_weights_host(const cvx_weights *ws, int i) {
+    return i >= 0 && i < ws->count ? ws->decls[i].host : NULL;
+}
+
 void cvx_weights_free(cvx_weights *ws) {
+    cvx_residency_destroy(ws->res); /* drops every device copy before the host bytes go */
     for (int g = 0; ws->group_data && g < ws->num_groups; g++) cvx_mem_free(ws->group_data[g]);
+    if (ws->file) cvx_mem_add_mapped(CVX_DEVICE_CPU, -ws->mapped_bytes);
+    cvx_st_close(ws->file);
     free(ws->group_data);
     free(ws->group_bytes);
     free(ws->decls);

@@ -1,7 +1,10 @@
 /* Weight registry: a model declares each parameter by its exact diffusers state-dict name, expected shape, weight
  * group and the pointer slot that should point at it; loading then checks the checkpoint against the declarations
- * (missing, unexpected and wrongly shaped tensors are all named in one error) and copies each group into one
- * contiguous buffer from the memory manager, converting to the requested dtype. */
+ * (missing, unexpected and wrongly shaped tensors are all named in one error) and gives every tensor its host bytes:
+ * the memory-mapped checkpoint itself where it is stored in the run dtype (the file stays mapped as long as the
+ * weights live), otherwise one converted copy in a per-group host buffer from the memory manager. Each group also
+ * has a device layout (every tensor at a 64-byte aligned offset, group_bytes long) that the residency layer
+ * (mem/residency.h) copies the host bytes into; it owns where the slots point. */
 #ifndef CVX_WEIGHTS_H
 #define CVX_WEIGHTS_H
 
@@ -18,19 +21,24 @@ typedef struct cvx_weight_decl {
     int ndim;
     int64_t shape[5];
     int group;
-    int as_f32;  /* small vectors (biases, norm affines) are kept in f32 whatever the weight dtype */
-    void **slot; /* receives the address of the loaded data */
+    int as_f32;       /* small vectors (biases, norm affines) are kept in f32 whatever the weight dtype */
+    void **slot;      /* receives the address of the loaded data (the host bytes or the device copy) */
+    const void *host; /* after loading: the tensor's host bytes (mapped file or converted copy) */
+    size_t offset;    /* after loading: its offset in the group's device layout */
 } cvx_weight_decl;
 
 typedef struct cvx_weights {
     cvx_weight_decl *decls;
     int count, capacity;
     int num_groups;
-    cvx_dtype dtype;        /* the dtype non-vector weights are stored in; models set it before declaring */
-    void **group_data;      /* [num_groups] one buffer each */
-    int64_t *group_bytes;   /* [num_groups] */
-    cvx_status decl_status; /* first failure while declaring, reported by cvx_weights_load */
-    const char *ignored;    /* a tensor name the checkpoint may hold that is neither loaded nor unexpected */
+    cvx_dtype dtype;           /* the dtype non-vector weights are stored in; models set it before declaring */
+    void **group_data;         /* [num_groups] converted host copies (NULL where every tensor is mapped) */
+    int64_t *group_bytes;      /* [num_groups] the device layout's size */
+    int64_t mapped_bytes;      /* tensor bytes read in place from the mapped checkpoint */
+    struct cvx_st_file *file;  /* retained while tensors point into it */
+    struct cvx_residency *res; /* where each group lives; created by load / init_random */
+    cvx_status decl_status;    /* first failure while declaring, reported by cvx_weights_load */
+    const char *ignored;       /* a tensor name the checkpoint may hold that is neither loaded nor unexpected */
 } cvx_weights;
 
 /* Declares a parameter: the name is printf-formatted; ndim dimensions follow as int64_t values. */
@@ -53,6 +61,8 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
  * Their bytes are compared with the CPU memory limit and the machine's memory before anything is allocated. */
 cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed);
 int64_t cvx_weights_total_bytes(const cvx_weights *ws);
+/* Declaration i's host bytes (what save_pretrained reads), whatever the residency. */
+const void *cvx_weights_host(const cvx_weights *ws, int i);
 void cvx_weights_free(cvx_weights *ws);
 
 #endif

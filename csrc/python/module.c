@@ -12,6 +12,7 @@
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "../mem/mem.h"
+#include "../mem/residency.h"
 #include "../models/t5.h"
 #include "../models/transformer.h"
 #include "../models/vae.h"
@@ -29,6 +30,12 @@ static PyObject *raise_status(cvx_status st) {
         type = OutOfMemoryError;
     else if (st == CVX_ERR_IO)
         type = PyExc_OSError;
+    else if (st == CVX_ERR_INTERRUPTED) {
+        cvx_error_clear();
+        /* the stop poll ran the signal handlers: their KeyboardInterrupt is already set */
+        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        return NULL;
+    }
     PyErr_SetString(type, cvx_error_message());
     cvx_error_clear();
     return NULL;
@@ -122,7 +129,7 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
         (long long)s.allocated_bytes, "allocated_bytes.all.peak", (long long)s.peak_allocated_bytes,
         "reserved_bytes.all.current", (long long)s.reserved_bytes, "reserved_bytes.all.peak",
         (long long)s.peak_reserved_bytes, "weights_bytes.current", (long long)s.kind_allocated_bytes[CVX_MEM_WEIGHTS],
@@ -130,7 +137,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
         (long long)s.kind_allocated_bytes[CVX_MEM_ACTIVATIONS], "activations_bytes.peak",
         (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
         "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active, "num_ooms",
-        (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes);
+        (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes, "mapped_weights_bytes.current",
+        (long long)s.mapped_bytes);
 }
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
@@ -310,7 +318,8 @@ static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
     const int npy_type = ws->dtype == CVX_F16 ? NPY_FLOAT16 : ws->dtype == CVX_BF16 ? NPY_UINT16 : NPY_FLOAT32;
     PyObject *arr = PyArray_SimpleNew(d->ndim, dims, npy_type);
     if (!arr) return NULL;
-    cvx_convert(PyArray_DATA((PyArrayObject *)arr), ws->dtype, *d->slot, d->as_f32 ? CVX_F32 : ws->dtype, n);
+    cvx_convert(PyArray_DATA((PyArrayObject *)arr), ws->dtype, cvx_weights_host(ws, (int)i),
+                d->as_f32 ? CVX_F32 : ws->dtype, n);
     return arr;
 }
 
@@ -894,6 +903,133 @@ static PyTypeObject T5Type = {
     .tp_doc = "The T5 encoder in C (use cogvideo_c.T5EncoderModel).",
 };
 
+/* ---- devices and weight residency ------------------------------------------------------------------------------
+ * The pipeline's offload policies drive each component's residency (mem/residency.h) through these. */
+
+/* The weight registry of a VAE, Transformer or T5 core object; NULL (ValueError set) for anything else. */
+static cvx_weights *weights_of(PyObject *obj) {
+    const cvx_weights *ws = NULL;
+    if (PyObject_TypeCheck(obj, &VAEType))
+        ws = ((VAEObject *)obj)->vae ? cvx_vae_weights(((VAEObject *)obj)->vae) : NULL;
+    else if (PyObject_TypeCheck(obj, &TransformerType))
+        ws = ((TransformerObject *)obj)->tr ? cvx_transformer_weights(((TransformerObject *)obj)->tr) : NULL;
+    else if (PyObject_TypeCheck(obj, &T5Type))
+        ws = ((T5Object *)obj)->t5 ? cvx_t5_weights(((T5Object *)obj)->t5) : NULL;
+    else {
+        PyErr_SetString(PyExc_TypeError, "expected a VAE, Transformer or T5 core object");
+        return NULL;
+    }
+    if (!ws || !ws->res) {
+        PyErr_SetString(PyExc_ValueError, "the model holds no weights (it was not initialised)");
+        return NULL;
+    }
+    return (cvx_weights *)ws; /* the registry is the model's own: residency changes where its slots point */
+}
+
+static const char *const policy_names[] = {"none", "model", "sequential"};
+
+/* residency_set(core, device, policy, prefetch): policy is "none", "model" or "sequential". */
+static PyObject *py_residency_set(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *core = NULL, *dev_obj = NULL;
+    const char *policy_name = NULL;
+    int prefetch = 0;
+    if (!PyArg_ParseTuple(args, "OOsi", &core, &dev_obj, &policy_name, &prefetch)) return NULL;
+    cvx_weights *ws = weights_of(core);
+    cvx_device dev;
+    if (!ws || parse_device(dev_obj, &dev) < 0) return NULL;
+    int policy = -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(policy_name, policy_names[i]) == 0) policy = i;
+    if (policy < 0) return PyErr_Format(PyExc_ValueError, "unknown residency policy '%s'", policy_name);
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_residency_set(ws->res, dev, (cvx_policy)policy, prefetch);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_onload(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_residency_onload(ws->res);
+    Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_offload(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    Py_BEGIN_ALLOW_THREADS cvx_residency_offload(ws->res);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *py_residency_info(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    const cvx_residency *r = ws->res;
+    static const char *const states[] = {"host", "in_flight", "resident"};
+    const int n = cvx_residency_num_groups(r);
+    PyObject *groups = PyList_New(n);
+    if (!groups) return NULL;
+    for (int g = 0; g < n; g++) {
+        PyObject *item =
+            Py_BuildValue("(Ls)", (long long)cvx_residency_group_bytes(r, g), states[cvx_residency_state(r, g)]);
+        if (!item) {
+            Py_DECREF(groups);
+            return NULL;
+        }
+        PyList_SET_ITEM(groups, g, item);
+    }
+    cvx_residency_stats s;
+    cvx_residency_get_stats(r, &s);
+    return Py_BuildValue("{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device",
+                         cvx_device_name(cvx_residency_device(r)), "policy", policy_names[cvx_residency_policy(r)],
+                         "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes, "bytes_copied",
+                         (long long)s.bytes_copied, "copies", (long long)s.copies, "copy_ns", (long long)s.copy_ns,
+                         "wait_ns", (long long)s.wait_ns, "resident_bytes", (long long)s.resident_bytes,
+                         "peak_resident_bytes", (long long)s.peak_resident_bytes);
+}
+
+static PyObject *py_residency_reset_stats(PyObject *self, PyObject *core) {
+    (void)self;
+    cvx_weights *ws = weights_of(core);
+    if (!ws) return NULL;
+    Py_BEGIN_ALLOW_THREADS cvx_residency_reset_stats(ws->res);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* set_bandwidth(device, bytes_per_second): the emulated link's speed; <= 0 as fast as memcpy. */
+static PyObject *py_set_bandwidth(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    double bps = 0.0;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "Od", &dev_obj, &bps) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (isnan(bps)) return PyErr_Format(PyExc_ValueError, "bandwidth must be a number of bytes per second");
+    cvx_mem_set_bandwidth(dev, bps);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bandwidth(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    cvx_device dev;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    return PyFloat_FromDouble(cvx_mem_bandwidth(dev));
+}
+
+/* _fail_at(n): test hook, the n-th allocation from now fails; returns the allocations made since the last call. */
+static PyObject *py_fail_at(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong((long long)cvx_mem_fail_at((int64_t)n));
+}
+
 /* ---- module -------------------------------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -904,6 +1040,15 @@ static PyMethodDef module_methods[] = {
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,
      "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
+    {"residency_set", py_residency_set, METH_VARARGS,
+     "residency_set(core, device, policy, prefetch): move a component's weights ('none', 'model', 'sequential')"},
+    {"residency_onload", py_residency_onload, METH_O, "residency_onload(core): every weight group to the device"},
+    {"residency_offload", py_residency_offload, METH_O, "residency_offload(core): drop every device copy"},
+    {"residency_info", py_residency_info, METH_O, "residency_info(core) -> dict of groups, copies and times"},
+    {"residency_reset_stats", py_residency_reset_stats, METH_O, "residency_reset_stats(core)"},
+    {"set_bandwidth", py_set_bandwidth, METH_VARARGS, "set_bandwidth(device, bytes_per_s): the emulated link"},
+    {"bandwidth", py_bandwidth, METH_VARARGS, "bandwidth(device='emu') -> bytes per second (0: unlimited)"},
+    {"_fail_at", py_fail_at, METH_O, "_fail_at(n): test hook: the n-th allocation from now fails (n < 0: off)"},
     {NULL, NULL, 0, NULL},
 };
 
