@@ -162,8 +162,8 @@ typedef struct t5_buffers {
 } t5_buffers;
 
 static void t5_buffers_free(cvx_ctx *ctx, t5_buffers *bf) {
-    void *all[] = {bf->x, bf->y, bf->q, bf->k, bf->v, bf->attn, bf->h0, bf->h1, bf->bias, bf->key_mask, bf->ids,
-                   bf->buckets};
+    void *all[] = {bf->x,  bf->y,  bf->q,    bf->k,        bf->v,   bf->attn,
+                   bf->h0, bf->h1, bf->bias, bf->key_mask, bf->ids, bf->buckets};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (all[i]) cvx_ctx_free(ctx, all[i]);
     cvx_tensor_release(&bf->result);
@@ -207,8 +207,8 @@ static cvx_status forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const fl
 #define STEP(call)                                                                                                     \
     if (st == CVX_OK) st = (call)
         if (l == 0)
-            STEP(BE->position_bias(ctx, t5->relative_bias, dt, c->relative_attention_num_buckets, bf->buckets, (int)H, S,
-                                   bf->bias));
+            STEP(BE->position_bias(ctx, t5->relative_bias, dt, c->relative_attention_num_buckets, bf->buckets, (int)H,
+                                   S, bf->bias));
         STEP(BE->rms_norm(ctx, bf->x, rows, d, c->layer_norm_epsilon, blk->attn_norm, dt, bf->y));
         STEP(BE->linear(ctx, bf->y, rows, d, blk->q, dt, NULL, D, bf->q));
         STEP(BE->linear(ctx, bf->y, rows, d, blk->k, dt, NULL, D, bf->k));

@@ -249,7 +249,7 @@ static cvx_status timestep_embedding(cvx_ctx *ctx, const cvx_transformer *tr, co
  */
 
 typedef struct tr_buffers {
-    cvx_tensor hidden, text;       /* the inputs, uploaded: [B, F, C, H, W], [B, L, text_embed_dim] */
+    cvx_tensor hidden, text; /* the inputs, uploaded: [B, F, C, H, W], [B, L, text_embed_dim] */
     cvx_tensor pos, rope_cos, rope_sin;
     float *x;                /* [B, S, D] the token stream */
     float *xn;               /* [B, S, D] normalised tokens */
@@ -258,16 +258,16 @@ typedef struct tr_buffers {
     float *mod;              /* [B, 6D] modulation */
     float *temb;             /* [B, E] */
     float *silu_temb;
-    float *small;   /* [B, max(D, E)] x2 scratch for the time embeddings */
-    float *patches; /* [B * N, C p p p_t]: the patches in, later proj_out's output */
-    float *table;   /* [S, D] the learned positional table, widened */
+    float *small;      /* [B, max(D, E)] x2 scratch for the time embeddings */
+    float *patches;    /* [B * N, C p p p_t]: the patches in, later proj_out's output */
+    float *table;      /* [S, D] the learned positional table, widened */
     cvx_tensor result; /* [B, F, C_out, H, W] on the device */
 } tr_buffers;
 
 #define FF_CHUNK_ROWS 1024
 
 static void buffers_free(cvx_ctx *ctx, tr_buffers *bf) {
-    float **all[] = {&bf->x,    &bf->xn,        &bf->q,     &bf->k,       &bf->v,    &bf->attn, &bf->ff,
+    float **all[] = {&bf->x,   &bf->xn,   &bf->q,         &bf->k,     &bf->v,       &bf->attn, &bf->ff,
                      &bf->mod, &bf->temb, &bf->silu_temb, &bf->small, &bf->patches, &bf->table};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (*all[i]) cvx_ctx_free(ctx, *all[i]);
@@ -312,8 +312,8 @@ static cvx_status gated_residual(cvx_ctx *ctx, float *x, const float *y, const f
     return CVX_OK;
 }
 
-static cvx_status block_forward(cvx_ctx *ctx, const cvx_transformer *tr, const tr_block *blk, tr_buffers *bf,
-                                int64_t B, int64_t L, int64_t S, const float *rope_cos, const float *rope_sin) {
+static cvx_status block_forward(cvx_ctx *ctx, const cvx_transformer *tr, const tr_block *blk, tr_buffers *bf, int64_t B,
+                                int64_t L, int64_t S, const float *rope_cos, const float *rope_sin) {
     const cvx_transformer_config *c = &tr->cfg;
     const int64_t D = tr->D, rows = B * S;
     const int heads = c->num_attention_heads, hd = c->attention_head_dim;

@@ -443,8 +443,8 @@ static cvx_status decoder_forward(cvx_ctx *ctx, const cvx_vae *vae, const cvx_te
     CVX_TRY(group_forward(ctx, vae, GROUP_DEC_MID(n), vae->dec_mid, 2, NULL, 0, &h, z, cache));
     for (int i = 0; i < n; i++) {
         const vae_block *blk = &vae->dec_blocks[i];
-        CVX_TRY(group_forward(ctx, vae, GROUP_DEC_BLOCK(n, i), blk->resnets, blk->num_resnets, blk,
-                              blk->has_resample, &h, z, cache));
+        CVX_TRY(group_forward(ctx, vae, GROUP_DEC_BLOCK(n, i), blk->resnets, blk->num_resnets, blk, blk->has_resample,
+                              &h, z, cache));
     }
     CVX_TRY(spatial_norm(ctx, &vae->dec_norm_out, vae->cfg.norm_num_groups, &h, z, 1, &h));
     CVX_TRY(causal_conv(ctx, &h, &vae->dec_conv_out, cache, out));
@@ -463,8 +463,8 @@ static cvx_status encoder_forward(cvx_ctx *ctx, const cvx_vae *vae, const cvx_te
     CVX_TRY(causal_conv(ctx, x, &vae->enc_conv_in, cache, &h));
     for (int i = 0; i < n; i++) {
         const vae_block *blk = &vae->enc_blocks[i];
-        CVX_TRY(group_forward(ctx, vae, GROUP_ENC_BLOCK(i), blk->resnets, blk->num_resnets, blk,
-                              -blk->has_resample, &h, NULL, cache));
+        CVX_TRY(group_forward(ctx, vae, GROUP_ENC_BLOCK(i), blk->resnets, blk->num_resnets, blk, -blk->has_resample, &h,
+                              NULL, cache));
     }
     CVX_TRY(group_forward(ctx, vae, GROUP_ENC_MID(n), vae->enc_mid, 2, NULL, 0, &h, NULL, cache));
     /* encoder.norm_out always uses eps 1e-6 */
@@ -645,8 +645,8 @@ cvx_status cvx_vae_encode_shape(const cvx_vae *vae, const int64_t xshape[5], con
 /* The frame-batched pass (diffusers' _decode / _encode without tiling): runs x batch by batch, carrying the conv
  * caches, and writes each batch's output into dst at offset (b, t, y, x) = d: a device tensor (a tile), or with
  * dst_host the forward's host output, which each batch is downloaded into. */
-static cvx_status run_frame_batches(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_tensor *x,
-                                    cvx_tensor *dst, int dst_host, const int64_t d[4]) {
+static cvx_status run_frame_batches(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_tensor *x, cvx_tensor *dst,
+                                    int dst_host, const int64_t d[4]) {
     cvx_status st = CVX_OK;
     vae_cache cache = {0};
     cvx_tensor chunk = {0}, chunk_out = {0};

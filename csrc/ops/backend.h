@@ -66,8 +66,8 @@ struct cvx_backend {
     cvx_status (*embedding)(cvx_ctx *ctx, const void *table, cvx_dtype dt, int64_t table_rows, const int64_t *ids,
                             int64_t n, int64_t d, float *out);
     /* T5: out[H, S, S] from the weight table [num_buckets, H] and buckets [2S - 1] int32 activations */
-    cvx_status (*position_bias)(cvx_ctx *ctx, const void *table, cvx_dtype dt, int num_buckets,
-                                const int32_t *buckets, int H, int64_t S, float *out);
+    cvx_status (*position_bias)(cvx_ctx *ctx, const void *table, cvx_dtype dt, int num_buckets, const int32_t *buckets,
+                                int H, int64_t S, float *out);
     /* latents h [B, F, C, H, W] -> patches [B * N, C p p p_t] */
     cvx_status (*gather_patches)(cvx_ctx *ctx, const cvx_tensor *h, int p, int pt, float *out);
     /* tokens [B, Fp Hp Wp, C p p p_t] -> out [B, Fp p_t, C, Hp p, Wp p] */
@@ -88,8 +88,8 @@ struct cvx_backend {
     /* out (allocated) = frames [first, first + count) of x */
     cvx_status (*slice_frames)(cvx_ctx *ctx, const cvx_tensor *x, int64_t first, int64_t count, cvx_tensor *out);
     /* box n = (b, t, y, x extents) of src at s -> dst at d; download_box: dst is a host tensor */
-    cvx_status (*copy_box)(cvx_ctx *ctx, cvx_tensor *dst, const int64_t d[4], const cvx_tensor *src,
-                           const int64_t s[4], const int64_t n[4]);
+    cvx_status (*copy_box)(cvx_ctx *ctx, cvx_tensor *dst, const int64_t d[4], const cvx_tensor *src, const int64_t s[4],
+                           const int64_t n[4]);
     cvx_status (*download_box)(cvx_ctx *ctx, cvx_tensor *host_dst, const int64_t d[4], const cvx_tensor *src,
                                const int64_t s[4], const int64_t n[4]);
     /* out (allocated) [B, C, count, H, W] = the frames */

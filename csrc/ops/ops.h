@@ -154,8 +154,8 @@ cvx_status cvx_layer_norm(cvx_ctx *ctx, const float *x, int64_t rows, int64_t D,
                           const void *beta, cvx_dtype wdt, const float *scale, const float *shift, float *y);
 /* T5LayerNorm: y = w * (x * rsqrt(mean(x^2) + eps)) over rows of width d (no mean, no bias); w: weight [d] in wdt. */
 size_t cvx_rms_norm_scratch(int64_t d, cvx_dtype wdt);
-cvx_status cvx_rms_norm(cvx_ctx *ctx, const float *x, int64_t rows, int64_t d, float eps, const void *w,
-                        cvx_dtype wdt, float *y);
+cvx_status cvx_rms_norm(cvx_ctx *ctx, const float *x, int64_t rows, int64_t d, float eps, const void *w, cvx_dtype wdt,
+                        float *y);
 
 /* x[rows, D] += gate[D] * y[rows, D] (gate NULL: plain add). */
 cvx_status cvx_gated_add(cvx_ctx *ctx, float *x, const float *gate, const float *y, int64_t rows, int64_t D);

@@ -11,12 +11,12 @@
 #include "../core/status.h"
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "../mem/arena.h"
 #include "../mem/mem.h"
 #include "../mem/residency.h"
 #include "../models/t5.h"
 #include "../models/transformer.h"
 #include "../models/vae.h"
-#include "../mem/arena.h"
 #include "../ops/backend.h"
 
 static PyObject *OutOfMemoryError;
@@ -695,8 +695,10 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
     /* the arena stays reserved between calls: the denoising steps of one shape allocate nothing */
     Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, transformer_call_run, (void *)&call, NULL);
     Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 1);
-    if (st != CVX_OK) raise_status(st);
-    else result = tensor_to_array(&out);
+    if (st != CVX_OK)
+        raise_status(st);
+    else
+        result = tensor_to_array(&out);
 done:
     Py_XDECREF(h);
     Py_XDECREF(txt);
@@ -851,8 +853,11 @@ static PyObject *T5_forward(T5Object *self, PyObject *args) {
     const t5_call call = {self->t5, idp, mp, B, S, &out};
     /* the text encoder runs once per pipeline call: its arena is given back after each */
     Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, t5_call_run, (void *)&call, NULL);
-    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0); if (st != CVX_OK) raise_status(st);
-    else result = tensor_to_array(&out);
+    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0);
+    if (st != CVX_OK)
+        raise_status(st);
+    else
+        result = tensor_to_array(&out);
 done:
     Py_XDECREF(ids);
     Py_XDECREF(mask);

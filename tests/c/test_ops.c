@@ -11,6 +11,7 @@
 
 #include "../../csrc/core/dtype.h"
 #include "../../csrc/core/tensor.h"
+#include "../../csrc/mem/arena.h"
 #include "../../csrc/mem/mem.h"
 #include "../../csrc/ops/backend.h"
 
@@ -520,7 +521,8 @@ static void test_conv3d_errors(void) {
     /* a kernel larger than the padded frame */
     cvx_conv_geom nopad = {1, 1, 0, 0, 0, 0, 1};
     cvx_error_clear();
-    st = cvx_conv3d(&CTX, frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
+    st =
+        cvx_conv3d(&CTX, frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
     CVX_EXPECT(st == CVX_ERR_INVALID, "3x3 kernel on 2x2 frame: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     expect_no_leak("conv3d: kernel larger than frame", base_x);
@@ -993,6 +995,134 @@ static void test_copy_box(void) {
     cvx_tensor_release(&dst);
 }
 
+/* ---- the backend tables ------------------------------------------------------------------------------------ */
+
+/* emu: every weight-reading op refuses a weight that is not in a live weights allocation on emu (a host weight, an
+ * emu activation, a range running past the allocation's end), naming the op and the weight, and gives the CPU's
+ * result bit for bit when it is resident. */
+static void test_emu_residency_check(void) {
+    const int64_t base = live_bytes();
+    cvx_ctx emu = {.be = cvx_backend_for(CVX_DEVICE_EMU), .device = CVX_DEVICE_EMU};
+    CVX_EXPECT(emu.be == &cvx_backend_emu && cvx_backend_for(CVX_DEVICE_CPU) == &cvx_backend_cpu &&
+                   cvx_backend_for(CVX_DEVICE_CUDA) == NULL,
+               "cvx_backend_for: cpu, emu, and no CUDA table in this build");
+    enum { M = 3, K = 8, N = 4, W_BYTES = N * K * 4, B_BYTES = N * 4 };
+    float *w_emu = NULL, *w_host = NULL, *act_emu = NULL, *x = NULL, *y = NULL, *y_cpu = NULL;
+    if (!CVX_EXPECT(cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_WEIGHTS, W_BYTES + B_BYTES, (void **)&w_emu) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, W_BYTES + B_BYTES, (void **)&w_host) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, W_BYTES + B_BYTES, (void **)&act_emu) ==
+                            CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, M * K * 4, (void **)&x) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, M * N * 4, (void **)&y) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, M * N * 4, (void **)&y_cpu) == CVX_OK,
+                    "emu test buffers"))
+        goto done;
+    for (int i = 0; i < N * K + N; i++) w_emu[i] = w_host[i] = act_emu[i] = 0.25f * (float)(i % 7) - 0.5f;
+    for (int i = 0; i < M * K; i++) x[i] = 0.125f * (float)(i % 5);
+
+    /* resident weight and bias: the CPU op's numbers */
+    cvx_status st = emu.be->linear(&emu, x, M, K, w_emu, CVX_F32, w_emu + N * K, N, y);
+    CVX_EXPECT(st == CVX_OK, "emu linear on resident weights: %s", cvx_error_message());
+    CVX_EXPECT(cvx_linear(&CTX, x, M, K, w_host, CVX_F32, w_host + N * K, N, y_cpu) == CVX_OK &&
+                   memcmp(y, y_cpu, M * N * 4) == 0,
+               "emu linear: not the CPU's result bit for bit");
+
+    /* not resident: a host weight, an emu activation, a bias past the weights allocation's end */
+    const struct {
+        const char *name;
+        const float *w, *bias;
+        const char *what;
+    } bad[] = {
+        {"host weight", w_host, NULL, "linear on emu reads its weight"},
+        {"activation as weight", act_emu, NULL, "linear on emu reads its weight"},
+        {"resident weight, host bias", w_emu, w_host + N * K, "linear on emu reads its bias"},
+        {"range past the end", w_emu + 2 * N, NULL, "linear on emu reads its weight"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cvx_error_clear();
+        st = emu.be->linear(&emu, x, M, K, bad[i].w, CVX_F32, bad[i].bias, N, y);
+        CVX_EXPECT(st == CVX_ERR_INTERNAL && strstr(cvx_error_message(), bad[i].what) != NULL &&
+                       strstr(cvx_error_message(), "not resident") != NULL,
+                   "emu linear, %s: status %d, '%s'", bad[i].name, (int)st, cvx_error_message());
+    }
+    /* every other weight-reading entry, each with a host weight */
+    const int32_t buckets[3] = {0, 1, 0};
+    const int64_t ids[2] = {0, 1};
+    cvx_tensor gx = {0}, gout = {0};
+    const int64_t gshape[5] = {1, 4, 1, 1, 2};
+    cvx_conv_weight cw = {w_host, CVX_F32, NULL, 2, 4, 1, 1, 1};
+    const cvx_conv_geom g = {1, 1, 0, 0, 0, 0, 1};
+    cvx_frame fr[1];
+    const char *const ops[] = {"widen", "layer_norm", "rms_norm", "embedding", "position_bias", "conv3d", "group_norm"};
+    for (int op = 0; op < 7; op++) {
+        cvx_error_clear();
+        switch (op) {
+        case 0: st = emu.be->widen(&emu, y, w_host, CVX_F32, 4); break;
+        case 1: st = emu.be->layer_norm(&emu, x, M, K, 1e-5f, w_host, NULL, CVX_F32, NULL, NULL, x); break;
+        case 2: st = emu.be->rms_norm(&emu, x, M, K, 1e-6f, w_host, CVX_F32, x); break;
+        case 3: st = emu.be->embedding(&emu, w_host, CVX_F32, N, ids, 2, K, y); break;
+        case 4: st = emu.be->position_bias(&emu, w_host, CVX_F32, 2, buckets, 2, 2, y); break;
+        case 5:
+            if ((st = cvx_ctx_tensor(&emu, &gx, CVX_F32, 5, gshape)) != CVX_OK) break;
+            cvx_frames_of(&gx, 0, 1, fr);
+            st = emu.be->conv3d(&emu, fr, 1, 1, 1, 2, &cw, &g, &gout);
+            break;
+        default: st = emu.be->group_norm(&emu, &gx, 2, 1e-6f, w_host, w_host, NULL, 0, &gout); break;
+        }
+        char want[64];
+        snprintf(want, sizeof(want), "%s on emu reads its", ops[op]);
+        CVX_EXPECT(st == CVX_ERR_INTERNAL && strstr(cvx_error_message(), want) != NULL && gout.data == NULL,
+                   "emu %s with a host weight: status %d, '%s'", ops[op], (int)st, cvx_error_message());
+    }
+    cvx_tensor_release(&gx);
+    cvx_error_clear();
+done:
+    cvx_mem_free(w_emu), cvx_mem_free(w_host), cvx_mem_free(act_emu), cvx_mem_free(x), cvx_mem_free(y);
+    cvx_mem_free(y_cpu);
+    CVX_EXPECT(stats(CVX_DEVICE_EMU).allocated_bytes == 0, "emu bytes left");
+    expect_no_leak("emu residency check", base);
+}
+
+/* The data-movement entries of the CPU table, and the measuring table's promise: no byte touched (its pointers
+ * here are NULL or unbacked), the CPU op's outputs allocated from the ctx. */
+static void test_backend_tables(void) {
+    const int64_t base = live_bytes();
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {0};
+    const uint16_t half[2] = {0x3c00, 0xc000}; /* f16 1.0 and -2.0 */
+    const cvx_backend *cpu = &cvx_backend_cpu;
+    CVX_EXPECT(cpu->upload(&CTX, b, a, sizeof(a)) == CVX_OK && memcmp(a, b, sizeof(a)) == 0, "upload");
+    CVX_EXPECT(cpu->fill(&CTX, b, -1.5f, 4) == CVX_OK && b[0] == -1.5f && b[3] == -1.5f && b[4] == 5.0f, "fill");
+    CVX_EXPECT(cpu->copy(&CTX, b, a, 2 * sizeof(float)) == CVX_OK && b[1] == 2.0f && b[2] == -1.5f, "copy");
+    CVX_EXPECT(cpu->download(&CTX, a, b, sizeof(a)) == CVX_OK && a[2] == -1.5f, "download");
+    CVX_EXPECT(cpu->widen(&CTX, b, half, CVX_F16, 2) == CVX_OK && b[0] == 1.0f && b[1] == -2.0f, "widen f16");
+
+    const cvx_backend *m = cvx_backend_measure();
+    cvx_arena *arena = NULL;
+    if (!CVX_EXPECT(cvx_arena_create(CVX_DEVICE_CPU, 1, &arena) == CVX_OK, "measuring arena")) return;
+    cvx_ctx mctx = {.be = m, .device = CVX_DEVICE_CPU, .arena = arena, .measuring = 1};
+    float *unbacked = NULL;
+    CVX_EXPECT(cvx_ctx_alloc(&mctx, 1 << 20, (void **)&unbacked) == CVX_OK, "measuring alloc");
+    CVX_EXPECT(m->upload(&mctx, unbacked, a, sizeof(a)) == CVX_OK &&
+                   m->fill(&mctx, unbacked, 1.0f, 1 << 18) == CVX_OK && m->silu(&mctx, unbacked, 1 << 18) == CVX_OK &&
+                   m->linear(&mctx, unbacked, 64, 64, unbacked, CVX_F16, NULL, 64, unbacked) == CVX_OK,
+               "measuring ops over unbacked memory");
+    /* a linear with 16-bit weights takes exactly cvx_linear_scratch from the arena, and gives it back */
+    CVX_EXPECT(cvx_arena_peak(arena) >= (1u << 20) + cvx_linear_scratch(64, 64, CVX_F16, 64) &&
+                   cvx_arena_in_use(arena) == (1u << 20),
+               "measured linear scratch: peak %zu, in use %zu", cvx_arena_peak(arena), cvx_arena_in_use(arena));
+    cvx_tensor t = {0}, pooled = {0};
+    const int64_t shape[5] = {1, 2, 3, 4, 4};
+    CVX_EXPECT(cvx_ctx_tensor(&mctx, &t, CVX_F32, 5, shape) == CVX_OK && m->avg_pool_time(&mctx, &t, &pooled) == CVX_OK,
+               "measuring avg_pool_time");
+    CVX_EXPECT(pooled.shape[2] == 2 && pooled.arena == arena, "measured avg_pool_time: %lld output frames (want 2)",
+               (long long)pooled.shape[2]);
+    cvx_tensor_release(&pooled);
+    cvx_tensor_release(&t);
+    cvx_ctx_free(&mctx, unbacked);
+    cvx_arena_destroy(arena);
+    expect_no_leak("backend tables", base);
+}
+
 int main(void) {
     cvx_ops_init();
     const int64_t start = live_bytes();
@@ -1008,6 +1138,8 @@ int main(void) {
     test_avg_pool_time();
     test_slice_frames();
     test_copy_box();
+    test_emu_residency_check();
+    test_backend_tables();
     expect_no_leak("all ops", start);
     cvx_mem_stats s;
     cvx_mem_get_stats(CVX_DEVICE_CPU, &s);

@@ -256,8 +256,8 @@ static void run_ln_case(const ln_case *lc) {
     float *out = lc->inplace ? x : y;
     if (!lc->inplace) fill_nan(y, n);
     const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
-    cvx_layer_norm(&CTX, x, rows, D, eps, use_gamma ? gamma : NULL, use_beta ? beta : NULL, CVX_F32, lc->modulate ? scale : NULL,
-                   lc->modulate ? shift : NULL, out);
+    cvx_layer_norm(&CTX, x, rows, D, eps, use_gamma ? gamma : NULL, use_beta ? beta : NULL, CVX_F32,
+                   lc->modulate ? scale : NULL, lc->modulate ? shift : NULL, out);
     char what[160];
     snprintf(what, sizeof(what), "layer_norm %s", lc->name);
     expect_close(what, out, ref, n);

@@ -138,12 +138,9 @@ const cvx_backend cvx_backend_emu = {
 
 const cvx_backend *cvx_backend_for(cvx_device dev) {
     switch (dev) {
-    case CVX_DEVICE_CPU:
-        return &cvx_backend_cpu;
-    case CVX_DEVICE_EMU:
-        return &cvx_backend_emu;
-    default:
-        return NULL;
+    case CVX_DEVICE_CPU: return &cvx_backend_cpu;
+    case CVX_DEVICE_EMU: return &cvx_backend_emu;
+    default: return NULL;
     }
 }
 
@@ -211,8 +208,8 @@ static cvx_status m_attention(cvx_ctx *ctx, const float *q, const float *k, cons
     return cvx_ops_scratch_measure(ctx, cvx_attention_scratch(hd));
 }
 
-static cvx_status m_biased_attention(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B,
-                                     int64_t S, int H, int kd, const float *bias, const float *key_mask, float *out) {
+static cvx_status m_biased_attention(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B, int64_t S,
+                                     int H, int kd, const float *bias, const float *key_mask, float *out) {
     (void)q, (void)k, (void)v, (void)B, (void)H, (void)kd, (void)bias, (void)key_mask, (void)out;
     return cvx_ops_scratch_measure(ctx, cvx_biased_attention_scratch(S));
 }
@@ -234,8 +231,8 @@ static cvx_status m_gather_patches(cvx_ctx *ctx, const cvx_tensor *h, int p, int
     return CVX_OK;
 }
 
-static cvx_status m_unpatchify(cvx_ctx *ctx, const float *tok, int64_t B, int64_t Fp, int64_t Hp, int64_t Wp,
-                               int64_t C, int p, int pt, float *out) {
+static cvx_status m_unpatchify(cvx_ctx *ctx, const float *tok, int64_t B, int64_t Fp, int64_t Hp, int64_t Wp, int64_t C,
+                               int p, int pt, float *out) {
     (void)ctx, (void)tok, (void)B, (void)Fp, (void)Hp, (void)Wp, (void)C, (void)p, (void)pt, (void)out;
     return CVX_OK;
 }
