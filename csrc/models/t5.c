@@ -200,7 +200,7 @@ static cvx_status forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const fl
 
     /* the blocks; block 0's group also holds the relative bias table, from which the position bias [H, S, S] that
      * every block adds is computed */
-    cvx_status st = cvx_ctx_begin(ctx, 1, c->num_layers, 0);
+    cvx_status st = CVX_OK;
     for (int l = 0; l < c->num_layers && st == CVX_OK; l++) {
         if ((st = cvx_ctx_poll(ctx)) != CVX_OK || (st = cvx_ctx_acquire(ctx, 1 + l)) != CVX_OK) break;
         const t5_block *blk = &t5->blocks[l];
@@ -232,7 +232,6 @@ static cvx_status forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const fl
 #undef STEP
         cvx_ctx_release(ctx, 1 + l);
     }
-    cvx_ctx_end(ctx);
     CVX_CHECK(st);
     const int64_t shape[3] = {B, S, d};
     CVX_CHECK(cvx_ctx_tensor(ctx, &bf->result, CVX_F32, 3, shape));
@@ -283,10 +282,14 @@ cvx_status cvx_t5_forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const in
         buckets[r] = bucket;
     }
     for (int64_t i = 0; mask && i < rows; i++) key_mask[i] = mask[i] ? 0.0f : -3.4028234663852886e38f;
-    /* group 0 (embedding, final norm) for the whole forward */
-    if ((st = cvx_ctx_acquire(ctx, 0)) != CVX_OK) goto done;
-    st = forward(ctx, t5, ids, key_mask, buckets, B, S, &bf, out);
-    cvx_ctx_release(ctx, 0);
+    /* one pass over the block groups for the whole forward; group 0 (embedding, final norm), acquired inside it,
+     * is held until it ends */
+    if ((st = cvx_ctx_begin(ctx, 1, c->num_layers, 0)) != CVX_OK) goto done;
+    if ((st = cvx_ctx_acquire(ctx, 0)) == CVX_OK) {
+        st = forward(ctx, t5, ids, key_mask, buckets, B, S, &bf, out);
+        cvx_ctx_release(ctx, 0);
+    }
+    cvx_ctx_end(ctx); /* also after a failure */
 done:
     t5_buffers_free(ctx, &bf);
     free(buckets);

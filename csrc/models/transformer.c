@@ -420,13 +420,11 @@ static cvx_status forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transform
         for (int64_t b = 0; b < B; b++) CVX_CHECK(BE->gated_add(ctx, bf->x + b * S * D, NULL, table, S, D));
 
     /* the blocks: one weight group each */
-    CVX_CHECK(cvx_ctx_begin(ctx, 1, c->num_layers, 0));
     for (int i = 0; i < c->num_layers && st == CVX_OK; i++) {
         if ((st = cvx_ctx_poll(ctx)) != CVX_OK || (st = cvx_ctx_acquire(ctx, 1 + i)) != CVX_OK) break;
         st = block_forward(ctx, tr, &tr->blocks[i], bf, B, L, S, bf->rope_cos.data, bf->rope_sin.data);
         cvx_ctx_release(ctx, 1 + i);
     }
-    cvx_ctx_end(ctx);
     CVX_CHECK(st);
 
     /* norm_final on the video rows, AdaLayerNorm (shift first), proj_out, unpatchify */
@@ -498,10 +496,15 @@ cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_
                         c->learned_table_rows, (long long)S);
     tr_buffers bf;
     memset(&bf, 0, sizeof(bf));
-    /* group 0 (everything outside the blocks) for the whole forward */
-    CVX_CHECK(cvx_ctx_acquire(ctx, 0));
-    const cvx_status st = forward(ctx, tr, in, &bf, out);
-    cvx_ctx_release(ctx, 0);
+    /* one pass over the block groups 1..num_layers for the whole forward; group 0 (everything outside the blocks),
+     * acquired inside the pass, is held until it ends */
+    CVX_CHECK(cvx_ctx_begin(ctx, 1, c->num_layers, 0));
+    cvx_status st = cvx_ctx_acquire(ctx, 0);
+    if (st == CVX_OK) {
+        st = forward(ctx, tr, in, &bf, out);
+        cvx_ctx_release(ctx, 0);
+    }
+    cvx_ctx_end(ctx); /* also after a failure */
     buffers_free(ctx, &bf);
     return st;
 }

@@ -51,7 +51,8 @@ typedef struct cvx_transformer_inputs {
 
 /* out: [B, F, out_channels, H, W], a host tensor allocated here (none in a measuring pass). The inputs are host
  * arrays; they are uploaded into the ctx, every activation comes from it, and the weight groups are acquired around
- * their use: group 0 (outside the blocks) for the whole forward, group 1 + i around block i. */
+ * their use inside one pass over the block groups (cvx_ctx_begin / end around the whole forward): group 0 (outside
+ * the blocks) for the whole forward, group 1 + i around block i. */
 cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transformer_inputs *in,
                                    cvx_tensor *out);
 

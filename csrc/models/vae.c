@@ -753,8 +753,8 @@ static cvx_status run_items(cvx_ctx *ctx, const cvx_vae *vae, int decode, const 
     return run_frame_batches(ctx, vae, decode, x, dst, 1, at);
 }
 
-/* The codec after its checks: x uploaded, the pass over every item; the block groups' pass spans all frame batches
- * and tiles (cyclic), group 0 is held throughout. */
+/* The codec after its checks: x uploaded, then every item; the block groups' pass spans all frame batches and tiles
+ * (cyclic), group 0 is held throughout. */
 static cvx_status run_uploaded(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_tensor *x, int slicing,
                                const cvx_vae_tiling *tiling, const int64_t shape[5], cvx_tensor *out) {
     cvx_status st = CVX_OK;
@@ -762,10 +762,10 @@ static cvx_status run_uploaded(cvx_ctx *ctx, const cvx_vae *vae, int decode, con
     const int n = vae->cfg.num_blocks;
     CVX_CHECK(cvx_ctx_tensor(ctx, &xd, CVX_F32, 5, x->shape));
     CVX_TRY(BE->upload(ctx, xd.data, x->data, cvx_tensor_nbytes(&xd)));
-    CVX_TRY(cvx_ctx_acquire(ctx, GROUP_REST));
-    st = decode ? cvx_ctx_begin(ctx, GROUP_DEC_MID(n), GROUP_DEC_BLOCK(n, n - 1), 1)
-                : cvx_ctx_begin(ctx, GROUP_ENC_BLOCK(0), GROUP_ENC_MID(n), 1);
-    if (st == CVX_OK) {
+    /* one cyclic pass over the block groups; group 0, acquired inside it, is held until it ends */
+    CVX_TRY(decode ? cvx_ctx_begin(ctx, GROUP_DEC_MID(n), GROUP_DEC_BLOCK(n, n - 1), 1)
+                   : cvx_ctx_begin(ctx, GROUP_ENC_BLOCK(0), GROUP_ENC_MID(n), 1));
+    if ((st = cvx_ctx_acquire(ctx, GROUP_REST)) == CVX_OK) {
         if (slicing && x->shape[0] > 1) {
             /* diffusers' enable_slicing: one batch item at a time (a view of the uploaded input) */
             cvx_tensor item = xd;
@@ -779,9 +779,9 @@ static cvx_status run_uploaded(cvx_ctx *ctx, const cvx_vae *vae, int decode, con
         } else {
             st = run_items(ctx, vae, decode, tiling, &xd, shape, out, 0);
         }
+        cvx_ctx_release(ctx, GROUP_REST);
     }
-    cvx_ctx_end(ctx);
-    cvx_ctx_release(ctx, GROUP_REST);
+    cvx_ctx_end(ctx); /* also after a failure */
 fail:
     cvx_tensor_release(&xd);
     return st;

@@ -134,12 +134,45 @@ static cvx_status sized_run(const char *what, forward_fn fn, void *arg, cvx_tens
     return s;
 }
 
+/* An allocation failure injected at every allocation of the forward in turn (ops taking their scratch straight
+ * from the memory manager, so each op's failure path runs): each run fails with CVX_ERR_OOM, leaves no host output
+ * and no byte allocated beyond what the first run left (on emu under sequential residency: no weight group held
+ * either), and a run after them succeeds. */
+static void fault_loop(const char *what, cvx_ctx *ctx, forward_fn fn, void *arg, cvx_tensor *out) {
+    const int64_t base = live_bytes();
+    cvx_status s = fn(ctx, arg); /* once first: what is made once and kept (sequential's ring) is not counted */
+    cvx_tensor_release(out);
+    cvx_mem_fail_at(-1);
+    if (s == CVX_OK) s = fn(ctx, arg);
+    const int64_t count = cvx_mem_fail_at(-1);
+    cvx_tensor_release(out);
+    const int64_t emu_base = stats(CVX_DEVICE_EMU).allocated_bytes; /* e.g. sequential's ring, kept between calls */
+    if (!CVX_EXPECT(s == CVX_OK && count > 1, "%s: counting run: %s", what, cvx_error_message())) return;
+    int64_t bad = -1;
+    for (int64_t n = 0; n < count; n++) {
+        cvx_mem_fail_at(n);
+        s = fn(ctx, arg);
+        cvx_mem_fail_at(-1);
+        if (bad < 0 && (s != CVX_ERR_OOM || out->data != NULL || live_bytes() != base ||
+                        stats(CVX_DEVICE_EMU).allocated_bytes != emu_base))
+            bad = n;
+        cvx_tensor_release(out);
+        cvx_error_clear();
+    }
+    if (!CVX_EXPECT(bad < 0, "%s on %s: failing allocation %lld of %lld: not a clean CVX_ERR_OOM", what, ctx->be->name,
+                    (long long)bad, (long long)count))
+        return;
+    CVX_EXPECT(fn(ctx, arg) == CVX_OK, "%s: after the faults: %s", what, cvx_error_message());
+    cvx_tensor_release(out);
+    printf("  %-50s %-7s %lld injected faults, each clean\n", what, ctx->be->name, (long long)count);
+}
+
 /* The emulated accelerator over the same forward: without residency (every weight on the host) the first op that
  * reads a weight refuses, loudly; with the component on emu under `sequential` (one block group and one prefetched
  * on the device, the rest on the host: a missing or misplaced acquire fails) and under `none`, the output is the
- * CPU's bit for bit. The component is back on the CPU afterwards. */
+ * CPU's bit for bit; with `faults`, the fault loop under sequential. The component is back on the CPU afterwards. */
 static void emu_runs(const char *what, forward_fn fn, void *arg, cvx_tensor *out, cvx_residency *res,
-                     const cvx_tensor *cpu_out) {
+                     const cvx_tensor *cpu_out, int faults) {
     cvx_ctx ctx = {.be = cvx_backend_for(CVX_DEVICE_EMU), .device = CVX_DEVICE_EMU};
     cvx_error_clear();
     cvx_status s = fn(&ctx, arg);
@@ -159,6 +192,9 @@ static void emu_runs(const char *what, forward_fn fn, void *arg, cvx_tensor *out
         cvx_tensor_release(out);
         cvx_error_clear();
     }
+    if (faults && CVX_EXPECT(cvx_residency_set(res, CVX_DEVICE_EMU, CVX_POLICY_SEQUENTIAL, 1) == CVX_OK, "%s: %s", what,
+                             cvx_error_message()))
+        fault_loop(what, &ctx, fn, arg, out);
     CVX_EXPECT(cvx_residency_set(res, CVX_DEVICE_CPU, CVX_POLICY_NONE, 0) == CVX_OK, "%s: back to the CPU: %s", what,
                cvx_error_message());
     CVX_EXPECT(stats(CVX_DEVICE_EMU).allocated_bytes == 0, "%s: %lld emu bytes left", what,
@@ -190,8 +226,10 @@ static void vae_checked(const char *what, vae_call *call, const int64_t *shape, 
         expect_matches(what, out->data, want, n);
         cvx_tensor cpu = *out;
         memset(out, 0, sizeof(*out));
-        emu_runs(what, vae_run, call, out, cvx_vae_weights(call->vae)->res, &cpu);
+        const int faults = cvx_vae_weights(call->vae)->dtype == CVX_F32;
+        emu_runs(what, vae_run, call, out, cvx_vae_weights(call->vae)->res, &cpu, faults);
         cvx_tensor_release(&cpu);
+        if (faults) fault_loop(what, &CTX, vae_run, call, out);
     }
     cvx_tensor_release(out);
 }
@@ -366,8 +404,9 @@ static void t5_case(const char *model_dir, cvx_dtype run, const char *golden) {
     if (CVX_EXPECT(t5_run(&CTX, &call) == CVX_OK, "%s with a mask: %s", what, cvx_error_message())) {
         cvx_tensor cpu = out;
         memset(&out, 0, sizeof(out));
-        emu_runs(what, t5_run, &call, &out, cvx_t5_weights(t5)->res, &cpu);
+        emu_runs(what, t5_run, &call, &out, cvx_t5_weights(t5)->res, &cpu, run == CVX_F32);
         cvx_tensor_release(&cpu);
+        if (run == CVX_F32) fault_loop(what, &CTX, t5_run, &call, &out);
     }
     cvx_tensor_release(&out);
 done:
@@ -501,8 +540,9 @@ static void transformer_run(const transformer_case *tc, const char *model_dir, c
         expect_matches(what, out.data, want, n_hidden);
         cvx_tensor cpu = out;
         memset(&out, 0, sizeof(out));
-        emu_runs(what, tr_run, &call, &out, cvx_transformer_weights(tr)->res, &cpu);
+        emu_runs(what, tr_run, &call, &out, cvx_transformer_weights(tr)->res, &cpu, run == CVX_F32);
         cvx_tensor_release(&cpu);
+        if (run == CVX_F32) fault_loop(what, &CTX, tr_run, &call, &out);
     }
     cvx_tensor_release(&out);
 done:
