@@ -13,14 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
+#include "../ops/backend.h"
 #include "weights.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include <cblas.h>
 
 typedef struct t5_block {
     const void *q, *k, *v, *o;         /* [H k, d] and [d, H k] */
@@ -205,57 +199,102 @@ static int relative_bucket(int64_t rel, int num_buckets, int max_distance) {
     return bucket >= 0 ? bucket : -1;
 }
 
-/* T5LayerNorm: x * rsqrt(mean(x^2) + eps) * w (no mean, no bias). */
-static void rms_norm(const float *x, int64_t rows, int64_t d, float eps, const float *w, float *y) {
-#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for(3 * rows * d))
-    for (int64_t r = 0; r < rows; r++) {
-        double sq = 0.0;
-        for (int64_t i = 0; i < d; i++) sq += (double)x[r * d + i] * x[r * d + i];
-        const float scale = 1.0f / sqrtf((float)(sq / (double)d) + eps);
-        for (int64_t i = 0; i < d; i++) y[r * d + i] = w[i] * (x[r * d + i] * scale);
-    }
+#define BE (ctx->be)
+
+typedef struct t5_buffers {
+    float *x, *y, *q, *k, *v, *attn, *h0, *h1, *bias, *key_mask;
+    int64_t *ids;
+    int32_t *buckets;
+    cvx_tensor result;
+} t5_buffers;
+
+static void t5_buffers_free(cvx_ctx *ctx, t5_buffers *bf) {
+    void *all[] = {bf->x,  bf->y,  bf->q,    bf->k,        bf->v,   bf->attn,
+                   bf->h0, bf->h1, bf->bias, bf->key_mask, bf->ids, bf->buckets};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (all[i]) cvx_ctx_free(ctx, all[i]);
+    cvx_tensor_release(&bf->result);
+    memset(bf, 0, sizeof(*bf));
 }
 
-/* Attention with the additive position bias [H, S, S] (+ key mask [S] per batch item): the S x S scores are
- * materialised per (batch, head) in per-thread scratch; T5 sequences are short (226 in CogVideoX). */
-static cvx_status biased_attention(const float *q, const float *k, const float *v, int64_t B, int64_t S, int H, int kd,
-                                   const float *bias, const float *key_mask, float *out) {
-    const int64_t D = (int64_t)H * kd;
-    const int threads = cvx_ops_num_threads();
-    float *scratch = NULL;
-    CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * S * S) * sizeof(float),
-                            (void **)&scratch));
-#pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(B *H *S *S *kd / 8))
-    for (int64_t task = 0; task < B * H; task++) {
-        const int64_t b = task / H, h = task % H;
-#ifdef _OPENMP
-        float *sc = scratch + (int64_t)omp_get_thread_num() * S * S;
-#else
-        float *sc = scratch;
-#endif
-        const float *qb = q + b * S * D + h * kd, *kb = k + b * S * D + h * kd, *vb = v + b * S * D + h * kd;
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)S, (int)S, kd, 1.0f, qb, (int)D, kb, (int)D,
-                          0.0f, sc, (int)S);
-        for (int64_t i = 0; i < S; i++) {
-            float *row = sc + i * S;
-            const float *brow = bias + (h * S + i) * S;
-            for (int64_t j = 0; j < S; j++) row[j] += brow[j] + (key_mask ? key_mask[b * S + j] : 0.0f);
-            const float m = cvx_max(row, S, -INFINITY);
-            const float inv = 1.0f / cvx_exp_shifted_sum(row, S, m);
-            for (int64_t j = 0; j < S; j++) row[j] *= inv;
-        }
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)S, kd, (int)S, 1.0f, sc, (int)S, vb, (int)D,
-                          0.0f, out + b * S * D + h * kd, (int)D);
-    }
-    cvx_mem_free(scratch);
-    return CVX_OK;
-}
-
-cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S, cvx_tensor *out) {
-    cvx_status st = CVX_OK;
+/* The forward after the checks; `buckets` [2S - 1] and `key_mask` [B S] (or NULL) are host arrays. */
+static cvx_status forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const float *key_mask, const int32_t *buckets,
+                          int64_t B, int64_t S, t5_buffers *bf, cvx_tensor *out) {
     const cvx_t5_config *c = &t5->cfg;
     const cvx_dtype dt = t5->dtype;
     const int64_t d = c->d_model, H = c->num_heads, kd = c->d_kv, D = H * kd, f = c->d_ff, rows = B * S;
+    const int64_t wide = D > f ? D : f;
+#define T5_BUFFER(p, n) CVX_CHECK(cvx_ctx_alloc(ctx, (size_t)(n) * sizeof(*(p)), (void **)&(p)))
+    T5_BUFFER(bf->ids, rows);
+    T5_BUFFER(bf->buckets, 2 * S - 1);
+    T5_BUFFER(bf->x, rows * d);
+    T5_BUFFER(bf->y, rows * d);
+    T5_BUFFER(bf->q, rows * D);
+    T5_BUFFER(bf->k, rows * D);
+    T5_BUFFER(bf->v, rows * D);
+    T5_BUFFER(bf->attn, rows * D);
+    T5_BUFFER(bf->h0, rows * wide);
+    T5_BUFFER(bf->h1, c->gated ? rows * f : 1);
+    T5_BUFFER(bf->bias, H * S * S);
+    if (key_mask) T5_BUFFER(bf->key_mask, rows);
+#undef T5_BUFFER
+    CVX_CHECK(BE->upload(ctx, bf->ids, ids, (size_t)rows * sizeof(int64_t)));
+    CVX_CHECK(BE->upload(ctx, bf->buckets, buckets, (size_t)(2 * S - 1) * sizeof(int32_t)));
+    if (key_mask) CVX_CHECK(BE->upload(ctx, bf->key_mask, key_mask, (size_t)rows * sizeof(float)));
+
+    /* embedding (no sqrt(d) scaling) */
+    CVX_CHECK(BE->embedding(ctx, t5->embedding, dt, c->vocab_size, bf->ids, rows, d, bf->x));
+
+    /* the blocks; block 0's group also holds the relative bias table, from which the position bias [H, S, S] that
+     * every block adds is computed */
+    cvx_status st = CVX_OK;
+    for (int l = 0; l < c->num_layers && st == CVX_OK; l++) {
+        if ((st = cvx_ctx_poll(ctx)) != CVX_OK || (st = cvx_ctx_acquire(ctx, 1 + l)) != CVX_OK) break;
+        const t5_block *blk = &t5->blocks[l];
+#define STEP(call)                                                                                                     \
+    if (st == CVX_OK) st = (call)
+        if (l == 0)
+            STEP(BE->position_bias(ctx, t5->relative_bias, dt, c->relative_attention_num_buckets, bf->buckets, (int)H,
+                                   S, bf->bias));
+        STEP(BE->rms_norm(ctx, bf->x, rows, d, c->layer_norm_epsilon, blk->attn_norm, dt, bf->y));
+        STEP(BE->linear(ctx, bf->y, rows, d, blk->q, dt, NULL, D, bf->q));
+        STEP(BE->linear(ctx, bf->y, rows, d, blk->k, dt, NULL, D, bf->k));
+        STEP(BE->linear(ctx, bf->y, rows, d, blk->v, dt, NULL, D, bf->v));
+        STEP(BE->biased_attention(ctx, bf->q, bf->k, bf->v, B, S, (int)H, (int)kd, bf->bias, bf->key_mask, bf->attn));
+        STEP(BE->linear(ctx, bf->attn, rows, D, blk->o, dt, NULL, d, bf->y));
+        STEP(BE->gated_add(ctx, bf->x, NULL, bf->y, rows, d));
+
+        STEP(BE->rms_norm(ctx, bf->x, rows, d, c->layer_norm_epsilon, blk->ff_norm, dt, bf->y));
+        if (c->gated) {
+            STEP(BE->linear(ctx, bf->y, rows, d, blk->wi_0, dt, NULL, f, bf->h0));
+            STEP(BE->gelu_tanh(ctx, bf->h0, rows * f)); /* gelu_new */
+            STEP(BE->linear(ctx, bf->y, rows, d, blk->wi_1, dt, NULL, f, bf->h1));
+            STEP(BE->mul(ctx, bf->h0, bf->h1, rows * f));
+        } else {
+            STEP(BE->linear(ctx, bf->y, rows, d, blk->wi, dt, NULL, f, bf->h0));
+            STEP(BE->relu(ctx, bf->h0, rows * f));
+        }
+        STEP(BE->linear(ctx, bf->h0, rows, f, blk->wo, dt, NULL, d, bf->y));
+        STEP(BE->gated_add(ctx, bf->x, NULL, bf->y, rows, d));
+#undef STEP
+        cvx_ctx_release(ctx, 1 + l);
+    }
+    CVX_CHECK(st);
+    const int64_t shape[3] = {B, S, d};
+    CVX_CHECK(cvx_ctx_tensor(ctx, &bf->result, CVX_F32, 3, shape));
+    CVX_CHECK(BE->rms_norm(ctx, bf->x, rows, d, c->layer_norm_epsilon, t5->final_norm, dt, bf->result.data));
+    if (ctx->measuring) return CVX_OK; /* a measuring pass allocates no host output */
+    CVX_CHECK(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 3, shape));
+    st = BE->download(ctx, out->data, bf->result.data, cvx_tensor_nbytes(out));
+    if (st != CVX_OK) cvx_tensor_release(out);
+    return st;
+}
+
+cvx_status cvx_t5_forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S,
+                          cvx_tensor *out) {
+    cvx_status st = CVX_OK;
+    const cvx_t5_config *c = &t5->cfg;
+    const int64_t H = c->num_heads, rows = B * S;
     memset(out, 0, sizeof(*out));
     if (B < 1 || S < 1) return CVX_FAIL(CVX_ERR_INVALID, "input_ids must have at least one row and one token");
     /* the [H, S, S] bias and the per-thread S x S scores: sizes that overflow are refused, not wrapped */
@@ -266,85 +305,41 @@ cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, i
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return CVX_FAIL(CVX_ERR_INVALID, "token id %lld at position %lld is outside the vocabulary of %d",
                             (long long)ids[i], (long long)i, c->vocab_size);
-    float *x = NULL, *y = NULL, *q = NULL, *k = NULL, *v = NULL, *attn = NULL, *h0 = NULL, *h1 = NULL, *bias = NULL,
-          *key_mask = NULL, *norm = NULL, *table = NULL;
-    const int64_t wide = D > f ? D : f;
-#define T5_BUFFER(p, n)                                                                                                \
-    CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(n) * sizeof(float), (void **)&(p)))
-    T5_BUFFER(x, rows * d);
-    T5_BUFFER(y, rows * d);
-    T5_BUFFER(q, rows * D);
-    T5_BUFFER(k, rows * D);
-    T5_BUFFER(v, rows * D);
-    T5_BUFFER(attn, rows * D);
-    T5_BUFFER(h0, rows * wide);
-    T5_BUFFER(h1, c->gated ? rows * f : 1);
-    T5_BUFFER(bias, H * S * S);
-    T5_BUFFER(norm, d);
-    T5_BUFFER(table, (int64_t)c->relative_attention_num_buckets * H);
-    if (mask) {
-        /* transformers' extended mask: 0 where attended, the dtype's lowest value where not */
-        T5_BUFFER(key_mask, rows);
-        for (int64_t i = 0; i < rows; i++) key_mask[i] = mask[i] ? 0.0f : -3.4028234663852886e38f;
+    /* on the host, from the sizes alone: the bucket of each relative position j - i in [-(S-1), S-1], and
+     * transformers' extended mask (0 where attended, the dtype's lowest value where not) */
+    int32_t *buckets = malloc((size_t)(2 * S - 1) * sizeof(int32_t));
+    float *key_mask = mask ? malloc((size_t)rows * sizeof(float)) : NULL;
+    t5_buffers bf;
+    memset(&bf, 0, sizeof(bf));
+    if (!buckets || (mask && !key_mask)) {
+        st = CVX_FAIL(CVX_ERR_OOM, "out of host memory");
+        goto done;
     }
-#undef T5_BUFFER
-
-    /* embedding (no sqrt(d) scaling) */
-    const size_t esize = cvx_dtype_size(dt);
-    for (int64_t i = 0; i < rows; i++)
-        cvx_convert(x + i * d, CVX_F32, (const char *)t5->embedding + (size_t)(ids[i] * d) * esize, dt, (size_t)d);
-
-    /* position bias [H, S, S] from block 0's table */
-    {
-        const int nb = c->relative_attention_num_buckets;
-        cvx_convert(table, CVX_F32, t5->relative_bias, dt, (size_t)(nb * H));
-        for (int64_t i = 0; i < S; i++)
-            for (int64_t j = 0; j < S; j++) {
-                const int bucket = relative_bucket(j - i, nb, c->relative_attention_max_distance);
-                if (bucket < 0) {
-                    st = CVX_FAIL(CVX_ERR_INVALID,
-                                  "relative_attention_num_buckets = %d with relative_attention_max_distance = %d "
-                                  "gives relative position %lld no bucket (transformers fails there too); %lld "
-                                  "tokens need a larger max_distance",
-                                  nb, c->relative_attention_max_distance, (long long)(j - i), (long long)S);
-                    goto fail;
-                }
-                for (int64_t h = 0; h < H; h++) bias[(h * S + i) * S + j] = table[bucket * H + h];
-            }
-    }
-
-    for (int l = 0; l < c->num_layers; l++) {
-        const t5_block *blk = &t5->blocks[l];
-        cvx_convert(norm, CVX_F32, blk->attn_norm, dt, (size_t)d);
-        rms_norm(x, rows, d, c->layer_norm_epsilon, norm, y);
-        CVX_TRY(cvx_linear(y, rows, d, blk->q, dt, NULL, D, q));
-        CVX_TRY(cvx_linear(y, rows, d, blk->k, dt, NULL, D, k));
-        CVX_TRY(cvx_linear(y, rows, d, blk->v, dt, NULL, D, v));
-        CVX_TRY(biased_attention(q, k, v, B, S, (int)H, (int)kd, bias, key_mask, attn));
-        CVX_TRY(cvx_linear(attn, rows, D, blk->o, dt, NULL, d, y));
-        cvx_gated_add(x, NULL, y, rows, d);
-
-        cvx_convert(norm, CVX_F32, blk->ff_norm, dt, (size_t)d);
-        rms_norm(x, rows, d, c->layer_norm_epsilon, norm, y);
-        if (c->gated) {
-            CVX_TRY(cvx_linear(y, rows, d, blk->wi_0, dt, NULL, f, h0));
-            cvx_gelu_tanh(h0, rows * f); /* gelu_new */
-            CVX_TRY(cvx_linear(y, rows, d, blk->wi_1, dt, NULL, f, h1));
-            for (int64_t i = 0; i < rows * f; i++) h0[i] *= h1[i];
-        } else {
-            CVX_TRY(cvx_linear(y, rows, d, blk->wi, dt, NULL, f, h0));
-            for (int64_t i = 0; i < rows * f; i++) h0[i] = h0[i] > 0.0f ? h0[i] : 0.0f;
+    const int nb = c->relative_attention_num_buckets;
+    for (int64_t r = 0; r < 2 * S - 1; r++) {
+        const int bucket = relative_bucket(r - (S - 1), nb, c->relative_attention_max_distance);
+        if (bucket < 0) {
+            st = CVX_FAIL(CVX_ERR_INVALID,
+                          "relative_attention_num_buckets = %d with relative_attention_max_distance = %d gives "
+                          "relative position %lld no bucket (transformers fails there too); %lld tokens need a "
+                          "larger max_distance",
+                          nb, c->relative_attention_max_distance, (long long)(r - (S - 1)), (long long)S);
+            goto done;
         }
-        CVX_TRY(cvx_linear(h0, rows, f, blk->wo, dt, NULL, d, y));
-        cvx_gated_add(x, NULL, y, rows, d);
+        buckets[r] = bucket;
     }
-    const int64_t shape[3] = {B, S, d};
-    CVX_TRY(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 3, shape));
-    cvx_convert(norm, CVX_F32, t5->final_norm, dt, (size_t)d);
-    rms_norm(x, rows, d, c->layer_norm_epsilon, norm, out->data);
-fail:
-    cvx_mem_free(x), cvx_mem_free(y), cvx_mem_free(q), cvx_mem_free(k), cvx_mem_free(v), cvx_mem_free(attn);
-    cvx_mem_free(h0), cvx_mem_free(h1), cvx_mem_free(bias), cvx_mem_free(key_mask), cvx_mem_free(norm);
-    cvx_mem_free(table);
+    for (int64_t i = 0; mask && i < rows; i++) key_mask[i] = mask[i] ? 0.0f : -3.4028234663852886e38f;
+    /* one pass over the block groups for the whole forward; group 0 (embedding, final norm), acquired inside it,
+     * is held until it ends */
+    if ((st = cvx_ctx_begin(ctx, 1, c->num_layers, 0)) != CVX_OK) goto done;
+    if ((st = cvx_ctx_acquire(ctx, 0)) == CVX_OK) {
+        st = forward(ctx, t5, ids, key_mask, buckets, B, S, &bf, out);
+        cvx_ctx_release(ctx, 0);
+    }
+    cvx_ctx_end(ctx); /* also after a failure */
+done:
+    t5_buffers_free(ctx, &bf);
+    free(buckets);
+    free(key_mask);
     return st;
 }

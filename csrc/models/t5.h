@@ -2,6 +2,7 @@
 #ifndef CVX_T5_H
 #define CVX_T5_H
 
+#include "../core/ctx.h"
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "config.h"
@@ -32,7 +33,10 @@ int cvx_t5_num_weight_groups(const cvx_t5 *t5);
 /* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */
 const cvx_weights *cvx_t5_weights(const cvx_t5 *t5);
 
-/* ids [B, S] (int64) -> out [B, S, d_model] f32, allocated here. mask [B, S] (1 attend, 0 not) or NULL. */
-cvx_status cvx_t5_forward(cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S, cvx_tensor *out);
+/* ids [B, S] (int64, host) -> out [B, S, d_model] f32, a host tensor allocated here (none in a measuring pass).
+ * mask [B, S] (host; 1 attend, 0 not) or NULL. Weight groups: 0 (embedding, final norm) for the whole forward,
+ * 1 + i around block i (block 0's also holds the relative bias table). */
+cvx_status cvx_t5_forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const int64_t *mask, int64_t B, int64_t S,
+                          cvx_tensor *out);
 
 #endif

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
+#include "../ops/backend.h"
 #include "weights.h"
 
 /* Every weight, vectors included, stays in the checkpoint dtype (weight bytes = checkpoint bytes); vectors are
@@ -260,12 +260,15 @@ const cvx_weights *cvx_transformer_weights(const cvx_transformer *tr) { return &
 
 /* ---- layers ----------------------------------------------------------------------------------------------------- */
 
-static cvx_status linear(const tr_linear *l, cvx_dtype dt, const float *x, int64_t rows, float *y) {
-    return cvx_linear(x, rows, l->in, l->w, dt, l->b, l->out, y);
+/* Every activation below comes from the ctx and every byte of it is touched only by ctx->be's ops. */
+#define BE (ctx->be)
+
+static cvx_status linear(cvx_ctx *ctx, const tr_linear *l, cvx_dtype dt, const float *x, int64_t rows, float *y) {
+    return BE->linear(ctx, x, rows, l->in, l->w, dt, l->b, l->out, y);
 }
 
 /* Timesteps: [cos, sin] (flip_sin_to_cos) or [sin, cos] of t * exp(-ln(10000) k / (half - shift)), in f32 like
- * diffusers' get_timestep_embedding. t [B] -> emb [B, dim]. */
+ * diffusers' get_timestep_embedding. t [B] -> emb [B, dim], on the host (B * dim scalars, then uploaded). */
 static void timestep_sinusoid(const float *t, int64_t B, int dim, int flip, int shift, float *emb) {
     const int half = dim / 2;
     const float neg_log = (float)(-log(10000.0));
@@ -282,18 +285,25 @@ static void timestep_sinusoid(const float *t, int64_t B, int dim, int flip, int 
     }
 }
 
-/* TimestepEmbedding: linear_1 -> SiLU -> linear_2. x [B, in] -> y [B, out] (scratch [B, hidden]). */
-static cvx_status timestep_mlp(const tr_linear *l1, const tr_linear *l2, cvx_dtype dt, const float *x, int64_t B,
-                               float *hidden, float *y) {
-    CVX_CHECK(linear(l1, dt, x, B, hidden));
-    cvx_silu(hidden, B * l1->out);
-    return linear(l2, dt, hidden, B, y);
+/* TimestepEmbedding of host timesteps t [B]: sinusoid -> linear_1 -> SiLU -> linear_2 -> y [B, out]. `small` holds
+ * [2, B, max(D, E)] floats on the device: the sinusoid, then the hidden layer. */
+static cvx_status timestep_embedding(cvx_ctx *ctx, const cvx_transformer *tr, const tr_linear *l1, const tr_linear *l2,
+                                     const float *t, int64_t B, int dim, float *host, float *small, int64_t small_n,
+                                     float *y) {
+    const cvx_transformer_config *c = &tr->cfg;
+    timestep_sinusoid(t, B, dim, c->flip_sin_to_cos, c->freq_shift, host);
+    CVX_CHECK(BE->upload(ctx, small, host, (size_t)(B * dim) * sizeof(float)));
+    CVX_CHECK(linear(ctx, l1, tr->dtype, small, B, small + B * small_n));
+    CVX_CHECK(BE->silu(ctx, small + B * small_n, B * l1->out));
+    return linear(ctx, l2, tr->dtype, small + B * small_n, B, y);
 }
 
 /* ---- the forward pass ---------------------------------------------------------------------------------------------
  */
 
 typedef struct tr_buffers {
+    cvx_tensor hidden, text; /* the inputs, uploaded: [B, F, C, H, W], [B, L, text_embed_dim] */
+    cvx_tensor pos, rope_cos, rope_sin;
     float *x;                /* [B, S, D] the token stream */
     float *xn;               /* [B, S, D] normalised tokens */
     float *q, *k, *v, *attn; /* [B, S, D] */
@@ -301,142 +311,198 @@ typedef struct tr_buffers {
     float *mod;              /* [B, 6D] modulation */
     float *temb;             /* [B, E] */
     float *silu_temb;
-    float *small;   /* [B, max(D, E)] x2 scratch for the time embeddings */
-    float *patches; /* [B * N, C p p p_t]: the patches in, later proj_out's output */
-    float *vec;     /* [2, max(D, head_dim)]: a norm's weight and bias widened to f32 */
-    float *table;   /* [S, D] the learned positional table, widened */
+    float *small;      /* [B, max(D, E)] x2 scratch for the time embeddings */
+    float *patches;    /* [B * N, C p p p_t]: the patches in, later proj_out's output */
+    float *table;      /* [S, D] the learned positional table, widened */
+    cvx_tensor result; /* [B, F, C_out, H, W] on the device */
 } tr_buffers;
 
 #define FF_CHUNK_ROWS 1024
 
-static void buffers_free(tr_buffers *bf) {
+static void buffers_free(cvx_ctx *ctx, tr_buffers *bf) {
     float **all[] = {&bf->x,   &bf->xn,   &bf->q,         &bf->k,     &bf->v,       &bf->attn, &bf->ff,
-                     &bf->mod, &bf->temb, &bf->silu_temb, &bf->small, &bf->patches, &bf->vec,  &bf->table};
+                     &bf->mod, &bf->temb, &bf->silu_temb, &bf->small, &bf->patches, &bf->table};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-        cvx_mem_free(*all[i]);
+        if (*all[i]) cvx_ctx_free(ctx, *all[i]);
         *all[i] = NULL;
     }
+    cvx_tensor *tensors[] = {&bf->hidden, &bf->text, &bf->pos, &bf->rope_cos, &bf->rope_sin, &bf->result};
+    for (size_t i = 0; i < sizeof(tensors) / sizeof(tensors[0]); i++) cvx_tensor_release(tensors[i]);
 }
 
-static cvx_status buffer(float **p, int64_t count) {
-    return cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(count > 0 ? count : 1) * sizeof(float),
-                         (void **)p);
+static cvx_status buffer(cvx_ctx *ctx, float **p, int64_t count) {
+    return cvx_ctx_alloc(ctx, (size_t)(count > 0 ? count : 1) * sizeof(float), (void **)p);
 }
 
-/* A LayerNorm's affine parameters as f32 (NULL when the norm has none). */
-static void norm_params(const tr_norm *n, cvx_dtype dt, int64_t len, float *vec, const float **w, const float **b) {
-    *w = *b = NULL;
-    if (!n->w) return;
-    cvx_convert(vec, CVX_F32, n->w, dt, (size_t)len);
-    cvx_convert(vec + len, CVX_F32, n->b, dt, (size_t)len);
-    *w = vec, *b = vec + len;
+/* A host array uploaded into a new f32 ctx tensor. */
+static cvx_status upload(cvx_ctx *ctx, const float *host, int ndim, const int64_t *shape, cvx_tensor *t) {
+    CVX_CHECK(cvx_ctx_tensor(ctx, t, CVX_F32, ndim, shape));
+    return BE->upload(ctx, t->data, host, cvx_tensor_nbytes(t));
 }
 
 /* CogVideoXLayerNormZero + modulation of text rows (enc_shift/enc_scale) and video rows (shift/scale):
  * mod [B, 6D] = (shift, scale, gate, enc_shift, enc_scale, enc_gate). */
-static void modulated_norm(const tr_norm *n, cvx_dtype dt, float eps, const float *x, const float *mod, int64_t B,
-                           int64_t L, int64_t S, int64_t D, float *vec, float *y) {
-    const float *gw, *gb;
-    norm_params(n, dt, D, vec, &gw, &gb);
+static cvx_status modulated_norm(cvx_ctx *ctx, const tr_norm *n, cvx_dtype dt, float eps, const float *x,
+                                 const float *mod, int64_t B, int64_t L, int64_t S, int64_t D, float *y) {
     for (int64_t b = 0; b < B; b++) {
         const float *m = mod + b * 6 * D;
         const float *xb = x + b * S * D;
         float *yb = y + b * S * D;
-        cvx_layer_norm(xb, L, D, eps, gw, gb, m + 4 * D, m + 3 * D, yb);
-        cvx_layer_norm(xb + L * D, S - L, D, eps, gw, gb, m + D, m, yb + L * D);
+        CVX_CHECK(BE->layer_norm(ctx, xb, L, D, eps, n->w, n->b, dt, m + 4 * D, m + 3 * D, yb));
+        CVX_CHECK(BE->layer_norm(ctx, xb + L * D, S - L, D, eps, n->w, n->b, dt, m + D, m, yb + L * D));
     }
+    return CVX_OK;
 }
 
 /* x += gate * y for the video rows and enc_gate * y for the text rows. */
-static void gated_residual(float *x, const float *y, const float *mod, int64_t B, int64_t L, int64_t S, int64_t D) {
+static cvx_status gated_residual(cvx_ctx *ctx, float *x, const float *y, const float *mod, int64_t B, int64_t L,
+                                 int64_t S, int64_t D) {
     for (int64_t b = 0; b < B; b++) {
         const float *m = mod + b * 6 * D;
-        cvx_gated_add(x + b * S * D, m + 5 * D, y + b * S * D, L, D);
-        cvx_gated_add(x + (b * S + L) * D, m + 2 * D, y + (b * S + L) * D, S - L, D);
+        CVX_CHECK(BE->gated_add(ctx, x + b * S * D, m + 5 * D, y + b * S * D, L, D));
+        CVX_CHECK(BE->gated_add(ctx, x + (b * S + L) * D, m + 2 * D, y + (b * S + L) * D, S - L, D));
     }
+    return CVX_OK;
 }
 
-static cvx_status block_forward(const cvx_transformer *tr, const tr_block *blk, tr_buffers *bf, int64_t B, int64_t L,
-                                int64_t S, const float *rope_cos, const float *rope_sin) {
+static cvx_status block_forward(cvx_ctx *ctx, const cvx_transformer *tr, const tr_block *blk, tr_buffers *bf, int64_t B,
+                                int64_t L, int64_t S, const float *rope_cos, const float *rope_sin) {
     const cvx_transformer_config *c = &tr->cfg;
     const int64_t D = tr->D, rows = B * S;
     const int heads = c->num_attention_heads, hd = c->attention_head_dim;
     const cvx_dtype dt = tr->dtype;
 
     /* attention half */
-    CVX_CHECK(linear(&blk->norm1_linear, dt, bf->silu_temb, B, bf->mod));
-    modulated_norm(&blk->norm1, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->vec, bf->xn);
-    CVX_CHECK(linear(&blk->to_q, dt, bf->xn, rows, bf->q));
-    CVX_CHECK(linear(&blk->to_k, dt, bf->xn, rows, bf->k));
-    CVX_CHECK(linear(&blk->to_v, dt, bf->xn, rows, bf->v));
-    const float *nw, *nb;
-    norm_params(&blk->norm_q, dt, hd, bf->vec, &nw, &nb);
-    cvx_layer_norm(bf->q, rows * heads, hd, 1e-6f, nw, nb, NULL, NULL, bf->q);
-    norm_params(&blk->norm_k, dt, hd, bf->vec, &nw, &nb);
-    cvx_layer_norm(bf->k, rows * heads, hd, 1e-6f, nw, nb, NULL, NULL, bf->k);
+    CVX_CHECK(linear(ctx, &blk->norm1_linear, dt, bf->silu_temb, B, bf->mod));
+    CVX_CHECK(modulated_norm(ctx, &blk->norm1, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn));
+    CVX_CHECK(linear(ctx, &blk->to_q, dt, bf->xn, rows, bf->q));
+    CVX_CHECK(linear(ctx, &blk->to_k, dt, bf->xn, rows, bf->k));
+    CVX_CHECK(linear(ctx, &blk->to_v, dt, bf->xn, rows, bf->v));
+    CVX_CHECK(BE->layer_norm(ctx, bf->q, rows * heads, hd, 1e-6f, blk->norm_q.w, blk->norm_q.b, dt, NULL, NULL, bf->q));
+    CVX_CHECK(BE->layer_norm(ctx, bf->k, rows * heads, hd, 1e-6f, blk->norm_k.w, blk->norm_k.b, dt, NULL, NULL, bf->k));
     if (rope_cos)
         for (int64_t b = 0; b < B; b++) {
-            cvx_rope(bf->q + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin);
-            cvx_rope(bf->k + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin);
+            CVX_CHECK(BE->rope(ctx, bf->q + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin));
+            CVX_CHECK(BE->rope(ctx, bf->k + (b * S + L) * D, S - L, D, heads, hd, rope_cos, rope_sin));
         }
-    CVX_CHECK(cvx_attention(bf->q, bf->k, bf->v, B, S, heads, hd, 1.0f / sqrtf((float)hd), bf->attn));
-    CVX_CHECK(linear(&blk->to_out, dt, bf->attn, rows, bf->q)); /* q is free again: reuse it for the output */
-    gated_residual(bf->x, bf->q, bf->mod, B, L, S, D);
+    CVX_CHECK(BE->attention(ctx, bf->q, bf->k, bf->v, B, S, heads, hd, 1.0f / sqrtf((float)hd), bf->attn));
+    CVX_CHECK(linear(ctx, &blk->to_out, dt, bf->attn, rows, bf->q)); /* q is free again: reuse it for the output */
+    CVX_CHECK(gated_residual(ctx, bf->x, bf->q, bf->mod, B, L, S, D));
 
     /* feed-forward half, in row chunks so the 4D-wide hidden stays small */
-    CVX_CHECK(linear(&blk->norm2_linear, dt, bf->silu_temb, B, bf->mod));
-    modulated_norm(&blk->norm2, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->vec, bf->xn);
+    CVX_CHECK(linear(ctx, &blk->norm2_linear, dt, bf->silu_temb, B, bf->mod));
+    CVX_CHECK(modulated_norm(ctx, &blk->norm2, dt, c->norm_eps, bf->x, bf->mod, B, L, S, D, bf->xn));
     for (int64_t r0 = 0; r0 < rows; r0 += FF_CHUNK_ROWS) {
         const int64_t n = rows - r0 < FF_CHUNK_ROWS ? rows - r0 : FF_CHUNK_ROWS;
-        CVX_CHECK(linear(&blk->ff_in, dt, bf->xn + r0 * D, n, bf->ff));
-        cvx_gelu_tanh(bf->ff, n * 4 * D);
-        CVX_CHECK(linear(&blk->ff_out, dt, bf->ff, n, bf->q + r0 * D));
+        CVX_CHECK(linear(ctx, &blk->ff_in, dt, bf->xn + r0 * D, n, bf->ff));
+        CVX_CHECK(BE->gelu_tanh(ctx, bf->ff, n * 4 * D));
+        CVX_CHECK(linear(ctx, &blk->ff_out, dt, bf->ff, n, bf->q + r0 * D));
     }
-    gated_residual(bf->x, bf->q, bf->mod, B, L, S, D);
-    return CVX_OK;
+    return gated_residual(ctx, bf->x, bf->q, bf->mod, B, L, S, D);
 }
 
-/* Patch embedding of the latents: hidden [B, F, C, H, W] -> patches [B * N, features]; 1.0: tokens (f, i, j) with
- * features (c, ky, kx) (the Conv2d); 1.5: tokens (f / p_t, i, j) with features (c, kt, ky, kx). */
-static void gather_patches(const cvx_tensor *h, int p, int pt, float *out) {
+/* The forward after its inputs are checked: bf's tensors are freed by the caller. */
+static cvx_status forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transformer_inputs *in, tr_buffers *bf,
+                          cvx_tensor *out) {
+    const cvx_transformer_config *c = &tr->cfg;
+    const cvx_tensor *h = in->hidden, *txt = in->text;
     const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
-    const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, feat = C * pt * p * p;
-    const float *x = h->data;
-#pragma omp parallel for schedule(static) collapse(2) num_threads(cvx_ops_threads_for(B *Fp *Hp *Wp *feat))
+    const int p = c->patch_size, pt = c->patch_size_t ? c->patch_size_t : 1;
+    const int64_t D = tr->D, E = c->time_embed_dim, L = txt->shape[1];
+    const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, N = Fp * Hp * Wp, S = L + N;
+    const int64_t feat = C * p * p * pt, small = D > E ? D : E;
+    const cvx_dtype dt = tr->dtype;
+
+    CVX_CHECK(upload(ctx, h->data, 5, h->shape, &bf->hidden));
+    CVX_CHECK(upload(ctx, txt->data, 3, txt->shape, &bf->text));
+    if (in->pos_table) {
+        const int64_t shape[2] = {S, D};
+        CVX_CHECK(upload(ctx, in->pos_table, 2, shape, &bf->pos));
+    }
+    if (in->rope_cos) {
+        const int64_t shape[2] = {N, c->attention_head_dim};
+        CVX_CHECK(upload(ctx, in->rope_cos, 2, shape, &bf->rope_cos));
+        CVX_CHECK(upload(ctx, in->rope_sin, 2, shape, &bf->rope_sin));
+    }
+    CVX_CHECK(buffer(ctx, &bf->x, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->xn, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->q, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->k, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->v, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->attn, B * S * D));
+    CVX_CHECK(buffer(ctx, &bf->ff, (B * S < FF_CHUNK_ROWS ? B * S : FF_CHUNK_ROWS) * 4 * D));
+    CVX_CHECK(buffer(ctx, &bf->mod, B * 6 * D));
+    CVX_CHECK(buffer(ctx, &bf->temb, B * E));
+    CVX_CHECK(buffer(ctx, &bf->silu_temb, B * E));
+    CVX_CHECK(buffer(ctx, &bf->small, 2 * B * small));
+
+    /* time (and ofs) embedding: emb [B, E]; the blocks and norm_out take SiLU(emb). The sinusoids are B x D
+     * scalars computed on the host. */
+    float *host = malloc((size_t)(B * small) * sizeof(float));
+    if (!host) return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the timestep embedding");
+    cvx_status st = timestep_embedding(ctx, tr, &tr->time_linear_1, &tr->time_linear_2, in->timestep, B, (int)D, host,
+                                       bf->small, small, bf->temb);
+    if (st == CVX_OK && c->ofs_embed_dim) {
+        st = timestep_embedding(ctx, tr, &tr->ofs_linear_1, &tr->ofs_linear_2, in->ofs, B, c->ofs_embed_dim, host,
+                                bf->small, small, bf->silu_temb);
+        if (st == CVX_OK) st = BE->gated_add(ctx, bf->temb, NULL, bf->silu_temb, B, E);
+    }
+    free(host);
+    CVX_CHECK(st);
+    CVX_CHECK(BE->copy(ctx, bf->silu_temb, bf->temb, (size_t)(B * E) * sizeof(float)));
+    CVX_CHECK(BE->silu(ctx, bf->silu_temb, B * E));
+
+    /* patch embedding: [text_proj(text), proj(patches)] (+ positional table) */
     for (int64_t b = 0; b < B; b++)
-        for (int64_t g = 0; g < Fp; g++)
-            for (int64_t i = 0; i < Hp; i++)
-                for (int64_t j = 0; j < Wp; j++) {
-                    float *o = out + (((b * Fp + g) * Hp + i) * Wp + j) * feat;
-                    for (int64_t c = 0; c < C; c++)
-                        for (int kt = 0; kt < pt; kt++)
-                            for (int ky = 0; ky < p; ky++)
-                                for (int kx = 0; kx < p; kx++)
-                                    *o++ = x[(((b * F + g * pt + kt) * C + c) * H + i * p + ky) * W + j * p + kx];
-                }
+        CVX_CHECK(linear(ctx, &tr->text_proj, dt, (const float *)bf->text.data + b * L * c->text_embed_dim, L,
+                         bf->x + b * S * D));
+    CVX_CHECK(buffer(ctx, &bf->patches, B * N * feat));
+    CVX_CHECK(BE->gather_patches(ctx, &bf->hidden, p, pt, bf->patches));
+    CVX_CHECK(linear(ctx, &tr->patch_proj, dt, bf->patches, B * N, bf->xn));
+    cvx_ctx_free(ctx, bf->patches);
+    bf->patches = NULL;
+    for (int64_t b = 0; b < B; b++)
+        CVX_CHECK(BE->copy(ctx, bf->x + (b * S + L) * D, bf->xn + b * N * D, (size_t)(N * D) * sizeof(float)));
+    const float *table = bf->pos.data;
+    if (in->use_learned_table) {
+        CVX_CHECK(buffer(ctx, &bf->table, S * D));
+        CVX_CHECK(BE->widen(ctx, bf->table, tr->pos_embedding, dt, S * D));
+        table = bf->table;
+    }
+    if (table)
+        for (int64_t b = 0; b < B; b++) CVX_CHECK(BE->gated_add(ctx, bf->x + b * S * D, NULL, table, S, D));
+
+    /* the blocks: one weight group each */
+    for (int i = 0; i < c->num_layers && st == CVX_OK; i++) {
+        if ((st = cvx_ctx_poll(ctx)) != CVX_OK || (st = cvx_ctx_acquire(ctx, 1 + i)) != CVX_OK) break;
+        st = block_forward(ctx, tr, &tr->blocks[i], bf, B, L, S, bf->rope_cos.data, bf->rope_sin.data);
+        cvx_ctx_release(ctx, 1 + i);
+    }
+    CVX_CHECK(st);
+
+    /* norm_final on the video rows, AdaLayerNorm (shift first), proj_out, unpatchify */
+    CVX_CHECK(linear(ctx, &tr->norm_out_linear, dt, bf->silu_temb, B, bf->mod));
+    for (int64_t b = 0; b < B; b++) {
+        float *xv = bf->x + (b * S + L) * D, *yv = bf->xn + b * N * D;
+        CVX_CHECK(BE->layer_norm(ctx, xv, N, D, c->norm_eps, tr->norm_final.w, tr->norm_final.b, dt, NULL, NULL, xv));
+        CVX_CHECK(BE->layer_norm(ctx, xv, N, D, c->norm_eps, tr->norm_out.w, tr->norm_out.b, dt,
+                                 bf->mod + b * 2 * D + D, bf->mod + b * 2 * D, yv));
+    }
+    /* proj_out's features (C_out p p p_t) may be wider than D: a buffer of its own */
+    CVX_CHECK(buffer(ctx, &bf->patches, B * N * tr->proj_out.out));
+    CVX_CHECK(linear(ctx, &tr->proj_out, dt, bf->xn, B * N, bf->patches));
+    const int64_t oshape[5] = {B, F, c->out_channels, H, W};
+    CVX_CHECK(cvx_ctx_tensor(ctx, &bf->result, CVX_F32, 5, oshape));
+    CVX_CHECK(BE->unpatchify(ctx, bf->patches, B, Fp, Hp, Wp, c->out_channels, p, pt, bf->result.data));
+    if (ctx->measuring) return CVX_OK; /* a measuring pass allocates no host output */
+    CVX_CHECK(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, oshape));
+    st = BE->download(ctx, out->data, bf->result.data, cvx_tensor_nbytes(out));
+    if (st != CVX_OK) cvx_tensor_release(out);
+    return st;
 }
 
-/* Inverse of the patching for proj_out's features (c, kt, ky, kx): tokens [B, N, C_out p p p_t] ->
- * out [B, F', C_out, H, W]. */
-static void unpatchify(const float *tok, int64_t B, int64_t Fp, int64_t Hp, int64_t Wp, int64_t C, int p, int pt,
-                       float *out) {
-    const int64_t F = Fp * pt, H = Hp * p, W = Wp * p, feat = C * pt * p * p;
-#pragma omp parallel for schedule(static) collapse(2) num_threads(cvx_ops_threads_for(B *Fp *Hp *Wp *feat))
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t g = 0; g < Fp; g++)
-            for (int64_t i = 0; i < Hp; i++)
-                for (int64_t j = 0; j < Wp; j++) {
-                    const float *t = tok + (((b * Fp + g) * Hp + i) * Wp + j) * feat;
-                    for (int64_t c = 0; c < C; c++)
-                        for (int kt = 0; kt < pt; kt++)
-                            for (int ky = 0; ky < p; ky++)
-                                for (int kx = 0; kx < p; kx++)
-                                    out[(((b * F + g * pt + kt) * C + c) * H + i * p + ky) * W + j * p + kx] = *t++;
-                }
-}
-
-cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_inputs *in, cvx_tensor *out) {
-    cvx_status st = CVX_OK;
+cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transformer_inputs *in,
+                                   cvx_tensor *out) {
     const cvx_transformer_config *c = &tr->cfg;
     const cvx_tensor *h = in->hidden, *txt = in->text;
     memset(out, 0, sizeof(*out));
@@ -456,7 +522,7 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
     if (txt->shape[0] != B || txt->shape[2] != c->text_embed_dim)
         return CVX_FAIL(CVX_ERR_INVALID, "encoder_hidden_states must be [%lld, L, %d]", (long long)B,
                         c->text_embed_dim);
-    const int64_t D = tr->D, E = c->time_embed_dim, L = txt->shape[1];
+    const int64_t D = tr->D, L = txt->shape[1];
     const int64_t Fp = F / pt, Hp = H / p, Wp = W / p, N = Fp * Hp * Wp, S = L + N;
     if (B < 1 || N < 1)
         return CVX_FAIL(CVX_ERR_INVALID, "hidden_states [%lld, %lld, %lld, %lld, %lld] holds no patch of %d x %d",
@@ -477,82 +543,21 @@ cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_in
                         "[%lld, %lld]%s",
                         (long long)N, c->attention_head_dim, (long long)in->rope_rows, (long long)in->rope_cols,
                         in->rope_sin ? "" : " without a sin table");
-    const int64_t feat = C * p * p * pt, small = D > E ? D : E;
-    tr_buffers bf = {0};
-    CVX_TRY(buffer(&bf.x, B * S * D));
-    CVX_TRY(buffer(&bf.xn, B * S * D));
-    CVX_TRY(buffer(&bf.q, B * S * D));
-    CVX_TRY(buffer(&bf.k, B * S * D));
-    CVX_TRY(buffer(&bf.v, B * S * D));
-    CVX_TRY(buffer(&bf.attn, B * S * D));
-    CVX_TRY(buffer(&bf.ff, (B * S < FF_CHUNK_ROWS ? B * S : FF_CHUNK_ROWS) * 4 * D));
-    CVX_TRY(buffer(&bf.mod, B * 6 * D));
-    CVX_TRY(buffer(&bf.temb, B * E));
-    CVX_TRY(buffer(&bf.silu_temb, B * E));
-    CVX_TRY(buffer(&bf.small, 2 * B * small));
-    CVX_TRY(buffer(&bf.vec, 2 * (D > c->attention_head_dim ? D : c->attention_head_dim)));
-
-    /* time (and ofs) embedding: emb [B, E]; the blocks and norm_out take SiLU(emb) */
-    timestep_sinusoid(in->timestep, B, (int)D, c->flip_sin_to_cos, c->freq_shift, bf.small);
-    CVX_TRY(
-        timestep_mlp(&tr->time_linear_1, &tr->time_linear_2, tr->dtype, bf.small, B, bf.small + B * small, bf.temb));
-    if (c->ofs_embed_dim) {
-        if (!in->ofs) {
-            st = CVX_FAIL(CVX_ERR_INVALID, "this model has an ofs embedding: pass ofs");
-            goto fail;
-        }
-        timestep_sinusoid(in->ofs, B, c->ofs_embed_dim, c->flip_sin_to_cos, c->freq_shift, bf.small);
-        CVX_TRY(timestep_mlp(&tr->ofs_linear_1, &tr->ofs_linear_2, tr->dtype, bf.small, B, bf.small + B * small,
-                             bf.silu_temb));
-        cvx_gated_add(bf.temb, NULL, bf.silu_temb, B, E);
+    if (c->ofs_embed_dim && !in->ofs) return CVX_FAIL(CVX_ERR_INVALID, "this model has an ofs embedding: pass ofs");
+    if (in->use_learned_table && (!tr->pos_embedding || c->learned_table_rows != S))
+        return CVX_FAIL(CVX_ERR_INVALID, "the learned positional table has %d rows; this input needs %lld",
+                        c->learned_table_rows, (long long)S);
+    tr_buffers bf;
+    memset(&bf, 0, sizeof(bf));
+    /* one pass over the block groups 1..num_layers for the whole forward; group 0 (everything outside the blocks),
+     * acquired inside the pass, is held until it ends */
+    CVX_CHECK(cvx_ctx_begin(ctx, 1, c->num_layers, 0));
+    cvx_status st = cvx_ctx_acquire(ctx, 0);
+    if (st == CVX_OK) {
+        st = forward(ctx, tr, in, &bf, out);
+        cvx_ctx_release(ctx, 0);
     }
-    memcpy(bf.silu_temb, bf.temb, (size_t)(B * E) * sizeof(float));
-    cvx_silu(bf.silu_temb, B * E);
-
-    /* patch embedding: [text_proj(text), proj(patches)] (+ positional table) */
-    for (int64_t b = 0; b < B; b++)
-        CVX_TRY(linear(&tr->text_proj, tr->dtype, (const float *)txt->data + b * L * c->text_embed_dim, L,
-                       bf.x + b * S * D));
-    CVX_TRY(buffer(&bf.patches, B * N * feat));
-    gather_patches(h, p, pt, bf.patches);
-    CVX_TRY(linear(&tr->patch_proj, tr->dtype, bf.patches, B * N, bf.xn));
-    cvx_mem_free(bf.patches);
-    bf.patches = NULL;
-    for (int64_t b = 0; b < B; b++) memcpy(bf.x + (b * S + L) * D, bf.xn + b * N * D, (size_t)(N * D) * sizeof(float));
-    const float *table = in->pos_table;
-    if (in->use_learned_table) {
-        if (!tr->pos_embedding || c->learned_table_rows != S) {
-            st = CVX_FAIL(CVX_ERR_INVALID, "the learned positional table has %d rows; this input needs %lld",
-                          c->learned_table_rows, (long long)S);
-            goto fail;
-        }
-        CVX_TRY(buffer(&bf.table, S * D));
-        cvx_convert(bf.table, CVX_F32, tr->pos_embedding, tr->dtype, (size_t)(S * D));
-        table = bf.table;
-    }
-    if (table)
-        for (int64_t b = 0; b < B; b++) cvx_gated_add(bf.x + b * S * D, NULL, table, S, D);
-
-    for (int i = 0; i < c->num_layers; i++)
-        CVX_TRY(block_forward(tr, &tr->blocks[i], &bf, B, L, S, in->rope_cos, in->rope_sin));
-
-    /* norm_final on the video rows, AdaLayerNorm (shift first), proj_out, unpatchify */
-    CVX_TRY(linear(&tr->norm_out_linear, tr->dtype, bf.silu_temb, B, bf.mod));
-    for (int64_t b = 0; b < B; b++) {
-        float *xv = bf.x + (b * S + L) * D, *yv = bf.xn + b * N * D;
-        const float *nw, *nb;
-        norm_params(&tr->norm_final, tr->dtype, D, bf.vec, &nw, &nb);
-        cvx_layer_norm(xv, N, D, c->norm_eps, nw, nb, NULL, NULL, xv);
-        norm_params(&tr->norm_out, tr->dtype, D, bf.vec, &nw, &nb);
-        cvx_layer_norm(xv, N, D, c->norm_eps, nw, nb, bf.mod + b * 2 * D + D, bf.mod + b * 2 * D, yv);
-    }
-    cvx_mem_free(bf.patches); /* proj_out's features (C_out p p p_t) may be wider than D: a buffer of its own */
-    CVX_TRY(buffer(&bf.patches, B * N * tr->proj_out.out));
-    CVX_TRY(linear(&tr->proj_out, tr->dtype, bf.xn, B * N, bf.patches));
-    const int64_t oshape[5] = {B, F, c->out_channels, H, W};
-    CVX_TRY(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, oshape));
-    unpatchify(bf.patches, B, Fp, Hp, Wp, c->out_channels, p, pt, out->data);
-fail:
-    buffers_free(&bf);
+    cvx_ctx_end(ctx); /* also after a failure */
+    buffers_free(ctx, &bf);
     return st;
 }

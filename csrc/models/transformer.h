@@ -3,6 +3,7 @@
 #ifndef CVX_TRANSFORMER_H
 #define CVX_TRANSFORMER_H
 
+#include "../core/ctx.h"
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "config.h"
@@ -55,7 +56,11 @@ typedef struct cvx_transformer_inputs {
     int64_t rope_rows, rope_cols;
 } cvx_transformer_inputs;
 
-/* out: [B, F', out_channels, H, W] (F' = F rounded up to patch_size_t), allocated here. */
-cvx_status cvx_transformer_forward(cvx_transformer *tr, const cvx_transformer_inputs *in, cvx_tensor *out);
+/* out: [B, F, out_channels, H, W], a host tensor allocated here (none in a measuring pass). The inputs are host
+ * arrays; they are uploaded into the ctx, every activation comes from it, and the weight groups are acquired around
+ * their use inside one pass over the block groups (cvx_ctx_begin / end around the whole forward): group 0 (outside
+ * the blocks) for the whole forward, group 1 + i around block i. */
+cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transformer_inputs *in,
+                                   cvx_tensor *out);
 
 #endif

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
+#include "../ops/backend.h"
 #include "weights.h"
 
 /* ---- modules ------------------------------------------------------------------------------------------------ */
@@ -306,6 +306,9 @@ const cvx_weights *cvx_vae_weights(const cvx_vae *vae) { return &vae->weights; }
 
 /* ---- layers ----------------------------------------------------------------------------------------------------- */
 
+/* Every activation below comes from the ctx and every byte of it is touched only by ctx->be's ops. */
+#define BE (ctx->be)
+
 /* The causal-conv caches of one frame-batched pass: one slot per CogVideoXCausalConv3d with a temporal kernel,
  * visited in the same order in every batch. */
 typedef struct vae_cache {
@@ -326,22 +329,10 @@ static void cache_free(vae_cache *c) {
     memset(c, 0, sizeof(*c));
 }
 
-/* Copies `count` frames (geometry [B, C, H, W]) into a new tensor [B, C, count, H, W]. */
-static cvx_status gather_frames(const cvx_frame *frames, int count, int64_t B, int64_t C, int64_t H, int64_t W,
-                                cvx_tensor *out) {
-    CVX_CHECK(cvx_tensor_alloc5(out, B, C, count, H, W));
-    float *o = out->data;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < C; c++)
-            for (int i = 0; i < count; i++)
-                memcpy(o + ((b * C + c) * count + i) * H * W,
-                       frames[i].ptr + b * frames[i].bstride + c * frames[i].cstride, (size_t)(H * W) * sizeof(float));
-    return CVX_OK;
-}
-
 /* CogVideoXCausalConv3d: x [B, Ci, T, H, W] -> out [B, Co, T, H, W]. The time padding is kt-1 copies of the first
  * frame in the first batch, the previous batch's last kt-1 padded frames after; those become the next cache. */
-static cvx_status causal_conv(const cvx_tensor *x, const cvx_conv_weight *w, vae_cache *cache, cvx_tensor *out) {
+static cvx_status causal_conv(cvx_ctx *ctx, const cvx_tensor *x, const cvx_conv_weight *w, vae_cache *cache,
+                              cvx_tensor *out) {
     cvx_status st = CVX_OK;
     const int pad = w->kt - 1;
     const int64_t B = x->shape[0], C = x->shape[1], T = x->shape[2], H = x->shape[3], W = x->shape[4];
@@ -356,8 +347,8 @@ static cvx_status causal_conv(const cvx_tensor *x, const cvx_conv_weight *w, vae
         for (int i = 0; i < pad; i++) cvx_frames_of(x, 0, 1, &frames[i]);
     cvx_frames_of(x, 0, T, frames + pad);
     const cvx_conv_geom g = {1, 1, (w->kh - 1) / 2, (w->kh - 1) / 2, (w->kw - 1) / 2, (w->kw - 1) / 2, 1};
-    CVX_TRY(cvx_conv3d(frames, (int)(T + pad), B, H, W, w, &g, out));
-    CVX_TRY(gather_frames(frames + T, pad, B, C, H, W, &next));
+    CVX_TRY(BE->conv3d(ctx, frames, (int)(T + pad), B, H, W, w, &g, out));
+    CVX_TRY(BE->gather_frames(ctx, frames + T, pad, B, C, H, W, &next));
     cvx_tensor_move(slot, &next);
 fail:
     free(frames);
@@ -366,56 +357,56 @@ fail:
 }
 
 /* A 1x1x1 convolution (conv_shortcut, the spatial norm's conv_y / conv_b). */
-static cvx_status pointwise_conv(const cvx_tensor *x, const cvx_conv_weight *w, cvx_tensor *out) {
+static cvx_status pointwise_conv(cvx_ctx *ctx, const cvx_tensor *x, const cvx_conv_weight *w, cvx_tensor *out) {
     const int64_t T = x->shape[2];
     cvx_frame *frames = malloc((size_t)T * sizeof(cvx_frame));
     if (!frames) return CVX_FAIL(CVX_ERR_OOM, "out of host memory");
     cvx_frames_of(x, 0, T, frames);
     const cvx_conv_geom g = {1, 1, 0, 0, 0, 0, 1};
-    cvx_status st = cvx_conv3d(frames, (int)T, x->shape[0], x->shape[3], x->shape[4], w, &g, out);
+    cvx_status st = BE->conv3d(ctx, frames, (int)T, x->shape[0], x->shape[3], x->shape[4], w, &g, out);
     free(frames);
     return st;
 }
 
 /* CogVideoXSpatialNorm3D (+ SiLU): out = GroupNorm(f) * conv_y(zq') + conv_b(zq'), zq' = zq resampled to f. */
-static cvx_status spatial_norm(const vae_spatial_norm *sn, int groups, const cvx_tensor *f, const cvx_tensor *zq,
-                               int silu, cvx_tensor *out) {
+static cvx_status spatial_norm(cvx_ctx *ctx, const vae_spatial_norm *sn, int groups, const cvx_tensor *f,
+                               const cvx_tensor *zq, int silu, cvx_tensor *out) {
     cvx_status st = CVX_OK;
     cvx_tensor y = {0}, b = {0};
-    CVX_TRY(pointwise_conv(zq, &sn->conv_y, &y));
-    CVX_TRY(pointwise_conv(zq, &sn->conv_b, &b));
+    CVX_TRY(pointwise_conv(ctx, zq, &sn->conv_y, &y));
+    CVX_TRY(pointwise_conv(ctx, zq, &sn->conv_b, &b));
     const cvx_norm_modulation mod = {&y, &b};
     /* the GroupNorm inside SpatialNorm3D always uses eps 1e-6 */
-    CVX_TRY(cvx_group_norm(f, groups, 1e-6f, sn->norm_layer.gamma, sn->norm_layer.beta, &mod, silu, out));
+    CVX_TRY(BE->group_norm(ctx, f, groups, 1e-6f, sn->norm_layer.gamma, sn->norm_layer.beta, &mod, silu, out));
 fail:
     cvx_tensor_release(&y);
     cvx_tensor_release(&b);
     return st;
 }
 
-static cvx_status resnet_norm(const cvx_vae *vae, const vae_norm *n, const vae_spatial_norm *sn, const cvx_tensor *x,
-                              const cvx_tensor *zq, cvx_tensor *out) {
-    if (zq) return spatial_norm(sn, vae->cfg.norm_num_groups, x, zq, 1, out);
-    return cvx_group_norm(x, vae->cfg.norm_num_groups, vae->cfg.norm_eps, n->gamma, n->beta, NULL, 1, out);
+static cvx_status resnet_norm(cvx_ctx *ctx, const cvx_vae *vae, const vae_norm *n, const vae_spatial_norm *sn,
+                              const cvx_tensor *x, const cvx_tensor *zq, cvx_tensor *out) {
+    if (zq) return spatial_norm(ctx, sn, vae->cfg.norm_num_groups, x, zq, 1, out);
+    return BE->group_norm(ctx, x, vae->cfg.norm_num_groups, vae->cfg.norm_eps, n->gamma, n->beta, NULL, 1, out);
 }
 
 /* CogVideoXResnetBlock3D: consumes *x, leaves the block output in *x. zq is the chunk's latent (decoder) or NULL
  * (encoder). */
-static cvx_status resnet_forward(const cvx_vae *vae, const vae_resnet *r, cvx_tensor *x, const cvx_tensor *zq,
-                                 vae_cache *cache) {
+static cvx_status resnet_forward(cvx_ctx *ctx, const cvx_vae *vae, const vae_resnet *r, cvx_tensor *x,
+                                 const cvx_tensor *zq, vae_cache *cache) {
     cvx_status st = CVX_OK;
     cvx_tensor h = {0}, h2 = {0}, s = {0};
-    CVX_TRY(resnet_norm(vae, &r->norm1, &r->snorm1, x, zq, &h));
-    CVX_TRY(causal_conv(&h, &r->conv1, cache, &h2));
+    CVX_TRY(resnet_norm(ctx, vae, &r->norm1, &r->snorm1, x, zq, &h));
+    CVX_TRY(causal_conv(ctx, &h, &r->conv1, cache, &h2));
     cvx_tensor_release(&h);
-    CVX_TRY(resnet_norm(vae, &r->norm2, &r->snorm2, &h2, zq, &h2));
-    CVX_TRY(causal_conv(&h2, &r->conv2, cache, &h));
+    CVX_TRY(resnet_norm(ctx, vae, &r->norm2, &r->snorm2, &h2, zq, &h2));
+    CVX_TRY(causal_conv(ctx, &h2, &r->conv2, cache, &h));
     cvx_tensor_release(&h2);
     if (r->has_shortcut) {
-        CVX_TRY(pointwise_conv(x, &r->conv_shortcut, &s));
-        CVX_TRY(cvx_add_inplace(&h, &s));
+        CVX_TRY(pointwise_conv(ctx, x, &r->conv_shortcut, &s));
+        CVX_TRY(BE->add_inplace(ctx, &h, &s));
     } else {
-        CVX_TRY(cvx_add_inplace(&h, x));
+        CVX_TRY(BE->add_inplace(ctx, &h, x));
     }
     cvx_tensor_move(x, &h);
 fail:
@@ -427,7 +418,7 @@ fail:
 
 /* CogVideoXUpsample3D: nearest x2 in space (and in time for compress_time blocks, the first frame of an odd count
  * kept single), then the 3x3 Conv2d per frame. Consumes *x. */
-static cvx_status upsample_forward(const vae_block *blk, cvx_tensor *x) {
+static cvx_status upsample_forward(cvx_ctx *ctx, const vae_block *blk, cvx_tensor *x) {
     cvx_status st = CVX_OK;
     cvx_tensor out = {0};
     const int64_t T = x->shape[2];
@@ -441,7 +432,7 @@ static cvx_status upsample_forward(const vae_block *blk, cvx_tensor *x) {
         cvx_frames_of(x, src, 1, &frames[t]);
     }
     const cvx_conv_geom g = {1, 1, 1, 1, 1, 1, 2};
-    CVX_TRY(cvx_conv3d(frames, (int)Tout, x->shape[0], x->shape[3], x->shape[4], &blk->resample_conv, &g, &out));
+    CVX_TRY(BE->conv3d(ctx, frames, (int)Tout, x->shape[0], x->shape[3], x->shape[4], &blk->resample_conv, &g, &out));
     cvx_tensor_move(x, &out);
 fail:
     free(frames);
@@ -450,12 +441,12 @@ fail:
 
 /* CogVideoXDownsample3D: average time pairs (compress_time; an odd first frame kept), pad right/bottom by one,
  * 3x3 Conv2d with stride 2 per frame. Consumes *x. */
-static cvx_status downsample_forward(const vae_block *blk, cvx_tensor *x) {
+static cvx_status downsample_forward(cvx_ctx *ctx, const vae_block *blk, cvx_tensor *x) {
     cvx_status st = CVX_OK;
     cvx_tensor pooled = {0}, out = {0};
     cvx_frame *frames = NULL;
     if (blk->compress_time && x->shape[2] > 1) {
-        CVX_TRY(cvx_avg_pool_time(x, &pooled));
+        CVX_TRY(BE->avg_pool_time(ctx, x, &pooled));
         cvx_tensor_move(x, &pooled);
     }
     const int64_t T = x->shape[2];
@@ -463,7 +454,7 @@ static cvx_status downsample_forward(const vae_block *blk, cvx_tensor *x) {
     if (!frames) return CVX_FAIL(CVX_ERR_OOM, "out of host memory");
     cvx_frames_of(x, 0, T, frames);
     const cvx_conv_geom g = {2, 2, 0, 1, 0, 1, 1};
-    CVX_TRY(cvx_conv3d(frames, (int)T, x->shape[0], x->shape[3], x->shape[4], &blk->resample_conv, &g, &out));
+    CVX_TRY(BE->conv3d(ctx, frames, (int)T, x->shape[0], x->shape[3], x->shape[4], &blk->resample_conv, &g, &out));
     cvx_tensor_move(x, &out);
 fail:
     free(frames);
@@ -471,43 +462,58 @@ fail:
     return st;
 }
 
+/* The resnets of one weight group (and its resampler: up 1, down -1, none 0), the group acquired around them. */
+static cvx_status group_forward(cvx_ctx *ctx, const cvx_vae *vae, int group, const vae_resnet *resnets, int count,
+                                const vae_block *resample, int dir, cvx_tensor *h, const cvx_tensor *zq,
+                                vae_cache *cache) {
+    CVX_CHECK(cvx_ctx_acquire(ctx, group));
+    cvx_status st = CVX_OK;
+    for (int r = 0; r < count && st == CVX_OK; r++) st = resnet_forward(ctx, vae, &resnets[r], h, zq, cache);
+    if (st == CVX_OK && dir > 0) st = upsample_forward(ctx, resample, h);
+    if (st == CVX_OK && dir < 0) st = downsample_forward(ctx, resample, h);
+    cvx_ctx_release(ctx, group);
+    return st;
+}
+
 /* CogVideoXDecoder3D on one frame batch: z [B, latent, Tz, h, w] -> out [B, out_channels, T, H, W]. */
-static cvx_status decoder_forward(const cvx_vae *vae, const cvx_tensor *z, vae_cache *cache, cvx_tensor *out) {
+static cvx_status decoder_forward(cvx_ctx *ctx, const cvx_vae *vae, const cvx_tensor *z, vae_cache *cache,
+                                  cvx_tensor *out) {
     cvx_status st = CVX_OK;
     cvx_tensor h = {0};
     const int n = vae->cfg.num_blocks;
     cache->cursor = 0;
-    CVX_TRY(causal_conv(z, &vae->dec_conv_in, cache, &h));
-    for (int r = 0; r < 2; r++) CVX_TRY(resnet_forward(vae, &vae->dec_mid[r], &h, z, cache));
+    CVX_TRY(causal_conv(ctx, z, &vae->dec_conv_in, cache, &h));
+    CVX_TRY(group_forward(ctx, vae, GROUP_DEC_MID(n), vae->dec_mid, 2, NULL, 0, &h, z, cache));
     for (int i = 0; i < n; i++) {
         const vae_block *blk = &vae->dec_blocks[i];
-        for (int r = 0; r < blk->num_resnets; r++) CVX_TRY(resnet_forward(vae, &blk->resnets[r], &h, z, cache));
-        if (blk->has_resample) CVX_TRY(upsample_forward(blk, &h));
+        CVX_TRY(group_forward(ctx, vae, GROUP_DEC_BLOCK(n, i), blk->resnets, blk->num_resnets, blk, blk->has_resample,
+                              &h, z, cache));
     }
-    CVX_TRY(spatial_norm(&vae->dec_norm_out, vae->cfg.norm_num_groups, &h, z, 1, &h));
-    CVX_TRY(causal_conv(&h, &vae->dec_conv_out, cache, out));
+    CVX_TRY(spatial_norm(ctx, &vae->dec_norm_out, vae->cfg.norm_num_groups, &h, z, 1, &h));
+    CVX_TRY(causal_conv(ctx, &h, &vae->dec_conv_out, cache, out));
 fail:
     cvx_tensor_release(&h);
     return st;
 }
 
 /* CogVideoXEncoder3D on one frame batch: x [B, in_channels, T, H, W] -> moments [B, 2 * latent, T', h, w]. */
-static cvx_status encoder_forward(const cvx_vae *vae, const cvx_tensor *x, vae_cache *cache, cvx_tensor *out) {
+static cvx_status encoder_forward(cvx_ctx *ctx, const cvx_vae *vae, const cvx_tensor *x, vae_cache *cache,
+                                  cvx_tensor *out) {
     cvx_status st = CVX_OK;
     cvx_tensor h = {0};
     const int n = vae->cfg.num_blocks;
     cache->cursor = 0;
-    CVX_TRY(causal_conv(x, &vae->enc_conv_in, cache, &h));
+    CVX_TRY(causal_conv(ctx, x, &vae->enc_conv_in, cache, &h));
     for (int i = 0; i < n; i++) {
         const vae_block *blk = &vae->enc_blocks[i];
-        for (int r = 0; r < blk->num_resnets; r++) CVX_TRY(resnet_forward(vae, &blk->resnets[r], &h, NULL, cache));
-        if (blk->has_resample) CVX_TRY(downsample_forward(blk, &h));
+        CVX_TRY(group_forward(ctx, vae, GROUP_ENC_BLOCK(i), blk->resnets, blk->num_resnets, blk, -blk->has_resample, &h,
+                              NULL, cache));
     }
-    for (int r = 0; r < 2; r++) CVX_TRY(resnet_forward(vae, &vae->enc_mid[r], &h, NULL, cache));
+    CVX_TRY(group_forward(ctx, vae, GROUP_ENC_MID(n), vae->enc_mid, 2, NULL, 0, &h, NULL, cache));
     /* encoder.norm_out always uses eps 1e-6 */
-    CVX_TRY(cvx_group_norm(&h, vae->cfg.norm_num_groups, 1e-6f, vae->enc_norm_out.gamma, vae->enc_norm_out.beta, NULL,
-                           1, &h));
-    CVX_TRY(causal_conv(&h, &vae->enc_conv_out, cache, out));
+    CVX_TRY(BE->group_norm(ctx, &h, vae->cfg.norm_num_groups, 1e-6f, vae->enc_norm_out.gamma, vae->enc_norm_out.beta,
+                           NULL, 1, &h));
+    CVX_TRY(causal_conv(ctx, &h, &vae->enc_conv_out, cache, out));
 fail:
     cvx_tensor_release(&h);
     return st;
@@ -680,9 +686,10 @@ cvx_status cvx_vae_encode_shape(const cvx_vae *vae, const int64_t xshape[5], con
  */
 
 /* The frame-batched pass (diffusers' _decode / _encode without tiling): runs x batch by batch, carrying the conv
- * caches, and writes each batch's output into dst at offset (b, t, y, x) = d. */
-static cvx_status run_frame_batches(const cvx_vae *vae, int decode, const cvx_tensor *x, cvx_tensor *dst,
-                                    const int64_t d[4]) {
+ * caches, and writes each batch's output into dst at offset (b, t, y, x) = d: a device tensor (a tile), or with
+ * dst_host the forward's host output, which each batch is downloaded into. */
+static cvx_status run_frame_batches(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_tensor *x, cvx_tensor *dst,
+                                    int dst_host, const int64_t d[4]) {
     cvx_status st = CVX_OK;
     vae_cache cache = {0};
     cvx_tensor chunk = {0}, chunk_out = {0};
@@ -692,13 +699,15 @@ static cvx_status run_frame_batches(const cvx_vae *vae, int decode, const cvx_te
     for (int64_t k = 0; k < frame_batch_count(n, bs); k++) {
         int64_t s, e;
         frame_batch_range(n, bs, k, &s, &e);
-        CVX_TRY(cvx_slice_frames(x, s, e - s, &chunk));
-        CVX_TRY(decode ? decoder_forward(vae, &chunk, &cache, &chunk_out)
-                       : encoder_forward(vae, &chunk, &cache, &chunk_out));
+        CVX_TRY(cvx_ctx_poll(ctx));
+        CVX_TRY(BE->slice_frames(ctx, x, s, e - s, &chunk));
+        CVX_TRY(decode ? decoder_forward(ctx, vae, &chunk, &cache, &chunk_out)
+                       : encoder_forward(ctx, vae, &chunk, &cache, &chunk_out));
         cvx_tensor_release(&chunk);
         const int64_t at[4] = {d[0], t_out, d[2], d[3]}, from[4] = {0, 0, 0, 0};
         const int64_t box[4] = {chunk_out.shape[0], chunk_out.shape[2], chunk_out.shape[3], chunk_out.shape[4]};
-        cvx_copy_box(dst, at, &chunk_out, from, box);
+        CVX_TRY(dst_host ? BE->download_box(ctx, dst, at, &chunk_out, from, box)
+                         : BE->copy_box(ctx, dst, at, &chunk_out, from, box));
         t_out += chunk_out.shape[2];
         cvx_tensor_release(&chunk_out);
     }
@@ -709,59 +718,18 @@ fail:
     return st;
 }
 
-/* blend_v: the first e rows of b fade in from the last e rows of a (a holds only its last rows: `a_rows`). The
- * weights are Python doubles rounded to f32 and each product rounded, as torch computes tensor * float. */
-static void blend_rows(const cvx_tensor *a, cvx_tensor *b, int64_t a_full_rows, int64_t extent) {
-    const int64_t Ha = a->shape[3], Hb = b->shape[3], W = b->shape[4];
-    int64_t e = a_full_rows < Hb ? a_full_rows : Hb;
-    if (extent < e) e = extent;
-    const int64_t planes = b->shape[0] * b->shape[1] * b->shape[2];
-    const float *ad = a->data;
-    float *bd = b->data;
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t y = 0; y < e; y++) {
-            const float wa = (float)(1.0 - (double)y / (double)e), wb = (float)((double)y / (double)e);
-            const float *ar = ad + (p * Ha + Ha - e + y) * W;
-            float *br = bd + (p * Hb + y) * W;
-            for (int64_t x = 0; x < W; x++) {
-                const float u = ar[x] * wa, v = br[x] * wb;
-                br[x] = u + v;
-            }
-        }
-}
-
-/* blend_h: the first e columns of b fade in from the last e columns of a. */
-static void blend_cols(const cvx_tensor *a, cvx_tensor *b, int64_t extent) {
-    const int64_t Wa = a->shape[4], Wb = b->shape[4], H = b->shape[3];
-    int64_t e = Wa < Wb ? Wa : Wb;
-    if (extent < e) e = extent;
-    const int64_t planes = b->shape[0] * b->shape[1] * b->shape[2];
-    const float *ad = a->data;
-    float *bd = b->data;
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t y = 0; y < H; y++) {
-            const float *ar = ad + (p * H + y) * Wa + Wa - e;
-            float *br = bd + (p * H + y) * Wb;
-            for (int64_t x = 0; x < e; x++) {
-                const float wa = (float)(1.0 - (double)x / (double)e), wb = (float)((double)x / (double)e);
-                const float u = ar[x] * wa, v = br[x] * wb;
-                br[x] = u + v;
-            }
-        }
-}
-
 /* diffusers' tiled_decode / tiled_encode, streamed: tiles are visited in the same order and blended in place the
  * same way, but instead of keeping every decoded tile, only the left neighbour and, per column, the last rows of
- * the tile above (all that blending reads) are kept, and each blended tile's kept part goes straight into dst.
- * Working memory is therefore one tile's, whatever the frame size. */
-static cvx_status run_tiled(const cvx_vae *vae, int decode, const cvx_vae_tiling *tiling, const cvx_tensor *x,
-                            cvx_tensor *dst, int64_t b0) {
+ * the tile above (all that blending reads) are kept, and each blended tile's kept part goes straight into the host
+ * output dst. Working memory is therefore one tile's, whatever the frame size. */
+static cvx_status run_tiled(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_vae_tiling *tiling,
+                            const cvx_tensor *x, const int64_t out_shape[5], cvx_tensor *dst, int64_t b0) {
     cvx_status st = CVX_OK;
     tile_plan p;
     CVX_CHECK(make_tile_plan(vae, decode, tiling, &p));
     const int64_t B = x->shape[0], C = x->shape[1], T = x->shape[2], H = x->shape[3], W = x->shape[4];
     const int64_t cols = (W + p.stride_w - 1) / p.stride_w;
-    const int64_t out_c = dst->shape[1], out_t = dst->shape[2];
+    const int64_t out_c = out_shape[1], out_t = out_shape[2];
     cvx_tensor *above = calloc((size_t)(2 * cols), sizeof(cvx_tensor)); /* [0, cols): row i-1, [cols, 2cols): row i */
     int64_t *above_rows = calloc((size_t)(2 * cols), sizeof(int64_t));  /* full height of the tile each came from */
     cvx_tensor tile_in = {0}, tile = {0}, left = {0};
@@ -775,30 +743,30 @@ static cvx_status run_tiled(const cvx_vae *vae, int decode, const cvx_vae_tiling
         int64_t x_out = 0, kept_h = 0;
         for (int64_t j = 0, col = 0; j < W; j += p.stride_w, col++) {
             const int64_t tw = W - j < p.in_w ? W - j : p.in_w;
-            CVX_TRY(cvx_tensor_alloc5(&tile_in, B, C, T, th, tw));
+            CVX_TRY(cvx_ctx_tensor5(ctx, &tile_in, B, C, T, th, tw));
             const int64_t zero[4] = {0, 0, 0, 0}, from[4] = {0, 0, i, j}, box_in[4] = {B, T, th, tw};
-            cvx_copy_box(&tile_in, zero, x, from, box_in);
+            CVX_TRY(BE->copy_box(ctx, &tile_in, zero, x, from, box_in));
             const int64_t oh = codec_extent(vae, decode, th), ow = codec_extent(vae, decode, tw);
-            CVX_TRY(cvx_tensor_alloc5(&tile, B, out_c, out_t, oh, ow));
-            CVX_TRY(run_frame_batches(vae, decode, &tile_in, &tile, zero));
+            CVX_TRY(cvx_ctx_tensor5(ctx, &tile, B, out_c, out_t, oh, ow));
+            CVX_TRY(run_frame_batches(ctx, vae, decode, &tile_in, &tile, 0, zero));
             cvx_tensor_release(&tile_in);
 
-            if (i > 0) blend_rows(&above[col], &tile, above_rows[col], p.blend_h);
-            if (j > 0) blend_cols(&left, &tile, p.blend_w);
+            if (i > 0) CVX_TRY(BE->blend_rows(ctx, &above[col], &tile, above_rows[col], p.blend_h));
+            if (j > 0) CVX_TRY(BE->blend_cols(ctx, &left, &tile, p.blend_w));
 
             kept_h = oh < p.limit_h ? oh : p.limit_h;
             const int64_t kept_w = ow < p.limit_w ? ow : p.limit_w;
             const int64_t at[4] = {b0, 0, y_out, x_out}, box_out[4] = {B, out_t, kept_h, kept_w};
-            cvx_copy_box(dst, at, &tile, zero, box_out);
+            CVX_TRY(BE->download_box(ctx, dst, at, &tile, zero, box_out));
             x_out += kept_w;
 
             /* keep what the tile below will blend with: its last min(oh, blend_h) rows */
             const int64_t keep = oh < p.blend_h ? oh : p.blend_h;
             cvx_tensor *strip = &above[cols + col];
             cvx_tensor_release(strip);
-            CVX_TRY(cvx_tensor_alloc5(strip, B, out_c, out_t, keep, ow));
+            CVX_TRY(cvx_ctx_tensor5(ctx, strip, B, out_c, out_t, keep, ow));
             const int64_t strip_from[4] = {0, 0, oh - keep, 0}, strip_box[4] = {B, out_t, keep, ow};
-            cvx_copy_box(strip, zero, &tile, strip_from, strip_box);
+            CVX_TRY(BE->copy_box(ctx, strip, zero, &tile, strip_from, strip_box));
             above_rows[cols + col] = oh;
             cvx_tensor_move(&left, &tile);
         }
@@ -820,47 +788,69 @@ fail:
 }
 
 /* One batch item (slicing) or the whole batch through the tiled or frame-batched pass, into dst at batch b0. */
-static cvx_status run_items(const cvx_vae *vae, int decode, const cvx_vae_tiling *tiling, const cvx_tensor *x,
-                            cvx_tensor *dst, int64_t b0) {
-    if (uses_tiles(vae, decode, tiling, x->shape[3], x->shape[4])) return run_tiled(vae, decode, tiling, x, dst, b0);
+static cvx_status run_items(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_vae_tiling *tiling,
+                            const cvx_tensor *x, const int64_t out_shape[5], cvx_tensor *dst, int64_t b0) {
+    if (uses_tiles(vae, decode, tiling, x->shape[3], x->shape[4]))
+        return run_tiled(ctx, vae, decode, tiling, x, out_shape, dst, b0);
     const int64_t at[4] = {b0, 0, 0, 0};
-    return run_frame_batches(vae, decode, x, dst, at);
+    return run_frame_batches(ctx, vae, decode, x, dst, 1, at);
 }
 
-static cvx_status run_codec(cvx_vae *vae, int decode, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
-                            cvx_tensor *out) {
+/* The codec after its checks: x uploaded, then every item; the block groups' pass spans all frame batches and tiles
+ * (cyclic), group 0 is held throughout. */
+static cvx_status run_uploaded(cvx_ctx *ctx, const cvx_vae *vae, int decode, const cvx_tensor *x, int slicing,
+                               const cvx_vae_tiling *tiling, const int64_t shape[5], cvx_tensor *out) {
     cvx_status st = CVX_OK;
+    cvx_tensor xd = {0};
+    const int n = vae->cfg.num_blocks;
+    CVX_CHECK(cvx_ctx_tensor(ctx, &xd, CVX_F32, 5, x->shape));
+    CVX_TRY(BE->upload(ctx, xd.data, x->data, cvx_tensor_nbytes(&xd)));
+    /* one cyclic pass over the block groups; group 0, acquired inside it, is held until it ends */
+    CVX_TRY(decode ? cvx_ctx_begin(ctx, GROUP_DEC_MID(n), GROUP_DEC_BLOCK(n, n - 1), 1)
+                   : cvx_ctx_begin(ctx, GROUP_ENC_BLOCK(0), GROUP_ENC_MID(n), 1));
+    if ((st = cvx_ctx_acquire(ctx, GROUP_REST)) == CVX_OK) {
+        if (slicing && x->shape[0] > 1) {
+            /* diffusers' enable_slicing: one batch item at a time (a view of the uploaded input) */
+            cvx_tensor item = xd;
+            item.arena = NULL; /* a view: never released */
+            item.shape[0] = 1;
+            const int64_t item_elems = cvx_tensor_numel(&item);
+            for (int64_t b = 0; b < x->shape[0] && st == CVX_OK; b++) {
+                item.data = (float *)xd.data + b * item_elems;
+                st = run_items(ctx, vae, decode, tiling, &item, shape, out, b);
+            }
+        } else {
+            st = run_items(ctx, vae, decode, tiling, &xd, shape, out, 0);
+        }
+        cvx_ctx_release(ctx, GROUP_REST);
+    }
+    cvx_ctx_end(ctx); /* also after a failure */
+fail:
+    cvx_tensor_release(&xd);
+    return st;
+}
+
+static cvx_status run_codec(cvx_ctx *ctx, cvx_vae *vae, int decode, const cvx_tensor *x, int slicing,
+                            const cvx_vae_tiling *tiling, cvx_tensor *out) {
     int64_t shape[5];
     memset(out, 0, sizeof(*out));
     if (x->ndim != 5 || x->dtype != CVX_F32)
         return CVX_FAIL(CVX_ERR_INVALID, "%s expects a 5-D float32 tensor [B, C, F, H, W], got %d-D",
                         decode ? "decode" : "encode", x->ndim);
     CVX_CHECK(codec_shape(vae, decode, x->shape, tiling, shape));
-    CVX_CHECK(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, shape));
-    if (slicing && x->shape[0] > 1) {
-        /* diffusers' enable_slicing: one batch item at a time */
-        cvx_tensor item = *x;
-        item.shape[0] = 1;
-        const int64_t item_elems = cvx_tensor_numel(&item);
-        for (int64_t b = 0; b < x->shape[0]; b++) {
-            item.data = (float *)x->data + b * item_elems;
-            CVX_TRY(run_items(vae, decode, tiling, &item, out, b));
-        }
-    } else {
-        CVX_TRY(run_items(vae, decode, tiling, x, out, 0));
-    }
-    return CVX_OK;
-fail:
-    cvx_tensor_release(out);
+    /* the host output is written batch by batch (tile by tile); a measuring pass has none */
+    if (!ctx->measuring) CVX_CHECK(cvx_tensor_alloc(out, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, shape));
+    const cvx_status st = run_uploaded(ctx, vae, decode, x, slicing, tiling, shape, out);
+    if (st != CVX_OK) cvx_tensor_release(out);
     return st;
 }
 
-cvx_status cvx_vae_decode(cvx_vae *vae, const cvx_tensor *z, int slicing, const cvx_vae_tiling *tiling,
+cvx_status cvx_vae_decode(cvx_ctx *ctx, cvx_vae *vae, const cvx_tensor *z, int slicing, const cvx_vae_tiling *tiling,
                           cvx_tensor *out) {
-    return run_codec(vae, 1, z, slicing, tiling, out);
+    return run_codec(ctx, vae, 1, z, slicing, tiling, out);
 }
 
-cvx_status cvx_vae_encode(cvx_vae *vae, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
+cvx_status cvx_vae_encode(cvx_ctx *ctx, cvx_vae *vae, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
                           cvx_tensor *out) {
-    return run_codec(vae, 0, x, slicing, tiling, out);
+    return run_codec(ctx, vae, 0, x, slicing, tiling, out);
 }

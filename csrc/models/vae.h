@@ -3,6 +3,7 @@
 #ifndef CVX_VAE_H
 #define CVX_VAE_H
 
+#include "../core/ctx.h"
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
 #include "config.h"
@@ -50,16 +51,19 @@ int cvx_vae_num_weight_groups(const cvx_vae *vae);
 /* The weight declarations and their loaded data (read-only), e.g. for writing a checkpoint. */
 const cvx_weights *cvx_vae_weights(const cvx_vae *vae);
 
-/* z [B, latent, F, h, w] -> out [B, out_channels, F', h', w'] (allocated here). Output size is known before any
- * work: cvx_vae_decode_shape. */
+/* z [B, latent, F, h, w] (host) -> out [B, out_channels, F', h', w'], a host tensor allocated here (none in a
+ * measuring pass) and written frame batch by frame batch (tile by tile). Output size is known before any work:
+ * cvx_vae_decode_shape. Weight groups: group 0 for the whole call; one pass (cyclic: it reruns per frame batch and
+ * tile) over the decoder's mid and up-block groups, each acquired around its resnets. Encode likewise with the
+ * encoder's groups. */
 cvx_status cvx_vae_decode_shape(const cvx_vae *vae, const int64_t zshape[5], const cvx_vae_tiling *tiling,
                                 int64_t out_shape[5]);
-cvx_status cvx_vae_decode(cvx_vae *vae, const cvx_tensor *z, int slicing, const cvx_vae_tiling *tiling,
+cvx_status cvx_vae_decode(cvx_ctx *ctx, cvx_vae *vae, const cvx_tensor *z, int slicing, const cvx_vae_tiling *tiling,
                           cvx_tensor *out);
 /* x [B, in_channels, F, H, W] -> moments [B, 2 * latent, F', H', W'] (mean then logvar). */
 cvx_status cvx_vae_encode_shape(const cvx_vae *vae, const int64_t xshape[5], const cvx_vae_tiling *tiling,
                                 int64_t out_shape[5]);
-cvx_status cvx_vae_encode(cvx_vae *vae, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
+cvx_status cvx_vae_encode(cvx_ctx *ctx, cvx_vae *vae, const cvx_tensor *x, int slicing, const cvx_vae_tiling *tiling,
                           cvx_tensor *out);
 
 #endif

@@ -11,13 +11,14 @@
 #include "../core/status.h"
 #include "../core/tensor.h"
 #include "../io/safetensors.h"
+#include "../mem/arena.h"
 #include "../mem/mem.h"
 #include "../mem/residency.h"
 #include "../models/config.h"
 #include "../models/t5.h"
 #include "../models/transformer.h"
 #include "../models/vae.h"
-#include "../ops/ops.h"
+#include "../ops/backend.h"
 
 static PyObject *OutOfMemoryError;
 
@@ -391,13 +392,53 @@ static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
     return arr;
 }
 
+/* ---- the context of a forward ------------------------------------------------------------------------------ */
+
+/* A model object's activation arena, made on its first forward. Two threads may run the same object at once (the
+ * GIL is released): the second then gets an arena of its own for that call. `busy` is read and written with the
+ * GIL held. */
+typedef struct model_arena {
+    cvx_arena *arena;
+    int busy;
+} model_arena;
+
+/* The context a forward of this model object runs in: the CPU backend over the object's arena, every weight read
+ * where it is. Called with the GIL held; model_ctx_done (also with the GIL) after the forward. */
+static cvx_status model_ctx(model_arena *ma, cvx_ctx *ctx) {
+    memset(ctx, 0, sizeof(*ctx));
+    if (!ma->arena) CVX_CHECK(cvx_arena_create(CVX_DEVICE_CPU, 0, &ma->arena));
+    if (ma->busy) {
+        CVX_CHECK(cvx_arena_create(CVX_DEVICE_CPU, 0, &ctx->arena));
+    } else {
+        ma->busy = 1;
+        ctx->arena = ma->arena;
+    }
+    ctx->device = CVX_DEVICE_CPU;
+    ctx->be = cvx_backend_for(CVX_DEVICE_CPU);
+    ctx->res = NULL;
+    return CVX_OK;
+}
+
+/* keep: the object's arena stays reserved for the next call (else its region is freed now). */
+static void model_ctx_done(model_arena *ma, cvx_ctx *ctx, int keep) {
+    if (!ctx->arena) return;
+    if (ctx->arena != ma->arena) {
+        cvx_arena_destroy(ctx->arena);
+        return;
+    }
+    if (!keep) cvx_arena_trim(ma->arena);
+    ma->busy = 0;
+}
+
 /* ---- the VAE ------------------------------------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD cvx_vae *vae;
+    model_arena arena;
 } VAEObject;
 
 static void VAE_dealloc(VAEObject *self) {
+    cvx_arena_destroy(self->arena.arena);
     cvx_vae_free(self->vae);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -444,6 +485,22 @@ static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
                : 0;
 }
 
+static cvx_status vae_ctx(VAEObject *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
+
+typedef struct vae_call {
+    cvx_vae *vae;
+    const cvx_tensor *x;
+    int decode, slicing;
+    const cvx_vae_tiling *tiling;
+    cvx_tensor *out;
+} vae_call;
+
+static cvx_status vae_call_run(cvx_ctx *ctx, void *arg) {
+    const vae_call *c = arg;
+    return c->decode ? cvx_vae_decode(ctx, c->vae, c->x, c->slicing, c->tiling, c->out)
+                     : cvx_vae_encode(ctx, c->vae, c->x, c->slicing, c->tiling, c->out);
+}
+
 /* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling) */
 static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
     PyObject *input = NULL, *tiling_obj = Py_None;
@@ -458,10 +515,13 @@ static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
                                           : "sample [batch, channels, frames, height, width]");
     if (!arr) return NULL;
     tensor_view(arr, &x);
-    cvx_status st;
-    Py_BEGIN_ALLOW_THREADS st = decode ? cvx_vae_decode(self->vae, &x, slicing, &tiling, &out)
-                                       : cvx_vae_encode(self->vae, &x, slicing, &tiling, &out);
-    Py_END_ALLOW_THREADS Py_DECREF(arr);
+    cvx_ctx ctx;
+    cvx_status st = vae_ctx(self, &ctx);
+    const vae_call call = {self->vae, &x, decode, slicing, &tiling, &out};
+    /* the VAE runs once per pipeline call: its arena is given back after each, not kept between calls */
+    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, vae_call_run, (void *)&call, NULL);
+    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0);
+    Py_DECREF(arr);
     if (st != CVX_OK) return raise_status(st);
     return tensor_to_array(&out);
 }
@@ -537,9 +597,11 @@ static PyTypeObject VAEType = {
 
 typedef struct {
     PyObject_HEAD cvx_transformer *tr;
+    model_arena arena; /* kept reserved between calls: the denoising steps */
 } TransformerObject;
 
 static void Transformer_dealloc(TransformerObject *self) {
+    cvx_arena_destroy(self->arena.arena);
     cvx_transformer_free(self->tr);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -572,6 +634,19 @@ static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *k
     cvx_transformer_free(self->tr);
     self->tr = tr;
     return 0;
+}
+
+static cvx_status transformer_ctx(TransformerObject *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
+
+typedef struct transformer_call {
+    cvx_transformer *tr;
+    const cvx_transformer_inputs *in;
+    cvx_tensor *out;
+} transformer_call;
+
+static cvx_status transformer_call_run(cvx_ctx *ctx, void *arg) {
+    const transformer_call *c = arg;
+    return cvx_transformer_forward(ctx, c->tr, c->in, c->out);
 }
 
 /* forward(hidden [B,F,C,H,W], text [B,L,Dt], timestep [B], ofs [B] | None, pos_table [S,D] | None,
@@ -620,10 +695,16 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
         .rope_rows = cs ? PyArray_DIM(cs, 0) : 0,
         .rope_cols = cs ? PyArray_DIM(cs, 1) : 0,
     };
-    cvx_status st;
-    Py_BEGIN_ALLOW_THREADS st = cvx_transformer_forward(self->tr, &in, &out);
-    Py_END_ALLOW_THREADS if (st != CVX_OK) raise_status(st);
-    else result = tensor_to_array(&out);
+    cvx_ctx ctx;
+    cvx_status st = transformer_ctx(self, &ctx);
+    const transformer_call call = {self->tr, &in, &out};
+    /* the arena stays reserved between calls: the denoising steps of one shape allocate nothing */
+    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, transformer_call_run, (void *)&call, NULL);
+    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 1);
+    if (st != CVX_OK)
+        raise_status(st);
+    else
+        result = tensor_to_array(&out);
 done:
     Py_XDECREF(h);
     Py_XDECREF(txt);
@@ -684,9 +765,11 @@ static PyTypeObject TransformerType = {
 
 typedef struct {
     PyObject_HEAD cvx_t5 *t5;
+    model_arena arena;
 } T5Object;
 
 static void T5_dealloc(T5Object *self) {
+    cvx_arena_destroy(self->arena.arena);
     cvx_t5_free(self->t5);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -725,6 +808,20 @@ static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static cvx_status t5_ctx(T5Object *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
+
+typedef struct t5_call {
+    cvx_t5 *t5;
+    const int64_t *ids, *mask;
+    int64_t B, S;
+    cvx_tensor *out;
+} t5_call;
+
+static cvx_status t5_call_run(cvx_ctx *ctx, void *arg) {
+    const t5_call *c = arg;
+    return cvx_t5_forward(ctx, c->t5, c->ids, c->mask, c->B, c->S, c->out);
+}
+
 /* forward(input_ids [B, S] int64, attention_mask [B, S] | None) -> [B, S, d_model] */
 static PyObject *T5_forward(T5Object *self, PyObject *args) {
     PyObject *ids_obj, *mask_obj = Py_None;
@@ -748,12 +845,18 @@ static PyObject *T5_forward(T5Object *self, PyObject *args) {
         }
     }
     cvx_tensor out = {0};
-    cvx_status st;
     const int64_t B = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
     const int64_t *idp = PyArray_DATA(ids), *mp = mask ? PyArray_DATA(mask) : NULL;
-    Py_BEGIN_ALLOW_THREADS st = cvx_t5_forward(self->t5, idp, mp, B, S, &out);
-    Py_END_ALLOW_THREADS if (st != CVX_OK) raise_status(st);
-    else result = tensor_to_array(&out);
+    cvx_ctx ctx;
+    cvx_status st = t5_ctx(self, &ctx);
+    const t5_call call = {self->t5, idp, mp, B, S, &out};
+    /* the text encoder runs once per pipeline call: its arena is given back after each */
+    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, t5_call_run, (void *)&call, NULL);
+    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0);
+    if (st != CVX_OK)
+        raise_status(st);
+    else
+        result = tensor_to_array(&out);
 done:
     Py_XDECREF(ids);
     Py_XDECREF(mask);

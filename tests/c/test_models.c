@@ -14,12 +14,16 @@
 
 #include "../../csrc/core/tensor.h"
 #include "../../csrc/io/safetensors.h"
+#include "../../csrc/mem/arena.h"
 #include "../../csrc/mem/residency.h"
 #include "../../csrc/models/t5.h"
 #include "../../csrc/models/transformer.h"
 #include "../../csrc/models/vae.h"
-#include "../../csrc/ops/ops.h"
+#include "../../csrc/ops/backend.h"
 #include "cvx_test.h"
+
+/* The ops run on the CPU backend, their scratch and outputs straight from the memory manager (no arena). */
+static cvx_ctx CTX = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
 
 #ifndef CVX_FIXTURES
 #error "build with -DCVX_FIXTURES='\"<repo>/tests/fixtures\"' (tests/c/Makefile does)"
@@ -82,7 +86,153 @@ static int shape_is(const cvx_tensor *t, int ndim, const int64_t *shape) {
     return 1;
 }
 
+/* ---- the forward's context ----------------------------------------------------------------------------------- */
+
+/* A forward as cvx_ctx_run calls it; it writes its host output into the tensor its arg names. */
+typedef cvx_status (*forward_fn)(cvx_ctx *ctx, void *arg);
+
+static int64_t num_allocs(void) { return stats(CVX_DEVICE_CPU).num_allocs; }
+
+/* Runs fn as cvx_ctx_run does and checks the measuring contract on the way: the measuring pass (unbacked
+ * addresses: any touch of an activation byte faults) succeeds, allocates nothing from the memory manager and no
+ * host output; an arena one alignment unit short of the measured peak runs out (the measure is tight) and leaves
+ * nothing allocated in it; the run in an arena reserved at exactly the peak allocates nothing from the memory
+ * manager but the host output. Returns the last run's status, its output in *out. */
+static cvx_status sized_run(const char *what, forward_fn fn, void *arg, cvx_tensor *out) {
+    cvx_arena *arena = NULL;
+    if (!CVX_EXPECT(cvx_arena_create(CVX_DEVICE_CPU, 0, &arena) == CVX_OK, "%s: arena: %s", what, cvx_error_message()))
+        return CVX_ERR_OOM;
+    cvx_ctx ctx = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU, .arena = arena};
+    size_t need = 0;
+    const int64_t before_measure = num_allocs();
+    cvx_status s = cvx_ctx_measure(&ctx, fn, arg, &need);
+    CVX_EXPECT(s == CVX_OK && need > 0, "%s: measuring pass: status %d, %zu bytes: %s", what, (int)s, need,
+               cvx_error_message());
+    CVX_EXPECT(num_allocs() == before_measure, "%s: the measuring pass made %lld memory-manager allocations", what,
+               (long long)(num_allocs() - before_measure));
+    CVX_EXPECT(out->data == NULL, "%s: the measuring pass allocated a host output", what);
+    if (s == CVX_OK && need > 64) {
+        s = cvx_arena_reserve(arena, need - 64);
+        if (s == CVX_OK) s = fn(&ctx, arg);
+        CVX_EXPECT(s == CVX_ERR_OOM && out->data == NULL && cvx_arena_in_use(arena) == 0,
+                   "%s: in %zu arena bytes (64 short of the measure): status %d, %zu bytes left in use", what,
+                   need - 64, (int)s, cvx_arena_in_use(arena));
+        cvx_tensor_release(out);
+        cvx_error_clear();
+    }
+    s = cvx_arena_reserve(arena, need);
+    const int64_t before = num_allocs();
+    if (s == CVX_OK) s = fn(&ctx, arg);
+    if (CVX_EXPECT(s == CVX_OK, "%s: in an arena of exactly the measured %zu bytes: %s", what, need,
+                   cvx_error_message()))
+        CVX_EXPECT(num_allocs() - before == 1 && cvx_arena_in_use(arena) == 0 && cvx_arena_peak(arena) <= need,
+                   "%s: the sized run made %lld memory-manager allocations (want 1: the host output), left %zu arena "
+                   "bytes in use, peak %zu of %zu",
+                   what, (long long)(num_allocs() - before), cvx_arena_in_use(arena), cvx_arena_peak(arena), need);
+    printf("  %-58s arena %zu bytes\n", what, need);
+    cvx_arena_destroy(arena);
+    return s;
+}
+
+/* An allocation failure injected at every allocation of the forward in turn (ops taking their scratch straight
+ * from the memory manager, so each op's failure path runs): each run fails with CVX_ERR_OOM, leaves no host output
+ * and no byte allocated beyond what the first run left (on emu under sequential residency: no weight group held
+ * either), and a run after them succeeds. */
+static void fault_loop(const char *what, cvx_ctx *ctx, forward_fn fn, void *arg, cvx_tensor *out) {
+    const int64_t base = live_bytes();
+    cvx_status s = fn(ctx, arg); /* once first: what is made once and kept (sequential's ring) is not counted */
+    cvx_tensor_release(out);
+    cvx_mem_fail_at(-1);
+    if (s == CVX_OK) s = fn(ctx, arg);
+    const int64_t count = cvx_mem_fail_at(-1);
+    cvx_tensor_release(out);
+    const int64_t emu_base = stats(CVX_DEVICE_EMU).allocated_bytes; /* e.g. sequential's ring, kept between calls */
+    if (!CVX_EXPECT(s == CVX_OK && count > 1, "%s: counting run: %s", what, cvx_error_message())) return;
+    int64_t bad = -1;
+    for (int64_t n = 0; n < count; n++) {
+        cvx_mem_fail_at(n);
+        s = fn(ctx, arg);
+        cvx_mem_fail_at(-1);
+        if (bad < 0 && (s != CVX_ERR_OOM || out->data != NULL || live_bytes() != base ||
+                        stats(CVX_DEVICE_EMU).allocated_bytes != emu_base))
+            bad = n;
+        cvx_tensor_release(out);
+        cvx_error_clear();
+    }
+    if (!CVX_EXPECT(bad < 0, "%s on %s: failing allocation %lld of %lld: not a clean CVX_ERR_OOM", what, ctx->be->name,
+                    (long long)bad, (long long)count))
+        return;
+    CVX_EXPECT(fn(ctx, arg) == CVX_OK, "%s: after the faults: %s", what, cvx_error_message());
+    cvx_tensor_release(out);
+    printf("  %-50s %-7s %lld injected faults, each clean\n", what, ctx->be->name, (long long)count);
+}
+
+/* The emulated accelerator over the same forward: without residency (every weight on the host) the first op that
+ * reads a weight refuses, loudly; with the component on emu under `sequential` (one block group and one prefetched
+ * on the device, the rest on the host: a missing or misplaced acquire fails) and under `none`, the output is the
+ * CPU's bit for bit; with `faults`, the fault loop under sequential. The component is back on the CPU afterwards. */
+static void emu_runs(const char *what, forward_fn fn, void *arg, cvx_tensor *out, cvx_residency *res,
+                     const cvx_tensor *cpu_out, int faults) {
+    cvx_ctx ctx = {.be = cvx_backend_for(CVX_DEVICE_EMU), .device = CVX_DEVICE_EMU};
+    cvx_error_clear();
+    cvx_status s = fn(&ctx, arg);
+    CVX_EXPECT(s == CVX_ERR_INTERNAL && strstr(cvx_error_message(), "not resident") != NULL && out->data == NULL,
+               "%s on emu without its weights there: status %d, '%s'", what, (int)s, cvx_error_message());
+    cvx_error_clear();
+    static const cvx_policy policies[] = {CVX_POLICY_SEQUENTIAL, CVX_POLICY_NONE};
+    static const char *const names[] = {"sequential", "none"};
+    ctx.res = res;
+    for (int i = 0; i < 2; i++) {
+        s = cvx_residency_set(res, CVX_DEVICE_EMU, policies[i], 1);
+        if (s == CVX_OK) s = fn(&ctx, arg);
+        if (CVX_EXPECT(s == CVX_OK, "%s on emu (%s): %s", what, names[i], cvx_error_message()))
+            CVX_EXPECT(out->ndim == cpu_out->ndim && cvx_tensor_nbytes(out) == cvx_tensor_nbytes(cpu_out) &&
+                           memcmp(out->data, cpu_out->data, cvx_tensor_nbytes(out)) == 0,
+                       "%s on emu (%s): not the CPU's output bit for bit", what, names[i]);
+        cvx_tensor_release(out);
+        cvx_error_clear();
+    }
+    if (faults && CVX_EXPECT(cvx_residency_set(res, CVX_DEVICE_EMU, CVX_POLICY_SEQUENTIAL, 1) == CVX_OK, "%s: %s", what,
+                             cvx_error_message()))
+        fault_loop(what, &ctx, fn, arg, out);
+    CVX_EXPECT(cvx_residency_set(res, CVX_DEVICE_CPU, CVX_POLICY_NONE, 0) == CVX_OK, "%s: back to the CPU: %s", what,
+               cvx_error_message());
+    CVX_EXPECT(stats(CVX_DEVICE_EMU).allocated_bytes == 0, "%s: %lld emu bytes left", what,
+               (long long)stats(CVX_DEVICE_EMU).allocated_bytes);
+}
+
 /* ---- the VAE ------------------------------------------------------------------------------------------------- */
+
+typedef struct vae_call {
+    cvx_vae *vae;
+    const cvx_tensor *x;
+    int decode;
+    const cvx_vae_tiling *tiling;
+    cvx_tensor *out;
+} vae_call;
+
+static cvx_status vae_run(cvx_ctx *ctx, void *arg) {
+    const vae_call *c = arg;
+    return c->decode ? cvx_vae_decode(ctx, c->vae, c->x, 0, c->tiling, c->out)
+                     : cvx_vae_encode(ctx, c->vae, c->x, 0, c->tiling, c->out);
+}
+
+/* The golden check, then the same call sized by a measuring pass and on emu. */
+static void vae_checked(const char *what, vae_call *call, const int64_t *shape, const float *want, int64_t n) {
+    cvx_tensor *out = call->out;
+    cvx_status s = sized_run(what, vae_run, call, out);
+    if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
+        CVX_EXPECT(shape_is(out, 5, shape), "%s: wrong output shape", what)) {
+        expect_matches(what, out->data, want, n);
+        cvx_tensor cpu = *out;
+        memset(out, 0, sizeof(*out));
+        const int faults = cvx_vae_weights(call->vae)->dtype == CVX_F32;
+        emu_runs(what, vae_run, call, out, cvx_vae_weights(call->vae)->res, &cpu, faults);
+        cvx_tensor_release(&cpu);
+        if (faults) fault_loop(what, &CTX, vae_run, call, out);
+    }
+    cvx_tensor_release(out);
+}
 
 /* tests/fixtures/vae/tiny/config.json */
 static const cvx_vae_config tiny_vae = {
@@ -122,20 +272,14 @@ static void vae_case(const char *model_dir, cvx_dtype run, const char *golden) {
     z.data = z_in, z.dtype = CVX_F32, z.device = CVX_DEVICE_CPU, z.ndim = 5;
     memcpy(z.shape, z_shape, sizeof(z_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: decode 3 latent frames", model_dir, cvx_dtype_name(run));
-    cvx_status s = cvx_vae_decode(vae, &z, 0, NULL, &out);
-    if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
-        CVX_EXPECT(shape_is(&out, 5, sample_shape), "%s: wrong output shape", what))
-        expect_matches(what, out.data, want_sample, 25920);
-    cvx_tensor_release(&out);
+    vae_call call = {vae, &z, 1, NULL, &out};
+    vae_checked(what, &call, sample_shape, want_sample, 25920);
 
     x.data = x_in, x.dtype = CVX_F32, x.device = CVX_DEVICE_CPU, x.ndim = 5;
     memcpy(x.shape, x_shape, sizeof(x_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: encode 9 frames", model_dir, cvx_dtype_name(run));
-    s = cvx_vae_encode(vae, &x, 0, NULL, &out);
-    if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
-        CVX_EXPECT(shape_is(&out, 5, moments_shape), "%s: wrong output shape", what))
-        expect_matches(what, out.data, want_moments, 144);
-    cvx_tensor_release(&out);
+    call = (vae_call){vae, &x, 0, NULL, &out};
+    vae_checked(what, &call, moments_shape, want_moments, 144);
 done:
     cvx_vae_free(vae);
     free(z_in), free(x_in), free(want_sample), free(want_moments);
@@ -175,11 +319,8 @@ static void vae_tiled_case(const char *model_dir, cvx_dtype run, const char *gol
     z.data = z_in, z.dtype = CVX_F32, z.device = CVX_DEVICE_CPU, z.ndim = 5;
     memcpy(z.shape, z_shape, sizeof(z_shape));
     snprintf(what, sizeof(what), "VAE %s run %s: tiled decode", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_vae_decode(vae, &z, 0, &tiling, &out);
-    if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
-        CVX_EXPECT(shape_is(&out, 5, sample_shape), "%s: wrong output shape", what))
-        expect_matches(what, out.data, want, 14784);
-    cvx_tensor_release(&out);
+    vae_call call = {vae, &z, 1, &tiling, &out};
+    vae_checked(what, &call, sample_shape, want, 14784);
 done:
     cvx_vae_free(vae);
     free(z_in), free(want);
@@ -244,7 +385,18 @@ static void vae_size_limits(void) {
 
 /* ---- T5 ------------------------------------------------------------------------------------------------------ */
 
-/* tests/fixtures/t5/gated/config.json (v1.1: gated-gelu), 2 x 16 tokens, no mask */
+typedef struct t5_call {
+    cvx_t5 *t5;
+    const int64_t *ids, *mask;
+    cvx_tensor *out;
+} t5_call;
+
+static cvx_status t5_run(cvx_ctx *ctx, void *arg) {
+    const t5_call *c = arg;
+    return cvx_t5_forward(ctx, c->t5, c->ids, c->mask, 2, 16, c->out);
+}
+
+/* tests/fixtures/t5/gated/config.json (v1.1: gated-gelu), 2 x 16 tokens, no mask (and on emu, with one) */
 static void t5_case(const char *model_dir, cvx_dtype run, const char *golden) {
     char what[160], name[96];
     const int64_t base = live_bytes();
@@ -261,10 +413,23 @@ static void t5_case(const char *model_dir, cvx_dtype run, const char *golden) {
     cvx_st_close(st);
     if (!CVX_EXPECT(created == CVX_OK, "%s as %s: %s", model_dir, cvx_dtype_name(run), cvx_error_message())) goto done;
     snprintf(what, sizeof(what), "T5 %s run %s: 2 x 16 tokens", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_t5_forward(t5, ids, NULL, 2, 16, &out);
+    t5_call call = {t5, ids, NULL, &out};
+    const cvx_status s = sized_run(what, t5_run, &call, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
         CVX_EXPECT(shape_is(&out, 3, out_shape), "%s: wrong output shape", what))
         expect_matches(what, out.data, want, 2048);
+    cvx_tensor_release(&out);
+    /* with a mask: the CPU backend without an arena is the reference for emu */
+    int64_t mask[32];
+    for (int i = 0; i < 32; i++) mask[i] = i % 16 < 11 || i < 16;
+    call.mask = mask;
+    if (CVX_EXPECT(t5_run(&CTX, &call) == CVX_OK, "%s with a mask: %s", what, cvx_error_message())) {
+        cvx_tensor cpu = out;
+        memset(&out, 0, sizeof(out));
+        emu_runs(what, t5_run, &call, &out, cvx_t5_weights(t5)->res, &cpu, run == CVX_F32);
+        cvx_tensor_release(&cpu);
+        if (run == CVX_F32) fault_loop(what, &CTX, t5_run, &call, &out);
+    }
     cvx_tensor_release(&out);
 done:
     cvx_t5_free(t5);
@@ -334,6 +499,17 @@ static int64_t numel(const int64_t *shape, int ndim) {
     return n;
 }
 
+typedef struct tr_call {
+    cvx_transformer *tr;
+    const cvx_transformer_inputs *in;
+    cvx_tensor *out;
+} tr_call;
+
+static cvx_status tr_run(cvx_ctx *ctx, void *arg) {
+    const tr_call *c = arg;
+    return cvx_transformer_forward(ctx, c->tr, c->in, c->out);
+}
+
 static void transformer_run(const transformer_case *tc, const char *model_dir, cvx_dtype run, const char *golden) {
     char what[160], name[96];
     const int64_t base = live_bytes();
@@ -379,10 +555,17 @@ static void transformer_run(const transformer_case *tc, const char *model_dir, c
                                        .rope_rows = tc->rope_rows,
                                        .rope_cols = tc->rope_rows ? hd : 0};
     snprintf(what, sizeof(what), "transformer %s run %s", model_dir, cvx_dtype_name(run));
-    const cvx_status s = cvx_transformer_forward(tr, &in, &out);
+    tr_call call = {tr, &in, &out};
+    const cvx_status s = sized_run(what, tr_run, &call, &out);
     if (CVX_EXPECT(s == CVX_OK, "%s: %s", what, cvx_error_message()) &&
-        CVX_EXPECT(shape_is(&out, 5, tc->hidden), "%s: wrong output shape", what))
+        CVX_EXPECT(shape_is(&out, 5, tc->hidden), "%s: wrong output shape", what)) {
         expect_matches(what, out.data, want, n_hidden);
+        cvx_tensor cpu = out;
+        memset(&out, 0, sizeof(out));
+        emu_runs(what, tr_run, &call, &out, cvx_transformer_weights(tr)->res, &cpu, run == CVX_F32);
+        cvx_tensor_release(&cpu);
+        if (run == CVX_F32) fault_loop(what, &CTX, tr_run, &call, &out);
+    }
     cvx_tensor_release(&out);
 done:
     cvx_transformer_free(tr);

@@ -11,11 +11,15 @@
 
 #include "../../csrc/core/dtype.h"
 #include "../../csrc/core/tensor.h"
+#include "../../csrc/mem/arena.h"
 #include "../../csrc/mem/mem.h"
-#include "../../csrc/ops/ops.h"
+#include "../../csrc/ops/backend.h"
 
 #define CVX_TEST_SEED 0x2545f4914f6cdd1dull
 #include "cvx_test.h"
+
+/* The ops run on the CPU backend, their scratch and outputs straight from the memory manager (no arena). */
+static cvx_ctx CTX = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
 
 #define TOL 1e-4
 
@@ -156,7 +160,7 @@ static void run_conv_case(const conv_case *cc) {
     cvx_mem_reset_peak(CVX_DEVICE_CPU);
     cvx_tensor out;
     memset(&out, 0xff, sizeof(out)); /* the op must not care what out held */
-    cvx_status st = cvx_conv3d(frames, nf, B, H, W, &wt, g, &out);
+    cvx_status st = cvx_conv3d(&CTX, frames, nf, B, H, W, &wt, g, &out);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", cc->name, (int)st, cvx_error_message());
     if (st == CVX_OK) {
         expect_shape5(cc->name, &out, B, cc->Co, To, Ho, Wo);
@@ -167,8 +171,9 @@ static void run_conv_case(const conv_case *cc) {
                  blocks > 1 ? "s" : "");
         expect_close(what, out.data, ref, n);
         free(ref);
-        /* the working memory stays bounded: the output, the widened weights and one column buffer per thread */
-        const int64_t out_bytes = n * 4, wf_bytes = cc->wdt == CVX_F32 ? 0 : nw * 4;
+        /* the working memory stays bounded: the output, the widened weights and one column buffer per thread (the
+         * op's one scratch block keeps each part 64-byte aligned) */
+        const int64_t out_bytes = n * 4, wf_bytes = cc->wdt == CVX_F32 ? 0 : (nw * 4 + 63) / 64 * 64;
         int64_t col = K * rows * Wo * 4;
         int64_t bound = out_bytes + wf_bytes + (int64_t)cvx_ops_num_threads() * col;
         if (cc->kh == 3 && cc->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 1 &&
@@ -178,7 +183,7 @@ static void run_conv_case(const conv_case *cc) {
             int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + cc->Co) * 4);
             if (nt < 16) nt = 16;
             if (nt > tiles) nt = tiles;
-            bound = out_bytes + wf_bytes + 16 * cc->Co * k * 4 +
+            bound = out_bytes + wf_bytes + (16 * cc->Co * k * 4 + 63) / 64 * 64 +
                     (int64_t)cvx_ops_num_threads() * (16 * (k + cc->Co) * nt + 8 * (2 * tiles_w + 2)) * 4;
         }
         CVX_EXPECT(peak_bytes() - base <= bound, "%s: peak working memory %lld > %lld", cc->name,
@@ -497,7 +502,7 @@ static void test_conv3d_errors(void) {
     /* fewer frames than the temporal kernel */
     cvx_error_clear();
     memset(&out, 0xff, sizeof(out));
-    cvx_status st = cvx_conv3d(frames, 2, 1, 4, 4, &wt, &g, &out);
+    cvx_status st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt, &g, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "2 frames for kt=3: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     printf("  2 frames for kt=3 -> %s\n", cvx_error_message());
@@ -507,7 +512,7 @@ static void test_conv3d_errors(void) {
     wt.kt = 1;
     g.up = 3;
     cvx_error_clear();
-    st = cvx_conv3d(frames, 2, 1, 4, 4, &wt, &g, &out);
+    st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt, &g, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "up=3: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     expect_no_leak("conv3d: up=3", base_x);
@@ -516,7 +521,8 @@ static void test_conv3d_errors(void) {
     /* a kernel larger than the padded frame */
     cvx_conv_geom nopad = {1, 1, 0, 0, 0, 0, 1};
     cvx_error_clear();
-    st = cvx_conv3d(frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
+    st =
+        cvx_conv3d(&CTX, frames, 2, 1, 2, 2, &wt, &nopad, &out); /* view the frames as 2x2: a 3x3 kernel does not fit */
     CVX_EXPECT(st == CVX_ERR_INVALID, "3x3 kernel on 2x2 frame: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out zeroed on failure");
     expect_no_leak("conv3d: kernel larger than frame", base_x);
@@ -541,7 +547,7 @@ static void test_conv3d_errors(void) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, base_x + ooms[i].limit);
         cvx_error_clear();
         memset(&out, 0xff, sizeof(out));
-        st = cvx_conv3d(frames, 2, 1, 4, 4, ooms[i].wt, &g, &out);
+        st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, ooms[i].wt, &g, &out);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_ERR_OOM, "%s: status %d", ooms[i].what, (int)st);
         CVX_EXPECT(is_empty(&out), "%s: out zeroed", ooms[i].what);
@@ -550,7 +556,7 @@ static void test_conv3d_errors(void) {
     }
     cvx_error_clear();
     /* and with room for everything the same call succeeds */
-    st = cvx_conv3d(frames, 2, 1, 4, 4, &wt16, &g, &out);
+    st = cvx_conv3d(&CTX, frames, 2, 1, 4, 4, &wt16, &g, &out);
     CVX_EXPECT(st == CVX_OK, "conv after the OOMs: %d", (int)st);
     cvx_tensor_release(&out);
     cvx_tensor_release(&x);
@@ -695,7 +701,7 @@ static void run_gn_case(const gn_case *gc) {
     memset(&out, 0, sizeof(out));
     cvx_tensor *dst = gc->inplace ? &x : &out;
     void *xdata = x.data;
-    cvx_status st = cvx_group_norm(&x, gc->groups, eps, gamma, beta, gc->Tz ? &mod : NULL, gc->silu, dst);
+    cvx_status st = cvx_group_norm(&CTX, &x, gc->groups, eps, gamma, beta, gc->Tz ? &mod : NULL, gc->silu, dst);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", gc->name, (int)st, cvx_error_message());
     if (st == CVX_OK) {
         expect_shape5(gc->name, dst, B, C, T, H, W);
@@ -755,7 +761,7 @@ static void test_group_norm_errors(void) {
     for (size_t i = 0; i < 4; i++) {
         cvx_error_clear();
         memset(&out, 0, sizeof(out));
-        cvx_status st = cvx_group_norm(&x, bad_groups[i], 1e-6f, gamma, beta, NULL, 0, &out);
+        cvx_status st = cvx_group_norm(&CTX, &x, bad_groups[i], 1e-6f, gamma, beta, NULL, 0, &out);
         CVX_EXPECT(st == CVX_ERR_INVALID, "6 channels in %d groups: status %d", bad_groups[i], (int)st);
         CVX_EXPECT(is_empty(&out), "groups %d: out left empty", bad_groups[i]);
         if (i == 0) printf("  6 channels in 4 groups -> %s\n", cvx_error_message());
@@ -765,7 +771,7 @@ static void test_group_norm_errors(void) {
     cvx_norm_modulation mod = {&y6, &b6};
     cvx_error_clear();
     memset(&out, 0, sizeof(out));
-    cvx_status st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &mod, 0, &out);
+    cvx_status st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &mod, 0, &out);
     CVX_EXPECT(st == CVX_ERR_INVALID, "modulation channels 4 vs 6: status %d", (int)st);
     CVX_EXPECT(is_empty(&out), "out left empty");
     expect_no_leak("group_norm: modulation channels", base_x);
@@ -773,7 +779,7 @@ static void test_group_norm_errors(void) {
     float before[6 * 2 * 9];
     memcpy(before, x.data, sizeof(before));
     cvx_error_clear();
-    st = cvx_group_norm(&x, 4, 1e-6f, gamma, beta, NULL, 0, &x);
+    st = cvx_group_norm(&CTX, &x, 4, 1e-6f, gamma, beta, NULL, 0, &x);
     CVX_EXPECT(st == CVX_ERR_INVALID && memcmp(before, x.data, sizeof(before)) == 0, "refused in place: x untouched");
     expect_no_leak("group_norm: refused in place", base_x);
 
@@ -790,7 +796,7 @@ static void test_group_norm_errors(void) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, base_y + limits[i]);
         cvx_error_clear();
         memset(&out, 0, sizeof(out));
-        st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &good, 1, &out);
+        st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &good, 1, &out);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_ERR_OOM, "group_norm OOM %zu: status %d", i, (int)st);
         CVX_EXPECT(out.data == NULL, "group_norm OOM %zu: out not allocated", i);
@@ -800,7 +806,7 @@ static void test_group_norm_errors(void) {
     /* in place with the maps refused */
     cvx_mem_set_limit(CVX_DEVICE_CPU, base_y);
     cvx_error_clear();
-    st = cvx_group_norm(&x, 3, 1e-6f, gamma, beta, &good, 1, &x);
+    st = cvx_group_norm(&CTX, &x, 3, 1e-6f, gamma, beta, &good, 1, &x);
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     CVX_EXPECT(st == CVX_ERR_OOM && x.data != NULL, "group_norm in place OOM: status %d", (int)st);
     expect_no_leak("group_norm in place OOM", base_y);
@@ -830,14 +836,14 @@ static void test_add_inplace(void) {
     memcpy(ycopy, y.data, (size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++) ref[i] = (double)((const float *)x.data)[i] + (double)ycopy[i];
     const int64_t base = live_bytes();
-    CVX_EXPECT(cvx_add_inplace(&x, &y) == CVX_OK, "add");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &y) == CVX_OK, "add");
     expect_close("add_inplace", x.data, ref, n);
     CVX_EXPECT(memcmp(y.data, ycopy, (size_t)n * sizeof(float)) == 0, "add leaves y alone");
     expect_no_leak("add_inplace", base);
 
     /* x += x doubles */
     for (int64_t i = 0; i < n; i++) ref[i] = 2.0 * (double)((const float *)x.data)[i];
-    CVX_EXPECT(cvx_add_inplace(&x, &x) == CVX_OK, "add self");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &x) == CVX_OK, "add self");
     expect_close("add_inplace x += x", x.data, ref, n);
 
     /* element counts differ */
@@ -846,7 +852,7 @@ static void test_add_inplace(void) {
     memcpy(xcopy, x.data, (size_t)n * sizeof(float));
     const int64_t base_z = live_bytes();
     cvx_error_clear();
-    CVX_EXPECT(cvx_add_inplace(&x, &z) == CVX_ERR_INVALID, "add of different sizes");
+    CVX_EXPECT(cvx_add_inplace(&CTX, &x, &z) == CVX_ERR_INVALID, "add of different sizes");
     CVX_EXPECT(memcmp(x.data, xcopy, (size_t)n * sizeof(float)) == 0, "refused add leaves x alone");
     expect_no_leak("add_inplace refused", base_z);
     cvx_error_clear();
@@ -886,7 +892,7 @@ static void test_avg_pool_time(void) {
         memset(&out, 0, sizeof(out));
         char what[80];
         snprintf(what, sizeof(what), "avg_pool_time T=%lld -> %lld", (long long)T, (long long)To);
-        CVX_EXPECT(cvx_avg_pool_time(&x, &out) == CVX_OK, "%s", what);
+        CVX_EXPECT(cvx_avg_pool_time(&CTX, &x, &out) == CVX_OK, "%s", what);
         expect_shape5(what, &out, B, C, To, H, W);
         expect_close(what, out.data, ref, B * C * To * HW);
         if (T == 1)
@@ -904,7 +910,7 @@ static void test_avg_pool_time(void) {
     cvx_mem_set_limit(CVX_DEVICE_CPU, base + 1);
     cvx_error_clear();
     memset(&out, 0, sizeof(out));
-    CVX_EXPECT(cvx_avg_pool_time(&x, &out) == CVX_ERR_OOM && out.data == NULL, "avg_pool_time OOM");
+    CVX_EXPECT(cvx_avg_pool_time(&CTX, &x, &out) == CVX_ERR_OOM && out.data == NULL, "avg_pool_time OOM");
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     cvx_error_clear();
     expect_no_leak("avg_pool_time OOM", base);
@@ -924,7 +930,7 @@ static void test_slice_frames(void) {
         memset(&out, 0xff, sizeof(out));
         char what[80];
         snprintf(what, sizeof(what), "slice_frames [%lld, %lld)", (long long)first, (long long)(first + count));
-        CVX_EXPECT(cvx_slice_frames(&x, first, count, &out) == CVX_OK, "%s", what);
+        CVX_EXPECT(cvx_slice_frames(&CTX, &x, first, count, &out) == CVX_OK, "%s", what);
         expect_shape5(what, &out, B, C, count, H, W);
         int64_t bad = 0;
         for (int64_t b = 0; b < B; b++)
@@ -961,7 +967,7 @@ static void test_copy_box(void) {
         float *dd = dst.data;
         for (int64_t i = 0; i < cvx_tensor_numel(&dst); i++) dd[i] = sentinel;
         const int64_t base = live_bytes();
-        cvx_copy_box(&dst, d, &src, s, n);
+        cvx_copy_box(&CTX, &dst, d, &src, s, n);
         expect_no_leak("copy_box", base);
         int64_t bad = 0, copied = 0;
         for (int64_t b = 0; b < 3; b++)
@@ -989,6 +995,134 @@ static void test_copy_box(void) {
     cvx_tensor_release(&dst);
 }
 
+/* ---- the backend tables ------------------------------------------------------------------------------------ */
+
+/* emu: every weight-reading op refuses a weight that is not in a live weights allocation on emu (a host weight, an
+ * emu activation, a range running past the allocation's end), naming the op and the weight, and gives the CPU's
+ * result bit for bit when it is resident. */
+static void test_emu_residency_check(void) {
+    const int64_t base = live_bytes();
+    cvx_ctx emu = {.be = cvx_backend_for(CVX_DEVICE_EMU), .device = CVX_DEVICE_EMU};
+    CVX_EXPECT(emu.be == &cvx_backend_emu && cvx_backend_for(CVX_DEVICE_CPU) == &cvx_backend_cpu &&
+                   cvx_backend_for(CVX_DEVICE_CUDA) == NULL,
+               "cvx_backend_for: cpu, emu, and no CUDA table in this build");
+    enum { M = 3, K = 8, N = 4, W_BYTES = N * K * 4, B_BYTES = N * 4 };
+    float *w_emu = NULL, *w_host = NULL, *act_emu = NULL, *x = NULL, *y = NULL, *y_cpu = NULL;
+    if (!CVX_EXPECT(cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_WEIGHTS, W_BYTES + B_BYTES, (void **)&w_emu) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, W_BYTES + B_BYTES, (void **)&w_host) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, W_BYTES + B_BYTES, (void **)&act_emu) ==
+                            CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, M * K * 4, (void **)&x) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_EMU, CVX_MEM_ACTIVATIONS, M * N * 4, (void **)&y) == CVX_OK &&
+                        cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, M * N * 4, (void **)&y_cpu) == CVX_OK,
+                    "emu test buffers"))
+        goto done;
+    for (int i = 0; i < N * K + N; i++) w_emu[i] = w_host[i] = act_emu[i] = 0.25f * (float)(i % 7) - 0.5f;
+    for (int i = 0; i < M * K; i++) x[i] = 0.125f * (float)(i % 5);
+
+    /* resident weight and bias: the CPU op's numbers */
+    cvx_status st = emu.be->linear(&emu, x, M, K, w_emu, CVX_F32, w_emu + N * K, N, y);
+    CVX_EXPECT(st == CVX_OK, "emu linear on resident weights: %s", cvx_error_message());
+    CVX_EXPECT(cvx_linear(&CTX, x, M, K, w_host, CVX_F32, w_host + N * K, N, y_cpu) == CVX_OK &&
+                   memcmp(y, y_cpu, M * N * 4) == 0,
+               "emu linear: not the CPU's result bit for bit");
+
+    /* not resident: a host weight, an emu activation, a bias past the weights allocation's end */
+    const struct {
+        const char *name;
+        const float *w, *bias;
+        const char *what;
+    } bad[] = {
+        {"host weight", w_host, NULL, "linear on emu reads its weight"},
+        {"activation as weight", act_emu, NULL, "linear on emu reads its weight"},
+        {"resident weight, host bias", w_emu, w_host + N * K, "linear on emu reads its bias"},
+        {"range past the end", w_emu + 2 * N, NULL, "linear on emu reads its weight"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cvx_error_clear();
+        st = emu.be->linear(&emu, x, M, K, bad[i].w, CVX_F32, bad[i].bias, N, y);
+        CVX_EXPECT(st == CVX_ERR_INTERNAL && strstr(cvx_error_message(), bad[i].what) != NULL &&
+                       strstr(cvx_error_message(), "not resident") != NULL,
+                   "emu linear, %s: status %d, '%s'", bad[i].name, (int)st, cvx_error_message());
+    }
+    /* every other weight-reading entry, each with a host weight */
+    const int32_t buckets[3] = {0, 1, 0};
+    const int64_t ids[2] = {0, 1};
+    cvx_tensor gx = {0}, gout = {0};
+    const int64_t gshape[5] = {1, 4, 1, 1, 2};
+    cvx_conv_weight cw = {w_host, CVX_F32, NULL, 2, 4, 1, 1, 1};
+    const cvx_conv_geom g = {1, 1, 0, 0, 0, 0, 1};
+    cvx_frame fr[1];
+    const char *const ops[] = {"widen", "layer_norm", "rms_norm", "embedding", "position_bias", "conv3d", "group_norm"};
+    for (int op = 0; op < 7; op++) {
+        cvx_error_clear();
+        switch (op) {
+        case 0: st = emu.be->widen(&emu, y, w_host, CVX_F32, 4); break;
+        case 1: st = emu.be->layer_norm(&emu, x, M, K, 1e-5f, w_host, NULL, CVX_F32, NULL, NULL, x); break;
+        case 2: st = emu.be->rms_norm(&emu, x, M, K, 1e-6f, w_host, CVX_F32, x); break;
+        case 3: st = emu.be->embedding(&emu, w_host, CVX_F32, N, ids, 2, K, y); break;
+        case 4: st = emu.be->position_bias(&emu, w_host, CVX_F32, 2, buckets, 2, 2, y); break;
+        case 5:
+            if ((st = cvx_ctx_tensor(&emu, &gx, CVX_F32, 5, gshape)) != CVX_OK) break;
+            cvx_frames_of(&gx, 0, 1, fr);
+            st = emu.be->conv3d(&emu, fr, 1, 1, 1, 2, &cw, &g, &gout);
+            break;
+        default: st = emu.be->group_norm(&emu, &gx, 2, 1e-6f, w_host, w_host, NULL, 0, &gout); break;
+        }
+        char want[64];
+        snprintf(want, sizeof(want), "%s on emu reads its", ops[op]);
+        CVX_EXPECT(st == CVX_ERR_INTERNAL && strstr(cvx_error_message(), want) != NULL && gout.data == NULL,
+                   "emu %s with a host weight: status %d, '%s'", ops[op], (int)st, cvx_error_message());
+    }
+    cvx_tensor_release(&gx);
+    cvx_error_clear();
+done:
+    cvx_mem_free(w_emu), cvx_mem_free(w_host), cvx_mem_free(act_emu), cvx_mem_free(x), cvx_mem_free(y);
+    cvx_mem_free(y_cpu);
+    CVX_EXPECT(stats(CVX_DEVICE_EMU).allocated_bytes == 0, "emu bytes left");
+    expect_no_leak("emu residency check", base);
+}
+
+/* The data-movement entries of the CPU table, and the measuring table's promise: no byte touched (its pointers
+ * here are NULL or unbacked), the CPU op's outputs allocated from the ctx. */
+static void test_backend_tables(void) {
+    const int64_t base = live_bytes();
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {0};
+    const uint16_t half[2] = {0x3c00, 0xc000}; /* f16 1.0 and -2.0 */
+    const cvx_backend *cpu = &cvx_backend_cpu;
+    CVX_EXPECT(cpu->upload(&CTX, b, a, sizeof(a)) == CVX_OK && memcmp(a, b, sizeof(a)) == 0, "upload");
+    CVX_EXPECT(cpu->fill(&CTX, b, -1.5f, 4) == CVX_OK && b[0] == -1.5f && b[3] == -1.5f && b[4] == 5.0f, "fill");
+    CVX_EXPECT(cpu->copy(&CTX, b, a, 2 * sizeof(float)) == CVX_OK && b[1] == 2.0f && b[2] == -1.5f, "copy");
+    CVX_EXPECT(cpu->download(&CTX, a, b, sizeof(a)) == CVX_OK && a[2] == -1.5f, "download");
+    CVX_EXPECT(cpu->widen(&CTX, b, half, CVX_F16, 2) == CVX_OK && b[0] == 1.0f && b[1] == -2.0f, "widen f16");
+
+    const cvx_backend *m = cvx_backend_measure();
+    cvx_arena *arena = NULL;
+    if (!CVX_EXPECT(cvx_arena_create(CVX_DEVICE_CPU, 1, &arena) == CVX_OK, "measuring arena")) return;
+    cvx_ctx mctx = {.be = m, .device = CVX_DEVICE_CPU, .arena = arena, .measuring = 1};
+    float *unbacked = NULL;
+    CVX_EXPECT(cvx_ctx_alloc(&mctx, 1 << 20, (void **)&unbacked) == CVX_OK, "measuring alloc");
+    CVX_EXPECT(m->upload(&mctx, unbacked, a, sizeof(a)) == CVX_OK &&
+                   m->fill(&mctx, unbacked, 1.0f, 1 << 18) == CVX_OK && m->silu(&mctx, unbacked, 1 << 18) == CVX_OK &&
+                   m->linear(&mctx, unbacked, 64, 64, unbacked, CVX_F16, NULL, 64, unbacked) == CVX_OK,
+               "measuring ops over unbacked memory");
+    /* a linear with 16-bit weights takes exactly cvx_linear_scratch from the arena, and gives it back */
+    CVX_EXPECT(cvx_arena_peak(arena) >= (1u << 20) + cvx_linear_scratch(64, 64, CVX_F16, 64) &&
+                   cvx_arena_in_use(arena) == (1u << 20),
+               "measured linear scratch: peak %zu, in use %zu", cvx_arena_peak(arena), cvx_arena_in_use(arena));
+    cvx_tensor t = {0}, pooled = {0};
+    const int64_t shape[5] = {1, 2, 3, 4, 4};
+    CVX_EXPECT(cvx_ctx_tensor(&mctx, &t, CVX_F32, 5, shape) == CVX_OK && m->avg_pool_time(&mctx, &t, &pooled) == CVX_OK,
+               "measuring avg_pool_time");
+    CVX_EXPECT(pooled.shape[2] == 2 && pooled.arena == arena, "measured avg_pool_time: %lld output frames (want 2)",
+               (long long)pooled.shape[2]);
+    cvx_tensor_release(&pooled);
+    cvx_tensor_release(&t);
+    cvx_ctx_free(&mctx, unbacked);
+    cvx_arena_destroy(arena);
+    expect_no_leak("backend tables", base);
+}
+
 int main(void) {
     cvx_ops_init();
     const int64_t start = live_bytes();
@@ -1004,6 +1138,8 @@ int main(void) {
     test_avg_pool_time();
     test_slice_frames();
     test_copy_box();
+    test_emu_residency_check();
+    test_backend_tables();
     expect_no_leak("all ops", start);
     cvx_mem_stats s;
     cvx_mem_get_stats(CVX_DEVICE_CPU, &s);

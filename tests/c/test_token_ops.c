@@ -12,10 +12,13 @@
 
 #include "../../csrc/core/dtype.h"
 #include "../../csrc/mem/mem.h"
-#include "../../csrc/ops/ops.h"
+#include "../../csrc/ops/backend.h"
 
 #define CVX_TEST_SEED 0x9e3779b97f4a7c15ull
 #include "cvx_test.h"
+
+/* The ops run on the CPU backend, their scratch and outputs straight from the memory manager (no arena). */
+static cvx_ctx CTX = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
 
 #define TOL 1e-4
 
@@ -110,7 +113,7 @@ static void run_linear_case(const linear_case *lc) {
     cvx_mem_reset_peak(CVX_DEVICE_CPU);
     const void *w = lc->wdt == CVX_F32 ? (const void *)w32 : (const void *)w16;
     const void *bias = !lc->bias ? NULL : lc->wdt == CVX_F32 ? (const void *)b32 : (const void *)b16;
-    cvx_status st = cvx_linear(x, M, K, w, lc->wdt, bias, N, y);
+    cvx_status st = cvx_linear(&CTX, x, M, K, w, lc->wdt, bias, N, y);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", lc->name, (int)st, cvx_error_message());
     char what[160];
     snprintf(what, sizeof(what), "linear %s (%lldx%lld blocks of %lldx%lld)", lc->name, (long long)row_blocks,
@@ -165,8 +168,8 @@ static void test_linear_edges_and_oom(void) {
     float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
     uint16_t w16[8] = {0};
     cvx_mem_stats before = stats(CVX_DEVICE_CPU);
-    CVX_EXPECT(cvx_linear(x, 0, 4, w16, CVX_F16, NULL, 2, y) == CVX_OK, "linear M=0");
-    CVX_EXPECT(cvx_linear(x, 2, 4, w16, CVX_F16, NULL, 0, y) == CVX_OK, "linear N=0");
+    CVX_EXPECT(cvx_linear(&CTX, x, 0, 4, w16, CVX_F16, NULL, 2, y) == CVX_OK, "linear M=0");
+    CVX_EXPECT(cvx_linear(&CTX, x, 2, 4, w16, CVX_F16, NULL, 0, y) == CVX_OK, "linear N=0");
     expect_no_alloc("linear M=0 / N=0", &before);
 
     /* the widened weight block refused: CVX_ERR_OOM, nothing allocated or left */
@@ -182,7 +185,7 @@ static void test_linear_edges_and_oom(void) {
     for (size_t i = 0; i < 2; i++) {
         cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + limits[i]);
         cvx_error_clear();
-        cvx_status st = cvx_linear(xs, M, K, ws, CVX_BF16, bs, N, ys);
+        cvx_status st = cvx_linear(&CTX, xs, M, K, ws, CVX_BF16, bs, N, ys);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_ERR_OOM, "linear OOM (limit +%lld): status %d", (long long)limits[i], (int)st);
         if (i == 0) printf("  linear with the scratch refused -> %s\n", cvx_error_message());
@@ -192,7 +195,7 @@ static void test_linear_edges_and_oom(void) {
     cvx_error_clear();
     /* exactly the scratch it needs: fits */
     cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + scratch);
-    cvx_status st = cvx_linear(xs, M, K, ws, CVX_BF16, bs, N, ys);
+    cvx_status st = cvx_linear(&CTX, xs, M, K, ws, CVX_BF16, bs, N, ys);
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     CVX_EXPECT(st == CVX_OK, "linear with exactly its scratch: status %d: %s", (int)st, cvx_error_message());
     expect_no_leak("linear at the limit", before.allocated_bytes);
@@ -200,7 +203,7 @@ static void test_linear_edges_and_oom(void) {
     float *w32 = xmalloc((size_t)(N * K) * sizeof(float));
     for (int64_t i = 0; i < N * K; i++) w32[i] = cvx_bf16_to_f32(ws[i]);
     cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes > 0 ? before.allocated_bytes : 1);
-    st = cvx_linear(xs, M, K, w32, CVX_F32, NULL, N, ys);
+    st = cvx_linear(&CTX, xs, M, K, w32, CVX_F32, NULL, N, ys);
     cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
     CVX_EXPECT(st == CVX_OK, "f32 linear under a full limit: status %d", (int)st);
     cvx_error_clear();
@@ -253,8 +256,8 @@ static void run_ln_case(const ln_case *lc) {
     float *out = lc->inplace ? x : y;
     if (!lc->inplace) fill_nan(y, n);
     const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
-    cvx_layer_norm(x, rows, D, eps, use_gamma ? gamma : NULL, use_beta ? beta : NULL, lc->modulate ? scale : NULL,
-                   lc->modulate ? shift : NULL, out);
+    cvx_layer_norm(&CTX, x, rows, D, eps, use_gamma ? gamma : NULL, use_beta ? beta : NULL, CVX_F32,
+                   lc->modulate ? scale : NULL, lc->modulate ? shift : NULL, out);
     char what[160];
     snprintf(what, sizeof(what), "layer_norm %s", lc->name);
     expect_close(what, out, ref, n);
@@ -290,7 +293,7 @@ static void test_layer_norm(void) {
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_ln_case(&cases[i]);
     /* rows = 0 writes nothing */
     float z = 7.0f;
-    cvx_layer_norm(&z, 0, 1, 1e-5f, NULL, NULL, NULL, NULL, &z);
+    cvx_layer_norm(&CTX, &z, 0, 1, 1e-5f, NULL, NULL, CVX_F32, NULL, NULL, &z);
     CVX_EXPECT(z == 7.0f, "layer_norm rows=0 writes nothing");
 }
 
@@ -311,7 +314,7 @@ static void test_gated_add(void) {
             for (int64_t i = 0; i < D; i++)
                 ref[r * D + i] = (double)x[r * D + i] + (with_gate ? (double)gate[i] : 1.0) * (double)y[r * D + i];
         const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
-        cvx_gated_add(x, with_gate ? gate : NULL, y, rows, D);
+        cvx_gated_add(&CTX, x, with_gate ? gate : NULL, y, rows, D);
         const char *what = with_gate ? "gated_add, gate [D]" : "gated_add, NULL gate (plain add)";
         expect_close(what, x, ref, n);
         expect_no_alloc(what, &before);
@@ -323,7 +326,7 @@ static void test_gated_add(void) {
     int64_t bad = 0;
     float *xcopy = xmalloc((size_t)n * sizeof(float));
     memcpy(xcopy, x, (size_t)n * sizeof(float));
-    cvx_gated_add(x, NULL, y, rows, D);
+    cvx_gated_add(&CTX, x, NULL, y, rows, D);
     for (int64_t i = 0; i < n; i++) bad += x[i] != xcopy[i] + y[i];
     CVX_EXPECT(bad == 0, "gated_add NULL gate: %lld values differ from the f32 sum", (long long)bad);
     free(x);
@@ -358,9 +361,9 @@ static void test_activations(void) {
         memcpy(x, src, (size_t)n * sizeof(float));
         const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
         if (f == 0)
-            cvx_silu(x, n);
+            cvx_silu(&CTX, x, n);
         else
-            cvx_gelu_tanh(x, n);
+            cvx_gelu_tanh(&CTX, x, n);
         expect_no_alloc(name, &before);
         char what[120];
         snprintf(what, sizeof(what), "%s on [-12, 12] and random", name);
@@ -375,9 +378,9 @@ static void test_activations(void) {
         /* n = 0 touches nothing */
         float z = 5.0f;
         if (f == 0)
-            cvx_silu(&z, 0);
+            cvx_silu(&CTX, &z, 0);
         else
-            cvx_gelu_tanh(&z, 0);
+            cvx_gelu_tanh(&CTX, &z, 0);
         CVX_EXPECT(z == 5.0f, "%s n=0 writes nothing", name);
     }
     free(src);
@@ -424,7 +427,7 @@ static void run_rope_case(const rope_case *rc) {
                 ref[r * D + h * hd + k + 1] = im * c[r * hd + k + 1] + re * s[r * hd + k + 1];
             }
     const cvx_mem_stats before = stats(CVX_DEVICE_CPU);
-    cvx_rope(x, rows, ld, rc->heads, rc->hd, c, s);
+    cvx_rope(&CTX, x, rows, ld, rc->heads, rc->hd, c, s);
     expect_no_alloc(rc->name, &before);
     for (int64_t r = 0; r < rows; r++) memcpy(got + r * D, x + r * ld, (size_t)D * sizeof(float));
     char what[160];
@@ -459,7 +462,7 @@ static void test_rope(void) {
         cs[2 * k] = cs[2 * k + 1] = (float)cos(t[k]);
         sn[2 * k] = sn[2 * k + 1] = (float)sin(t[k]);
     }
-    cvx_rope(v, 1, 4, 1, 4, cs, sn);
+    cvx_rope(&CTX, v, 1, 4, 1, 4, cs, sn);
     CVX_EXPECT(fabs(hypot(v[0], v[1]) - 5.0) < 1e-5 && fabs(hypot(v[2], v[3]) - sqrt(5.0)) < 1e-5,
                "rope keeps pair norms: %g %g", hypot(v[0], v[1]), hypot(v[2], v[3]));
 }
@@ -540,7 +543,7 @@ static void run_attn_case(const attn_case *ac) {
     fill_nan(out, n); /* every output must be written */
     const int64_t base = live_bytes();
     cvx_mem_reset_peak(CVX_DEVICE_CPU);
-    cvx_status st = cvx_attention(q, k, v, B, S, ac->heads, ac->hd, scale, out);
+    cvx_status st = cvx_attention(&CTX, q, k, v, B, S, ac->heads, ac->hd, scale, out);
     CVX_EXPECT(st == CVX_OK, "%s: status %d: %s", ac->name, (int)st, cvx_error_message());
     const int64_t peak = peak_bytes() - base;
     expect_no_leak(ac->name, base);
@@ -598,7 +601,7 @@ static void test_attention(void) {
         ref_attention(q, k, v, B, S, heads, hd, 1.0f / sqrtf((float)hd), ref);
         fill_nan(out, n);
         const int64_t base = live_bytes();
-        CVX_EXPECT(cvx_attention(q, k, v, B, S, heads, hd, 1.0f / sqrtf((float)hd), out) == CVX_OK, "attention");
+        CVX_EXPECT(cvx_attention(&CTX, q, k, v, B, S, heads, hd, 1.0f / sqrtf((float)hd), out) == CVX_OK, "attention");
         expect_close("attention, one key in the last tile dominates by ~160", out, ref, n);
         expect_no_leak("attention dominant key", base);
         free(q);
@@ -625,7 +628,7 @@ static void test_attention(void) {
             for (int64_t j = 0; j < n; j++) out[j] = -7.0f;
             cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + limits[i]);
             cvx_error_clear();
-            cvx_status st = cvx_attention(q, k, v, B, S, heads, hd, 0.25f, out);
+            cvx_status st = cvx_attention(&CTX, q, k, v, B, S, heads, hd, 0.25f, out);
             cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
             CVX_EXPECT(st == CVX_ERR_OOM, "attention OOM (limit +%lld): status %d", (long long)limits[i], (int)st);
             if (i == 0) printf("  attention with the scratch refused -> %s\n", cvx_error_message());
@@ -637,7 +640,7 @@ static void test_attention(void) {
         }
         cvx_error_clear();
         cvx_mem_set_limit(CVX_DEVICE_CPU, before.allocated_bytes + attn_scratch_bytes(hd));
-        cvx_status st = cvx_attention(q, k, v, B, S, heads, hd, 0.25f, out);
+        cvx_status st = cvx_attention(&CTX, q, k, v, B, S, heads, hd, 0.25f, out);
         cvx_mem_set_limit(CVX_DEVICE_CPU, 0);
         CVX_EXPECT(st == CVX_OK, "attention with exactly its scratch: status %d: %s", (int)st, cvx_error_message());
         ref_attention(q, k, v, B, S, heads, hd, 0.25f, ref);

@@ -22,6 +22,18 @@ int cvx_ops_num_threads(void) {
 
 int cvx_ops_threads_for(int64_t work) { return work < CVX_PARALLEL_MIN_WORK ? 1 : cvx_ops_num_threads(); }
 
+cvx_status cvx_ops_scratch(cvx_ctx *ctx, size_t bytes, void **out) {
+    *out = NULL;
+    return bytes ? cvx_ctx_alloc(ctx, bytes, out) : CVX_OK;
+}
+
+cvx_status cvx_ops_scratch_measure(cvx_ctx *ctx, size_t bytes) {
+    void *p = NULL;
+    CVX_CHECK(cvx_ops_scratch(ctx, bytes, &p));
+    if (p) cvx_ctx_free(ctx, p);
+    return CVX_OK;
+}
+
 void cvx_frames_of(const cvx_tensor *t, int64_t first, int64_t count, cvx_frame *frames) {
     const int64_t C = t->shape[1], T = t->shape[2], HW = t->shape[3] * t->shape[4];
     for (int64_t i = 0; i < count; i++) {
@@ -185,21 +197,83 @@ static void winograd_outputs(const float *m, int co, int64_t nt, int64_t tile0, 
     }
 }
 
-static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_t H, int64_t W, int up,
-                                  const cvx_conv_weight *wt, const float *w, int To, cvx_tensor *out) {
-    cvx_status st = CVX_OK;
-    float *u = NULL, *work = NULL;
-    const int64_t Ho = H * up, Wo = W * up, k = (int64_t)wt->ci * wt->kt;
-    const int64_t tiles_h = (Ho + 1) / 2, tiles_w = (Wo + 1) / 2, tiles = tiles_h * tiles_w;
-    int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + wt->co) * (int64_t)sizeof(float));
-    if (nt < 16) nt = 16;
-    if (nt > tiles) nt = tiles;
-    const int64_t blocks = (tiles + nt - 1) / nt, tasks = batch * To * blocks;
+/* The geometry both paths share, from the sizes alone. */
+typedef struct conv_dims {
+    int64_t Ho, Wo, K;
+    int To;
+    int winograd, pointwise;
+    int64_t wino_nt, wino_tiles, wino_tiles_w, wino_per_thread; /* Winograd: tiles per task, per-thread floats */
+    int64_t rows;                                               /* im2col: output rows per task */
+    int64_t wf, u, work;                                        /* scratch floats: widened weights, U, work */
+} conv_dims;
+
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; } /* keeps each scratch part 64-byte aligned */
+
+static cvx_status conv_dims_of(int num_frames, int64_t height, int64_t width, const cvx_conv_weight *wt,
+                               const cvx_conv_geom *g, conv_dims *d) {
+    memset(d, 0, sizeof(*d));
+    if (num_frames < wt->kt)
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: %d input frames for a temporal kernel of %d", num_frames, wt->kt);
+    if (g->stride_h < 1 || g->stride_w < 1 || g->pad_top < 0 || g->pad_bottom < 0 || g->pad_left < 0 ||
+        g->pad_right < 0)
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: strides must be positive and paddings non-negative");
+    if (g->up != 1 && g->up != 2) return CVX_FAIL(CVX_ERR_INVALID, "conv3d: upsampling factor %d", g->up);
+    const int64_t Hv = height * g->up, Wv = width * g->up;
+    d->Ho = (Hv + g->pad_top + g->pad_bottom - wt->kh) / g->stride_h + 1;
+    d->Wo = (Wv + g->pad_left + g->pad_right - wt->kw) / g->stride_w + 1;
+    d->To = num_frames - wt->kt + 1;
+    if (d->Ho <= 0 || d->Wo <= 0)
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: a %lldx%lld input is smaller than the %dx%d kernel", (long long)Hv,
+                        (long long)Wv, wt->kh, wt->kw);
+    d->K = (int64_t)wt->ci * wt->kt * wt->kh * wt->kw;
     const int threads = cvx_ops_num_threads();
-    const int64_t per_thread = 16 * (k + wt->co) * nt + 8 * (2 * tiles_w + 2);
-    CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(16 * wt->co * k) * sizeof(float), (void **)&u));
-    CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
-                          (void **)&work));
+    if (wt->dtype != CVX_F32) d->wf = round16(d->K * wt->co);
+    /* weights are [Co, Ci, kt, 3, 3]: consecutive 3x3 slices, as winograd_weights reads them */
+    d->winograd = wt->kh == 3 && wt->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 1 &&
+                  g->pad_bottom == 1 && g->pad_left == 1 && g->pad_right == 1;
+    if (d->winograd) {
+        const int64_t k = (int64_t)wt->ci * wt->kt;
+        const int64_t Ho = height * g->up, Wo = width * g->up;
+        d->wino_tiles_w = (Wo + 1) / 2;
+        d->wino_tiles = (Ho + 1) / 2 * d->wino_tiles_w;
+        int64_t nt = CVX_CONV_WINO_BYTES / (16 * (k + wt->co) * (int64_t)sizeof(float));
+        if (nt < 16) nt = 16;
+        if (nt > d->wino_tiles) nt = d->wino_tiles;
+        d->wino_nt = nt;
+        d->wino_per_thread = 16 * (k + wt->co) * nt + 8 * (2 * d->wino_tiles_w + 2);
+        d->u = round16(16 * wt->co * k);
+        d->work = threads * d->wino_per_thread;
+        return CVX_OK;
+    }
+    d->pointwise = wt->kt == 1 && wt->kh == 1 && wt->kw == 1 && g->up == 1 && g->stride_h == 1 && g->stride_w == 1 &&
+                   !g->pad_top && !g->pad_bottom && !g->pad_left && !g->pad_right;
+    int64_t rows = CVX_CONV_COL_BYTES / (d->K * d->Wo * (int64_t)sizeof(float));
+    if (rows < 1) rows = 1;
+    if (rows > d->Ho) rows = d->Ho;
+    if (d->pointwise) rows = d->Ho; /* no column buffer: the frame itself is the GEMM operand */
+    d->rows = rows;
+    if (!d->pointwise) d->work = threads * d->K * rows * d->Wo;
+    return CVX_OK;
+}
+
+cvx_status cvx_conv3d_plan(int num_frames, int64_t batch, int64_t height, int64_t width, const cvx_conv_weight *wt,
+                           const cvx_conv_geom *geom, cvx_conv_plan *plan) {
+    conv_dims d;
+    CVX_CHECK(conv_dims_of(num_frames, height, width, wt, geom, &d));
+    const int64_t shape[5] = {batch, wt->co, d.To, d.Ho, d.Wo};
+    memcpy(plan->out_shape, shape, sizeof(shape));
+    plan->scratch = (size_t)(d.wf + d.u + d.work) * sizeof(float);
+    return CVX_OK;
+}
+
+static void conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_t H, int64_t W, int up,
+                            const cvx_conv_weight *wt, const float *w, const conv_dims *d, float *u, float *work,
+                            cvx_tensor *out) {
+    const int To = d->To;
+    const int64_t Ho = H * up, Wo = W * up, k = (int64_t)wt->ci * wt->kt;
+    const int64_t tiles = d->wino_tiles, tiles_w = d->wino_tiles_w, nt = d->wino_nt;
+    const int64_t blocks = (tiles + nt - 1) / nt, tasks = batch * To * blocks;
+    const int64_t per_thread = d->wino_per_thread;
     winograd_weights(w, wt->co, k, u);
     float *o = out->data;
     const int64_t ocs = (int64_t)To * Ho * Wo;
@@ -223,59 +297,42 @@ static cvx_status conv3d_winograd(const cvx_frame *frames, int64_t batch, int64_
         winograd_outputs(m, wt->co, n, tile0, tiles_w, wt->bias, o + b * wt->co * ocs + (int64_t)t * Ho * Wo, ocs, Ho,
                          Wo);
     }
-fail:
-    cvx_mem_free(u);
-    cvx_mem_free(work);
-    return st;
 }
 
-cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, int64_t height, int64_t width,
-                      const cvx_conv_weight *wt, const cvx_conv_geom *g, cvx_tensor *out) {
-    cvx_status st = CVX_OK;
-    float *wf = NULL, *cols = NULL;
+cvx_status cvx_conv3d(cvx_ctx *ctx, const cvx_frame *frames, int num_frames, int64_t batch, int64_t height,
+                      int64_t width, const cvx_conv_weight *wt, const cvx_conv_geom *g, cvx_tensor *out) {
+    float *scratch = NULL;
     memset(out, 0, sizeof(*out));
-    if (num_frames < wt->kt)
-        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: %d input frames for a temporal kernel of %d", num_frames, wt->kt);
-    if (g->stride_h < 1 || g->stride_w < 1 || g->pad_top < 0 || g->pad_bottom < 0 || g->pad_left < 0 ||
-        g->pad_right < 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: strides must be positive and paddings non-negative");
-    if (g->up != 1 && g->up != 2) return CVX_FAIL(CVX_ERR_INVALID, "conv3d: upsampling factor %d", g->up);
-    const int64_t Hv = height * g->up, Wv = width * g->up;
-    const int64_t Ho = (Hv + g->pad_top + g->pad_bottom - wt->kh) / g->stride_h + 1;
-    const int64_t Wo = (Wv + g->pad_left + g->pad_right - wt->kw) / g->stride_w + 1;
-    const int To = num_frames - wt->kt + 1;
-    if (Ho <= 0 || Wo <= 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "conv3d: a %lldx%lld input is smaller than the %dx%d kernel", (long long)Hv,
-                        (long long)Wv, wt->kh, wt->kw);
-    const int64_t K = (int64_t)wt->ci * wt->kt * wt->kh * wt->kw;
-
-    CVX_TRY(cvx_tensor_alloc5(out, batch, wt->co, To, Ho, Wo));
+    conv_dims d;
+    cvx_conv_plan plan;
+    CVX_CHECK(conv_dims_of(num_frames, height, width, wt, g, &d));
+    CVX_CHECK(cvx_conv3d_plan(num_frames, batch, height, width, wt, g, &plan));
+    CVX_CHECK(cvx_ctx_tensor(ctx, out, CVX_F32, 5, plan.out_shape));
+    cvx_status st = cvx_ops_scratch(ctx, plan.scratch, (void **)&scratch);
+    if (st != CVX_OK) {
+        cvx_tensor_release(out);
+        return st;
+    }
+    const int64_t Ho = d.Ho, Wo = d.Wo, K = d.K;
+    const int To = d.To;
     const float *w = wt->w;
     if (wt->dtype != CVX_F32) {
-        CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(K * wt->co) * sizeof(float), (void **)&wf));
-        cvx_convert(wf, CVX_F32, wt->w, wt->dtype, (size_t)(K * wt->co));
-        w = wf;
+        cvx_convert(scratch, CVX_F32, wt->w, wt->dtype, (size_t)(K * wt->co));
+        w = scratch;
+    }
+    float *work = scratch ? scratch + d.wf + d.u : NULL;
+
+    if (d.winograd) {
+        conv3d_winograd(frames, batch, height, width, g->up, wt, w, &d, scratch + d.wf, work, out);
+        cvx_ctx_free(ctx, scratch);
+        return CVX_OK;
     }
 
-    /* weights are [Co, Ci, kt, 3, 3]: consecutive 3x3 slices, as winograd_weights reads them */
-    if (wt->kh == 3 && wt->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top == 1 && g->pad_bottom == 1 &&
-        g->pad_left == 1 && g->pad_right == 1) {
-        CVX_TRY(conv3d_winograd(frames, batch, height, width, g->up, wt, w, To, out));
-        goto fail; /* done: shared cleanup */
-    }
-
-    const int pointwise = wt->kt == 1 && wt->kh == 1 && wt->kw == 1 && g->up == 1 && g->stride_h == 1 &&
-                          g->stride_w == 1 && !g->pad_top && !g->pad_bottom && !g->pad_left && !g->pad_right;
-    int64_t rows = CVX_CONV_COL_BYTES / (K * Wo * (int64_t)sizeof(float));
-    if (rows < 1) rows = 1;
-    if (rows > Ho) rows = Ho;
-    if (pointwise) rows = Ho; /* no column buffer: the frame itself is the GEMM operand */
+    const int pointwise = d.pointwise;
+    const int64_t rows = d.rows;
     const int64_t row_blocks = (Ho + rows - 1) / rows;
     const int64_t tasks = batch * To * row_blocks;
-    const int threads = cvx_ops_num_threads();
-    if (!pointwise)
-        CVX_TRY(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS,
-                              (size_t)threads * (size_t)(K * rows * Wo) * sizeof(float), (void **)&cols));
+    float *cols = work;
 
     float *o = out->data;
     const int64_t ocs = (int64_t)To * Ho * Wo; /* output channel stride */
@@ -311,10 +368,6 @@ cvx_status cvx_conv3d(const cvx_frame *frames, int num_frames, int64_t batch, in
         scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, wt->co, (int)n, (int)K, 1.0f, w, (int)K, bmat,
                           (int)ldb, 1.0f, c, (int)ocs);
     }
-
-fail:
-    cvx_mem_free(cols);
-    cvx_mem_free(wf);
-    if (st != CVX_OK) cvx_tensor_release(out);
-    return st;
+    cvx_ctx_free(ctx, scratch);
+    return CVX_OK;
 }

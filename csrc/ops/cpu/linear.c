@@ -9,21 +9,29 @@
 
 #include <cblas.h>
 
-cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt, const void *bias, int64_t N,
-                      float *y) {
-    if (M <= 0 || N <= 0) return CVX_OK;
-    int64_t nb = CVX_LINEAR_WEIGHT_BYTES / (K * (int64_t)sizeof(float));
+/* Columns of W per task: a widened block of about CVX_LINEAR_WEIGHT_BYTES, a multiple of 16. */
+static int64_t column_block(int64_t K, int64_t N) {
+    int64_t nb = CVX_LINEAR_WEIGHT_BYTES / (K > 0 ? K * (int64_t)sizeof(float) : 1);
     nb = nb < 16 ? 16 : nb - nb % 16;
-    if (nb > N) nb = N;
+    return nb > N ? N : nb;
+}
+
+size_t cvx_linear_scratch(int64_t M, int64_t K, cvx_dtype wdt, int64_t N) {
+    if (M <= 0 || N <= 0 || wdt == CVX_F32) return 0;
+    const int64_t nb = column_block(K, N);
+    return (size_t)cvx_ops_num_threads() * (size_t)(nb * K + nb) * sizeof(float); /* weight and bias blocks */
+}
+
+cvx_status cvx_linear(cvx_ctx *ctx, const float *x, int64_t M, int64_t K, const void *w, cvx_dtype wdt,
+                      const void *bias, int64_t N, float *y) {
+    if (M <= 0 || N <= 0) return CVX_OK;
+    const int64_t nb = column_block(K, N);
     const int64_t mb = M < CVX_LINEAR_ROWS ? M : CVX_LINEAR_ROWS;
     const int64_t col_blocks = (N + nb - 1) / nb, row_blocks = (M + mb - 1) / mb;
-    const int threads = cvx_ops_num_threads();
     const size_t esize = cvx_dtype_size(wdt);
     const int64_t per_thread = nb * K + nb; /* widened weight block and bias block */
     float *scratch = NULL;
-    if (wdt != CVX_F32)
-        CVX_CHECK(cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(threads * per_thread) * sizeof(float),
-                                (void **)&scratch));
+    CVX_CHECK(cvx_ops_scratch(ctx, cvx_linear_scratch(M, K, wdt, N), (void **)&scratch));
 #pragma omp parallel for schedule(dynamic) num_threads(cvx_ops_threads_for(M *N *K / 16))
     for (int64_t task = 0; task < col_blocks * row_blocks; task++) {
         const int64_t cb = task / row_blocks, rb = task % row_blocks;
@@ -51,6 +59,6 @@ cvx_status cvx_linear(const float *x, int64_t M, int64_t K, const void *w, cvx_d
         scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)K, 1.0f, x + m0 * K, (int)K, wb,
                           (int)K, bias ? 1.0f : 0.0f, yb, (int)N);
     }
-    cvx_mem_free(scratch);
+    cvx_ctx_free(ctx, scratch);
     return CVX_OK;
 }

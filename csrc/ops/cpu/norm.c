@@ -1,4 +1,5 @@
-/* Group normalisation, with CogVideoX's spatial-norm modulation and SiLU fused into the same pass. */
+/* Normalisations: group norm (with CogVideoX's spatial-norm modulation and SiLU fused into the same pass), layer
+ * norm with adaLN modulation and T5's RMS norm. */
 #include <math.h>
 #include <string.h>
 
@@ -22,8 +23,7 @@ static int64_t spatial_norm_src_frame(int64_t t, int64_t tz, int64_t tf) {
 
 static inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
-cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const float *gamma, const float *beta,
-                          const cvx_norm_modulation *mod, int apply_silu, cvx_tensor *out) {
+cvx_status cvx_group_norm_plan(const cvx_tensor *x, int groups, const cvx_norm_modulation *mod, size_t *scratch) {
     const int64_t B = x->shape[0], C = x->shape[1], T = x->shape[2], H = x->shape[3], W = x->shape[4];
     if (groups <= 0 || C % groups != 0)
         return CVX_FAIL(CVX_ERR_INVALID, "group norm: %lld channels do not split into %d groups", (long long)C, groups);
@@ -35,7 +35,18 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
             return CVX_FAIL(CVX_ERR_INVALID, "spatial norm: the modulation tensors must both be [%lld, %lld, T, H, W]",
                             (long long)B, (long long)C);
     }
-    if (out != x) CVX_CHECK(cvx_tensor_alloc5(out, B, C, T, H, W));
+    /* the row/column/frame maps of the modulation (nearest resampling) */
+    *scratch = my ? (size_t)(T + H + W) * sizeof(int64_t) : 0;
+    return CVX_OK;
+}
+
+cvx_status cvx_group_norm(cvx_ctx *ctx, const cvx_tensor *x, int groups, float eps, const float *gamma,
+                          const float *beta, const cvx_norm_modulation *mod, int apply_silu, cvx_tensor *out) {
+    const int64_t B = x->shape[0], C = x->shape[1], T = x->shape[2], H = x->shape[3], W = x->shape[4];
+    size_t scratch = 0;
+    CVX_CHECK(cvx_group_norm_plan(x, groups, mod, &scratch));
+    const cvx_tensor *my = mod ? mod->y : NULL, *mb = mod ? mod->b : NULL;
+    if (out != x) CVX_CHECK(cvx_ctx_tensor5(ctx, out, B, C, T, H, W));
 
     const int64_t cpg = C / groups, HW = H * W, THW = T * HW, n = cpg * THW;
     const float *xd = x->data;
@@ -45,8 +56,7 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
     int64_t Tz = 0, Hz = 0, Wz = 0;
     if (my) {
         Tz = my->shape[2], Hz = my->shape[3], Wz = my->shape[4];
-        cvx_status st =
-            cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, (size_t)(T + H + W) * sizeof(int64_t), (void **)&map);
+        cvx_status st = cvx_ops_scratch(ctx, scratch, (void **)&map);
         if (st != CVX_OK) {
             if (out != x) cvx_tensor_release(out);
             return st;
@@ -98,6 +108,6 @@ cvx_status cvx_group_norm(const cvx_tensor *x, int groups, float eps, const floa
             }
         }
     }
-    cvx_mem_free(map);
+    cvx_ctx_free(ctx, map);
     return CVX_OK;
 }
