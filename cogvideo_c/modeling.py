@@ -159,9 +159,7 @@ class ModelMixin:
 
         if self._offload_hook is not None:
             _C.residency_offload(self._core)
-        trim = getattr(self._core, "trim_arena", None)
-        if trim is not None:
-            trim()
+        self._core.trim_arena()
 
     def _config_to_save(self):
         """config.json as diffusers writes it: _class_name and _diffusers_version, then the config."""

@@ -19,9 +19,10 @@ diffusers' accelerate hooks.
 import re
 import sys
 import warnings
+import weakref
 
 from . import _C
-from .modeling import Device
+from .modeling import Device, ModelMixin
 
 # what _C's device parser knows; cuda runs nothing until the CUDA backend exists
 _DEVICE_TYPES = ("cpu", "emu", "cuda")
@@ -103,7 +104,8 @@ class OffloadChain:
     """The offload hooks of one pipeline: the device, each component's policy, and the order they run in."""
 
     def __init__(self, pipe, device, policy, prefetch=1, vae_policy=None):
-        self.pipe = pipe
+        self._pipe = weakref.ref(pipe)  # the models hold the chain: no cycle back to the pipeline
+        self.names = {id(getattr(pipe, n)): n for n in pipe.components if isinstance(getattr(pipe, n), ModelMixin)}
         self.device = Device(device)
         self.policy = policy  # "model", "sequential" or "group"
         self.prefetch = prefetch
@@ -134,12 +136,18 @@ class OffloadChain:
                 model._offload_hook = None
 
     def before(self, model):
-        """A component is about to run: under model offload the others leave the device and it comes in whole."""
-        if model._device != self.device:  # moved away by to(): follow the policy again
-            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+        """A component is about to run: the others leave the device and, under model offload, it comes in whole."""
+        self.leave_others(model)
+        self.bring_in(model)
+
+    def leave_others(self, model):
         for other in self.models:
             if other is not model:
                 other._leave_stage()
+
+    def bring_in(self, model):
+        if model._device != self.device:  # moved away by to(): follow the policy again
+            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
         if self.policies[id(model)] == "model":
             _C.residency_onload(model._core)
 
@@ -340,40 +348,28 @@ class AutoChain(OffloadChain):
             model._offload_hook = self
 
     def name_of(self, model):
-        for name, component in self.pipe.components.items():
-            if component is model:
-                return name
-        return type(model).__name__
+        return self.names.get(id(model), type(model).__name__)
 
     def install_one(self, model):
         policy = self.policies.get(id(model), "model")
         set_residency(model, self.device, policy, self.prefetch)
         model._offload_hook = self
 
-    def before(self, model):
-        if model._device != self.device:
-            set_residency(model, self.device, self.policies[id(model)], self.prefetch)
+    def leave_others(self, model):
+        """Evicts other components in sequence order, only as much as this stage's need within the budget asks;
+        every other component gives back its arena."""
         need = self.plan.peaks.get(self.name_of(model), 0) if self.plan else 0
         held = {id(m): _C.residency_info(m._core)["resident_bytes"] for m in self.models}
-        for other in self.models:  # evict in sequence order, only what the budget needs
+        for other in self.models:
             if other is model:
                 continue
-            other_held = sum(held[id(m)] for m in self.models if m is not model)
-            if self.plan is None or self.plan.resident or other_held + need <= self.budget:
-                break
-            _C.residency_offload(other._core)
-            held[id(other)] = 0
-        for other in self.models:
-            if other is not model:
-                trim = getattr(other._core, "trim_arena", None)
-                if trim is not None:
-                    trim()
-        if self.policies[id(model)] == "model":
-            _C.residency_onload(model._core)
+            if self.plan is not None and not self.plan.resident:
+                if sum(held[id(m)] for m in self.models if m is not model) + need > self.budget:
+                    _C.residency_offload(other._core)
+                    held[id(other)] = 0
+            other._core.trim_arena()
 
     def free(self):
         """Components stay on the device after a call when they fit: the next call does not reload them."""
         for model in self.models:
-            trim = getattr(model._core, "trim_arena", None)
-            if trim is not None:
-                trim()
+            model._core.trim_arena()

@@ -488,10 +488,13 @@ class DiffusionPipeline:
         from .offload import StageMeter
 
         model = getattr(self, name)
-        if self._offload is None:
+        chain = self._offload
+        if chain is None:
             for other in self._models():
                 if other is not model:
                     other._leave_stage()
+        elif model in chain.models:
+            chain.leave_others(model)  # what the model's hook would do first, so the stage starts without them
         meter = StageMeter(report, stage, name, model, self._execution_device)
         try:
             yield

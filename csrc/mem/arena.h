@@ -35,5 +35,6 @@ void cvx_arena_reset_peak(cvx_arena *a);
 size_t cvx_arena_size(const cvx_arena *a); /* the reserved region, 0 when none */
 size_t cvx_arena_in_use(const cvx_arena *a);
 int cvx_arena_measuring(const cvx_arena *a);
+cvx_device cvx_arena_device(const cvx_arena *a);
 
 #endif

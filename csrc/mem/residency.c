@@ -67,7 +67,7 @@ cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, 
     for (int i = count - 1; i >= 0; i--) {
         group *gr = &r->groups[r->tensors[i].group];
         const int64_t end = (int64_t)(r->tensors[i].offset + r->tensors[i].bytes);
-        if (end > gr->bytes) gr->bytes = end;
+        if (end > gr->bytes) gr->bytes = (end + 63) / 64 * 64; /* the device layout keeps 64-byte alignment */
         gr->first_tensor = i;
         gr->num_tensors++;
     }

@@ -5,6 +5,8 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <time.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
@@ -402,20 +404,44 @@ typedef struct model_arena {
     int busy;
 } model_arena;
 
-/* The context a forward of this model object runs in: the CPU backend over the object's arena, every weight read
- * where it is. Called with the GIL held; model_ctx_done (also with the GIL) after the forward. */
-static cvx_status model_ctx(model_arena *ma, cvx_ctx *ctx) {
+/* Ctrl-C during a forward: polled once per block (at most every 20 ms), it takes the GIL for a moment and runs
+ * Python's signal handlers; a KeyboardInterrupt they raise stays set and stops the forward. */
+static int stop_poll(void *arg) {
+    (void)arg;
+    static _Thread_local int64_t last_ns;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (now - last_ns < 20000000) return 0;
+    last_ns = now;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const int stop = PyErr_CheckSignals() < 0;
+    PyGILState_Release(gil);
+    return stop;
+}
+
+/* The context a forward of this model object runs in: the backend of the device its weights are on, over the
+ * object's arena (made on that device), its weight residency, the Ctrl-C poll. Called with the GIL held;
+ * model_ctx_done (also with the GIL) after the forward. */
+static cvx_status model_ctx(model_arena *ma, const cvx_weights *ws, cvx_ctx *ctx) {
     memset(ctx, 0, sizeof(*ctx));
-    if (!ma->arena) CVX_CHECK(cvx_arena_create(CVX_DEVICE_CPU, 0, &ma->arena));
-    if (ma->busy) {
-        CVX_CHECK(cvx_arena_create(CVX_DEVICE_CPU, 0, &ctx->arena));
+    const cvx_device dev = ws && ws->res ? cvx_residency_device(ws->res) : CVX_DEVICE_CPU;
+    ctx->be = cvx_backend_for(dev);
+    if (!ctx->be) return CVX_FAIL(CVX_ERR_INVALID, "no backend computes on %s in this build", cvx_device_name(dev));
+    if (ma->arena && !ma->busy && cvx_arena_device(ma->arena) != dev) { /* the model moved: so does its arena */
+        cvx_arena_destroy(ma->arena);
+        ma->arena = NULL;
+    }
+    if (!ma->arena) CVX_CHECK(cvx_arena_create(dev, 0, &ma->arena));
+    if (ma->busy || cvx_arena_device(ma->arena) != dev) {
+        CVX_CHECK(cvx_arena_create(dev, 0, &ctx->arena));
     } else {
         ma->busy = 1;
         ctx->arena = ma->arena;
     }
-    ctx->device = CVX_DEVICE_CPU;
-    ctx->be = cvx_backend_for(CVX_DEVICE_CPU);
-    ctx->res = NULL;
+    ctx->device = dev;
+    ctx->res = ws ? ws->res : NULL;
+    ctx->should_stop = stop_poll;
     return CVX_OK;
 }
 
@@ -428,6 +454,44 @@ static void model_ctx_done(model_arena *ma, cvx_ctx *ctx, int keep) {
     }
     if (!keep) cvx_arena_trim(ma->arena);
     ma->busy = 0;
+}
+
+/* Forwards read weight slots that residency changes re-point: a forward holds the engine lock shared, or alone
+ * when it moves weights itself (model or sequential residency on a device); residency changes hold it alone. */
+static pthread_rwlock_t engine_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+/* One forward of a model object (or only its measuring pass, `measure`: *measured gets the arena bytes): builds
+ * the context, releases the GIL, runs fn through cvx_ctx_run, and on failure gives back the arena and, when the
+ * model is offloaded, every device copy, so the device holds what it held before the call. */
+static cvx_status model_run(model_arena *ma, const cvx_weights *ws, cvx_status (*fn)(cvx_ctx *, void *), void *call,
+                            int keep, int measure, size_t *measured) {
+    cvx_ctx ctx;
+    cvx_status st = model_ctx(ma, ws, &ctx);
+    if (st != CVX_OK) {
+        model_ctx_done(ma, &ctx, 0);
+        return st;
+    }
+    cvx_residency *res = ctx.res;
+    Py_BEGIN_ALLOW_THREADS const int moves =
+        res && cvx_residency_device(res) != CVX_DEVICE_CPU && cvx_residency_policy(res) != CVX_POLICY_NONE;
+    if (moves)
+        pthread_rwlock_wrlock(&engine_lock);
+    else
+        pthread_rwlock_rdlock(&engine_lock);
+    if (measure) {
+        st = cvx_ctx_measure(&ctx, fn, call, measured);
+    } else {
+        st = cvx_ctx_run(&ctx, fn, call, measured);
+        if (st != CVX_OK && moves) cvx_residency_offload(res);
+    }
+    pthread_rwlock_unlock(&engine_lock);
+    Py_END_ALLOW_THREADS model_ctx_done(ma, &ctx, keep && st == CVX_OK && !measure);
+    return st;
+}
+
+static PyObject *model_trim_arena(model_arena *ma) {
+    if (ma->arena && !ma->busy) cvx_arena_trim(ma->arena);
+    Py_RETURN_NONE;
 }
 
 /* ---- the VAE ------------------------------------------------------------------------------------------------- */
@@ -485,8 +549,6 @@ static int parse_tiling(PyObject *obj, cvx_vae_tiling *t) {
                : 0;
 }
 
-static cvx_status vae_ctx(VAEObject *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
-
 typedef struct vae_call {
     cvx_vae *vae;
     const cvx_tensor *x;
@@ -501,11 +563,10 @@ static cvx_status vae_call_run(cvx_ctx *ctx, void *arg) {
                      : cvx_vae_encode(ctx, c->vae, c->x, c->slicing, c->tiling, c->out);
 }
 
-/* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling) */
-static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
-    PyObject *input = NULL, *tiling_obj = Py_None;
-    int slicing = 0;
-    if (!PyArg_ParseTuple(args, "O|pO", &input, &slicing, &tiling_obj)) return NULL;
+/* decode(z, slicing: bool, tiling: None | (h, w, fh, fw)) / encode(x, slicing, tiling); measure: only the arena bytes
+ * the run would need, as an int. */
+static PyObject *VAE_call(VAEObject *self, PyObject *input, int decode, int slicing, PyObject *tiling_obj,
+                          int measure) {
     cvx_vae_tiling tiling;
     if (parse_tiling(tiling_obj, &tiling) < 0) return NULL;
     cvx_tensor x, out = {0};
@@ -515,19 +576,39 @@ static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
                                           : "sample [batch, channels, frames, height, width]");
     if (!arr) return NULL;
     tensor_view(arr, &x);
-    cvx_ctx ctx;
-    cvx_status st = vae_ctx(self, &ctx);
-    const vae_call call = {self->vae, &x, decode, slicing, &tiling, &out};
+    vae_call call = {self->vae, &x, decode, slicing, &tiling, &out};
+    size_t measured = 0;
     /* the VAE runs once per pipeline call: its arena is given back after each, not kept between calls */
-    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, vae_call_run, (void *)&call, NULL);
-    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0);
+    const cvx_status st =
+        self->vae ? model_run(&self->arena, cvx_vae_weights(self->vae), vae_call_run, &call, 0, measure, &measured)
+                  : CVX_FAIL(CVX_ERR_INVALID, "the VAE was not initialised");
     Py_DECREF(arr);
     if (st != CVX_OK) return raise_status(st);
-    return tensor_to_array(&out);
+    return measure ? PyLong_FromSize_t(measured) : tensor_to_array(&out);
+}
+
+static PyObject *VAE_run(VAEObject *self, PyObject *args, int decode) {
+    PyObject *input = NULL, *tiling_obj = Py_None;
+    int slicing = 0;
+    if (!PyArg_ParseTuple(args, "O|pO", &input, &slicing, &tiling_obj)) return NULL;
+    return VAE_call(self, input, decode, slicing, tiling_obj, 0);
 }
 
 static PyObject *VAE_decode(VAEObject *self, PyObject *args) { return VAE_run(self, args, 1); }
 static PyObject *VAE_encode(VAEObject *self, PyObject *args) { return VAE_run(self, args, 0); }
+
+/* measure(x, decode: bool, slicing: bool, tiling) -> the arena bytes that decode / encode would need */
+static PyObject *VAE_measure(VAEObject *self, PyObject *args) {
+    PyObject *input = NULL, *tiling_obj = Py_None;
+    int decode = 1, slicing = 0;
+    if (!PyArg_ParseTuple(args, "Opp|O", &input, &decode, &slicing, &tiling_obj)) return NULL;
+    return VAE_call(self, input, decode, slicing, tiling_obj, 1);
+}
+
+static PyObject *VAE_trim_arena(VAEObject *self, PyObject *noargs) {
+    (void)noargs;
+    return model_trim_arena(&self->arena);
+}
 
 /* output_shape(input_shape, decode: bool, tiling) -> the output shape, computed before any work */
 static PyObject *VAE_output_shape(VAEObject *self, PyObject *args) {
@@ -569,6 +650,9 @@ static PyMethodDef VAE_methods[] = {
     {"weight_info", (PyCFunction)VAE_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
     {"weight_data", (PyCFunction)VAE_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z, slicing=False, tiling=None) -> ndarray"},
+    {"measure", (PyCFunction)VAE_measure, METH_VARARGS,
+     "measure(x, decode, slicing, tiling=None) -> arena bytes (a measuring pass: no work)"},
+    {"trim_arena", (PyCFunction)VAE_trim_arena, METH_NOARGS, "trim_arena(): free the activation arena"},
     {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x, slicing=False, tiling=None) -> moments ndarray"},
     {"output_shape", (PyCFunction)VAE_output_shape, METH_VARARGS,
      "output_shape(shape, decode=True, tiling=None) -> tuple"},
@@ -636,8 +720,6 @@ static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *k
     return 0;
 }
 
-static cvx_status transformer_ctx(TransformerObject *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
-
 typedef struct transformer_call {
     cvx_transformer *tr;
     const cvx_transformer_inputs *in;
@@ -651,7 +733,7 @@ static cvx_status transformer_call_run(cvx_ctx *ctx, void *arg) {
 
 /* forward(hidden [B,F,C,H,W], text [B,L,Dt], timestep [B], ofs [B] | None, pos_table [S,D] | None,
  *         use_learned: bool, rope_cos [N,hd] | None, rope_sin | None) -> [B, F, C_out, H, W] */
-static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
+static PyObject *Transformer_call(TransformerObject *self, PyObject *args, int measure) {
     PyObject *h_obj, *t_obj, *ts_obj, *ofs_obj, *pos_obj, *cos_obj, *sin_obj;
     int use_learned = 0;
     if (!PyArg_ParseTuple(args, "OOOOOpOO", &h_obj, &t_obj, &ts_obj, &ofs_obj, &pos_obj, &use_learned, &cos_obj,
@@ -695,16 +777,16 @@ static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
         .rope_rows = cs ? PyArray_DIM(cs, 0) : 0,
         .rope_cols = cs ? PyArray_DIM(cs, 1) : 0,
     };
-    cvx_ctx ctx;
-    cvx_status st = transformer_ctx(self, &ctx);
-    const transformer_call call = {self->tr, &in, &out};
+    transformer_call call = {self->tr, &in, &out};
+    size_t measured = 0;
     /* the arena stays reserved between calls: the denoising steps of one shape allocate nothing */
-    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, transformer_call_run, (void *)&call, NULL);
-    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 1);
+    const cvx_status st = self->tr ? model_run(&self->arena, cvx_transformer_weights(self->tr), transformer_call_run,
+                                               &call, 1, measure, &measured)
+                                   : CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised");
     if (st != CVX_OK)
         raise_status(st);
     else
-        result = tensor_to_array(&out);
+        result = measure ? PyLong_FromSize_t(measured) : tensor_to_array(&out);
 done:
     Py_XDECREF(h);
     Py_XDECREF(txt);
@@ -714,6 +796,20 @@ done:
     Py_XDECREF(cs);
     Py_XDECREF(sn);
     return result;
+}
+
+static PyObject *Transformer_forward(TransformerObject *self, PyObject *args) {
+    return Transformer_call(self, args, 0);
+}
+
+/* measure(the forward's arguments) -> the arena bytes the forward would need */
+static PyObject *Transformer_measure(TransformerObject *self, PyObject *args) {
+    return Transformer_call(self, args, 1);
+}
+
+static PyObject *Transformer_trim_arena(TransformerObject *self, PyObject *noargs) {
+    (void)noargs;
+    return model_trim_arena(&self->arena);
 }
 
 static PyObject *Transformer_weight_bytes(TransformerObject *self, void *closure) {
@@ -740,6 +836,9 @@ static PyMethodDef Transformer_methods[] = {
     {"weight_data", (PyCFunction)Transformer_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"forward", (PyCFunction)Transformer_forward, METH_VARARGS,
      "forward(hidden, text, timestep, ofs, pos_table, use_learned, rope_cos, rope_sin) -> ndarray"},
+    {"measure", (PyCFunction)Transformer_measure, METH_VARARGS,
+     "measure(the forward's arguments) -> arena bytes (a measuring pass: no work)"},
+    {"trim_arena", (PyCFunction)Transformer_trim_arena, METH_NOARGS, "trim_arena(): free the activation arena"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -808,8 +907,6 @@ static int T5_init(T5Object *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static cvx_status t5_ctx(T5Object *self, cvx_ctx *ctx) { return model_ctx(&self->arena, ctx); }
-
 typedef struct t5_call {
     cvx_t5 *t5;
     const int64_t *ids, *mask;
@@ -823,7 +920,7 @@ static cvx_status t5_call_run(cvx_ctx *ctx, void *arg) {
 }
 
 /* forward(input_ids [B, S] int64, attention_mask [B, S] | None) -> [B, S, d_model] */
-static PyObject *T5_forward(T5Object *self, PyObject *args) {
+static PyObject *T5_call(T5Object *self, PyObject *args, int measure) {
     PyObject *ids_obj, *mask_obj = Py_None;
     if (!PyArg_ParseTuple(args, "O|O", &ids_obj, &mask_obj)) return NULL;
     PyArrayObject *ids =
@@ -847,20 +944,30 @@ static PyObject *T5_forward(T5Object *self, PyObject *args) {
     cvx_tensor out = {0};
     const int64_t B = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
     const int64_t *idp = PyArray_DATA(ids), *mp = mask ? PyArray_DATA(mask) : NULL;
-    cvx_ctx ctx;
-    cvx_status st = t5_ctx(self, &ctx);
-    const t5_call call = {self->t5, idp, mp, B, S, &out};
+    t5_call call = {self->t5, idp, mp, B, S, &out};
+    size_t measured = 0;
     /* the text encoder runs once per pipeline call: its arena is given back after each */
-    Py_BEGIN_ALLOW_THREADS if (st == CVX_OK) st = cvx_ctx_run(&ctx, t5_call_run, (void *)&call, NULL);
-    Py_END_ALLOW_THREADS model_ctx_done(&self->arena, &ctx, 0);
+    const cvx_status st =
+        self->t5 ? model_run(&self->arena, cvx_t5_weights(self->t5), t5_call_run, &call, 0, measure, &measured)
+                 : CVX_FAIL(CVX_ERR_INVALID, "the text encoder was not initialised");
     if (st != CVX_OK)
         raise_status(st);
     else
-        result = tensor_to_array(&out);
+        result = measure ? PyLong_FromSize_t(measured) : tensor_to_array(&out);
 done:
     Py_XDECREF(ids);
     Py_XDECREF(mask);
     return result;
+}
+
+static PyObject *T5_forward(T5Object *self, PyObject *args) { return T5_call(self, args, 0); }
+
+/* measure(input_ids, attention_mask=None) -> the arena bytes the forward would need */
+static PyObject *T5_measure(T5Object *self, PyObject *args) { return T5_call(self, args, 1); }
+
+static PyObject *T5_trim_arena(T5Object *self, PyObject *noargs) {
+    (void)noargs;
+    return model_trim_arena(&self->arena);
 }
 
 static PyObject *T5_weight_bytes(T5Object *self, void *closure) {
@@ -886,6 +993,9 @@ static PyMethodDef T5_methods[] = {
     {"weight_info", (PyCFunction)T5_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
     {"weight_data", (PyCFunction)T5_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"forward", (PyCFunction)T5_forward, METH_VARARGS, "forward(input_ids, attention_mask=None) -> ndarray"},
+    {"measure", (PyCFunction)T5_measure, METH_VARARGS,
+     "measure(input_ids, attention_mask=None) -> arena bytes (a measuring pass: no work)"},
+    {"trim_arena", (PyCFunction)T5_trim_arena, METH_NOARGS, "trim_arena(): free the activation arena"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -996,7 +1106,9 @@ static PyObject *py_residency_set(PyObject *self, PyObject *args) {
         if (strcmp(policy_name, policy_names[i]) == 0) policy = i;
     if (policy < 0) return PyErr_Format(PyExc_ValueError, "unknown residency policy '%s'", policy_name);
     cvx_status st;
-    Py_BEGIN_ALLOW_THREADS st = cvx_residency_set(ws->res, dev, (cvx_policy)policy, prefetch);
+    Py_BEGIN_ALLOW_THREADS pthread_rwlock_wrlock(&engine_lock);
+    st = cvx_residency_set(ws->res, dev, (cvx_policy)policy, prefetch);
+    pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
@@ -1006,7 +1118,9 @@ static PyObject *py_residency_onload(PyObject *self, PyObject *core) {
     cvx_weights *ws = weights_of(core);
     if (!ws) return NULL;
     cvx_status st;
-    Py_BEGIN_ALLOW_THREADS st = cvx_residency_onload(ws->res);
+    Py_BEGIN_ALLOW_THREADS pthread_rwlock_wrlock(&engine_lock);
+    st = cvx_residency_onload(ws->res);
+    pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
@@ -1015,7 +1129,9 @@ static PyObject *py_residency_offload(PyObject *self, PyObject *core) {
     (void)self;
     cvx_weights *ws = weights_of(core);
     if (!ws) return NULL;
-    Py_BEGIN_ALLOW_THREADS cvx_residency_offload(ws->res);
+    Py_BEGIN_ALLOW_THREADS pthread_rwlock_wrlock(&engine_lock);
+    cvx_residency_offload(ws->res);
+    pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
