@@ -252,6 +252,8 @@ def summarize(res: dict) -> dict:
         "copy_s": copy_s,
         "wait_s": wait_s,
         "denoise_overlap": d["overlap"],
+        "denoise_peak": d["device_peak_bytes"],
+        "denoise_peak_weights": d["device_peak_weights_bytes"],
         "denoise_bytes_copied": d["bytes_copied"],
         "auto_plan": res.get("auto_plan"),
         "max_memory": res.get("max_memory"),
@@ -343,18 +345,20 @@ def _overlap(row):
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| strategy | VAE | time (s, median) | x none | denoise (s) | device peak (MiB) | weights (MiB) "
-        "| activations (MiB) | host peak RSS (MiB) | copied (MiB) | copy (s) | wait (s) | denoise overlap |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| activations (MiB) | denoise peak (weights) (MiB) | host peak RSS (MiB) | copied (MiB) | copy (s) | wait (s) "
+        "| denoise overlap |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r["vae"]: r for r in rows if r["strategy"] == "none" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['strategy']} | {r['vae']} | failed: {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['strategy']} | {r['vae']} | failed: {r['error']} |" + " |" * 11)
             continue
         lines.append(
             f"| {r['strategy']} | {r['vae']} | {r['time_s']:.3f} | {_ratio(r, base.get(r['vae']))} | "
             f"{r['denoise_s']:.3f} | {fmt_mib(r['device_peak'])} | {fmt_mib(r['device_peak_weights'])} | "
-            f"{fmt_mib(r['device_peak_activations'])} | {fmt_mib(r['host_peak_rss'])} | {fmt_mib(r['bytes_copied'])} | "
+            f"{fmt_mib(r['device_peak_activations'])} | {fmt_mib(r['denoise_peak'])} "
+            f"({fmt_mib(r['denoise_peak_weights'])}) | {fmt_mib(r['host_peak_rss'])} | {fmt_mib(r['bytes_copied'])} | "
             f"{r['copy_s']:.3f} | {r['wait_s']:.3f} | {_overlap(r)} |"
         )
     return lines
@@ -395,7 +399,8 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
         f"Request: {json.dumps(REQUEST)}, guidance 6 (classifier-free: 4 rows through the transformer). Each row: "
         f"{args.rounds} child process(es), interleaved with the other rows, each {args.warmup} warm-up + "
         f"{args.repeat} timed calls; the time is the median of all {args.rounds * args.repeat}. Device peak: the "
-        "largest stage's peak in pipe.memory_report() (weights / activations at that stage); copied: all stages; "
+        "largest stage's peak in pipe.memory_report() (weights / activations at that stage); denoise peak: the "
+        "transformer stage's (its weights in brackets: the streaming ring); copied: all stages; "
         "denoise overlap: 1 - wait / copy time of the transformer's stream. Host peak RSS: the child's high-water "
         "mark (on emu the device pool is host memory too).",
         "",
