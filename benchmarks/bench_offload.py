@@ -373,11 +373,28 @@ def goal_lines(rows: list[dict]) -> list[str]:
         ratio = by["sequential"]["time_s"] / by["none"]["time_s"]
         line = f"- VAE {vae}: sequential / none = {ratio:.2f} ({'meets' if ratio <= GOAL else 'misses'} the <= {GOAL}"
         line += " goal)"
+        line += f"; compute waited {by['sequential']['wait_s']:.3f} s for copies"
         if "sequential-no-prefetch" in by:
-            slow = by["sequential-no-prefetch"]["time_s"] / by["none"]["time_s"]
-            line += f"; sequential without prefetch / none = {slow:.2f}"
+            slow = by["sequential-no-prefetch"]
+            line += (f"; sequential without prefetch / none = {slow['time_s'] / by['none']['time_s']:.2f}, compute "
+                     f"waited {slow['wait_s']:.3f} s")  # fmt: skip
         out.append(line)
     return out
+
+
+def ring_lines(rows: list[dict], meta: dict) -> list[str]:
+    """The transformer's streaming peak against the issue's bound: (k + 1) largest block groups + its non-block
+    group (the arena aside), per sequential strategy (k = 1 with prefetch, 0 without)."""
+    groups = meta["components"]["transformer"]["groups"]
+    out = []
+    for strategy, k in (("sequential", 1), ("sequential-no-prefetch", 0)):
+        got = sorted({r["denoise_peak_weights"] for r in rows if r["strategy"] == strategy and "error" not in r})
+        if got:
+            want = (k + 1) * max(groups[1:]) + groups[0]
+            out.append(f"- {strategy}: the denoise stage holds {', '.join(fmt_mib(g) for g in got)} MiB of weights; "
+                       f"({k} + 1) x {fmt_mib(max(groups[1:]))} + {fmt_mib(groups[0])} (non-block) = {fmt_mib(want)} "
+                       "MiB")  # fmt: skip
+    return ["Weights on the device while the transformer streams:", ""] + out + [""] if out else []
 
 
 def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
@@ -404,6 +421,10 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
         "denoise overlap: 1 - wait / copy time of the transformer's stream. Host peak RSS: the child's high-water "
         "mark (on emu the device pool is host memory too).",
         "",
+        "On a shared machine the wall times carry other processes' load (see the load average): compare rows "
+        "of one run, and read the wait column (the time compute waited for copies, measured by the memory manager "
+        "per call) as the part of the time the link itself costs, which that load does not change.",
+        "",
     ]
     for name, sec in sections.items():
         lines += [f"## Link: {name} ({sec['bandwidth'] / 1e9:.3g} GB/s)", ""]
@@ -421,6 +442,7 @@ def write_markdown(path: Path, args, meta: dict, sections: dict) -> None:
                         if r.get("auto_plan")})  # fmt: skip
         if plans:
             lines += ["auto's choices:", ""] + [f"- {p}" for p in plans] + [""]
+        lines += ring_lines(sec["rows"], meta)
         goals = goal_lines(sec["rows"])
         if goals and name == "half-compute":
             lines += [f"The issue's goal at this link (sequential with prefetch <= {GOAL} x none):", ""] + goals + [""]
@@ -606,6 +628,7 @@ def run_table(args) -> None:
         "mid": MID,
         "request": REQUEST,
         "repeat": args.repeat,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "threads": args.threads,
         "total_s": time.perf_counter() - t_start,
