@@ -66,7 +66,7 @@ def main() -> None:
                 title += "\n(solid: weights, hatched: activations)"
             ax.set_title(title, fontsize=9)
             if row == 0 and col == 0:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=7, loc="lower left")
     meta = data["meta"]
     fig.suptitle(f"cogvideo_c offload strategies on the emulated accelerator ({meta['machine']['cpu']}, "
                  f"{meta['threads']} threads; commit {meta['commit'][:10]})", fontsize=10)  # fmt: skip
