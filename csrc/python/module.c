@@ -58,6 +58,13 @@ static int parse_device(PyObject *arg, cvx_device *dev) {
     return 0;
 }
 
+/* The arguments (device='cpu',) of the module's per-device functions. */
+static int device_args(PyObject *args, cvx_device *dev) {
+    PyObject *dev_obj = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj)) return -1;
+    return parse_device(dev_obj, dev);
+}
+
 static int parse_dtype(const char *name, cvx_dtype *dt) {
     if (strcmp(name, "float32") == 0)
         *dt = CVX_F32;
@@ -193,9 +200,8 @@ static int read_config(PyObject *dict, const char *what, const cvx_config_field 
 
 static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_stats s;
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
@@ -214,9 +220,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_reset_peak(dev);
     Py_RETURN_NONE;
 }
@@ -1185,27 +1190,24 @@ static PyObject *py_set_bandwidth(PyObject *self, PyObject *args) {
 
 static PyObject *py_bandwidth(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     return PyFloat_FromDouble(cvx_mem_bandwidth(dev));
 }
 
 /* stage_mark(device): restart the window peaks; stage_peaks(device) -> (total, weights, activations) since. */
 static PyObject *py_stage_mark(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_mark_window(dev);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_stage_peaks(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_stats s;
     cvx_mem_get_stats(dev, &s);
     return Py_BuildValue("(LLL)", (long long)s.window_peak_bytes, (long long)s.window_kind_peak_bytes[CVX_MEM_WEIGHTS],
