@@ -407,6 +407,7 @@ static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
 typedef struct model_arena {
     cvx_arena *arena;
     int busy;
+    size_t last_bytes; /* the arena the last forward was measured to need (what the memory report shows) */
 } model_arena;
 
 /* Ctrl-C during a forward: polled once per block (at most every 20 ms), it takes the GIL for a moment and runs
@@ -489,10 +490,13 @@ static cvx_status model_run(model_arena *ma, const cvx_weights *ws, cvx_status (
         st = cvx_ctx_run(&ctx, fn, call, measured);
         if (st != CVX_OK && moves) cvx_residency_offload(res);
     }
+    if (st == CVX_OK && !measure) ma->last_bytes = *measured;
     pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS model_ctx_done(ma, &ctx, keep && st == CVX_OK && !measure);
     return st;
 }
+
+static PyObject *model_arena_bytes(model_arena *ma) { return PyLong_FromSize_t(ma->last_bytes); }
 
 static PyObject *model_trim_arena(model_arena *ma) {
     if (ma->arena && !ma->busy) cvx_arena_trim(ma->arena);
@@ -664,8 +668,14 @@ static PyMethodDef VAE_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *VAE_arena_bytes(VAEObject *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef VAE_getset[] = {
     {"weight_bytes", (getter)VAE_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)VAE_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)VAE_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -847,8 +857,14 @@ static PyMethodDef Transformer_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Transformer_arena_bytes(TransformerObject *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef Transformer_getset[] = {
     {"weight_bytes", (getter)Transformer_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)Transformer_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)Transformer_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -1004,8 +1020,14 @@ static PyMethodDef T5_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *T5_arena_bytes(T5Object *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef T5_getset[] = {
     {"weight_bytes", (getter)T5_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)T5_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)T5_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
