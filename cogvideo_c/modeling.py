@@ -147,6 +147,15 @@ class ModelMixin:
         """The device the model computes on: "cpu" or "emu" (a str that also has torch.device's `.type`)."""
         return self._device
 
+    @classmethod
+    def weight_schema(cls, config, dtype="float32"):
+        """What a model of `config` declares, from the C core, without loading or allocating anything:
+        [(name, shape, group, stored_dtype)] in declaration order (diffusers' state-dict names; transformers' for
+        T5, whose embedding is named as transformers saves it, shared.weight)."""
+        from . import _C
+
+        return _C.weight_schema(cls._schema_kind, cls._core_config(config)[1], dtype)
+
     def _before_forward(self):
         """Every forward starts here: the pipeline's offload hook brings this model in (and the others out)."""
         if self._offload_hook is not None:

@@ -93,6 +93,8 @@ class AutoencoderKLCogVideoX(ModelMixin):
     first, ``[batch, channels, frames, height, width]``); the work runs in C on the CPU.
     """
 
+    _schema_kind = "vae"  # the C core's name for the weight schema
+
     _DEFAULTS = dict(
         in_channels=3,
         out_channels=3,
@@ -129,12 +131,6 @@ class AutoencoderKLCogVideoX(ModelMixin):
         self._update_latent_tile()
         self.tile_overlap_factor_height = 1 / 6
         self.tile_overlap_factor_width = 1 / 5
-
-    @classmethod
-    def weight_schema(cls, config, dtype="float32"):
-        """What a model of `config` declares, from the C core, without loading or allocating anything:
-        [(name, shape, group, stored_dtype)] in declaration order (diffusers' state-dict names)."""
-        return _C.weight_schema("vae", cls._core_config(config)[1], dtype)
 
     @classmethod
     def _core_config(cls, config, config_file=None):

@@ -184,21 +184,24 @@ def host_memory():
 class MemoryReport(dict):
     """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", "denoise", "decode"), each a
     dict of the component that ran, its device, wall seconds, the device's peak bytes during the stage (total,
-    weights, activations), the activation arena's size, the weight bytes copied to the device and the copy time,
+    weights, activations), the component's activation arena (the last forward's, sized by its measuring pass),
+    the weight bytes copied to the device and the copy time,
     the time compute waited for copies, the overlap of copies with compute (1: every copy hidden, None: no
     copies), and the host's peak and current RSS at the end of the stage. str() gives a table."""
 
-    COLUMNS = (("stage", "{}"), ("component", "{}"), ("device", "{}"), ("seconds", "{:.2f}"),
-               ("device_peak_bytes", "b"), ("device_peak_weights_bytes", "b"), ("device_peak_activations_bytes", "b"),
-               ("bytes_copied", "b"), ("copy_seconds", "{:.3f}"), ("wait_seconds", "{:.3f}"), ("overlap", "{:.0%}"),
-               ("host_peak_rss_bytes", "b"))  # fmt: skip
+    COLUMNS = (("stage", "stage", "{}"), ("component", "component", "{}"), ("device", "device", "{}"),
+               ("seconds", "seconds", "{:.2f}"), ("device_peak_bytes", "device peak", "b"),
+               ("device_peak_weights_bytes", "of it weights", "b"), ("arena_bytes", "arena", "b"),
+               ("bytes_copied", "copied", "b"), ("copy_seconds", "copy s", "{:.3f}"),
+               ("wait_seconds", "waited s", "{:.3f}"), ("overlap", "overlap", "{:.0%}"),
+               ("host_peak_rss_bytes", "host peak RSS", "b"))  # fmt: skip
 
     def __str__(self):
-        rows = [[name for name, _ in self.COLUMNS]]
+        rows = [[label for _, label, _ in self.COLUMNS]]
         for stage, rec in self.items():
             row = []
-            for name, fmt in self.COLUMNS:
-                value = stage if name == "stage" else rec.get(name)
+            for key, _, fmt in self.COLUMNS:
+                value = stage if key == "stage" else rec.get(key)
                 if value is None:
                     row.append("-")
                 elif fmt == "b":
@@ -231,6 +234,7 @@ class StageMeter:
         self.report[self.stage] = {
             "component": self.name, "device": self.device, "seconds": seconds,
             "device_peak_bytes": total, "device_peak_weights_bytes": weights, "device_peak_activations_bytes": acts,
+            "arena_bytes": self.model._core.arena_bytes,
             "bytes_copied": info["bytes_copied"], "copies": info["copies"], "copy_seconds": copy_s,
             "wait_seconds": wait_s, "overlap": max(0.0, 1.0 - wait_s / copy_s) if info["copies"] and copy_s else None,
             "host_peak_rss_bytes": peak_rss, "host_rss_bytes": rss,

@@ -33,6 +33,8 @@ class T5EncoderModel(ModelMixin):
     safetensors file (or sharded index) and the dtype the weights are kept in.
     """
 
+    _schema_kind = "t5"  # the C core's name for the weight schema
+
     _DEFAULTS = dict(
         vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
         relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
@@ -44,13 +46,6 @@ class T5EncoderModel(ModelMixin):
         self.config = configuration.FrozenConfig(cfg)
         self.dtype = dtype
         self._core = _C.T5(core_cfg, weights_path, dtype)
-
-    @classmethod
-    def weight_schema(cls, config, dtype="float32"):
-        """What a model of `config` declares, from the C core, without loading or allocating anything:
-        [(name, shape, group, stored_dtype)] in declaration order (transformers' state-dict names; the embedding
-        as transformers saves it, shared.weight)."""
-        return _C.weight_schema("t5", cls._core_config(config)[1], dtype)
 
     @classmethod
     def _core_config(cls, config, config_file=None, weights_path=None):

@@ -34,6 +34,8 @@ class CogVideoXTransformer3DModel(ModelMixin):
     for seeded random weights), the dtype the weights are kept in, and the seed of the random weights.
     """
 
+    _schema_kind = "transformer"  # the C core's name for the weight schema
+
     _DEFAULTS = dict(
         num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
         freq_shift=0, time_embed_dim=512, ofs_embed_dim=None, text_embed_dim=4096, num_layers=30, dropout=0.0,
@@ -51,12 +53,6 @@ class CogVideoXTransformer3DModel(ModelMixin):
         self.dtype = dtype
         self._core = _C.Transformer(core_cfg, weights_path, dtype, int(seed))
         self._sincos_cache = {}
-
-    @classmethod
-    def weight_schema(cls, config, dtype="float32"):
-        """What a model of `config` declares, from the C core, without loading or allocating anything:
-        [(name, shape, group, stored_dtype)] in declaration order (diffusers' state-dict names)."""
-        return _C.weight_schema("transformer", cls._core_config(config)[1], dtype)
 
     @classmethod
     def _core_config(cls, config, config_file=None):

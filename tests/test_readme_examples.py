@@ -95,7 +95,7 @@ def _spy_decode(vae, record: list):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_readme_pipeline_example(dtype, tiny_dir, tmp_path, monkeypatch):
     """The 'Install and run' block, as written (50 steps, 49 frames, tiling, export_to_video at 8 fps)."""
-    code = _substitute(_dtype_text(_block("CogVideoXPipeline.from_pretrained"), dtype),
+    code = _substitute(_dtype_text(_block('export_to_video(video, "panda.mp4"'), dtype),
                        {'"path/to/CogVideoX-2b"': repr(str(tiny_dir))})  # fmt: skip
     decoded: list = []
     from_pretrained = cogvideo_c.CogVideoXPipeline.from_pretrained
@@ -127,6 +127,38 @@ def test_readme_pipeline_example(dtype, tiny_dir, tmp_path, monkeypatch):
     assert err <= 8.0, f"{dtype}: an MP4 frame's channel mean differs from the returned frame's by {err:.2f} levels"
     n, secs = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "panda.mp4"))
     assert n == 49 and abs(secs - 49 / 8) <= 0.01, (n, secs)  # fps=8 as written (ffmpeg prints 2 decimals)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_readme_offload_example(dtype, tiny_dir, monkeypatch, capsys):
+    """The 'Devices and offload' block as written (sequential offload on emu, tiling, 49 frames; 2 steps instead of
+    50): the frames equal a plain CPU run's bit for bit, and the report and the device peak print."""
+    code = _substitute(_dtype_text(_block('enable_sequential_cpu_offload(device="emu")'), dtype),
+                       {'"path/to/CogVideoX-2b"': repr(str(tiny_dir)),
+                        "num_inference_steps=50": "num_inference_steps=2"})  # fmt: skip
+    from_pretrained = cogvideo_c.CogVideoXPipeline.from_pretrained
+    loaded = []
+
+    def loading(*args, **kwargs):
+        pipe = from_pretrained(*args, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        loaded.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(cogvideo_c.CogVideoXPipeline, "from_pretrained", loading)
+    scope: dict = {}
+    exec(compile(code, "README.md (offload example)", "exec"), scope)
+    printed = capsys.readouterr().out
+    assert "encode_prompt" in printed and "denoise" in printed and "decode" in printed
+    peak = int(printed.strip().splitlines()[-1])
+    assert peak > 0
+    plain = from_pretrained(str(tiny_dir), torch_dtype=dtype)
+    plain.set_progress_bar_config(disable=True)
+    plain.vae.enable_tiling()
+    want = plain(prompt="A panda playing a guitar", num_inference_steps=2, num_frames=49, generator=42).frames[0]
+    assert len(scope["video"]) == len(want) == 49
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(scope["video"], want))
+    loaded[0].maybe_free_model_hooks()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

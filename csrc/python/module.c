@@ -58,6 +58,13 @@ static int parse_device(PyObject *arg, cvx_device *dev) {
     return 0;
 }
 
+/* The arguments (device='cpu',) of the module's per-device functions. */
+static int device_args(PyObject *args, cvx_device *dev) {
+    PyObject *dev_obj = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj)) return -1;
+    return parse_device(dev_obj, dev);
+}
+
 static int parse_dtype(const char *name, cvx_dtype *dt) {
     if (strcmp(name, "float32") == 0)
         *dt = CVX_F32;
@@ -193,9 +200,8 @@ static int read_config(PyObject *dict, const char *what, const cvx_config_field 
 
 static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_stats s;
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
@@ -214,9 +220,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_reset_peak(dev);
     Py_RETURN_NONE;
 }
@@ -402,6 +407,7 @@ static PyObject *weights_data(const cvx_weights *ws, PyObject *index_obj) {
 typedef struct model_arena {
     cvx_arena *arena;
     int busy;
+    size_t last_bytes; /* the arena the last forward was measured to need (what the memory report shows) */
 } model_arena;
 
 /* Ctrl-C during a forward: polled once per block (at most every 20 ms), it takes the GIL for a moment and runs
@@ -484,10 +490,13 @@ static cvx_status model_run(model_arena *ma, const cvx_weights *ws, cvx_status (
         st = cvx_ctx_run(&ctx, fn, call, measured);
         if (st != CVX_OK && moves) cvx_residency_offload(res);
     }
+    if (st == CVX_OK && !measure) ma->last_bytes = *measured;
     pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS model_ctx_done(ma, &ctx, keep && st == CVX_OK && !measure);
     return st;
 }
+
+static PyObject *model_arena_bytes(model_arena *ma) { return PyLong_FromSize_t(ma->last_bytes); }
 
 static PyObject *model_trim_arena(model_arena *ma) {
     if (ma->arena && !ma->busy) cvx_arena_trim(ma->arena);
@@ -659,8 +668,14 @@ static PyMethodDef VAE_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *VAE_arena_bytes(VAEObject *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef VAE_getset[] = {
     {"weight_bytes", (getter)VAE_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)VAE_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)VAE_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -842,8 +857,14 @@ static PyMethodDef Transformer_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Transformer_arena_bytes(TransformerObject *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef Transformer_getset[] = {
     {"weight_bytes", (getter)Transformer_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)Transformer_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)Transformer_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -999,8 +1020,14 @@ static PyMethodDef T5_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *T5_arena_bytes(T5Object *self, void *closure) {
+    (void)closure;
+    return model_arena_bytes(&self->arena);
+}
+
 static PyGetSetDef T5_getset[] = {
     {"weight_bytes", (getter)T5_weight_bytes, NULL, "bytes held by the weights", NULL},
+    {"arena_bytes", (getter)T5_arena_bytes, NULL, "the activation arena of the last forward (bytes)", NULL},
     {"num_weight_groups", (getter)T5_weight_groups, NULL, "number of weight groups", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -1185,27 +1212,24 @@ static PyObject *py_set_bandwidth(PyObject *self, PyObject *args) {
 
 static PyObject *py_bandwidth(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     return PyFloat_FromDouble(cvx_mem_bandwidth(dev));
 }
 
 /* stage_mark(device): restart the window peaks; stage_peaks(device) -> (total, weights, activations) since. */
 static PyObject *py_stage_mark(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_mark_window(dev);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_stage_peaks(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dev_obj = NULL;
     cvx_device dev;
-    if (!PyArg_ParseTuple(args, "|O", &dev_obj) || parse_device(dev_obj, &dev) < 0) return NULL;
+    if (device_args(args, &dev) < 0) return NULL;
     cvx_mem_stats s;
     cvx_mem_get_stats(dev, &s);
     return Py_BuildValue("(LLL)", (long long)s.window_peak_bytes, (long long)s.window_kind_peak_bytes[CVX_MEM_WEIGHTS],
