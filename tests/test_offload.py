@@ -273,3 +273,18 @@ def test_auto_refuses_an_impossible_budget_before_any_work(folders, emu_baseline
     run(pipe)
     assert max(rec["device_peak_bytes"] for rec in pipe.memory_report().values()) - emu_baseline <= smallest
     pipe.to("cpu")
+
+
+def test_a_transformer_without_blocks_runs_under_every_residency():
+    """num_layers = 0 is a valid config: its pass over the block groups is empty, and every policy gives the CPU's
+    numbers."""
+    from cogvideo_c.tiny import TINY_TRANSFORMER_CONFIG
+
+    tr = cogvideo_c.CogVideoXTransformer3DModel.from_config(dict(TINY_TRANSFORMER_CONFIG, num_layers=0))
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 8, 8), dtype=np.float32)
+    text = np.random.default_rng(1).standard_normal((1, 226, 32), dtype=np.float32)
+    want = tr(x, text, [10]).sample
+    for policy in ("none", "model", "sequential"):
+        _C.residency_set(tr._core, "emu", policy, 1)
+        assert np.array_equal(tr(x, text, [10]).sample, want), policy
+    tr.to("cpu")

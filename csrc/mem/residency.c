@@ -211,7 +211,7 @@ static cvx_status ensure_ring(cvx_residency *r) {
     for (int g = r->first; g <= r->last; g++)
         if (r->groups[g].bytes > need) need = r->groups[g].bytes;
     const int span = r->last - r->first + 1, n = r->prefetch + 1 < span ? r->prefetch + 1 : span;
-    if (r->ring && r->ring_bytes >= need && r->ring_n >= n) return CVX_OK; /* a shorter pass reuses the ring */
+    if (n < 1 || (r->ring && r->ring_bytes >= need && r->ring_n >= n)) return CVX_OK; /* a shorter pass reuses it */
     free_ring(r);
     r->ring = calloc((size_t)n, sizeof(void *));
     r->ring_owner = malloc((size_t)n * sizeof(int));
@@ -254,7 +254,8 @@ static cvx_status queue_ring(cvx_residency *r, int g, int *queued) {
 }
 
 cvx_status cvx_residency_begin(cvx_residency *r, int first, int last, int cyclic) {
-    if (first < 0 || last >= r->num_groups || first > last)
+    /* first = last + 1 is an empty pass (a model without blocks) */
+    if (first < 0 || last >= r->num_groups || first > last + 1)
         return CVX_FAIL(CVX_ERR_INTERNAL, "pass over groups %d..%d of %d", first, last, r->num_groups);
     r->first = first;
     r->last = last;

@@ -330,8 +330,8 @@ cvx_status cvx_t5_forward(cvx_ctx *ctx, cvx_t5 *t5, const int64_t *ids, const in
     }
     for (int64_t i = 0; mask && i < rows; i++) key_mask[i] = mask[i] ? 0.0f : -3.4028234663852886e38f;
     /* one pass over the block groups for the whole forward; group 0 (embedding, final norm), acquired inside it,
-     * is held until it ends */
-    if ((st = cvx_ctx_begin(ctx, 1, c->num_layers, 0)) != CVX_OK) goto done;
+     * is held until it ends. Cyclic: a second prompt list (the negative prompt) starts again at block 1 */
+    if ((st = cvx_ctx_begin(ctx, 1, c->num_layers, 1)) != CVX_OK) goto done;
     if ((st = cvx_ctx_acquire(ctx, 0)) == CVX_OK) {
         st = forward(ctx, t5, ids, key_mask, buckets, B, S, &bf, out);
         cvx_ctx_release(ctx, 0);
