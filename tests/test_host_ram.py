@@ -51,7 +51,9 @@ def test_peak_rss_holds_the_weights_once(tmp_path):
     stored = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files
                  if f.endswith(".safetensors"))  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-c", CHILD, folder], capture_output=True, text=True, env=env, timeout=120)
+    # from tests/: in the checkout root the unbuilt sources would shadow the installed package
+    proc = subprocess.run([sys.executable, "-c", CHILD, folder], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["dtypes"] == ["float32"] and got["devices"] == ["cpu"], got
