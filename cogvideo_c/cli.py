@@ -116,6 +116,9 @@ def _apply_offload(pipe, args):
         raise ValueError(f"--max-memory goes with --offload auto (or no --offload), not --offload {args.offload}")
     offload = args.offload or ("auto" if args.max_memory is not None else "none")
     device = args.device
+    if offload != "none" and str(device).split(":")[0] == "cpu":
+        print(f"note: --offload {offload} on the CPU changes nothing (every weight is already in host memory); "
+              "--device emu runs it on the emulated accelerator", file=sys.stderr)  # fmt: skip
     if offload == "none":
         pipe.to(device)
     elif offload == "model":

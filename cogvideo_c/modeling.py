@@ -144,7 +144,14 @@ class ModelMixin:
 
     @property
     def device(self):
-        """The device the model computes on: "cpu" or "emu" (a str that also has torch.device's `.type`)."""
+        """Where the weights are: "cpu" or "emu" (a str that also has torch.device's `.type`). Under an offload
+        strategy it is "cpu" while none of the model's weights are on the device, as diffusers reports an offloaded
+        module (pipe._execution_device is where it computes)."""
+        if self._offload_hook is not None:
+            from . import _C
+
+            if not _C.residency_info(self._core)["resident_bytes"]:
+                return CPU
         return self._device
 
     @classmethod

@@ -323,10 +323,10 @@ def plan_auto(budget, components, arenas):
     smallest = max(
         min(stage_need(components[n], p, k, arena(n, leanest)) for p, k in _COMPONENT_OPTIONS) for n in names
     )
+    fitting = plan_auto(smallest, components, arenas).describe().split(": ", 1)[1]
     raise OutOfMemoryError(
         f"max_memory={format_bytes(budget)} ({budget} bytes) cannot hold this request under any offload strategy; "
-        f"the smallest budget that fits is {format_bytes(smallest)} ({smallest} bytes: sequential offload with "
-        f"prefetch 0{' and VAE tiling' if leanest[1] else ''})"
+        f"the smallest budget that fits is {format_bytes(smallest)} ({smallest} bytes), with {fitting}"
     )
 
 

@@ -289,6 +289,11 @@ class DiffusionPipeline:
         models = self._models()
         return models[0].device if models else CPU
 
+    def _device_of_models(self):
+        """Where the first model's weights were placed (its to() device), offloaded or not."""
+        models = self._models()
+        return models[0]._device if models else CPU
+
     @property
     def _execution_device(self):
         """Where the components compute: the offload device when a strategy is on."""
@@ -361,10 +366,16 @@ class DiffusionPipeline:
                     "This is not compatible with offloading. Please, move your pipeline `.to('cpu')` or consider "
                     "removing the move altogether if you use sequential offloading."
                 )
-            if chain.policy == "model":
+            if chain.policy == "group":  # diffusers: a group-offloaded module is not moved by to()
+                for model in chain.models:
+                    warnings.warn(f"The module '{type(model).__name__}' is group offloaded and moving it to {device} "
+                                  "via .to() is not supported.", UserWarning, stacklevel=2)  # fmt: skip
+                return self
+            if chain.policy in ("model", "auto"):
                 warnings.warn(
-                    "It seems like you have activated model offloading by calling `enable_model_cpu_offload`, but are "
-                    f"now manually moving the pipeline to {device}. The memory gains from offloading are lost: every "
+                    f"It seems like you have activated {chain.policy} offloading (`enable_{chain.policy}_"
+                    f"{'cpu_offload' if chain.policy == 'model' else 'offload'}`), but are now manually moving the "
+                    f"pipeline to {device}. The memory gains from offloading are lost: every "
                     "component now stays on the device.",
                     UserWarning,
                     stacklevel=2,
@@ -405,10 +416,13 @@ class DiffusionPipeline:
                 "the pipeline to use other offloading methods."
             )
         if device is None:
-            if gpu_id is not None:
-                raise ValueError(f"{what}: gpu_id={gpu_id} names a CUDA device, which this build does not have")
-            device = current.device if current is not None else default_offload_device(self.device)
+            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id != 0):
+                raise ValueError(f"{what}: gpu_id must be the int 0 (this build has one device of each kind), got "
+                                 f"{gpu_id!r}")  # fmt: skip
+            device = current.device if current is not None else default_offload_device(self._device_of_models())
         else:
+            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool)):
+                raise ValueError(f"{what}: gpu_id must be an int, got {gpu_id!r}")
             device = resolve_device(device, gpu_id)
         self._remove_offload()  # diffusers: remove_all_hooks(), then hook again
         for model in self._models():
@@ -467,6 +481,8 @@ class DiffusionPipeline:
         if unknown:
             raise ValueError(f"exclude_modules names no component: {unknown}")
         device = resolve_device(onload_device, what="onload_device")
+        # a group of more blocks than a component has is the whole component; the ring never has more slots anyway
+        n = min(n, 32)
         chain = self._enable_offload("group", device, None, 2 * n - 1 if use_stream else n - 1, "Group offload")
         for name in excluded:  # diffusers moves excluded components to the onload device whole
             model = self.components[name]
@@ -522,7 +538,7 @@ class DiffusionPipeline:
         if current is not None and current.policy == "group":
             raise ValueError("group offloading is enabled on this pipeline: auto offload cannot be applied on top")
         if device is None:
-            device = current.device if current is not None else default_offload_device(self.device)
+            device = current.device if current is not None else default_offload_device(self._device_of_models())
         else:
             device = resolve_device(device)
         self._remove_offload()
@@ -955,6 +971,8 @@ class CogVideoXPipeline(DiffusionPipeline):
             finally:
                 self._end_call(state)
                 self.maybe_free_model_hooks()
+                for model in self._models():  # also after Ctrl-C between steps: no arena stays on the device
+                    model._core.trim_arena()
         return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
 
     def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,

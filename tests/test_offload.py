@@ -6,6 +6,7 @@ The outside truth for the frames is the `none` run on the CPU (itself matched ag
 suites); for the peaks it is arithmetic on the weight-group sizes and the arena sizes the models report."""
 
 import gc
+import re
 
 import numpy as np
 import pytest
@@ -263,12 +264,14 @@ def test_auto_refuses_an_impossible_budget_before_any_work(folders, emu_baseline
     steps = []
     before = cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"]
     pipe.enable_auto_offload(max_memory=4096, device="emu")
-    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"the smallest budget that fits is .* \((\d+) bytes") as err:
+    with pytest.raises(
+        cogvideo_c.OutOfMemoryError, match=r"the smallest budget that fits is .* \((\d+) bytes\)"
+    ) as err:
         run(pipe, callback_on_step_end=lambda *a: steps.append(1) or a[-1])
     assert steps == [] and pipe.memory_report() is None  # not one stage ran
     assert cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] == before
     # the budget it names is enough: the run fits in it
-    smallest = int(err.value.args[0].rsplit("(", 1)[1].split()[0])
+    smallest = int(re.search(r"fits is .*? \((\d+) bytes\)", err.value.args[0]).group(1))
     pipe.enable_auto_offload(max_memory=smallest, device="emu")
     run(pipe)
     assert max(rec["device_peak_bytes"] for rec in pipe.memory_report().values()) - emu_baseline <= smallest
@@ -288,3 +291,53 @@ def test_a_transformer_without_blocks_runs_under_every_residency():
         _C.residency_set(tr._core, "emu", policy, 1)
         assert np.array_equal(tr(x, text, [10]).sample, want), policy
     tr.to("cpu")
+
+
+def test_review_fixes_device_interrupt_groups_moves_and_budget_text(folders, emu_baseline, capsys):
+    """pipe.device is "cpu" while offloaded (as diffusers reports it); an interrupt between steps leaves no arena on
+    the device; a group bigger than the model is the whole model; to() after group offload warns as diffusers and
+    moves nothing; the smallest budget names the plan that budget gets; gpu_id=0 is diffusers' default index."""
+    pipe = load(folders["tiny"])
+    pipe.enable_model_cpu_offload(device="emu")
+    run(pipe)
+    assert pipe.device == "cpu" and pipe._execution_device == "emu"
+
+    pipe.to("cpu")
+    pipe._remove_offload()
+    pipe.to("emu")
+    weights = cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] - emu_baseline
+
+    def stop(pipe_, step, timestep, kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(pipe, callback_on_step_end=stop)
+    assert cogvideo_c.memory_stats("emu")["allocated_bytes.all.current"] - emu_baseline == weights  # no arena
+
+    reference = run(pipe)
+    pipe.enable_group_offload("emu", num_blocks_per_group=1000, use_stream=True)
+    assert np.array_equal(run(pipe), reference)
+    with pytest.warns(UserWarning, match="is group offloaded and moving it to emu via .to.. is not supported"):
+        pipe.to("emu")
+    assert pipe._offload.policy == "group"
+
+    fresh = load(folders["tiny"])
+    fresh.enable_auto_offload(max_memory=1000, device="emu")
+    with pytest.raises(cogvideo_c.OutOfMemoryError) as err:
+        run(fresh)
+    message = err.value.args[0]
+    smallest = int(re.search(r"fits is .*? \((\d+) bytes\)", message).group(1))
+    fresh.enable_auto_offload(max_memory=smallest, device="emu")
+    capsys.readouterr()
+    run(fresh)
+    chosen = capsys.readouterr().err.split(": ", 2)[2].strip()
+    assert chosen in message, (chosen, message)
+
+    with pytest.warns(UserWarning, match="activated auto offloading"):
+        fresh.to("emu")  # auto, like model offload: the components stay on the device, the strategy is gone
+    assert fresh._offload is None
+    fresh.enable_model_cpu_offload(gpu_id=0)  # the device the pipeline was moved to, index 0
+    assert fresh._offload.device == "emu"
+    with pytest.raises(ValueError, match="gpu_id must be"):
+        fresh.enable_model_cpu_offload(gpu_id=0.0, device="emu")
+    fresh.maybe_free_model_hooks()
