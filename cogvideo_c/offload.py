@@ -158,11 +158,6 @@ class OffloadChain:
             model._leave_stage()
 
 
-def describe_chain(chain):
-    parts = [f"{type(m).__name__}: {chain.policies[id(m)]}" for m in chain.models]
-    return f"{chain.policy} offload to {chain.device} ({', '.join(parts)})"
-
-
 def print_plan(text):
     print(f"cogvideo_c: {text}", file=sys.stderr)
 

@@ -550,13 +550,9 @@ class DiffusionPipeline:
         """The AutoPlan for one request, applied to the chain (printed when it changes)."""
         from .offload import plan_auto, print_plan
 
-        tc = self.transformer.config
-        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        if tc.patch_size_t is not None and latent_frames % tc.patch_size_t:
-            latent_frames += tc.patch_size_t - latent_frames % tc.patch_size_t
-        h, w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
         rows = batch * (2 if do_cfg else 1)
-        latents = (rows, latent_frames, tc.in_channels, h, w)
+        latents = self._latent_shape(rows, num_frames, height, width)
+        _, latent_frames, _, h, w = latents
         components = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}
         infos = {name: _C.residency_info(m._core) for name, m in components.items()}
         arenas = {

@@ -150,7 +150,6 @@ void cvx_arena_free(cvx_arena *a, void *ptr) {
 }
 
 size_t cvx_arena_peak(const cvx_arena *a) { return a->peak; }
-void cvx_arena_reset_peak(cvx_arena *a) { a->peak = 0; }
 size_t cvx_arena_size(const cvx_arena *a) { return a->measuring ? 0 : a->extent; }
 size_t cvx_arena_in_use(const cvx_arena *a) { return a->in_use; }
 int cvx_arena_measuring(const cvx_arena *a) { return a->measuring; }

@@ -29,9 +29,8 @@ void cvx_arena_trim(cvx_arena *a);
 /* 64-byte aligned, bytes may be 0. CVX_ERR_OOM when the region has no room: a measuring pass under-sized it. */
 cvx_status cvx_arena_alloc(cvx_arena *a, size_t bytes, void **out);
 void cvx_arena_free(cvx_arena *a, void *ptr);
-/* Highest end offset any allocation reached since create or the last reset: the size a region needs. */
+/* Highest end offset any allocation reached since create: the size a region needs. */
 size_t cvx_arena_peak(const cvx_arena *a);
-void cvx_arena_reset_peak(cvx_arena *a);
 size_t cvx_arena_size(const cvx_arena *a); /* the reserved region, 0 when none */
 size_t cvx_arena_in_use(const cvx_arena *a);
 int cvx_arena_measuring(const cvx_arena *a);
