@@ -35,6 +35,23 @@ def find_cuda():
     return None
 
 
+# The GPUs users have: A100 (80), A10/3090 (86), L4/4090 (89), H100/H200 (90), and PTX of 90 for newer cards.
+# CVX_CUDA_ARCHS="90" (a comma-separated list) narrows the build, e.g. for a quick build on one known GPU.
+DEFAULT_CUDA_ARCHS = "80,86,89,90"
+
+
+def cuda_gencode():
+    archs = [a.strip() for a in os.environ.get("CVX_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(",") if a.strip()]
+    if not archs or not all(a.isdigit() and int(a) >= 80 for a in archs):
+        raise SystemExit(f"CVX_CUDA_ARCHS={os.environ.get('CVX_CUDA_ARCHS')!r}: expected numbers >= 80, like 80,90")
+    flags = []
+    for a in archs:
+        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    top = max(archs, key=int)
+    flags += ["-gencode", f"arch=compute_{top},code=compute_{top}"]  # PTX: the driver compiles it for newer GPUs
+    return archs, flags
+
+
 class BuildExt(build_ext):
     """Compiles csrc/ops/cuda/*.cu with nvcc when CUDA is found; otherwise says so and builds the CPU backend."""
 
@@ -42,27 +59,45 @@ class BuildExt(build_ext):
         cuda = find_cuda()
         cu_files = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
         if cuda and cu_files:
+            archs, gencode = cuda_gencode()
             objects = []
             out_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(out_dir, exist_ok=True)
+            # Accurate math (no --use_fast_math): exp/sin/cos as PyTorch computes them.
+            nvcc_flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-DCVX_WITH_CUDA=1", *gencode]
             try:
                 for src in cu_files:
                     obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-                    cmd = [os.path.join(cuda, "bin", "nvcc"), "-c", src, "-o", obj, "-O3", "-Xcompiler", "-fPIC"]
-                    subprocess.check_call(cmd)
+                    if not self.force and os.path.exists(obj) and newer_than_all(obj, [src, *cuda_headers()]):
+                        objects.append(obj)
+                        continue
+                    subprocess.check_call([os.path.join(cuda, "bin", "nvcc"), "-c", src, "-o", obj, *nvcc_flags])
                     objects.append(obj)
                 lib64 = os.path.join(cuda, "lib64")
                 ext.extra_objects += objects
+                ext.sources.append(os.path.join("csrc", "ops", "cuda", "table.c"))
                 ext.define_macros.append(("CVX_WITH_CUDA", "1"))
                 ext.library_dirs.append(lib64)
-                ext.libraries.append("cudart")
+                ext.libraries += ["cublasLt", "cublas", "cudart", "stdc++"]
                 ext.extra_link_args.append("-Wl,-rpath," + lib64)
-                print(f"cogvideo_c: CUDA toolkit found at {cuda}: building the CUDA backend")
+                archs_text = ", ".join("sm_" + a for a in archs)
+                print(f"cogvideo_c: CUDA toolkit found at {cuda}: building the CUDA backend for {archs_text}")
             except (OSError, subprocess.CalledProcessError) as err:
                 print(f"cogvideo_c: nvcc failed ({err}); building without the CUDA backend", file=sys.stderr)
         else:
             print("cogvideo_c: no CUDA toolkit found (CUDA_HOME, nvcc on PATH, /usr/local/cuda): CPU backend only")
         super().build_extension(ext)
+
+
+def cuda_headers():
+    return glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True) + glob.glob(
+        os.path.join("csrc", "ops", "cuda", "**", "*.cuh"), recursive=True
+    )
+
+
+def newer_than_all(target, deps):
+    t = os.path.getmtime(target)
+    return all(os.path.getmtime(d) <= t for d in deps)
 
 
 sources = []

@@ -4,6 +4,7 @@
 
 #include "../mem/arena.h"
 #include "../mem/residency.h"
+#include "../ops/backend.h"
 
 cvx_status cvx_ctx_alloc(cvx_ctx *ctx, size_t bytes, void **out) {
     if (ctx->arena) return cvx_arena_alloc(ctx->arena, bytes, out);
@@ -71,7 +72,7 @@ void cvx_ctx_end(cvx_ctx *ctx) {
 
 cvx_status cvx_ctx_measure(const cvx_ctx *ctx, cvx_status (*fn)(cvx_ctx *ctx, void *arg), void *arg, size_t *measured) {
     cvx_ctx m = *ctx;
-    m.be = cvx_backend_measure();
+    if (!ctx->be || !ctx->be->self_measuring) m.be = cvx_backend_measure();
     m.res = NULL;
     m.measuring = 1;
     m.should_stop = NULL;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "../mem/mem.h"
+#include "dtype.h"
 #include "status.h"
 #include "tensor.h"
 
@@ -23,9 +24,12 @@ typedef struct cvx_residency cvx_residency; /* mem/residency.h: where a componen
 typedef struct cvx_ctx {
     const cvx_backend *be; /* the ops; cvx_backend_for(device) or cvx_backend_measure */
     cvx_device device;     /* where activations and resident weights live */
-    cvx_arena *arena;      /* every activation of the forward, op scratch included */
-    cvx_residency *res;    /* the component's weight groups; NULL: every weight is readable where it is */
-    int measuring;         /* 1: a measuring pass: ops do no work and the arena hands out unbacked addresses */
+    /* The compute dtype (torch_dtype): CVX_F32, or CVX_F16 / CVX_BF16 for the CUDA ops' tensor-core GEMMs and
+     * attention (f32 accumulation). The CPU ops compute in f32 whatever it says. Zero-initialised: CVX_F32. */
+    cvx_dtype compute;
+    cvx_arena *arena;   /* every activation of the forward, op scratch included */
+    cvx_residency *res; /* the component's weight groups; NULL: every weight is readable where it is */
+    int measuring;      /* 1: a measuring pass: ops do no work and the arena hands out unbacked addresses */
     /* Polled between blocks: nonzero stops the forward with CVX_ERR_INTERRUPTED (Ctrl-C). May be NULL. */
     int (*should_stop)(void *arg);
     void *stop_arg;

@@ -13,6 +13,7 @@
  *   emu      the same CPU ops, but each first checks that every weight it reads is resident on the emulated device
  *            (cvx_mem_is_resident) and fails with CVX_ERR_INTERNAL naming the op and the weight otherwise: a
  *            forgotten acquire fails as loudly as it would crash a GPU.
+ *   cuda     the CUDA ops (ops/cuda, cuda_ops.h), in CUDA builds; they measure themselves.
  *   measure  (cvx_backend_measure, core/ctx.h) ops that do no work and touch no byte: each validates its sizes as
  *            the CPU op does and makes exactly the CPU op's allocations (outputs kept, scratch given back), so a
  *            measuring pass over a measuring arena records the arena peak the real pass needs. */
@@ -24,6 +25,10 @@
 
 struct cvx_backend {
     const char *name;
+    /* 1: the table's ops also serve as their own measuring pass (they allocate as they would, then return before any
+     * work when ctx->measuring), so cvx_ctx_measure runs this table instead of cvx_backend_measure: the CUDA ops'
+     * scratch differs from the CPU ops'. */
+    int self_measuring;
 
     /* ---- memory ---- */
     /* dst[bytes] <- host / host[bytes] <- src / dst <- src (device to device, no overlap) */
@@ -102,7 +107,10 @@ struct cvx_backend {
 
 extern const cvx_backend cvx_backend_cpu;
 extern const cvx_backend cvx_backend_emu;
-/* The table computing on `dev`: cpu or emu; NULL for a device this build has no backend for (cuda, for now). */
+#ifdef CVX_WITH_CUDA
+extern const cvx_backend cvx_backend_cuda; /* ops/cuda/table.c */
+#endif
+/* The table computing on `dev`: cpu, emu or cuda; NULL for a device this build has no backend for. */
 const cvx_backend *cvx_backend_for(cvx_device dev);
 
 #endif

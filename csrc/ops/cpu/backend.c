@@ -140,6 +140,9 @@ const cvx_backend *cvx_backend_for(cvx_device dev) {
     switch (dev) {
     case CVX_DEVICE_CPU: return &cvx_backend_cpu;
     case CVX_DEVICE_EMU: return &cvx_backend_emu;
+#ifdef CVX_WITH_CUDA
+    case CVX_DEVICE_CUDA: return &cvx_backend_cuda;
+#endif
     default: return NULL;
     }
 }

@@ -1,0 +1,38 @@
+/* The CUDA op table (ops/backend.h): the ops of csrc/ops/cuda, which measure themselves (cuda_ops.h). Compiled
+ * only in CUDA builds (setup.py adds it with the .cu objects). */
+#include "cuda_ops.h"
+
+const cvx_backend cvx_backend_cuda = {
+    .name = "cuda",
+    .self_measuring = 1,
+    .upload = cvx_cuda_upload,
+    .download = cvx_cuda_download,
+    .copy = cvx_cuda_copy,
+    .fill = cvx_cuda_fill,
+    .widen = cvx_cuda_widen,
+    .linear = cvx_cuda_linear,
+    .layer_norm = cvx_cuda_layer_norm,
+    .rms_norm = cvx_cuda_rms_norm,
+    .gated_add = cvx_cuda_gated_add,
+    .mul = cvx_cuda_mul,
+    .silu = cvx_cuda_silu,
+    .gelu_tanh = cvx_cuda_gelu_tanh,
+    .relu = cvx_cuda_relu,
+    .rope = cvx_cuda_rope,
+    .attention = cvx_cuda_attention,
+    .biased_attention = cvx_cuda_biased_attention,
+    .embedding = cvx_cuda_embedding,
+    .position_bias = cvx_cuda_position_bias,
+    .gather_patches = cvx_cuda_gather_patches,
+    .unpatchify = cvx_cuda_unpatchify,
+    .conv3d = cvx_cuda_conv3d,
+    .group_norm = cvx_cuda_group_norm,
+    .add_inplace = cvx_cuda_add_inplace,
+    .avg_pool_time = cvx_cuda_avg_pool_time,
+    .slice_frames = cvx_cuda_slice_frames,
+    .copy_box = cvx_cuda_copy_box,
+    .download_box = cvx_cuda_download_box,
+    .gather_frames = cvx_cuda_gather_frames,
+    .blend_rows = cvx_cuda_blend_rows,
+    .blend_cols = cvx_cuda_blend_cols,
+};
