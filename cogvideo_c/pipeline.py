@@ -351,11 +351,11 @@ class DiffusionPipeline:
 
     def to(self, *args, **kwargs):
         """diffusers' pipe.to(device), pipe.to(dtype), pipe.to(device, dtype), pipe.to(device=..., dtype=...)
-        (torch_dtype= is also accepted). A device ("cpu", or "emu": the emulated accelerator) brings every model
-        component there whole (the `none` strategy). As in diffusers, moving a sequentially offloaded pipeline to an
-        accelerator is an error, and moving a model-offloaded one warns (the memory saving is lost; its components
-        then stay on the device). A dtype converts the weights of every model component from the weights held now,
-        as torch's .to(dtype) does. Returns the pipeline."""
+        (torch_dtype= is also accepted). A device ("cpu", "cuda", "cuda:N", or "emu": the emulated accelerator) brings
+        every model component there whole (the `none` strategy). As in diffusers, moving a sequentially offloaded
+        pipeline to an accelerator is an error, and moving a model-offloaded one warns (the memory saving is lost; its
+        components then stay on the device). A dtype converts the weights of every model component from the weights held
+        now, as torch's .to(dtype) does. Returns the pipeline."""
         device, dtype = parse_to_args(args, kwargs)
         chain = self._offload
         if device is not None and device != "cpu" and chain is not None:
@@ -416,10 +416,15 @@ class DiffusionPipeline:
                 "the pipeline to use other offloading methods."
             )
         if device is None:
-            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id != 0):
-                raise ValueError(f"{what}: gpu_id must be the int 0 (this build has one device of each kind), got "
-                                 f"{gpu_id!r}")  # fmt: skip
-            device = current.device if current is not None else default_offload_device(self._device_of_models())
+            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool)):
+                raise ValueError(f"{what}: gpu_id must be an int, got {gpu_id!r}")
+            try:
+                if current is not None and (gpu_id is None or current.device.type != "cuda"):
+                    device = default_offload_device(current.device, gpu_id) if gpu_id else current.device
+                else:
+                    device = default_offload_device(self._device_of_models(), gpu_id)
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from None
         else:
             if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool)):
                 raise ValueError(f"{what}: gpu_id must be an int, got {gpu_id!r}")
@@ -440,10 +445,11 @@ class DiffusionPipeline:
         component is off the device again (maybe_free_model_hooks).
 
         Args:
-            gpu_id (`int`, *optional*): the accelerator index (0: there is one emulated device).
-            device (`str`, *optional*): "emu" (the emulated accelerator) or "cpu". Without one: the device the
-                pipeline was moved to; on a CPU-only setup the weights stay on the CPU (a warning says so) where
-                diffusers would raise for want of an accelerator.
+            gpu_id (`int`, *optional*): the CUDA device index (as diffusers: "cuda" means "cuda:{gpu_id}"; 0 for
+                the emulated accelerator, of which there is one).
+            device (`str`, *optional*): "cuda" / "cuda:N", "emu" (the emulated accelerator) or "cpu". Without one:
+                the device the pipeline was moved to, else CUDA when build_info() lists it; on a CPU-only setup the
+                weights stay on the CPU (a warning says so) where diffusers would raise for want of an accelerator.
         """
         self._enable_offload("model", device, gpu_id, 0, "Model CPU offload")
 
@@ -517,7 +523,7 @@ class DiffusionPipeline:
         finally:
             meter.end()
 
-    def enable_auto_offload(self, max_memory="6GB", device=None):
+    def enable_auto_offload(self, max_memory=None, device=None):
         """One budget knob (beyond diffusers): before each call, from sizes known before any work (each
         component's weight groups, and each stage's activation arena measured for the requested size), picks the
         fastest combination that fits `max_memory` on the device: everything resident; else per component whole
@@ -527,13 +533,14 @@ class DiffusionPipeline:
         OutOfMemoryError before any work, naming the smallest budget that would.
 
         Args:
-            max_memory (`int` or `str`, defaults to "6GB"): device bytes, or a size as accelerate reads it ("6GB"
-                = 6e9 bytes, "6GiB" = 6 x 2**30).
+            max_memory (`int` or `str`, *optional*): device bytes, or a size as accelerate reads it ("6GB"
+                = 6e9 bytes, "6GiB" = 6 x 2**30). Default: on CUDA the device's free memory (cudaMemGetInfo, as
+                accelerate) plus what cogvideo_c already holds there; elsewhere "6GB".
             device (`str`, *optional*): as enable_model_cpu_offload's.
         """
-        from .offload import AutoChain, default_offload_device, parse_memory_size, resolve_device
+        from .offload import AutoChain, default_budget, default_offload_device, parse_memory_size, resolve_device
 
-        budget = parse_memory_size(max_memory)
+        budget = parse_memory_size(max_memory) if max_memory is not None else None
         current = self._offload
         if current is not None and current.policy == "group":
             raise ValueError("group offloading is enabled on this pipeline: auto offload cannot be applied on top")
@@ -541,6 +548,8 @@ class DiffusionPipeline:
             device = current.device if current is not None else default_offload_device(self._device_of_models())
         else:
             device = resolve_device(device)
+        if budget is None:
+            budget = default_budget(device)
         self._remove_offload()
         for model in self._models():
             model.to("cpu")
