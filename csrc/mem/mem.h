@@ -44,8 +44,8 @@ const char *cvx_device_name(cvx_device dev);
 cvx_status cvx_device_parse(const char *name, cvx_device *out);
 
 /* Allocates `bytes` (64-byte aligned, may be 0) on `dev`. On "cuda", reserved_bytes is what the caching allocator
- * holds from cudaMalloc (its cache included: ops/cuda/alloc.cu), not the sum of the allocations. Fails with CVX_ERR_OOM past the device's limit or when
- * the system refuses; nothing is allocated then. */
+ * holds from cudaMalloc (its cache included: ops/cuda/alloc.cu), not the sum of the allocations. Fails with CVX_ERR_OOM
+ * past the device's limit or when the system refuses; nothing is allocated then. */
 cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out);
 /* Host memory (CVX_DEVICE_CPU) that starts a page and shares none of its pages with another allocation (reserved in
  * whole pages), so that it can be pinned alone (cvx_mem_pin registers whole pages: ranges must not overlap). */

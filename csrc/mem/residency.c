@@ -22,7 +22,7 @@ struct cvx_residency {
     cvx_queue *queue;
     /* the ring of SEQUENTIAL: prefetch + 1 slots of ring_bytes each */
     void **ring;
-    int *ring_owner;        /* group in each slot, -1 free */
+    int *ring_owner;       /* group in each slot, -1 free */
     cvx_event *ring_fence; /* per slot: the compute fence recorded when its last group was released */
     int ring_n;
     int64_t ring_bytes;

@@ -31,13 +31,13 @@ typedef struct cvx_weights {
     cvx_weight_decl *decls;
     int count, capacity;
     int num_groups;
-    cvx_dtype dtype;           /* the dtype non-vector weights are stored in; models set it before declaring */
-    void **group_data;         /* [num_groups] converted host copies (NULL where every tensor is mapped), each on
-                                * pages of its own (cvx_mem_alloc_pages) so that it can be pinned alone */
+    cvx_dtype dtype;             /* the dtype non-vector weights are stored in; models set it before declaring */
+    void **group_data;           /* [num_groups] converted host copies (NULL where every tensor is mapped), each on
+                                  * pages of its own (cvx_mem_alloc_pages) so that it can be pinned alone */
     unsigned char *group_pinned; /* [num_groups] 1: group_data[g] is pinned for pinned_dev */
     cvx_device pinned_dev;
-    int pin_asked;               /* cvx_weights_pin ran for pinned_dev */
-    int64_t pinned_bytes;        /* of the host bytes (converted copies and mapped tensors), those in pinned memory */
+    int pin_asked;             /* cvx_weights_pin ran for pinned_dev */
+    int64_t pinned_bytes;      /* of the host bytes (converted copies and mapped tensors), those in pinned memory */
     int64_t *group_bytes;      /* [num_groups] the device layout's size */
     int64_t mapped_bytes;      /* tensor bytes read in place from the mapped checkpoint */
     struct cvx_st_file *file;  /* retained while tensors point into it */

@@ -321,7 +321,8 @@ static PyObject *py_cuda_mem_get_info(PyObject *self, PyObject *args) {
     cvx_device dev;
     int index = 0;
     if (parse_device_index(dev_obj ? dev_obj : NULL, &dev, &index) < 0) return NULL;
-    if (dev_obj && dev != CVX_DEVICE_CUDA) return PyErr_Format(PyExc_ValueError, "cuda_mem_get_info: not a CUDA device");
+    if (dev_obj && dev != CVX_DEVICE_CUDA)
+        return PyErr_Format(PyExc_ValueError, "cuda_mem_get_info: not a CUDA device");
     size_t free_b = 0, total_b = 0;
     cvx_status st = cuda_init(index);
     if (st == CVX_OK) st = cvx_cuda_mem_get_info(&free_b, &total_b);
@@ -1240,13 +1241,12 @@ static PyObject *py_residency_info(PyObject *self, PyObject *core) {
     }
     cvx_residency_stats s;
     cvx_residency_get_stats(r, &s);
-    return Py_BuildValue("{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device",
-                         cvx_device_name(cvx_residency_device(r)), "policy", policy_names[cvx_residency_policy(r)],
-                         "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes, "pinned_bytes",
-                         (long long)ws->pinned_bytes, "bytes_copied",
-                         (long long)s.bytes_copied, "copies", (long long)s.copies, "copy_ns", (long long)s.copy_ns,
-                         "wait_ns", (long long)s.wait_ns, "resident_bytes", (long long)s.resident_bytes,
-                         "peak_resident_bytes", (long long)s.peak_resident_bytes);
+    return Py_BuildValue(
+        "{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device", cvx_device_name(cvx_residency_device(r)), "policy",
+        policy_names[cvx_residency_policy(r)], "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes,
+        "pinned_bytes", (long long)ws->pinned_bytes, "bytes_copied", (long long)s.bytes_copied, "copies",
+        (long long)s.copies, "copy_ns", (long long)s.copy_ns, "wait_ns", (long long)s.wait_ns, "resident_bytes",
+        (long long)s.resident_bytes, "peak_resident_bytes", (long long)s.peak_resident_bytes);
 }
 
 static PyObject *py_residency_reset_stats(PyObject *self, PyObject *core) {
@@ -1311,7 +1311,8 @@ static PyMethodDef module_methods[] = {
     {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
     {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
-    {"empty_cache", py_empty_cache, METH_NOARGS, "empty_cache(): the CUDA allocator's cached blocks back to the driver"},
+    {"empty_cache", py_empty_cache, METH_NOARGS,
+     "empty_cache(): the CUDA allocator's cached blocks back to the driver"},
     {"cuda_mem_get_info", py_cuda_mem_get_info, METH_VARARGS,
      "cuda_mem_get_info(device='cuda') -> (free, total) bytes of the GPU (cudaMemGetInfo)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,

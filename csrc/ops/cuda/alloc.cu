@@ -51,9 +51,15 @@ struct by_size {
     }
 };
 
+/* On the heap, never destroyed: device memory may be freed by exit handlers after static destructors ran. */
+struct alloc_state {
+    std::set<block *, by_size> free_blocks[2]; /* [0] large, [1] small */
+    std::unordered_map<void *, block *> live;
+};
+alloc_state &A = *new alloc_state;
+std::set<block *, by_size> *const free_blocks = A.free_blocks;
+std::unordered_map<void *, block *> &live = A.live;
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-std::set<block *, by_size> free_blocks[2]; /* [0] large, [1] small */
-std::unordered_map<void *, block *> live;
 cvx_cuda_alloc_stats stats;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
@@ -243,13 +249,15 @@ extern "C" cvx_status cvx_cuda_host_register(void *ptr, size_t bytes, int read_o
     unsigned flags = cudaHostRegisterPortable;
     if (read_only) {
         /* a read-only mapping (the checkpoint) can be registered only as read-only, where the device supports it */
-        int dev = 0, supported = 0;
+        int supported = 1; /* the emulation registers any host range */
+#ifndef CVX_CUDA_EMU
+        int dev = 0;
         CVX_CU(cudaGetDevice(&dev));
-        if (cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, dev) != cudaSuccess ||
-            !supported) {
-            cudaGetLastError();
-            return CVX_FAIL(CVX_ERR_INVALID, "cuda: this device cannot pin read-only host memory");
-        }
+        if (cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, dev) != cudaSuccess)
+            supported = 0;
+        cudaGetLastError();
+#endif
+        if (!supported) return CVX_FAIL(CVX_ERR_INVALID, "cuda: this device cannot pin read-only host memory");
         flags |= cudaHostRegisterReadOnly;
     }
     CVX_CU(cudaHostRegister(ptr, bytes, flags));

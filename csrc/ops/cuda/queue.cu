@@ -42,17 +42,29 @@ struct fence_rec {
     cudaEvent_t ev;
 };
 
+/* The containers live on the heap and are never destroyed: exit handlers (a Python model freed at interpreter
+ * exit) may still copy, wait or record after static destructors would have run. */
+struct queue_state {
+    std::deque<marker> markers;                       /* recorded, not yet seen complete, ascending */
+    std::deque<timed> runs;                           /* closed copy runs not yet harvested */
+    std::deque<timed> stalls;                         /* compute waits not yet harvested */
+    std::deque<fence_rec> fences;                     /* recorded fences not yet seen complete: consecutive seqs */
+    std::vector<cudaEvent_t> pool[2];                 /* [0] plain (no timing), [1] timing */
+    std::vector<std::pair<cudaEvent_t, int>> retired; /* freed while a waiter may still synchronise one */
+};
+queue_state &Q = *new queue_state;
+std::deque<marker> &markers = Q.markers;
+std::deque<timed> &runs = Q.runs;
+std::deque<timed> &stalls = Q.stalls;
+std::deque<fence_rec> &fences = Q.fences;
+std::vector<cudaEvent_t> *const pool = Q.pool;
+std::vector<std::pair<cudaEvent_t, int>> &retired = Q.retired;
+
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 uint64_t submitted, completed;
-std::deque<marker> markers;   /* recorded, not yet seen complete, ascending */
-std::deque<timed> runs;       /* closed copy runs not yet harvested */
-std::deque<timed> stalls;     /* compute waits not yet harvested */
-int run_open;                 /* a run is open: its start is recorded, its stop not yet */
+int run_open; /* a run is open: its start is recorded, its stop not yet */
 timed open_run;
-std::deque<fence_rec> fences; /* recorded fences not yet seen complete: consecutive seqs */
 uint64_t fence_seq, fence_done;
-std::vector<cudaEvent_t> pool[2]; /* [0] plain (no timing), [1] timing */
-std::vector<std::pair<cudaEvent_t, int>> retired; /* freed while a waiter may still synchronise one */
 int waiters;
 int64_t busy_total;
 
