@@ -8,6 +8,7 @@ import warnings
 
 from . import configuration
 from ._dtypes import resolve_dtype
+from .memory import OutOfMemoryError
 from .safetensors_io import TensorEntry, find_weights, save_checkpoint
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose file layout and config keys cogvideo_c follows
@@ -237,7 +238,22 @@ class ModelMixin:
             elif device is None and old_device != CPU:
                 device = old_device  # they go where the old ones were
         if device is not None:
-            from .offload import set_residency
+            from .offload import fitting_strategy
 
-            set_residency(self, device, "none")
+            try:
+                self._move(device)
+            except OutOfMemoryError as err:  # name what fits, as the pipeline's to() does
+                raise OutOfMemoryError(f"{err}{fitting_strategy([self], device)}") from None
         return self
+
+    def _move(self, device):
+        """Every weight group to `device` (the `none` policy); out of device memory, the weights go back where they
+        were first (the device keeps nothing of them) and the OutOfMemoryError propagates."""
+        from .offload import set_residency
+
+        previous = self._device
+        try:
+            set_residency(self, device, "none")
+        except OutOfMemoryError:
+            set_residency(self, previous, "none")
+            raise

@@ -130,6 +130,37 @@ def default_budget(device):
     return free + _C.memory_stats("cuda")["reserved_bytes.all.current"]
 
 
+def device_room(device):
+    """Bytes the device can still give cogvideo_c: its memory limit less what is allocated there, else on CUDA the
+    free memory (cudaMemGetInfo) plus the allocator's cache; None where nothing bounds it but the host."""
+    stats = _C.memory_stats(str(device))
+    if stats["memory_limit_bytes"]:
+        return max(0, stats["memory_limit_bytes"] - stats["allocated_bytes.all.current"])
+    if Device(device).type == "cuda":
+        free, _total = _C.cuda_mem_get_info(str(device))
+        return free + stats["reserved_bytes.all.current"] - stats["allocated_bytes.all.current"]
+    return None
+
+
+def fitting_strategy(models, device):
+    """For an OutOfMemoryError of a move to `device`: which diffusers strategy's device weights fit the room left
+    there (the planner's stage_need, weights only: each stage's activations come on top), as text."""
+    infos = [_C.residency_info(m._core) for m in models]
+    room = device_room(device)
+    if not infos or room is None:
+        return ""
+    needs = (
+        ("pipe.to(device)", sum(stage_need(i, "model", 0, 0) for i in infos)),
+        ("enable_model_cpu_offload()", max(stage_need(i, "model", 0, 0) for i in infos)),
+        ("enable_sequential_cpu_offload()", max(stage_need(i, "sequential", 1, 0) for i in infos)),
+    )
+    fits = [(name, need) for name, need in needs[1:] if need <= room]
+    detail = ", ".join(f"{name} {format_bytes(need)}" for name, need in needs)
+    head = f"{fits[0][0]} would fit" if fits else "no offload strategy fits"
+    return (f"; {head}: {format_bytes(room)} are free on {device}, and the weights need {detail} (activations "
+            "come on top: enable_auto_offload(max_memory=...) plans both)")  # fmt: skip
+
+
 def set_residency(model, device, policy="none", prefetch=0):
     """Moves one model's weights (all its device copies are dropped first)."""
     _C.residency_set(model._core, str(device), policy, int(prefetch))

@@ -385,12 +385,29 @@ class DiffusionPipeline:
             for model in self._models():
                 model.to(dtype=dtype)
         if device is not None:
+            moved = []
             for model in self._models():
                 if model._offload_hook is None:
-                    model.to(device)
+                    previous = model._device
+                    try:
+                        model._move(device)
+                    except OutOfMemoryError as err:
+                        self._undo_move(moved, device, err)
+                    if previous != device:
+                        moved.append((model, previous))
                 elif device == "cpu":  # diffusers: the hooks stay and bring the weights back on the next call
                     model._leave_stage()
         return self
+
+    def _undo_move(self, moved, device, err):
+        """A move that ran out of device memory: the components it moved go back where they were (the device holds
+        what it held before), and the error names the offload strategy that fits."""
+        from .offload import fitting_strategy, set_residency
+
+        for model, previous in reversed(moved):
+            set_residency(model, previous, "none")
+        hint = fitting_strategy(self._models(), device)
+        raise OutOfMemoryError(f"{err}{hint}") from None
 
     @property
     def _offload(self):

@@ -175,7 +175,8 @@ void cvx_residency_offload(cvx_residency *r) {
 void cvx_residency_destroy(cvx_residency *r) {
     if (!r) return;
     cvx_residency_offload(r);
-    cvx_queue_sync(r->queue); /* CUDA: no measured compute wait may still write into r->stats */
+    /* CUDA: no measured compute wait may still write into r->stats (cpu/emu add theirs before returning) */
+    if (r->dev == CVX_DEVICE_CUDA) cvx_queue_sync(r->queue);
     free(r->tensors);
     free(r->groups);
     free(r);
@@ -199,6 +200,7 @@ cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy
     if (dev != CVX_DEVICE_CPU && !(q = cvx_copy_queue(dev)))
         return CVX_FAIL(CVX_ERR_INVALID, "the %s device is not available in this build", cvx_device_name(dev));
     cvx_residency_offload(r);
+    if (r->dev == CVX_DEVICE_CUDA && dev != CVX_DEVICE_CUDA) cvx_queue_sync(r->queue); /* as in destroy */
     r->dev = dev;
     r->policy = policy;
     r->prefetch = prefetch;

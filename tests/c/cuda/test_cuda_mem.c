@@ -443,6 +443,34 @@ static void run_policy(cvx_policy policy, int prefetch, int hold, unsigned seed)
     fixture_free(&fx);
 }
 
+/* Leaving CUDA (or destroying the residency) returns only once no copy still reads the host bytes: the caller may
+ * free them next. Under ASan a copy still in flight would read freed memory. */
+static void test_leaving_cuda_waits_for_the_copies(void) {
+    printf("residency: leaving cuda waits for the copies still reading the host bytes\n");
+    for (int destroy = 0; destroy < 2; destroy++) {
+        fixture fx;
+        fixture_make(&fx, 99u + (unsigned)destroy);
+        cvx_residency *r = NULL;
+        CVX_EXPECT(cvx_residency_create(fx.t, NT, NG, &r) == CVX_OK, "create");
+        gate g;
+        gate_close_on(&g, copy_stream());
+        pthread_t opener;
+        pthread_create(&opener, NULL, open_after_50ms, &g);
+        CVX_EXPECT(cvx_residency_set(r, CVX_DEVICE_CUDA, CVX_POLICY_NONE, 0) == CVX_OK, "set: copies queued");
+        CVX_EXPECT(!gate_is_open(&g), "the host did not wait for them");
+        if (destroy) {
+            cvx_residency_destroy(r);
+            r = NULL;
+        } else {
+            CVX_EXPECT(cvx_residency_set(r, CVX_DEVICE_CPU, CVX_POLICY_NONE, 0) == CVX_OK, "back to the cpu");
+        }
+        CVX_EXPECT(gate_is_open(&g), "%s returned after the copies ran", destroy ? "destroy" : "set(cpu)");
+        fixture_free(&fx); /* the host bytes go: no copy may read them now */
+        pthread_join(opener, NULL);
+        cvx_residency_destroy(r);
+    }
+}
+
 static void test_residency(void) {
     printf("residency on cuda: none / model / sequential, prefetch 0 / 1, streams held\n");
     const cvx_policy policies[] = {CVX_POLICY_NONE, CVX_POLICY_MODEL, CVX_POLICY_SEQUENTIAL, CVX_POLICY_SEQUENTIAL};
@@ -464,6 +492,7 @@ int main(void) {
     test_fences();
     test_pinned();
     test_residency();
+    test_leaving_cuda_waits_for_the_copies();
     cvx_mem_empty_cache(CVX_DEVICE_CUDA);
     return cvx_test_report();
 }
