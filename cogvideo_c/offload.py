@@ -80,9 +80,13 @@ def resolve_device(device, gpu_id=None, what="device"):
 def default_offload_device(current, gpu_id=None):
     """The device enable_*_offload uses when none is given: diffusers picks the accelerator (cuda:gpu_id) and raises
     without one; here the emulated accelerator counts as one when the pipeline was moved to it, and otherwise
-    (no CUDA device either) the weights stay where they are (the CPU) with a warning, so that a diffusers script
-    runs unchanged on a CPU-only machine."""
-    if current.type == "cuda" or (current == "cpu" and _C.build_info()["cuda"]):
+    (no GPU either: an emulated CUDA device is not picked unasked) the weights stay where they are (the CPU) with a
+    warning, so that a diffusers script runs unchanged on a CPU-only machine."""
+    info = _C.build_info()
+    # an emulated CUDA device (a CVX_CUDA_EMULATE build) computes on the CPU, far slower: taken when gpu_id names
+    # it, not by default
+    gpu = info["cuda"] and (gpu_id is not None or not info.get("cuda_emulated", False))
+    if current.type == "cuda" or (current == "cpu" and gpu):
         return resolve_device("cuda", gpu_id) if gpu_id is not None or current == "cpu" else current
     if gpu_id not in (None, 0) or isinstance(gpu_id, bool):
         raise ValueError(f"gpu_id must be the int 0 (this build has one device of each kind), got {gpu_id!r}")

@@ -576,6 +576,24 @@ class DiffusionPipeline:
         """The AutoPlan for one request, applied to the chain (printed when it changes)."""
         from .offload import plan_auto, print_plan
 
+        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        plan = plan_auto(chain.budget, infos, arenas)
+        slicing, tiling = plan.vae_options
+        if slicing and not self.vae.use_slicing:
+            self.vae.enable_slicing()
+        if tiling and not self.vae.use_tiling:
+            self.vae.enable_tiling()
+        text = plan.describe()
+        if text != getattr(chain, "_printed", None):
+            print_plan(text)
+            chain._printed = text
+        chain.apply(plan)
+        return plan
+
+    def _request_sizes(self, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """What the planner reads for one request, before any work: each component's residency info (its weight
+        groups) and its stage's activation arena from a measuring pass (the VAE's for the user's slicing / tiling,
+        then with slicing, then with tiling too)."""
         rows = batch * (2 if do_cfg else 1)
         latents = self._latent_shape(rows, num_frames, height, width)
         _, latent_frames, _, h, w = latents
@@ -590,18 +608,25 @@ class DiffusionPipeline:
         options = [(vae.use_slicing, vae.use_tiling), (True, vae.use_tiling), (True, True)]
         keys = list(dict.fromkeys(options))  # the user's settings first; no duplicates
         arenas["vae"] = {key: vae.arena_bytes(z, *key) for key in keys} if decode else {keys[0]: 0}
-        plan = plan_auto(chain.budget, infos, arenas)
-        slicing, tiling = plan.vae_options
-        if slicing and not vae.use_slicing:
-            vae.enable_slicing()
-        if tiling and not vae.use_tiling:
-            vae.enable_tiling()
-        text = plan.describe()
-        if text != getattr(chain, "_printed", None):
-            print_plan(text)
-            chain._printed = text
-        chain.apply(plan)
-        return plan
+        return infos, arenas
+
+    def _request_fit(self, device, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """For an OutOfMemoryError of a call on `device`: the strategy the auto planner finds for this request in
+        what the device can give (the room left plus the weights the components hold there now), as text."""
+        from .offload import device_room, format_bytes, plan_auto
+
+        room = device_room(device)
+        if room is None:
+            return ""
+        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        budget = room + sum(info["resident_bytes"] for info in infos.values())
+        try:
+            plan = plan_auto(budget, infos, arenas)
+        except OutOfMemoryError as err:  # nothing fits: the planner names the smallest budget that would
+            return f"; {err}"
+        chosen = plan.describe().split(": ", 1)[1]
+        return f"; {format_bytes(budget)} of {device} would fit this request with {chosen} " \
+               f"(enable_auto_offload(max_memory={budget}) applies it)"  # fmt: skip
 
     def maybe_free_model_hooks(self):
         """diffusers' end-of-call step: under an offload strategy every component leaves the device (the state
@@ -985,16 +1010,25 @@ class CogVideoXPipeline(DiffusionPipeline):
                 self._plan_auto(chain, batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1,
                                 max_sequence_length, output_type != "latent")  # fmt: skip
             try:
-                video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
-                                       num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
-                                       eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-                                       callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                       max_sequence_length)  # fmt: skip
-            finally:
-                self._end_call(state)
-                self.maybe_free_model_hooks()
-                for model in self._models():  # also after Ctrl-C between steps: no arena stays on the device
-                    model._core.trim_arena()
+                try:
+                    video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
+                                           num_inference_steps, guidance_scale, use_dynamic_cfg,
+                                           num_videos_per_prompt, eta, generator, latents, prompt_embeds,
+                                           negative_prompt_embeds, output_type, callback_on_step_end,
+                                           callback_on_step_end_tensor_inputs, max_sequence_length)  # fmt: skip
+                finally:
+                    self._end_call(state)
+                    self.maybe_free_model_hooks()
+                    for model in self._models():  # also after Ctrl-C between steps: no arena stays on the device
+                        model._core.trim_arena()
+            except OutOfMemoryError as err:
+                device = self._execution_device
+                if device == "cpu" or (chain is not None and chain.policy == "auto"):  # auto planned it already
+                    raise
+                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+                hint = self._request_fit(device, batch * num_videos_per_prompt, height, width, num_frames,
+                                         guidance_scale > 1, max_sequence_length, output_type != "latent")  # fmt: skip
+                raise OutOfMemoryError(f"{err}{hint}") from None
         return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
 
     def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
