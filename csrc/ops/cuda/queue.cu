@@ -279,6 +279,7 @@ extern "C" uint64_t cvx_cuda_fence(void) {
     cudaStream_t compute = CVX_STREAM();
     if (!compute) return 0;
     pthread_mutex_lock(&lock);
+    harvest(); /* frees record fences with no copy in sight: completed ones must not pile up */
     cudaEvent_t ev;
     uint64_t seq = 0;
     if (get_event(0, &ev) != CVX_OK || cudaEventRecord(ev, compute) != cudaSuccess) {
