@@ -48,6 +48,9 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 thread_local cudaError_t last_error = cudaSuccess;
+/* set on a stream's worker thread: a host function there must not wait for the device (it would wait for itself);
+ * CUDA answers such calls with cudaErrorNotPermitted */
+thread_local bool on_worker = false;
 thread_local int current_device = 0;
 std::atomic<int> async_error{cudaSuccess};
 
@@ -110,6 +113,7 @@ bool event_live(cudaEvent_t e) {
 }
 
 void worker_loop(cudaStream_t s) {
+    on_worker = true;
     std::unique_lock<std::mutex> lk(s->m);
     for (;;) {
         s->cv.wait(lk, [s] { return s->stop || !s->queue.empty(); });
@@ -212,6 +216,7 @@ void set_async_error(cudaError_t e) {
 
 cudaError_t enqueue(cudaStream_t s, std::function<void()> fn) {
     if (!s) {
+        if (on_worker) return cudaErrorNotPermitted;
         legacy_sync();
         fn();
         return cudaSuccess;
@@ -255,6 +260,7 @@ extern "C" const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorNotPermitted: return "operation not permitted";
     case cudaErrorNotSupported: return "operation not supported";
     case cudaErrorUnknown: return "unknown error";
     }
@@ -283,6 +289,7 @@ extern "C" const char *cudaGetErrorName(cudaError_t e) {
         CVX_EMU_NAME(cudaErrorHostMemoryAlreadyRegistered)
         CVX_EMU_NAME(cudaErrorHostMemoryNotRegistered)
         CVX_EMU_NAME(cudaErrorLaunchFailure)
+        CVX_EMU_NAME(cudaErrorNotPermitted)
         CVX_EMU_NAME(cudaErrorNotSupported)
         CVX_EMU_NAME(cudaErrorUnknown)
 #undef CVX_EMU_NAME
@@ -356,6 +363,7 @@ extern "C" cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int dev
 }
 
 extern "C" cudaError_t cudaDeviceSynchronize(void) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     sync_all();
     const cudaError_t a = pending_async();
     return a ? fail(a) : ok();
@@ -397,6 +405,7 @@ extern "C" cudaError_t cudaMalloc(void **ptr, size_t size) {
 }
 
 extern "C" cudaError_t cudaFree(void *ptr) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!ptr) return ok();
     sync_all(); /* cudaFree synchronises the device */
     {
@@ -425,6 +434,7 @@ extern "C" cudaError_t cudaHostAlloc(void **ptr, size_t size, unsigned int flags
 extern "C" cudaError_t cudaMallocHost(void **ptr, size_t size) { return cudaHostAlloc(ptr, size, 0); }
 
 extern "C" cudaError_t cudaFreeHost(void *ptr) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!ptr) return ok();
     sync_all(); /* like cudaFree, cudaFreeHost waits for the device (a copy may still read it) */
     {
@@ -459,6 +469,7 @@ extern "C" cudaError_t cudaHostUnregister(void *ptr) {
 /* ---- copies ---- */
 
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     const cudaError_t e = check_copy(dst, count, src, count, kind);
     if (e) return fail(e);
     legacy_sync();
@@ -494,6 +505,7 @@ extern "C" cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaS
 }
 
 extern "C" cudaError_t cudaMemset(void *ptr, int value, size_t count) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!count) return ok();
     if (!is_device(ptr, count)) return fail(cudaErrorInvalidValue);
     legacy_sync();
@@ -521,6 +533,7 @@ extern "C" cudaError_t cudaStreamCreate(cudaStream_t *ps) { return cudaStreamCre
 
 /* CUDA returns at once and lets queued work finish; the emulation finishes it before returning. */
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     {
         std::lock_guard<std::mutex> g(registry_m);
         if (!s || !streams.erase(s)) return fail(cudaErrorInvalidResourceHandle);
@@ -536,6 +549,7 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!s) {
         legacy_sync();
     } else {
@@ -609,6 +623,7 @@ extern "C" cudaError_t cudaEventQuery(cudaEvent_t e) {
 }
 
 extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!event_live(e)) return fail(cudaErrorInvalidResourceHandle);
     event_state *st = e->s.get();
     {
