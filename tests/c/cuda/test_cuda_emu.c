@@ -618,6 +618,22 @@ static void test_divergent_barriers(cudaStream_t s) {
     CU_OK(cudaFree(d));
 }
 
+/* a child forked while streams exist has no worker threads for them: using one fails instead of hanging */
+static void test_fork_with_streams(cudaStream_t s) {
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        float x = 0.0f;
+        const int ok = cudaLaunchHostFunc(s, sleep_10ms, NULL) == cudaErrorInvalidResourceHandle &&
+                       cudaStreamSynchronize(s) == cudaErrorInvalidResourceHandle &&
+                       cudaMemcpy(&x, &x, 4, cudaMemcpyHostToHost) == cudaSuccess;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CVX_EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a forked child's streams are refused");
+}
+
 /* CVX_EMU_CUDA_DEVICES=0: a machine without a device, in a child process (the setting is read once) */
 static void test_no_device(void) {
     const pid_t pid = fork();
@@ -683,6 +699,7 @@ int main(void) {
     test_rsqrt(a);
 #ifdef CVX_CUDA_EMU
     test_divergent_barriers(b);
+    test_fork_with_streams(a);
 #endif
     test_compute_stream_speed();
     CU_OK(cudaStreamDestroy(a));

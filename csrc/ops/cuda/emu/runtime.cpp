@@ -1,6 +1,7 @@
 /* The emulated CUDA runtime: one or more emulated devices sharing host RAM, device memory with accounting,
  * pinned and registered host memory, copies, streams as FIFOs each run by its own worker thread, events, and the
  * runtime's error reporting. What it proves and what it does not: README.md. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,17 @@ std::map<uintptr_t, size_t> device_allocs, pinned_allocs, registered;
 size_t device_live = 0;
 
 std::map<const void *, int> smem_attr;
+
+/* A child process forked after streams existed has none of their worker threads: its streams are dropped, so that
+ * using one fails (cudaErrorInvalidResourceHandle) instead of waiting forever for a worker that is not there.
+ * (CUDA is not usable in such a child either.) */
+void fork_prepare() { registry_m.lock(); }
+void fork_parent() { registry_m.unlock(); }
+void fork_child() {
+    streams.clear(); /* their objects leak: their mutexes may have been held by threads that are gone */
+    registry_m.unlock();
+}
+const int fork_handlers = pthread_atfork(fork_prepare, fork_parent, fork_child);
 
 int env_int(const char *name, long long dflt, long long *out) {
     const char *v = getenv(name);
