@@ -27,6 +27,14 @@ extern "C" {
 #define CONV_THREADS 256
 #define CONV_K_PER_THREAD 16 /* column rows each im2col thread fills (the k decomposition amortised over them) */
 
+/* The column buffer's bound; tests lower it to exercise the chunking on small sizes. */
+static int64_t col_bytes_limit = CVX_CUDA_CONV_COL_BYTES;
+
+/* Test hook: the column buffer's bound in bytes (<= 0: the default, CVX_CUDA_CONV_COL_BYTES). */
+extern "C" void cvx_cuda_conv_set_col_bytes(int64_t bytes) {
+    col_bytes_limit = bytes > 0 ? bytes : CVX_CUDA_CONV_COL_BYTES;
+}
+
 namespace {
 
 /* The frames one im2col launch reads, by value in its parameters (no upload, no host lifetime to respect). */
@@ -172,7 +180,7 @@ conv_split split_of(const cvx_ctx *ctx, int64_t batch, const cvx_conv_weight *wt
     if (sp.direct) return sp;
     /* a chunk never spans more output frames than one launch's frame table covers */
     const int64_t window = (int64_t)(CVX_CUDA_CONV_FRAMES - wt->kt + 1) * HoWo;
-    int64_t n = CVX_CUDA_CONV_COL_BYTES / (K * esize);
+    int64_t n = col_bytes_limit / (K * esize);
     if (n < 1) n = 1;
     if (n >= P && To <= CVX_CUDA_CONV_FRAMES - wt->kt + 1) {
         sp.n = P;
