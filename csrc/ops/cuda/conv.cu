@@ -180,7 +180,7 @@ conv_split split_of(const cvx_ctx *ctx, int64_t batch, const cvx_conv_weight *wt
     if (sp.direct) return sp;
     /* a chunk never spans more output frames than one launch's frame table covers */
     const int64_t window = (int64_t)(CVX_CUDA_CONV_FRAMES - wt->kt + 1) * HoWo;
-    int64_t n = col_bytes_limit / (K * esize);
+    int64_t n = col_bytes_limit / (K > 0 ? K * esize : 1);
     if (n < 1) n = 1;
     if (n >= P && To <= CVX_CUDA_CONV_FRAMES - wt->kt + 1) {
         sp.n = P;
@@ -253,7 +253,10 @@ cvx_status conv_columns(const cvx_frame *frames, int64_t batch, int64_t H, int64
             }
             const int64_t kblocks = (s.K + CONV_K_PER_THREAD - 1) / CONV_K_PER_THREAD;
             const dim3 grid((unsigned)((n + CONV_THREADS - 1) / CONV_THREADS),
-                            (unsigned)(kblocks < 65535 ? kblocks : 65535), (unsigned)nb);
+                            (unsigned)(kblocks < 1       ? 1
+                                       : kblocks < 65535 ? kblocks
+                                                         : 65535),
+                            (unsigned)nb);
             switch (sp->ab) {
             case CVX_F32: CVX_LAUNCH((im2col_kernel<float>), grid, CONV_THREADS, 0, fr, s, b0, (float *)col); break;
             case CVX_F16: CVX_LAUNCH((im2col_kernel<__half>), grid, CONV_THREADS, 0, fr, s, b0, (__half *)col); break;
@@ -299,7 +302,7 @@ extern "C" cvx_status cvx_cuda_conv3d(cvx_ctx *ctx, const cvx_frame *frames, int
             return st;
         }
     }
-    if (ctx->measuring) {
+    if (ctx->measuring || cvx_tensor_numel(out) == 0) {
         cvx_ctx_free(ctx, scratch);
         return CVX_OK;
     }

@@ -59,7 +59,7 @@ template <typename F> __device__ __forceinline__ void welford_merge(F &n, F &mea
 __global__ void __launch_bounds__(GN_THREADS)
     gn_stats_kernel(const float *__restrict__ x, int64_t groups_total, int64_t n, int parts, int64_t span,
                     double *__restrict__ partial) {
-    static __shared__ float wn[GN_THREADS / 32], wmean[GN_THREADS / 32], wm2[GN_THREADS / 32];
+    __shared__ float wn[GN_THREADS / 32], wmean[GN_THREADS / 32], wm2[GN_THREADS / 32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int64_t bg = blockIdx.y; bg < groups_total; bg += gridDim.y) {
         const float *src = x + bg * n;
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(GN_THREADS)
 __global__ void __launch_bounds__(GN_THREADS)
     gn_finalize_kernel(const double *__restrict__ partial, int64_t groups_total, int parts, float eps,
                        float *__restrict__ stats) {
-    static __shared__ double sn[GN_THREADS], smean[GN_THREADS], sm2[GN_THREADS];
+    __shared__ double sn[GN_THREADS], smean[GN_THREADS], sm2[GN_THREADS];
     const int tid = threadIdx.x;
     for (int64_t bg = blockIdx.x; bg < groups_total; bg += gridDim.x) {
         double cnt = 0.0, mean = 0.0, m2 = 0.0;

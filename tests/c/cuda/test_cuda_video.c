@@ -366,7 +366,7 @@ static void test_group_norm(void) {
         {"modulation in place, T=3 from Tz=2, 3x4 from 5x7", 1, 4, 3, 3, 4, 2, 0, 1, 2, 5, 7, 0.0f},
         {"modulation, even T=6 from Tz=4 (non-integer)", 1, 4, 6, 3, 3, 2, 0, 0, 4, 3, 3, 0.0f},
         {"modulation x2 (T=1), in place + SiLU", 1, 4, 1, 6, 8, 2, 1, 1, 1, 3, 4, 0.0f},
-        {"3 statistics blocks per group, mean 100", 1, 4, 3, 40, 50, 2, 0, 0, 0, 0, 0, 100.0f},
+        {"3 statistics blocks per group, mean 100", 1, 4, 3, 40, 70, 2, 0, 0, 0, 0, 0, 100.0f},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_gn_case(&cases[i]);
 }
@@ -680,12 +680,13 @@ static void test_measuring(void) {
     CVX_EXPECT(st == CVX_OK, "cvx_ctx_run: %s", cvx_error_message());
     printf("  measured arena %zu bytes; real run's arena peak %zu, device peak above the inputs %lld\n", measured,
            cvx_arena_peak(arena), (long long)(dev_peak() - before));
-    CVX_EXPECT(measured > 0 && measured == measured_again && cvx_arena_size(arena) == measured &&
-                   cvx_arena_peak(arena) == measured,
-               "the arena fits exactly: measured %zu (again %zu), reserved %zu, peak %zu", measured, measured_again,
-               cvx_arena_size(arena), cvx_arena_peak(arena));
+    const size_t reserved = (measured + 63) / 64 * 64; /* the arena's region, in whole 64-byte units */
+    CVX_EXPECT(measured > 0 && measured == measured_again && cvx_arena_peak(arena) == measured &&
+                   cvx_arena_size(arena) == reserved,
+               "the arena fits exactly: measured %zu (again %zu), real peak %zu, reserved %zu", measured,
+               measured_again, cvx_arena_peak(arena), cvx_arena_size(arena));
     CVX_EXPECT(cvx_arena_in_use(arena) == 0, "everything given back to the arena: %zu in use", cvx_arena_in_use(arena));
-    CVX_EXPECT(dev_peak() - before == (int64_t)measured, "nothing but the arena allocated: device peak +%lld",
+    CVX_EXPECT(dev_peak() - before == (int64_t)reserved, "nothing but the arena allocated: device peak +%lld",
                (long long)(dev_peak() - before));
     const int same = memcmp(got, want, sizeof(got)) == 0;
     printf("  %-52s %s\n", "stage in the arena vs without", same ? "bit-identical" : "DIFFERS");
