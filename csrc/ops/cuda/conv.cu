@@ -251,12 +251,9 @@ cvx_status conv_columns(const cvx_frame *frames, int64_t batch, int64_t H, int64
                 const cvx_frame *src = &frames[s.t_lo + f];
                 fr.ptr[f] = src->ptr, fr.cstride[f] = src->cstride, fr.bstride[f] = src->bstride;
             }
-            const int64_t kblocks = (s.K + CONV_K_PER_THREAD - 1) / CONV_K_PER_THREAD;
-            const dim3 grid((unsigned)((n + CONV_THREADS - 1) / CONV_THREADS),
-                            (unsigned)(kblocks < 1       ? 1
-                                       : kblocks < 65535 ? kblocks
-                                                         : 65535),
-                            (unsigned)nb);
+            int64_t ky = (s.K + CONV_K_PER_THREAD - 1) / CONV_K_PER_THREAD; /* grid rows of k (strided past 65535) */
+            ky = ky < 1 ? 1 : ky > 65535 ? 65535 : ky;
+            const dim3 grid((unsigned)((n + CONV_THREADS - 1) / CONV_THREADS), (unsigned)ky, (unsigned)nb);
             switch (sp->ab) {
             case CVX_F32: CVX_LAUNCH((im2col_kernel<float>), grid, CONV_THREADS, 0, fr, s, b0, (float *)col); break;
             case CVX_F16: CVX_LAUNCH((im2col_kernel<__half>), grid, CONV_THREADS, 0, fr, s, b0, (__half *)col); break;
