@@ -285,7 +285,7 @@ extern "C" cvx_status cvx_cuda_conv3d(cvx_ctx *ctx, const cvx_frame *frames, int
     cvx_conv_plan plan; /* the CPU op's checks and output shape */
     CVX_CHECK(cvx_conv3d_plan(num_frames, batch, height, width, wt, geom, &plan));
     if (wt->kt > CVX_CUDA_CONV_FRAMES)
-        return CVX_FAIL(CVX_ERR_INVALID, "conv3d on CUDA: a temporal kernel of %d frames (at most %d)", wt->kt,
+        return CVX_FAIL(CVX_ERR_INVALID, "conv3d on cuda: a temporal kernel of %d frames (at most %d)", wt->kt,
                         CVX_CUDA_CONV_FRAMES);
     if (wt->dtype != CVX_F32 && wt->dtype != CVX_F16 && wt->dtype != CVX_BF16)
         return CVX_FAIL(CVX_ERR_INVALID, "conv3d on CUDA: weights in %s (f32, f16 or bf16)", cvx_dtype_name(wt->dtype));

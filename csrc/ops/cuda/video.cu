@@ -17,6 +17,7 @@ extern "C" {
 #define GN_THREADS 256
 #define GN_PART_ELEMS 8192 /* elements a statistics block aims at */
 #define GN_MAX_PARTS 256   /* statistics blocks per (batch, group): bounds the scratch */
+#define GN_INNER 32        /* values a thread sums in f32 before adding them in double */
 #define ROW_THREADS 256
 
 namespace {
@@ -40,17 +41,18 @@ dim3 rows_grid(int64_t rows, int64_t cols) {
 
 /* ---- group norm ------------------------------------------------------------------------------------------------
  * Pass 1 (stats): each (batch, group) is one contiguous run of n = C/groups T H W values; `parts` blocks each reduce
- * a span of it with per-thread Welford updates in f32, merged across the warp (shuffles, f32) and the block
- * (double), into one (count, mean, M2) partial in double. Pass 2 (finalize): one block per (batch, group) merges
- * the partials in double and gives mean and rstd = 1 / sqrt(M2 / n + eps) rounded to f32 as the CPU op does. Pass
+ * a span of it. A block shifts its values by the span's first value K (so that the sums below do not cancel when
+ * the mean is large against the spread), sums d = x - K and d^2 in f32 over at most GN_INNER values per thread, adds
+ * those in double, reduces the threads in double through shared memory, and writes its (count, mean, M2) partial in
+ * double. Pass 2 (finalize): one block per (batch, group) merges the partials (Chan's formula, double) and gives mean
+ * and rstd = 1 / sqrt(M2 / n + eps) rounded to f32 as the CPU op does (which accumulates in double). Pass
  * 3 (apply): y = x * scale + shift (scale = rstd gamma, shift = beta - mean scale), [* y_mod + b_mod], [SiLU]. Each
  * element is read twice (passes 1 and 3). */
 
-/* Chan et al.'s merge of (n, mean, M2) with (nb, mb, m2b). */
-template <typename F> __device__ __forceinline__ void welford_merge(F &n, F &mean, F &m2, F nb, F mb, F m2b) {
-    const F nt = n + nb;
-    if (nb == F(0)) return;
-    const F delta = mb - mean, f = nb / nt;
+/* Chan et al.'s merge of the partial (n, mean, M2) with (nb, mb, m2b). */
+__device__ __forceinline__ void welford_merge(double &n, double &mean, double &m2, double nb, double mb, double m2b) {
+    if (nb == 0.0) return;
+    const double nt = n + nb, delta = mb - mean, f = nb / nt;
     mean += delta * f;
     m2 += m2b + delta * delta * n * f;
     n = nt;
@@ -59,33 +61,37 @@ template <typename F> __device__ __forceinline__ void welford_merge(F &n, F &mea
 __global__ void __launch_bounds__(GN_THREADS)
     gn_stats_kernel(const float *__restrict__ x, int64_t groups_total, int64_t n, int parts, int64_t span,
                     double *__restrict__ partial) {
-    __shared__ float wn[GN_THREADS / 32], wmean[GN_THREADS / 32], wm2[GN_THREADS / 32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __shared__ double s1[GN_THREADS], s2[GN_THREADS];
+    const int tid = threadIdx.x;
     for (int64_t bg = blockIdx.y; bg < groups_total; bg += gridDim.y) {
         const float *src = x + bg * n;
-        const int64_t s0 = (int64_t)blockIdx.x * span, s1 = s0 + span < n ? s0 + span : n;
-        float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
-        for (int64_t i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
-            const float v = src[i];
-            cnt += 1.0f;
-            const float d = v - mean;
-            mean += d / cnt;
-            m2 += d * (v - mean);
+        const int64_t lo = (int64_t)blockIdx.x * span, hi = lo + span < n ? lo + span : n;
+        const float K = lo < hi ? src[lo] : 0.0f;
+        double d1 = 0.0, d2 = 0.0;
+        int64_t i = lo + tid;
+        while (i < hi) {
+            float a1 = 0.0f, a2 = 0.0f;
+            for (int k = 0; k < GN_INNER && i < hi; k++, i += blockDim.x) {
+                const float d = src[i] - K;
+                a1 += d;
+                a2 += d * d;
+            }
+            d1 += a1;
+            d2 += a2;
         }
-        for (int off = 16; off > 0; off >>= 1) {
-            const float on = __shfl_down_sync(0xffffffffu, cnt, off);
-            const float om = __shfl_down_sync(0xffffffffu, mean, off);
-            const float om2 = __shfl_down_sync(0xffffffffu, m2, off);
-            welford_merge(cnt, mean, m2, on, om, om2);
-        }
-        if (lane == 0) wn[warp] = cnt, wmean[warp] = mean, wm2[warp] = m2;
+        s1[tid] = d1, s2[tid] = d2;
         __syncthreads();
-        if (threadIdx.x == 0) {
-            double dn = 0.0, dmean = 0.0, dm2 = 0.0;
-            for (int w = 0; w < (int)blockDim.x / 32; w++)
-                welford_merge(dn, dmean, dm2, (double)wn[w], (double)wmean[w], (double)wm2[w]);
+        for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+            if (tid < half) s1[tid] += s1[tid + half], s2[tid] += s2[tid + half];
+            __syncthreads();
+        }
+        if (tid == 0) {
+            const double cnt = hi > lo ? (double)(hi - lo) : 0.0;
             double *out = partial + (bg * parts + blockIdx.x) * 3;
-            out[0] = dn, out[1] = dmean, out[2] = dm2;
+            const double m2 = cnt > 0.0 ? s2[0] - s1[0] * s1[0] / cnt : 0.0;
+            out[0] = cnt;
+            out[1] = cnt > 0.0 ? (double)K + s1[0] / cnt : 0.0;
+            out[2] = m2 > 0.0 ? m2 : 0.0; /* rounding can take a constant span's M2 just below 0 */
         }
         __syncthreads();
     }
@@ -412,7 +418,7 @@ extern "C" cvx_status cvx_cuda_download_box(cvx_ctx *ctx, cvx_tensor *host_dst, 
         }
     }
     CVX_CU(cudaStreamSynchronize(stream));
-    return CVX_OK;
+    return cvx_cuda_device_errors(); /* a bad index an earlier kernel met surfaces at the first synchronisation */
 }
 
 extern "C" cvx_status cvx_cuda_blend_rows(cvx_ctx *ctx, const cvx_tensor *a, cvx_tensor *b, int64_t a_full_rows,

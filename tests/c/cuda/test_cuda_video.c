@@ -236,6 +236,7 @@ static void test_conv3d(void) {
     run_conv_case(&CONV_CASES[6], CVX_F32, CVX_F32, 54 * 4 * 100, 1e-5);
     run_conv_case(&CONV_CASES[3], CVX_F32, CVX_F32, 27 * 4 * 48, 1e-5);
     run_conv_case(&CONV_CASES[1], CVX_F16, CVX_F16, 6 * 2 * 45 * 2, 2e-2);
+    run_conv_case(&CONV_CASES[5], CVX_F32, CVX_F32, 16, 1e-5); /* a bound below one column: one position a chunk */
 }
 
 static void test_conv3d_errors(void) {
@@ -255,21 +256,23 @@ static void test_conv3d_errors(void) {
     cvx_frames_of(&x.d, 0, 2, fd);
     const cvx_conv_geom g = {1, 1, 1, 1, 1, 1, 1}, up3 = {1, 1, 1, 1, 1, 1, 3}, nopad = {1, 1, 0, 0, 0, 0, 1};
     const cvx_conv_weight wh = {w, CVX_F32, NULL, 2, 2, 3, 3, 3}, wdv = {wd, CVX_F32, NULL, 2, 2, 3, 3, 3};
+    const cvx_conv_weight wh1 = {w, CVX_F32, NULL, 2, 2, 1, 3, 3}, wd1 = {wd, CVX_F32, NULL, 2, 2, 1, 3, 3};
     struct {
         const char *what;
+        const cvx_conv_weight *wh, *wd;
         const cvx_conv_geom *g;
         int64_t H, W;
-    } bad[] = {{"conv3d: 2 frames for kt=3", &g, 4, 4},
-               {"conv3d: up=3", &up3, 4, 4},
-               {"conv3d: 2x2 frames under a 3x3 kernel", &nopad, 2, 2}};
+    } bad[] = {{"conv3d: 2 frames for kt=3", &wh, &wdv, &g, 4, 4},
+               {"conv3d: up=3", &wh1, &wd1, &up3, 4, 4},
+               {"conv3d: 2x2 frames under a 3x3 kernel", &wh1, &wd1, &nopad, 2, 2}};
     for (size_t i = 0; i < 3; i++) {
         cvx_tensor out;
         memset(&out, 0xff, sizeof(out));
-        const cvx_status cst = cvx_conv3d(&CPU, fh, 2, 1, bad[i].H, bad[i].W, &wh, bad[i].g, &out);
+        const cvx_status cst = cvx_conv3d(&CPU, fh, 2, 1, bad[i].H, bad[i].W, bad[i].wh, bad[i].g, &out);
         char msg[512];
         snprintf(msg, sizeof(msg), "%s", cvx_error_message());
         memset(&out, 0xff, sizeof(out));
-        const cvx_status st = ctx.be->conv3d(&ctx, fd, 2, 1, bad[i].H, bad[i].W, &wdv, bad[i].g, &out);
+        const cvx_status st = ctx.be->conv3d(&ctx, fd, 2, 1, bad[i].H, bad[i].W, bad[i].wd, bad[i].g, &out);
         expect_same_refusal(bad[i].what, cst, msg, st);
         CVX_EXPECT(is_empty(&out), "%s: out zeroed", bad[i].what);
         expect_dev_no_leak(bad[i].what, base_x);
@@ -367,6 +370,7 @@ static void test_group_norm(void) {
         {"modulation, even T=6 from Tz=4 (non-integer)", 1, 4, 6, 3, 3, 2, 0, 0, 4, 3, 3, 0.0f},
         {"modulation x2 (T=1), in place + SiLU", 1, 4, 1, 6, 8, 2, 1, 1, 1, 3, 4, 0.0f},
         {"3 statistics blocks per group, mean 100", 1, 4, 3, 40, 70, 2, 0, 0, 0, 0, 0, 100.0f},
+        {"2.4M values a group (256 statistics blocks, the cap)", 1, 2, 1, 1100, 1100, 1, 1, 0, 0, 0, 0, 0.0f},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_gn_case(&cases[i]);
 }
