@@ -228,6 +228,10 @@ static void test_conv3d(void) {
         run_conv_case(cc, CVX_F16, CVX_F16, 0, 2e-2);
         run_conv_case(cc, CVX_BF16, CVX_BF16, 0, 2e-2);
     }
+    /* weights in another type than the compute one: converted into the scratch first */
+    run_conv_case(&CONV_CASES[0], CVX_F32, CVX_F16, 0, 2e-2);
+    run_conv_case(&CONV_CASES[3], CVX_BF16, CVX_F16, 0, 2e-2);
+    run_conv_case(&CONV_CASES[4], CVX_BF16, CVX_F32, 0, 1e-5);
     /* the chunking under a small column bound (bytes = K x element size x positions): chunks of 12 positions
      * (across rows and frames), of 64 (bf16, across frames), of 64 with a frame window cut; and whole items two to
      * a GEMM (the bound holds 2 x P positions) */
@@ -611,13 +615,13 @@ typedef struct stage {
     int64_t out_shape[5];
 } stage;
 
-/* causal conv -> group norm + SiLU (in place) -> + shortcut -> time pooling -> stride-2 conv -> last 2 frames,
- * downloaded */
+/* causal conv -> group norm + SiLU (in place) -> + shortcut -> time pooling -> stride-2 conv -> 2 frames sliced ->
+ * a cache of them gathered -> blended into the slice (rows, columns) -> a box of it copied back -> downloaded */
 static cvx_status stage_forward(cvx_ctx *ctx, void *arg) {
     stage *s = arg;
     const cvx_backend *be = ctx->be;
     cvx_status st = CVX_OK;
-    cvx_tensor h = {0}, sc = {0}, pooled = {0}, down = {0}, last = {0};
+    cvx_tensor h = {0}, sc = {0}, pooled = {0}, down = {0}, last = {0}, cache = {0};
     cvx_frame fr[8];
     cvx_frames_of(s->x, 0, 1, &fr[0]);
     cvx_frames_of(s->x, 0, 1, &fr[1]);
@@ -632,6 +636,12 @@ static cvx_status stage_forward(cvx_ctx *ctx, void *arg) {
     cvx_frames_of(&pooled, 0, pooled.shape[2], fr);
     CVX_TRY(be->conv3d(ctx, fr, (int)pooled.shape[2], 1, 6, 6, s->down, &half, &down));
     CVX_TRY(be->slice_frames(ctx, &down, 0, 2, &last));
+    cvx_frames_of(&down, 0, 2, fr);
+    CVX_TRY(be->gather_frames(ctx, fr, 2, 1, 4, 3, 3, &cache));
+    CVX_TRY(be->blend_rows(ctx, &cache, &last, 3, 2));
+    CVX_TRY(be->blend_cols(ctx, &cache, &last, 2));
+    const int64_t at[4] = {0, 1, 1, 1}, from[4] = {0, 0, 0, 0}, box[4] = {1, 1, 2, 2};
+    CVX_TRY(be->copy_box(ctx, &last, at, &cache, from, box));
     memcpy(s->out_shape, last.shape, sizeof(s->out_shape));
     if (!ctx->measuring) {
         cvx_tensor host = {.data = s->host_out, .dtype = CVX_F32, .device = CVX_DEVICE_CPU, .ndim = 5};
@@ -645,6 +655,7 @@ fail:
     cvx_tensor_release(&pooled);
     cvx_tensor_release(&down);
     cvx_tensor_release(&last);
+    cvx_tensor_release(&cache);
     return st;
 }
 
