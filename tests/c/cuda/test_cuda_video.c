@@ -703,9 +703,8 @@ static void test_measuring(void) {
     CVX_EXPECT(cvx_arena_in_use(arena) == 0, "everything given back to the arena: %zu in use", cvx_arena_in_use(arena));
     CVX_EXPECT(dev_peak() - before == (int64_t)reserved, "nothing but the arena allocated: device peak +%lld",
                (long long)(dev_peak() - before));
-    const int same = memcmp(got, want, sizeof(got)) == 0;
-    printf("  %-52s %s\n", "stage in the arena vs without", same ? "bit-identical" : "DIFFERS");
-    CVX_EXPECT(same, "the arena run differs from the run without arena");
+    /* the same ops on the same inputs; on a GPU cuBLAS may pick another kernel for other addresses' alignment */
+    expect_rel("stage in the arena vs without", got, want, 72, 1e-5);
     cvx_arena_destroy(arena);
     expect_dev_no_leak("measuring: arena given back", after_plain);
     cvx_mem_free(w3d), cvx_mem_free(w1d), cvx_mem_free(wdd), cvx_mem_free(gbd), cvx_mem_free(biasd);
