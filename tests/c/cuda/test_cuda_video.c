@@ -15,7 +15,9 @@
 
 #include "../../../csrc/core/dtype.h"
 #include "../../../csrc/core/tensor.h"
+#include "../../../csrc/io/safetensors.h"
 #include "../../../csrc/mem/arena.h"
+#include "../../../csrc/models/vae.h"
 
 #define CVX_TEST_SEED 0x6a09e667f3bcc909ull
 #include "cuda_test.h"
@@ -712,6 +714,129 @@ static void test_measuring(void) {
     expect_dev_no_leak("measuring", base);
 }
 
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* the whole VAE (models/vae.c) on the CUDA backend against the CPU backend: every video op in the compositions the
+ * model makes (causal caches, spatial norms, up/down sampling, frame batches, tiles blended and downloaded). The
+ * weights are copied to the device by hand, each group into one buffer at its device layout's offsets, and the
+ * slots re-pointed there (the residency's CUDA copies are another part); ctx->res NULL reads them where they are. */
+
+/* tests/fixtures/vae/tiny/config.json */
+static const cvx_vae_config TINY_VAE = {
+    .in_channels = 3,
+    .out_channels = 3,
+    .latent_channels = 4,
+    .num_blocks = 4,
+    .block_out_channels = {8, 8, 8, 8},
+    .layers_per_block = 1,
+    .norm_num_groups = 2,
+    .norm_eps = 1e-6f,
+    .temporal_compression_ratio = 4,
+};
+
+/* Points every weight slot at a device copy (dev[group] buffers, allocated here) or, dev NULL, back at its host
+ * bytes. */
+static void vae_weights_to(const cvx_vae *vae, void **dev) {
+    const cvx_weights *ws = cvx_vae_weights(vae);
+    for (int g = 0; dev && g < ws->num_groups; g++)
+        if (cvx_mem_alloc(CVX_DEVICE_CUDA, CVX_MEM_WEIGHTS, (size_t)ws->group_bytes[g], &dev[g]) != CVX_OK) {
+            fprintf(stderr, "weight group %d: %s\n", g, cvx_error_message());
+            exit(1);
+        }
+    for (int i = 0; i < ws->count; i++) {
+        const cvx_weight_decl *d = &ws->decls[i];
+        if (!dev) {
+            *d->slot = (void *)d->host;
+            continue;
+        }
+        int64_t n = 1;
+        for (int k = 0; k < d->ndim; k++) n *= d->shape[k];
+        char *at = (char *)dev[d->group] + d->offset;
+        if (cvx_mem_copy(at, d->host, (size_t)n * (d->as_f32 ? 4 : cvx_dtype_size(ws->dtype))) != CVX_OK) {
+            fprintf(stderr, "weight %s: %s\n", d->name, cvx_error_message());
+            exit(1);
+        }
+        *d->slot = at;
+    }
+}
+
+typedef struct vae_job {
+    cvx_vae *vae;
+    const cvx_tensor *x;
+    int decode;
+    const cvx_vae_tiling *tiling;
+    cvx_tensor *out;
+} vae_job;
+
+static cvx_status vae_job_run(cvx_ctx *ctx, void *arg) {
+    const vae_job *j = arg;
+    return j->decode ? cvx_vae_decode(ctx, j->vae, j->x, 0, j->tiling, j->out)
+                     : cvx_vae_encode(ctx, j->vae, j->x, 0, j->tiling, j->out);
+}
+
+static void vae_compare(const char *what, cvx_vae *vae, void **dev, cvx_dtype compute, const cvx_tensor *x, int decode,
+                        const cvx_vae_tiling *tiling, double tol) {
+    cvx_tensor ref = {0}, got = {0};
+    vae_job job = {vae, x, decode, tiling, &ref};
+    vae_weights_to(vae, NULL);
+    const cvx_status cst = vae_job_run(&CPU, &job);
+    CVX_EXPECT(cst == CVX_OK, "%s on the CPU: %s", what, cvx_error_message());
+    vae_weights_to(vae, dev);
+    cvx_arena *arena = NULL;
+    CVX_EXPECT(cvx_arena_create(CVX_DEVICE_CUDA, 0, &arena) == CVX_OK, "arena: %s", cvx_error_message());
+    cvx_ctx ctx = cuda_ctx(compute);
+    ctx.arena = arena;
+    job.out = &got;
+    size_t measured = 0;
+    const cvx_status st = cvx_ctx_run(&ctx, vae_job_run, &job, &measured);
+    if (CVX_EXPECT(st == CVX_OK && cst == CVX_OK, "%s on CUDA: %s", what, cvx_error_message()) &&
+        CVX_EXPECT(same_shape(&got, &ref) && got.device == CVX_DEVICE_CPU, "%s: output shape", what)) {
+        expect_rel(what, got.data, ref.data, cvx_tensor_numel(&ref), tol);
+        CVX_EXPECT(cvx_arena_peak(arena) == measured, "%s: arena peak %zu, measured %zu", what, cvx_arena_peak(arena),
+                   measured);
+    }
+    cvx_arena_destroy(arena);
+    for (int g = 0; g < cvx_vae_weights(vae)->num_groups; g++) cvx_mem_free(dev[g]), dev[g] = NULL;
+    vae_weights_to(vae, NULL);
+    cvx_tensor_release(&got);
+    cvx_tensor_release(&ref);
+}
+
+static void test_vae(void) {
+    const int64_t base = dev_live(), host_base = live_bytes();
+    const cvx_dtype runs[] = {CVX_F32, CVX_BF16};
+    for (int r = 0; r < 2; r++) {
+        cvx_st_file *st = NULL;
+        if (!CVX_EXPECT(cvx_st_open(CVX_FIXTURES "/vae/tiny/diffusion_pytorch_model.safetensors", &st) == CVX_OK,
+                        "tiny VAE weights: %s", cvx_error_message()))
+            return;
+        cvx_vae *vae = NULL;
+        const cvx_status created = cvx_vae_create(&TINY_VAE, st, runs[r], &vae);
+        cvx_st_close(st);
+        if (!CVX_EXPECT(created == CVX_OK, "tiny VAE: %s", cvx_error_message())) return;
+        void *dev[64] = {0};
+        CVX_EXPECT(cvx_vae_weights(vae)->num_groups <= 64, "weight groups");
+        const double tol = runs[r] == CVX_F32 ? 1e-5 : 2e-2;
+        char what[120];
+        cvx_tensor z, x;
+        CVX_EXPECT(cvx_tensor_alloc5(&z, 2, 4, 3, 3, 5) == CVX_OK && cvx_tensor_alloc5(&x, 1, 3, 9, 16, 24) == CVX_OK,
+                   "alloc");
+        fill(z.data, cvx_tensor_numel(&z), 1.0f, 0.0f);
+        fill(x.data, cvx_tensor_numel(&x), 1.0f, 0.0f);
+        snprintf(what, sizeof(what), "VAE decode [2, 4, 3, 3, 5], %s", cvx_dtype_name(runs[r]));
+        vae_compare(what, vae, dev, runs[r], &z, 1, NULL, tol);
+        const cvx_vae_tiling tiling = {1, 16, 24, 0.5, 0.5}; /* 2x3 latent tiles, stride 1: 15 tiles blended */
+        snprintf(what, sizeof(what), "VAE tiled decode [2, 4, 3, 3, 5], %s", cvx_dtype_name(runs[r]));
+        vae_compare(what, vae, dev, runs[r], &z, 1, &tiling, tol);
+        snprintf(what, sizeof(what), "VAE encode [1, 3, 9, 16, 24], %s", cvx_dtype_name(runs[r]));
+        vae_compare(what, vae, dev, runs[r], &x, 0, NULL, tol);
+        cvx_tensor_release(&z);
+        cvx_tensor_release(&x);
+        cvx_vae_free(vae);
+    }
+    expect_dev_no_leak("VAE", base);
+    expect_no_leak("VAE (host)", host_base);
+}
+
 int main(void) {
     if (!cuda_test_begin()) return 0;
     cvx_ops_init();
@@ -724,6 +849,7 @@ int main(void) {
     test_boxes();
     test_blend();
     test_measuring();
+    test_vae();
     expect_dev_no_leak("all tests", start);
     expect_no_leak("all tests (host)", host_start);
     return cvx_test_report();
