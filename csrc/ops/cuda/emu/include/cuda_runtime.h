@@ -30,6 +30,7 @@ typedef enum cudaError {
     cudaErrorHostMemoryAlreadyRegistered = 712,
     cudaErrorHostMemoryNotRegistered = 713,
     cudaErrorLaunchFailure = 719,
+    cudaErrorNotPermitted = 800,
     cudaErrorNotSupported = 801,
     cudaErrorUnknown = 999
 } cudaError_t;
@@ -84,6 +85,34 @@ typedef struct uint3 {
 typedef struct dim3 {
     unsigned int x, y, z;
 } dim3;
+#endif
+
+#ifdef __cplusplus
+/* vector_types.h: the vector types with their CUDA alignment (a float4 load is one 16-byte access on a GPU) */
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) int2 {
+    int x, y;
+};
+struct alignas(16) int4 {
+    int x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+static inline float2 make_float2(float x, float y) { return float2{x, y}; }
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline int2 make_int2(int x, int y) { return int2{x, y}; }
+static inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
+static inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 #endif
 
 /* The fields of the real cudaDeviceProp that the emulation fills (a subset: use only these). */
@@ -187,6 +216,22 @@ template <class T> static inline cudaError_t cudaHostAlloc(T **ptr, size_t size,
 }
 template <class T> static inline cudaError_t cudaFuncSetAttribute(T *entry, enum cudaFuncAttribute attr, int value) {
     return ::cudaFuncSetAttribute(reinterpret_cast<const void *>(entry), attr, value);
+}
+/* a __constant__ or __device__ variable is host memory here: a copy to it is a host-to-host copy */
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbolAsync(const T &symbol, const void *src, size_t count, size_t offset = 0,
+                                                  enum cudaMemcpyKind kind = cudaMemcpyHostToDevice,
+                                                  cudaStream_t stream = 0) {
+    if (offset > sizeof(T) || count > sizeof(T) - offset ||
+        (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToDevice && kind != cudaMemcpyDefault))
+        return cudaErrorInvalidValue;
+    return cudaMemcpyAsync((char *)&symbol + offset, src, count, cudaMemcpyDefault, stream);
+}
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbol(const T &symbol, const void *src, size_t count, size_t offset = 0,
+                                             enum cudaMemcpyKind kind = cudaMemcpyHostToDevice) {
+    const cudaError_t e = cudaMemcpyToSymbolAsync(symbol, src, count, offset, kind, 0);
+    return e ? e : cudaPeekAtLastError();
 }
 #endif
 #undef CVX_EMU_DEFAULT
