@@ -3,7 +3,7 @@
  *
  * Three kernels and a tested twin:
  *
- *   flash_tc (ctx->compute F16 / BF16): FlashAttention-2's forward on tensor cores. A block of 4 warps owns 64
+ *   flash_tc (ctx->compute F16 / BF16): FlashAttention-2's forward on tensor cores. A block of 8 warps owns 128
  *     query rows of one (batch, head), 16 per warp; it walks the keys in tiles of 64. Q, K and V are converted from
  *     the f32 activations to the 16-bit type as they are stored to shared memory (head dims padded with zeros to the
  *     next multiple of 16, so hd = 8 works as hd = 16; keys and rows past S are zeros). Each warp keeps its Q
@@ -12,8 +12,9 @@
  *     over the 4 lanes that share a row), P rounded to the 16-bit type and fed straight back as the A operand of
  *     O += P V (the C layout of two n8 tiles is the A layout of one k16 step), O rescaled by exp(m_old - m_new).
  *     V is stored transposed (head dim by key) so its B fragments are single 32-bit shared loads, as K's are.
- *     Row strides are padded by 8 halves: the fragment reads are free of bank conflicts. Memory: 2 tiles in
- *     shared memory (<= 34 KiB at hd 128), nothing in global memory but q, k, v, out: linear in S.
+ *     Row strides are padded by 8 halves: the fragment reads are free of bank conflicts. Q is staged through the
+ *     K tile 64 rows at a time. Memory: 2 tiles in shared memory (<= 34 KiB at hd 128), nothing in global memory
+ *     but q, k, v, out: linear in S. At hd 64: 128 registers a thread, 2 blocks (16 warps) per SM.
  *   flash_f32 (ctx->compute F32, the parity path): the same online softmax in full f32 on the SIMT cores. A block
  *     of 4 warps owns 32 query rows (8 per warp), key tiles of 32: lane j scores key j against the warp's 8 rows
  *     (Q broadcast from shared memory), the row max and sum are warp reductions, and for the output each lane owns
@@ -30,16 +31,21 @@
  * "flash" or unset: flash; anything else is refused); cvx_cuda_attention_tiled / cvx_cuda_biased_attention_tiled
  * (cuda_ops.h) run the twin directly, for the tests and the benchmark.
  *
- * Expected performance (not measured: no GPU was available when this was written). CogVideoX-2b at 49 frames
- * 480x720: S = 17,776, 30 heads, hd 64: 4 S^2 hd heads = 2.4 TFLOP per call. mma.sync FlashAttention-2 reaches
- * about 50-60% of an H100's dense f16 peak (~350 TFLOP/s), i.e. ~7 ms per call, if the loads keep up. Limits of
- * this design against FlashAttention-2/3: (1) the activations are f32, so every K/V tile is read at 4 bytes an
- * element and converted (twice FA2's bytes; each (batch, head) re-reads K and V once per 64 query rows, mostly
- * from L2: ~76 GB of L2 reads per call, about the same time as the math at H100 L2 bandwidth) - 128 query rows
- * per block or a 16-bit copy of K/V would halve that; (2) no cp.async / TMA and no software pipelining: a tile's
- * loads are not overlapped with the previous tile's math within a block, only across the 4-6 resident blocks of an
- * SM; (3) mma.sync rather than Hopper's wgmma (FA3 reaches ~2x FA2 on H100). The f32 SIMT path is a parity path:
- * expect ~10x slower than flash_tc. */
+ * Expected performance (NOT measured: no GPU was available when this was written; only the emulation ran it).
+ * CogVideoX-2b at 49 frames 480x720: S = 17,776, 30 heads, hd 64: 4 S^2 hd heads = 2.4 TFLOP per call and batch
+ * item, about 60% of a 2b step's FLOPs. mma.sync FlashAttention-2 reaches ~300-350 TFLOP/s on an H100 at hd 64,
+ * i.e. ~7-8 ms per call if the loads keep up. Limits of this design against what PyTorch's SDPA runs there
+ * (FlashAttention-2, or cuDNN / FlashAttention-3-like kernels on Hopper at up to ~2x FA2):
+ *   (1) the activations are f32, so K/V tiles are read at 4 bytes an element and converted on the way to shared
+ *       memory: each (batch, head) re-reads its K and V once per 128 query rows, mostly from L2: ~38 GB of L2
+ *       reads per call and batch item, about the math's time at H100 L2 bandwidth. A 16-bit K/V copy made once
+ *       per call (linear in S) or 256 query rows per block would halve it.
+ *   (2) no cp.async / TMA and no software pipelining: a tile's loads are not overlapped with the previous tile's
+ *       math within a block, only across the 2 resident blocks of an SM.
+ *   (3) mma.sync rather than Hopper's wgmma, and the accurate expf (a few instructions more than ex2.approx).
+ * So expect this kernel at best near FA2 and likely 1.5-2.5x slower than SDPA's best Hopper kernel: the per-step
+ * goal (<= 0.8x diffusers) is not expected from attention as written; the GPU benchmark must say. The f32 SIMT
+ * path is a parity path: expect ~10x slower than flash_tc. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,8 +53,8 @@
 
 namespace {
 
-constexpr int TC_WARPS = 4, TC_THREADS = 32 * TC_WARPS;
-constexpr int TC_BM = 16 * TC_WARPS; /* query rows per block: one m16 tile per warp */
+constexpr int TC_WARPS = 8, TC_THREADS = 32 * TC_WARPS;
+constexpr int TC_BM = 16 * TC_WARPS; /* 128 query rows per block: one m16 tile per warp */
 constexpr int TC_BN = 64;            /* keys per tile */
 constexpr int TC_MAX_HD = 128;
 
@@ -141,7 +147,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                     float *__restrict__ out, int64_t S, int heads, int hd, float scale, int64_t q_tiles, int vec4) {
     constexpr int KSTRIDE = (HDP + 8) / 2, VSTRIDE = (TC_BN + 8) / 2; /* in 32-bit words */
     constexpr int KSTEPS = HDP / 16, DTILES = HDP / 8, NTILES = TC_BN / 8;
-    static_assert(TC_BM == TC_BN, "the Q tile is staged in the K tile's shared memory");
+    static_assert(TC_BM % TC_BN == 0 && TC_BN % 16 == 0, "the Q tile is staged in TC_BN-row pieces through sK");
     __shared__ uint32_t sK[TC_BN * KSTRIDE];
     __shared__ uint32_t sV[HDP * VSTRIDE];
 
@@ -151,12 +157,14 @@ __global__ void __launch_bounds__(TC_THREADS)
     const float *kb = k + b * S * D + h * hd, *vb = v + b * S * D + h * hd;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
-    /* this warp's Q fragments (rows warp * 16 + g and + 8), staged through sK */
-    tc_load_rows<T, HDP>(sK, qb, D, S - q0, hd, vec4);
-    __syncthreads();
+    /* this warp's Q fragments (block rows warp * 16 + g and + 8), staged through sK TC_BN rows at a time */
     uint32_t qf[KSTEPS][4];
-    {
-        const uint32_t *r0 = sK + (warp * 16 + g) * KSTRIDE, *r8 = r0 + 8 * KSTRIDE;
+    for (int piece = 0; piece < TC_BM / TC_BN; piece++) {
+        if (piece) __syncthreads(); /* the previous piece has been read */
+        tc_load_rows<T, HDP>(sK, qb + piece * TC_BN * D, D, S - q0 - piece * TC_BN, hd, vec4);
+        __syncthreads();
+        if (warp * 16 / TC_BN != piece) continue;
+        const uint32_t *r0 = sK + (warp * 16 % TC_BN + g) * KSTRIDE, *r8 = r0 + 8 * KSTRIDE;
         for (int ks = 0; ks < KSTEPS; ks++) {
             qf[ks][0] = r0[ks * 8 + t], qf[ks][1] = r8[ks * 8 + t];
             qf[ks][2] = r0[ks * 8 + 4 + t], qf[ks][3] = r8[ks * 8 + 4 + t];
