@@ -338,12 +338,13 @@ __global__ void __launch_bounds__(F_THREADS)
 
 /* ---- the tiled twin's kernels ------------------------------------------------------------------------------------ */
 
-/* dst [n, hd] in T (contiguous) = src rows (row stride ld) */
+/* dst [n, ldd] in T = src rows [n, hd] (row stride ld), zeros in the columns hd .. ldd */
 template <typename T>
-__global__ void to_half_kernel(T *__restrict__ dst, const float *__restrict__ src, int64_t ld, int64_t n, int hd) {
-    const int64_t total = n * hd;
+__global__ void to_half_kernel(T *__restrict__ dst, int ldd, const float *__restrict__ src, int64_t ld, int64_t n,
+                               int hd) {
+    const int64_t total = n * ldd;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = half_type<T>::from(src[(i / hd) * ld + i % hd]);
+        dst[i] = half_type<T>::from(i % ldd < hd ? src[(i / ldd) * ld + i % ldd] : 0.0f);
 }
 
 constexpr int SM_THREADS = 256;
@@ -363,12 +364,12 @@ template <bool MAX> __device__ __forceinline__ float block_reduce(float x, float
     return x;
 }
 
-/* One block per row i of sc [rows, S]: sc[i] (+ bias[i] + mask) -> softmax, in place (f32), and into p16 [rows, S]
- * when not NULL. bias rows are [S] with row stride S (NULL: none), mask [S] (NULL: none). */
+/* One block per row i of sc [rows, S]: sc[i] (+ bias[i] + mask) -> softmax, in place (f32), and into p16 [rows,
+ * ldp] when not NULL. bias rows are [S] with row stride S (NULL: none), mask [S] (NULL: none). */
 template <typename T>
 __global__ void __launch_bounds__(SM_THREADS)
-    softmax_rows_kernel(float *__restrict__ sc, T *__restrict__ p16, int64_t S, const float *__restrict__ bias,
-                        const float *__restrict__ mask) {
+    softmax_rows_kernel(float *__restrict__ sc, T *__restrict__ p16, int64_t ldp, int64_t S,
+                        const float *__restrict__ bias, const float *__restrict__ mask) {
     __shared__ float red[SM_THREADS / 32];
     float *row = sc + blockIdx.x * S;
     const float *brow = bias ? bias + blockIdx.x * S : NULL;
@@ -388,12 +389,11 @@ __global__ void __launch_bounds__(SM_THREADS)
     for (int64_t j = threadIdx.x; j < S; j += SM_THREADS) {
         const float pj = row[j] * inv;
         row[j] = pj;
-        if (p16) p16[blockIdx.x * S + j] = half_type<T>::from(pj);
+        if (p16) p16[blockIdx.x * ldp + j] = half_type<T>::from(pj);
     }
 }
 
-/* ---- host side ----------------------------------------------------------------------------------------------------
- */
+/* ---- host side ------------------------------------------------------------------------------------------------ */
 
 cvx_status check_args(const char *op, const float *q, const float *k, const float *v, const float *out, int64_t B,
                       int64_t S, int heads, int hd) {
@@ -471,24 +471,28 @@ cvx_status dispatch_f32(const float *q, const float *k, const float *v, int64_t 
     }
 }
 
-/* The tiled twin's scratch: query rows per block, and its bytes. f32: scores [R, S]. 16-bit: also P [R, S], q of
- * the block [R, hd] and the head's k and v [S, hd] in that type. */
+/* The tiled twin's scratch: query rows per block, and its bytes. f32: scores [R, S]. 16-bit: also P [R, ldp], q of
+ * the block [R, ldh] and the head's k and v [S, ldh] in that type, their rows padded to 8 elements (16 bytes: the
+ * alignment cuBLAS(Lt)'s tensor-core kernels want). */
 struct tiled_plan {
-    int half;
-    int64_t R;
+    int half, ldh;
+    int64_t R, ldp;
     size_t k16, v16, q16, scores, p16;
 };
+
+int64_t round8(int64_t n) { return (n + 7) / 8 * 8; }
 
 tiled_plan plan_tiled(int64_t S, int hd, int half) {
     tiled_plan p;
     p.half = half;
-    const size_t row_bytes = (size_t)S * (half ? 6 : 4) + (half ? (size_t)hd * 2 : 0);
+    p.ldh = (int)round8(hd), p.ldp = round8(S);
+    const size_t row_bytes = (size_t)S * 4 + (half ? (size_t)p.ldp * 2 + (size_t)p.ldh * 2 : 0);
     const int64_t fit = (int64_t)(TILED_SCRATCH_BYTES / row_bytes);
     p.R = fit < 1 ? 1 : fit > S ? S : fit;
     p.scores = (size_t)(p.R * S) * sizeof(float);
-    p.p16 = half ? (size_t)(p.R * S) * 2 : 0;
-    p.q16 = half ? (size_t)(p.R * hd) * 2 : 0;
-    p.k16 = p.v16 = half ? (size_t)(S * hd) * 2 : 0;
+    p.p16 = half ? (size_t)(p.R * p.ldp) * 2 : 0;
+    p.q16 = half ? (size_t)(p.R * p.ldh) * 2 : 0;
+    p.k16 = p.v16 = half ? (size_t)(S * p.ldh) * 2 : 0;
     return p;
 }
 
@@ -503,36 +507,39 @@ cvx_status run_tiled(const tiled_plan &pl, const float *q, const float *k, const
         for (int h = 0; h < heads; h++) {
             const float *kh = k + b * S * D + h * hd, *vh = v + b * S * D + h * hd;
             if (pl.half) {
-                CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(S * hd, 256)), dim3(256), 0, k16, kh, D, S, hd);
+                CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(S * pl.ldh, 256)), dim3(256), 0, k16, pl.ldh, kh, D,
+                           S, hd);
                 CVX_CU(cudaGetLastError());
-                CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(S * hd, 256)), dim3(256), 0, v16, vh, D, S, hd);
+                CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(S * pl.ldh, 256)), dim3(256), 0, v16, pl.ldh, vh, D,
+                           S, hd);
                 CVX_CU(cudaGetLastError());
             }
             for (int64_t r0 = 0; r0 < S; r0 += pl.R) {
                 const int64_t n = S - r0 < pl.R ? S - r0 : pl.R;
                 const float *qh = q + (b * S + r0) * D + h * hd;
                 if (pl.half) {
-                    CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(n * hd, 256)), dim3(256), 0, q16, qh, D, n, hd);
+                    CVX_LAUNCH(to_half_kernel<T>, dim3(cvx_cuda_blocks(n * pl.ldh, 256)), dim3(256), 0, q16, pl.ldh, qh,
+                               D, n, hd);
                     CVX_CU(cudaGetLastError());
                 }
                 /* scores [n, S] = scale q k^T */
                 cvx_gemm g1;
                 memset(&g1, 0, sizeof g1);
                 g1.trans_a = 0, g1.trans_b = 1, g1.M = n, g1.N = S, g1.K = hd;
-                g1.A = pl.half ? (const void *)q16 : (const void *)qh, g1.lda = pl.half ? hd : D;
-                g1.B = pl.half ? (const void *)k16 : (const void *)kh, g1.ldb = pl.half ? hd : D;
+                g1.A = pl.half ? (const void *)q16 : (const void *)qh, g1.lda = pl.half ? pl.ldh : D;
+                g1.B = pl.half ? (const void *)k16 : (const void *)kh, g1.ldb = pl.half ? pl.ldh : D;
                 g1.ab_type = ab, g1.C = scores, g1.ldc = S, g1.batch = 1, g1.alpha = scale, g1.beta = 0.0f;
                 CVX_CHECK(cvx_cuda_gemm(&g1));
                 CVX_LAUNCH(softmax_rows_kernel<T>, dim3((unsigned)n), dim3(SM_THREADS), 0, scores,
-                           pl.half ? p16 : (T *)NULL, S, bias ? bias + ((int64_t)h * S + r0) * S : NULL,
+                           pl.half ? p16 : (T *)NULL, pl.ldp, S, bias ? bias + ((int64_t)h * S + r0) * S : NULL,
                            key_mask ? key_mask + b * S : NULL);
                 CVX_CU(cudaGetLastError());
                 /* out rows [n, hd] = p v */
                 cvx_gemm g2;
                 memset(&g2, 0, sizeof g2);
                 g2.trans_a = 0, g2.trans_b = 0, g2.M = n, g2.N = hd, g2.K = S;
-                g2.A = pl.half ? (const void *)p16 : (const void *)scores, g2.lda = S;
-                g2.B = pl.half ? (const void *)v16 : (const void *)vh, g2.ldb = pl.half ? hd : D;
+                g2.A = pl.half ? (const void *)p16 : (const void *)scores, g2.lda = pl.half ? pl.ldp : S;
+                g2.B = pl.half ? (const void *)v16 : (const void *)vh, g2.ldb = pl.half ? pl.ldh : D;
                 g2.ab_type = ab, g2.C = out + (b * S + r0) * D + h * hd, g2.ldc = D, g2.batch = 1, g2.alpha = 1.0f;
                 g2.beta = 0.0f;
                 CVX_CHECK(cvx_cuda_gemm(&g2));
