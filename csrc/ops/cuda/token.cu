@@ -362,9 +362,14 @@ linear_plan plan_linear(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_
 /* ---- data movement ------------------------------------------------------------------------------------------------
  */
 
+/* Synchronous for the host side, as the CPU op: the host buffer is the caller's again when upload returns (the
+ * transformer refills and frees its sinusoid buffer right after). From pageable memory cudaMemcpyAsync already waits
+ * for the stream and stages the bytes before returning; from pinned memory it would read them later, so the wait is
+ * explicit. The models upload only their inputs, once per forward, when the stream has little queued. */
 extern "C" cvx_status cvx_cuda_upload(cvx_ctx *ctx, void *dst, const void *host, size_t bytes) {
     if (ctx->measuring || bytes == 0) return CVX_OK;
     CVX_CU(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, CVX_STREAM()));
+    CVX_CU(cudaStreamSynchronize(CVX_STREAM()));
     return CVX_OK;
 }
 
