@@ -307,9 +307,11 @@ __global__ void __launch_bounds__(F_THREADS)
             float mx = sc;
             for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
             mx = fmaxf(mx, m[r]);
-            const float corr = expf(m[r] - mx); /* 0 on the first tile */
+            /* every key so far masked with -inf (a caller's mask may be): exp(-inf - 0) = 0, not exp(-inf + inf) */
+            const float base = mx == -INFINITY ? 0.0f : mx;
+            const float corr = expf(m[r] - base); /* 0 on the first tile */
             m[r] = mx;
-            p[r] = key < S ? expf(sc - mx) : 0.0f;
+            p[r] = key < S ? expf(sc - base) : 0.0f;
             l[r] = l[r] * corr + p[r];
             for (int c = 0; c < NCH; c++) acc[r][c] *= corr;
         }
