@@ -218,12 +218,14 @@ static void expect_refused(cvx_status st, const char *want, const char *what) {
     CVX_EXPECT(st == CVX_ERR_INVALID, "%s: status %d", what, (int)st);
     CVX_EXPECT(strstr(cvx_error_message(), want) != NULL, "%s: message '%s' lacks '%s'", what, cvx_error_message(),
                want);
+    cvx_error_clear(); /* the first failure's message stays until cleared */
 }
 
 static void test_bad_args(void) {
     float *d = dev_upload(NULL, 64);
     cvx_ctx c = cuda_ctx(CVX_F16);
     const int64_t before = cuda_live();
+    cvx_error_clear();
     expect_refused(cvx_cuda_attention(&c, NULL, d, d, 1, 2, 1, 8, 1.0f, d), "must not be NULL", "NULL q");
     expect_refused(cvx_cuda_attention(&c, d, d, d, 1, 2, 1, 8, 1.0f, NULL), "must not be NULL", "NULL out");
     expect_refused(cvx_cuda_attention(&c, d, d, d, 0, 2, 1, 8, 1.0f, d), "must all be >= 1", "B 0");
