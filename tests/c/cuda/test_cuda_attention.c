@@ -7,7 +7,9 @@
  * With CVX_CUDA_TEST_BIG=1 (benchmarks/gpu_check.sh sets it on a real GPU) also the 2b size, S = 17,776, 30 heads,
  * hd 64: flash against the tiled twin and against double precision on a few rows of every head, with the times. */
 #define _POSIX_C_SOURCE 200809L
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../../../csrc/mem/arena.h"
 #include "../../../csrc/ops/ops.h"
@@ -37,6 +39,7 @@ static void test_attention_vs_cpu(void) {
                                                          */
         {2, 130, 1, 40}, /* two query tiles of the tensor-core kernel, a last key tile of 2 */
         {1, 20, 1, 136}, /* past the flash kernels' 128: the tiled fallback */
+        {1, 300, 2, 64}, /* the CogVideoX head dim over 5 key tiles, 3 query tiles of 128 */
     };
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const shape sh = shapes[si];
@@ -245,6 +248,74 @@ static void test_bad_args(void) {
     cvx_mem_free(d);
 }
 
+/* CVX_CUDA_ATTENTION (read once per process, so each value runs in a child forked before CUDA starts): "tiled"
+ * makes cvx_cuda_attention the tiled twin, bit for bit (the parent's flash result differs), and an unknown value is
+ * refused by both attention ops with its name. The child sends its output through a pipe. */
+static void test_env_choice(void) {
+    const int64_t B = 1, S = 17;
+    const int heads = 2, hd = 16;
+    const int64_t n = B * S * heads * hd;
+    float *q = xmalloc((size_t)n * sizeof(float)), *k = xmalloc((size_t)n * sizeof(float));
+    float *v = xmalloc((size_t)n * sizeof(float)), *env_out = xmalloc((size_t)n * sizeof(float));
+    float *flash = xmalloc((size_t)n * sizeof(float)), *twin = xmalloc((size_t)n * sizeof(float));
+    fill(q, n, 2.0f, 0.0f), fill(k, n, 2.0f, 0.0f), fill(v, n, 1.0f, 0.0f);
+    for (int bogus = 0; bogus < 2; bogus++) {
+        int fds[2];
+        if (!CVX_EXPECT(pipe(fds) == 0, "pipe")) break;
+        const pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            setenv("CVX_CUDA_ATTENTION", bogus ? "bogus" : "tiled", 1);
+            if (!cuda_test_begin()) _exit(2);
+            cvx_ctx c = cuda_ctx(CVX_F16);
+            float *dq = dev_upload(q, n), *dk = dev_upload(k, n), *dv = dev_upload(v, n), *dout = dev_upload(NULL, n);
+            const cvx_status st = cvx_cuda_attention(&c, dq, dk, dv, B, S, heads, hd, 0.25f, dout);
+            int ok;
+            if (bogus) {
+                ok = st == CVX_ERR_INVALID && strstr(cvx_error_message(), "CVX_CUDA_ATTENTION=bogus") != NULL;
+                cvx_error_clear();
+                ok = ok &&
+                     cvx_cuda_biased_attention(&c, dq, dk, dv, B, S, heads, hd, dq, NULL, dout) == CVX_ERR_INVALID &&
+                     strstr(cvx_error_message(), "expected flash or tiled") != NULL;
+            } else {
+                ok = st == CVX_OK;
+                to_host(env_out, dout, n);
+                ok = ok && write(fds[1], env_out, (size_t)n * sizeof(float)) == (ssize_t)(n * sizeof(float));
+            }
+            _exit(ok ? 0 : 1);
+        }
+        close(fds[1]);
+        size_t got = 0;
+        if (!bogus)
+            while (got < (size_t)n * sizeof(float)) {
+                const ssize_t r = read(fds[0], (char *)env_out + got, (size_t)n * sizeof(float) - got);
+                if (r <= 0) break;
+                got += (size_t)r;
+            }
+        close(fds[0]);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        CVX_EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "CVX_CUDA_ATTENTION=%s child: status %d",
+                   bogus ? "bogus" : "tiled", status);
+        if (bogus) break;
+        CVX_EXPECT(got == (size_t)n * sizeof(float), "the tiled child sent %zu bytes", got);
+    }
+    if (cuda_test_begin()) {
+        cvx_ctx c = cuda_ctx(CVX_F16);
+        float *dq = dev_upload(q, n), *dk = dev_upload(k, n), *dv = dev_upload(v, n), *dout = dev_upload(NULL, n);
+        CVX_EXPECT(cvx_cuda_attention(&c, dq, dk, dv, B, S, heads, hd, 0.25f, dout) == CVX_OK, "flash: %s",
+                   cvx_error_message());
+        to_host(flash, dout, n);
+        CVX_EXPECT(cvx_cuda_attention_tiled(&c, dq, dk, dv, B, S, heads, hd, 0.25f, dout) == CVX_OK, "tiled: %s",
+                   cvx_error_message());
+        to_host(twin, dout, n);
+        CVX_EXPECT(memcmp(env_out, twin, (size_t)n * sizeof(float)) == 0, "CVX_CUDA_ATTENTION=tiled is the tiled twin");
+        CVX_EXPECT(memcmp(env_out, flash, (size_t)n * sizeof(float)) != 0, "and not the flash kernel");
+        cvx_mem_free(dq), cvx_mem_free(dk), cvx_mem_free(dv), cvx_mem_free(dout);
+    }
+    free(q), free(k), free(v), free(env_out), free(flash), free(twin);
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -327,8 +398,10 @@ static void test_big(void) {
 
 int main(void) {
     cvx_ops_init();
+    const int64_t host_start = live_bytes();
+    test_env_choice(); /* first: its children fork before this process starts CUDA */
     if (!cuda_test_begin()) return 0;
-    const int64_t host_start = live_bytes(), dev_start = cuda_live();
+    const int64_t dev_start = cuda_live();
     test_attention_vs_cpu();
     test_biased_vs_cpu();
     test_measuring();
