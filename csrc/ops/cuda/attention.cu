@@ -13,7 +13,7 @@
  *     O += P V (the C layout of two n8 tiles is the A layout of one k16 step), O rescaled by exp(m_old - m_new).
  *     V is stored transposed (head dim by key) so its B fragments are single 32-bit shared loads, as K's are.
  *     Row strides are padded by 8 halves: the fragment reads are free of bank conflicts. Q is staged through the
- *     K tile 64 rows at a time. Memory: 2 tiles in shared memory (<= 34 KiB at hd 128), nothing in global memory
+ *     K tile 64 rows at a time. Memory: 2 tiles in shared memory (35 KiB at hd 128), nothing in global memory
  *     but q, k, v, out: linear in S. At hd 64: 128 registers a thread, 2 blocks (16 warps) per SM.
  *   flash_f32 (ctx->compute F32, the parity path): the same online softmax in full f32 on the SIMT cores. A block
  *     of 4 warps owns 32 query rows (8 per warp), key tiles of 32: lane j scores key j against the warp's 8 rows
@@ -45,7 +45,7 @@
  *   (3) mma.sync rather than Hopper's wgmma, and the accurate expf (a few instructions more than ex2.approx).
  * So expect this kernel at best near FA2 and likely 1.5-2.5x slower than SDPA's best Hopper kernel: the per-step
  * goal (<= 0.8x diffusers) is not expected from attention as written; the GPU benchmark must say. The f32 SIMT
- * path is a parity path: expect ~10x slower than flash_tc. */
+ * path is a parity path: by estimate ~10x slower than flash_tc. */
 #include <stdlib.h>
 #include <string.h>
 
