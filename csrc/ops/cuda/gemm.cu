@@ -13,18 +13,19 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <limits.h>
+#include <string.h>
 
 #include "common.cuh"
 
 namespace {
 
-/* A failed cuBLAS(Lt) call as a cvx_status naming the call and the problem; an allocation failure inside cuBLAS is
- * an out-of-memory like any other. */
+/* A failed cuBLAS(Lt) call as a cvx_status naming the function (the call's text up to its parenthesis) and the
+ * problem; an allocation failure inside cuBLAS is an out-of-memory like any other. */
 cvx_status blas_fail(cublasStatus_t s, const char *call, const cvx_gemm *g, const char *file, int line) {
     return cvx_error_set(s == CUBLAS_STATUS_ALLOC_FAILED ? CVX_ERR_OOM : CVX_ERR_INTERNAL, file, line,
-                         "cuda: %s failed: %s (gemm M=%lld N=%lld K=%lld batch=%lld, %s inputs)", call,
-                         cublasGetStatusString(s), (long long)g->M, (long long)g->N, (long long)g->K,
-                         (long long)g->batch, cvx_dtype_name(g->ab_type));
+                         "cuda: %.*s failed: %s (gemm M=%lld N=%lld K=%lld batch=%lld, %s inputs)",
+                         (int)strcspn(call, "("), call, cublasGetStatusString(s), (long long)g->M, (long long)g->N,
+                         (long long)g->K, (long long)g->batch, cvx_dtype_name(g->ab_type));
 }
 
 #define CVX_BLAS(call, g)                                                                                              \

@@ -20,6 +20,14 @@ namespace {
 
 const int THREADS = 256;
 const int ROWS_PER_BLOCK = THREADS / 32; /* the row kernels: one warp per row */
+/* Element-wise grids stop at one wave of a large GPU (132 SMs x 2048 threads); their grid-stride loops cover the
+ * rest (and the emulation runs a thread per fiber, so fewer threads is faster there too). */
+const unsigned MAX_BLOCKS = 1024;
+
+unsigned elem_blocks(int64_t n) {
+    const unsigned b = cvx_cuda_blocks(n, THREADS);
+    return b < MAX_BLOCKS ? b : MAX_BLOCKS;
+}
 
 __device__ __forceinline__ float load_w(const void *w, cvx_dtype dt, int64_t i) {
     if (dt == CVX_F16) return __half2float(((const __half *)w)[i]);
@@ -301,7 +309,7 @@ cvx_status launch_widen(float *dst, const void *w, cvx_dtype dt, int64_t n) {
         CVX_CU(cudaMemcpyAsync(dst, w, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, CVX_STREAM()));
         return CVX_OK;
     }
-    CVX_LAUNCH(widen_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, dst, w, dt, n);
+    CVX_LAUNCH(widen_kernel, elem_blocks(n), THREADS, 0, dst, w, dt, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -354,9 +362,14 @@ linear_plan plan_linear(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_
 /* ---- data movement ------------------------------------------------------------------------------------------------
  */
 
+/* Synchronous for the host side, as the CPU op: the host buffer is the caller's again when upload returns (the
+ * transformer refills and frees its sinusoid buffer right after). From pageable memory cudaMemcpyAsync already waits
+ * for the stream and stages the bytes before returning; from pinned memory it would read them later, so the wait is
+ * explicit. The models upload only their inputs, once per forward, when the stream has little queued. */
 extern "C" cvx_status cvx_cuda_upload(cvx_ctx *ctx, void *dst, const void *host, size_t bytes) {
     if (ctx->measuring || bytes == 0) return CVX_OK;
     CVX_CU(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, CVX_STREAM()));
+    CVX_CU(cudaStreamSynchronize(CVX_STREAM()));
     return CVX_OK;
 }
 
@@ -387,7 +400,7 @@ extern "C" cvx_status cvx_cuda_copy(cvx_ctx *ctx, void *dst, const void *src, si
 
 extern "C" cvx_status cvx_cuda_fill(cvx_ctx *ctx, float *x, float value, int64_t n) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(fill_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, value, n);
+    CVX_LAUNCH(fill_kernel, elem_blocks(n), THREADS, 0, x, value, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -438,8 +451,8 @@ extern "C" cvx_status cvx_cuda_linear(cvx_ctx *ctx, const float *x, int64_t M, i
         g.batch = 1;
         g.alpha = 1.0f;
         g.M = M, g.N = N, g.K = K;
-        g.A = x, g.lda = K;
-        g.B = w, g.ldb = K;
+        g.A = x, g.lda = K > 1 ? K : 1; /* cuBLAS wants ld >= 1 even for K = 0 */
+        g.B = w, g.ldb = g.lda;
         g.ab_type = wdt;
         g.C = y, g.ldc = N;
         g.bias = bias32;
@@ -464,8 +477,7 @@ extern "C" cvx_status cvx_cuda_linear(cvx_ctx *ctx, const float *x, int64_t M, i
                     CVX_LAUNCH(narrow_rows_f16_kernel, row_blocks(g.M), THREADS, 0, x + m0 * K, (__half *)block, exps,
                                g.M, K);
                 else
-                    CVX_LAUNCH(narrow_kernel, cvx_cuda_blocks(g.M * K, THREADS), THREADS, 0, x + m0 * K, block, wdt,
-                               g.M * K);
+                    CVX_LAUNCH(narrow_kernel, elem_blocks(g.M * K), THREADS, 0, x + m0 * K, block, wdt, g.M * K);
                 CVX_TRY_CU(cudaGetLastError());
                 CVX_TRY(cvx_cuda_gemm(&g));
                 if (wdt == CVX_F16) {
@@ -506,21 +518,21 @@ extern "C" cvx_status cvx_cuda_rms_norm(cvx_ctx *ctx, const float *x, int64_t ro
 extern "C" cvx_status cvx_cuda_gated_add(cvx_ctx *ctx, float *x, const float *gate, const float *y, int64_t rows,
                                          int64_t D) {
     if (ctx->measuring || rows <= 0 || D <= 0) return CVX_OK;
-    CVX_LAUNCH(gated_add_kernel, cvx_cuda_blocks(rows * D, THREADS), THREADS, 0, x, gate, y, rows * D, D);
+    CVX_LAUNCH(gated_add_kernel, elem_blocks(rows * D), THREADS, 0, x, gate, y, rows * D, D);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
 extern "C" cvx_status cvx_cuda_mul(cvx_ctx *ctx, float *x, const float *y, int64_t n) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(mul_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, y, n);
+    CVX_LAUNCH(mul_kernel, elem_blocks(n), THREADS, 0, x, y, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
 static cvx_status launch_unary(cvx_ctx *ctx, float *x, int64_t n, int op) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(unary_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, n, op);
+    CVX_LAUNCH(unary_kernel, elem_blocks(n), THREADS, 0, x, n, op);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -538,8 +550,7 @@ extern "C" cvx_status cvx_cuda_rope(cvx_ctx *ctx, float *x, int64_t rows, int64_
     if (heads < 0 || ld < (int64_t)heads * hd)
         return CVX_FAIL(CVX_ERR_INVALID, "rope: %d heads of %d do not fit in rows of %lld", heads, hd, (long long)ld);
     if (ctx->measuring || rows <= 0 || heads == 0 || hd == 0) return CVX_OK;
-    CVX_LAUNCH(rope_kernel, cvx_cuda_blocks(rows * heads * (hd / 2), THREADS), THREADS, 0, x, rows, ld, heads, hd,
-               cos_tab, sin_tab);
+    CVX_LAUNCH(rope_kernel, elem_blocks(rows * heads * (hd / 2)), THREADS, 0, x, rows, ld, heads, hd, cos_tab, sin_tab);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -552,8 +563,7 @@ extern "C" cvx_status cvx_cuda_embedding(cvx_ctx *ctx, const void *table, cvx_dt
     CVX_CHECK(check_wdt("embedding", dt));
     if (ctx->measuring || n <= 0 || d <= 0) return CVX_OK;
     CVX_CHECK(bad_record_ready());
-    CVX_LAUNCH(embedding_kernel, cvx_cuda_blocks(n * d, THREADS), THREADS, 0, table, dt, table_rows, ids, n, d, out,
-               bad_record);
+    CVX_LAUNCH(embedding_kernel, elem_blocks(n * d), THREADS, 0, table, dt, table_rows, ids, n, d, out, bad_record);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -563,8 +573,8 @@ extern "C" cvx_status cvx_cuda_position_bias(cvx_ctx *ctx, const void *table, cv
     CVX_CHECK(check_wdt("position_bias", dt));
     if (ctx->measuring || H <= 0 || S <= 0) return CVX_OK;
     CVX_CHECK(bad_record_ready());
-    CVX_LAUNCH(position_bias_kernel, cvx_cuda_blocks((int64_t)H * S * S, THREADS), THREADS, 0, table, dt, num_buckets,
-               buckets, H, S, out, bad_record);
+    CVX_LAUNCH(position_bias_kernel, elem_blocks((int64_t)H * S * S), THREADS, 0, table, dt, num_buckets, buckets, H, S,
+               out, bad_record);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -578,8 +588,7 @@ extern "C" cvx_status cvx_cuda_gather_patches(cvx_ctx *ctx, const cvx_tensor *h,
     const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
     const int64_t n = B * (F / pt) * (H / p) * (W / p) * C * pt * p * p;
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(gather_patches_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, (const float *)h->data, B, F, C, H, W, p,
-               pt, out);
+    CVX_LAUNCH(gather_patches_kernel, elem_blocks(n), THREADS, 0, (const float *)h->data, B, F, C, H, W, p, pt, out);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -589,7 +598,7 @@ extern "C" cvx_status cvx_cuda_unpatchify(cvx_ctx *ctx, const float *tok, int64_
     if (p < 1 || pt < 1) return CVX_FAIL(CVX_ERR_INVALID, "unpatchify: patch sizes %d, %d", p, pt);
     const int64_t n = B * Fp * Hp * Wp * C * pt * p * p;
     if (ctx->measuring || B <= 0 || Fp <= 0 || Hp <= 0 || Wp <= 0 || C <= 0) return CVX_OK;
-    CVX_LAUNCH(unpatchify_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, tok, B, Fp, Hp, Wp, C, p, pt, out);
+    CVX_LAUNCH(unpatchify_kernel, elem_blocks(n), THREADS, 0, tok, B, Fp, Hp, Wp, C, p, pt, out);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }

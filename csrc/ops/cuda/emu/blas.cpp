@@ -79,24 +79,35 @@ float element(const operand &x, int64_t i, bool round_tf32) {
     }
 }
 
-/* C (m x n, ldc) = alpha op(A) op(B) + beta C [+ bias[i] on row i]: the definition, element by element. */
+/* C (m x n, ldc) = alpha op(A) op(B) + beta C [+ bias[i] on row i]: the definition, element by element. The
+ * operand with fewer vectors (rows of op(A) or columns of op(B)) is staged whole, the other one vector at a time, so
+ * that each dot product reads two contiguous vectors and the staging stays min(m, n) k values. */
 void gemm(int64_t m, int64_t n, int64_t k, float alpha, const operand &A, const operand &B, float beta, const float *C,
           float *D, int64_t ldc, const float *bias, bool round_tf32) {
-    /* op(A) row-wise and op(B) column-wise, so that each dot product reads two contiguous vectors */
-    std::vector<double> a((size_t)(m * k)), b((size_t)(n * k));
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t l = 0; l < k; l++) a[i * k + l] = element(A, A.trans ? l + i * A.ld : i + l * A.ld, round_tf32);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t l = 0; l < k; l++) b[j * k + l] = element(B, B.trans ? j + l * B.ld : l + j * B.ld, round_tf32);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < m; i++) {
+    auto a_at = [&](int64_t i, int64_t l) { return element(A, A.trans ? l + i * A.ld : i + l * A.ld, round_tf32); };
+    auto b_at = [&](int64_t l, int64_t j) { return element(B, B.trans ? j + l * B.ld : l + j * B.ld, round_tf32); };
+    auto store = [&](int64_t i, int64_t j, double acc) {
+        double v = (double)alpha * acc;
+        if (beta != 0.0f) v += (double)beta * C[i + j * ldc];
+        if (bias) v += bias[i];
+        D[i + j * ldc] = (float)v;
+    };
+    const bool rows_whole = m <= n;
+    const int64_t whole = rows_whole ? m : n, other = rows_whole ? n : m;
+    std::vector<double> staged((size_t)(whole * k)), vec((size_t)k);
+    for (int64_t v = 0; v < whole; v++)
+        for (int64_t l = 0; l < k; l++) staged[v * k + l] = rows_whole ? a_at(v, l) : b_at(l, v);
+    for (int64_t u = 0; u < other; u++) {
+        for (int64_t l = 0; l < k; l++) vec[l] = rows_whole ? b_at(l, u) : a_at(u, l);
+        for (int64_t v = 0; v < whole; v++) {
             double acc = 0.0;
-            for (int64_t l = 0; l < k; l++) acc += a[i * k + l] * b[j * k + l];
-            double v = (double)alpha * acc;
-            if (beta != 0.0f) v += (double)beta * C[i + j * ldc];
-            if (bias) v += bias[i];
-            D[i + j * ldc] = (float)v;
+            for (int64_t l = 0; l < k; l++) acc += staged[v * k + l] * vec[l];
+            if (rows_whole)
+                store(v, u, acc);
+            else
+                store(u, v, acc);
         }
+    }
 }
 
 bool tf32_math(cublasHandle_t h, cudaDataType ab, cublasComputeType_t compute) {
