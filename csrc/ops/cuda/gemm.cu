@@ -112,10 +112,10 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
                             op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     const void *bias = g->bias;
-    const int32_t bias_type = CUDA_R_32F;
     const uint64_t ws_limit = ws_bytes;
     /* column-major: Lt's A is our B (stored [b_rows, b_cols] row-major = [b_cols, b_rows] column-major), its B our A,
-     * D = C^T [N, M] with ld ldc; the bias runs along D's rows (length N), i.e. along each row of our C */
+     * D = C^T [N, M] with ld ldc; the bias runs along D's rows (length N), i.e. along each row of our C, and has D's
+     * type (f32) by default */
     const uint64_t b_rows = (uint64_t)(g->trans_b ? g->N : g->K), b_cols = (uint64_t)(g->trans_b ? g->K : g->N);
     const uint64_t a_rows = (uint64_t)(g->trans_a ? g->K : g->M), a_cols = (uint64_t)(g->trans_a ? g->M : g->K);
     cublasLtMatmulDesc_t desc = NULL;
@@ -139,7 +139,6 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     LT_STEP(cublasLtMatrixLayoutCreate(&la, ab, b_cols, b_rows, g->ldb));
     LT_STEP(cublasLtMatrixLayoutCreate(&lb, ab, a_cols, a_rows, g->lda));
     LT_STEP(cublasLtMatrixLayoutCreate(&lc, f32, (uint64_t)g->N, (uint64_t)g->M, g->ldc));

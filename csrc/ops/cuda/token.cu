@@ -546,7 +546,7 @@ extern "C" cvx_status cvx_cuda_relu(cvx_ctx *ctx, float *x, int64_t n) { return 
 extern "C" cvx_status cvx_cuda_rope(cvx_ctx *ctx, float *x, int64_t rows, int64_t ld, int heads, int hd,
                                     const float *cos_tab, const float *sin_tab) {
     if (hd < 0 || hd % 2 != 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is not a positive even number", hd);
+        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is odd or negative (pairs are rotated)", hd);
     if (heads < 0 || ld < (int64_t)heads * hd)
         return CVX_FAIL(CVX_ERR_INVALID, "rope: %d heads of %d do not fit in rows of %lld", heads, hd, (long long)ld);
     if (ctx->measuring || rows <= 0 || heads == 0 || hd == 0) return CVX_OK;

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublas_v2.h>
+
 #include "../../../csrc/core/dtype.h"
 #include "../../../csrc/mem/arena.h"
 #include "../../../csrc/ops/backend.h"
@@ -144,6 +146,55 @@ static void test_gemm(void) {
     run_gemm_case(0, 1, 1, CVX_F32, 1, 1, 1, 1);
     run_gemm_case(0, 1, 1, CVX_F16, 1, 33, 17, 45);
     run_gemm_case(1, 0, 0, CVX_F32, 2, 3, 5, 0); /* K = 0: C = beta C */
+}
+
+/* The f32 path is full f32: the same GEMM with the handle switched to TF32 tensor-core math (what
+ * torch.backends.cuda.matmul.allow_tf32 = True would do) is off by far more than the 1e-5 the f32 tests allow, so
+ * those tests would catch TF32 slipping in. Without a bias: the bias path is cuBLASLt's, which never uses TF32 with
+ * CUBLAS_COMPUTE_32F. */
+static void test_gemm_not_tf32(void) {
+    const int64_t M = 16, N = 16, K = 256;
+    float *A = xmalloc((size_t)(M * K) * 4), *B = xmalloc((size_t)(K * N) * 4), *ref = xmalloc((size_t)(M * N) * 4);
+    fill(A, M * K, 1.0f, 0.0f);
+    fill(B, K * N, 1.0f, 0.0f);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)A[m * K + k] * B[k * N + n];
+            ref[m * N + n] = (float)acc;
+        }
+    float *dA = dev_upload(A, M * K), *dB = dev_upload(B, K * N), *dC = dev_upload_bytes(NULL, (size_t)(M * N) * 4);
+    const cvx_gemm g = {.M = M,
+                        .N = N,
+                        .K = K,
+                        .A = dA,
+                        .lda = K,
+                        .B = dB,
+                        .ldb = N,
+                        .ab_type = CVX_F32,
+                        .C = dC,
+                        .ldc = N,
+                        .batch = 1,
+                        .alpha = 1.0f};
+    cublasHandle_t h = (cublasHandle_t)cvx_cuda_cublas();
+    double err[2];
+    for (int tf32 = 0; tf32 < 2; tf32++) {
+        cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+        CVX_EXPECT(cvx_cuda_gemm(&g) == CVX_OK, "gemm: %s", cvx_error_message());
+        float *got = dev_result(dC, M * N);
+        double worst = 0.0, scale = 0.0;
+        for (int64_t i = 0; i < M * N; i++) {
+            worst = fmax(worst, fabs((double)got[i] - ref[i]));
+            scale = fmax(scale, fabs((double)ref[i]));
+        }
+        err[tf32] = worst / scale;
+        free(got);
+    }
+    cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+    printf("  %-52s max rel err %.3g as built, %.3g with TF32 math\n", "gemm f32 256-deep", err[0], err[1]);
+    CVX_EXPECT(err[0] <= TOL32 && err[1] > 10 * TOL32, "f32 gemm: %.3g as built, %.3g with TF32", err[0], err[1]);
+    cvx_mem_free(dA), cvx_mem_free(dB), cvx_mem_free(dC);
+    free(A), free(B), free(ref);
 }
 
 static void test_gemm_refusals(void) {
@@ -762,6 +813,7 @@ int main(void) {
     const int64_t base = cuda_live();
     printf("gemm\n");
     test_gemm();
+    test_gemm_not_tf32();
     test_gemm_refusals();
     printf("linear\n");
     test_linear();

@@ -8,8 +8,8 @@
  *                    ldb >= max(1, op N ? k : n), ldc >= max(1, m); beta = 0 means C is not read (it may hold NaN);
  *   strided batched: problem p uses A + p strideA, B + p strideB, C + p strideC;
  *   cublasLtMatmul:  D = alpha op(A) op(B) + beta C, then CUBLASLT_EPILOGUE_BIAS adds bias[i] to row i of D (the
- *                    bias has D's row count; it is broadcast along the columns); layouts give the stored matrix's
- *                    rows, cols and ld before op.
+ *                    bias has D's row count and type, broadcast along the columns); a layout gives the stored
+ *                    matrix's rows, cols and ld, before op.
  * Inputs are read exactly in their type (f16/bf16 widen exactly); TF32 math (the handle's CUBLAS_TF32_TENSOR_OP_MATH
  * or CUBLAS_COMPUTE_32F_FAST_TF32) rounds f32 inputs to TF32's 10 mantissa bits, as the tensor cores would, so a
  * parity path that let TF32 in fails its 1e-5 tests. Products are accumulated in double and rounded once.
@@ -32,7 +32,7 @@ float cvx_bf16_to_f32(uint16_t h);
 struct cvx_emu_lt_desc {
     cublasComputeType_t compute;
     cudaDataType_t scale;
-    int32_t pointer_mode, transa, transb, bias_type;
+    int32_t pointer_mode, transa, transb;
     uint32_t epilogue;
     const void *bias;
 };
@@ -180,9 +180,6 @@ cublasStatus_t check_lt(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t A, cublas
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    /* the bias has D's type unless set (-1): f32 here */
-    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias_type != -1 && d->bias_type != CUDA_R_32F)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -224,8 +221,7 @@ extern "C" cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cubl
 extern "C" cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *desc, cublasComputeType_t computeType,
                                                    cudaDataType_t scaleType) {
     if (!desc) return CUBLAS_STATUS_INVALID_VALUE;
-    *desc =
-        new cvx_emu_lt_desc{computeType, scaleType, 0, CUBLAS_OP_N, CUBLAS_OP_N, -1, CUBLASLT_EPILOGUE_DEFAULT, NULL};
+    *desc = new cvx_emu_lt_desc{computeType, scaleType, 0, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -256,7 +252,6 @@ extern "C" cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t de
         break;
     case CUBLASLT_MATMUL_DESC_EPILOGUE: desc->epilogue = (uint32_t)i32; break;
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: memcpy(&desc->bias, buf, sizeof(void *)); break;
-    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: desc->bias_type = i32; break;
     default: return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     return CUBLAS_STATUS_SUCCESS;
