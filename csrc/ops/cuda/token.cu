@@ -59,7 +59,11 @@ struct bad_index {
     int op;
     long long pos, value, bound;
 };
-bad_index *bad_record; /* pinned host memory, written by kernels (unified addressing), read after a sync */
+/* Pinned host memory that kernels write directly (unified addressing makes the host pointer a device pointer) and
+ * the host reads after a sync; touched only when an index is bad. A device atomic on host memory is atomic among the
+ * GPU's threads only where the link supports it (PCIe AtomicOps); where it does not, two bad indices can mix their
+ * details, but the count still becomes nonzero, so the error is never lost. */
+bad_index *bad_record;
 pthread_once_t bad_once = PTHREAD_ONCE_INIT;
 cudaError_t bad_alloc_error = cudaSuccess;
 
