@@ -7,7 +7,8 @@
  * Paths (every one with CUBLAS_COMPUTE_32F and an f32 C):
  *   bias, batch 1, K > 0   cuBLASLt with CUBLASLT_EPILOGUE_BIAS (the f32 bias added to every row in the GEMM's own
  *                          epilogue), when the heuristic finds an algorithm for the problem (alignment); else
- *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then add_bias when there is one.
+ *   K = 0                  C = beta C + bias by scale_add_bias (no cuBLAS call);
+ *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then scale_add_bias for a bias.
  * f32 inputs: CUBLAS_COMPUTE_32F without CUBLAS_TF32_TENSOR_OP_MATH (the handle keeps CUBLAS_DEFAULT_MATH) is full
  * f32, as PyTorch's matmul with allow_tf32 = False. f16/bf16 inputs: tensor cores, f32 accumulation. */
 #include <cublasLt.h>
@@ -34,13 +35,15 @@ cvx_status blas_fail(cublasStatus_t s, const char *call, const cvx_gemm *g, cons
         if (cvx_blas_st_ != CUBLAS_STATUS_SUCCESS) return blas_fail(cvx_blas_st_, #call, (g), __FILE__, __LINE__);     \
     } while (0)
 
-/* C[b, m, n] += bias[n] over batch x M rows of N (row stride ldc, batch stride stride_c) */
-__global__ void add_bias(float *__restrict__ C, const float *__restrict__ bias, int64_t rows, int64_t M, int64_t N,
-                         int64_t ldc, int64_t stride_c) {
+/* C[b, m, n] = s C[b, m, n] + bias[n] over batch x M rows of N (row stride ldc, batch stride stride_c); bias NULL
+ * adds nothing, s = 0 writes without reading C (cuBLAS's beta = 0: C may hold NaN) */
+__global__ void scale_add_bias(float *__restrict__ C, float s, const float *__restrict__ bias, int64_t rows, int64_t M,
+                               int64_t N, int64_t ldc, int64_t stride_c) {
     const int64_t total = rows * N;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / N, n = i % N;
-        C[(r / M) * stride_c + (r % M) * ldc + n] += bias[n];
+        float *c = C + (r / M) * stride_c + (r % M) * ldc + n;
+        *c = (s != 0.0f ? s * *c : 0.0f) + (bias ? bias[n] : 0.0f);
     }
 }
 
@@ -179,6 +182,13 @@ extern "C" cvx_status cvx_cuda_gemm(const cvx_gemm *g) {
         CVX_CHECK(lt_gemm_bias(g, &done));
         if (done) return CVX_OK;
     }
+    const int64_t rows = g->batch * g->M;
+    if (g->K == 0) { /* C = beta C + bias, without asking cuBLAS what an empty product is */
+        CVX_LAUNCH(scale_add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, g->beta, g->bias, rows, g->M, g->N,
+                   g->ldc, g->stride_c);
+        CVX_CU(cudaGetLastError());
+        return CVX_OK;
+    }
     const cudaDataType ab = blas_type(g->ab_type);
     const cublasOperation_t op_b = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                             op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -193,9 +203,8 @@ extern "C" cvx_status cvx_cuda_gemm(const cvx_gemm *g) {
                                             g->stride_c, (int)g->batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  g);
     if (g->bias) {
-        const int64_t rows = g->batch * g->M;
-        CVX_LAUNCH(add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, g->bias, rows, g->M, g->N, g->ldc,
-                   g->stride_c);
+        CVX_LAUNCH(scale_add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, 1.0f, g->bias, rows, g->M, g->N,
+                   g->ldc, g->stride_c);
         CVX_CU(cudaGetLastError());
     }
     return CVX_OK;
