@@ -49,6 +49,14 @@ __global__ void scale_add_bias(float *__restrict__ C, float s, const float *__re
 
 cudaDataType blas_type(cvx_dtype dt) { return dt == CVX_F16 ? CUDA_R_16F : dt == CVX_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
+/* The largest power of two (up to 256) dividing the address: what the operand's pointer guarantees */
+uint32_t alignment(const void *p) {
+    const uintptr_t a = (uintptr_t)p;
+    uint32_t al = 1;
+    while (al < 256 && a % (2 * al) == 0) al *= 2;
+    return al;
+}
+
 int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /* The last element of a row-major [rows, cols] operand in each of `batch` strided copies, or -1 on overflow: the
@@ -116,6 +124,7 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     const void *bias = g->bias;
     const uint64_t ws_limit = ws_bytes;
+    const uint32_t align_a = alignment(g->B), align_b = alignment(g->A), align_c = alignment(g->C);
     /* column-major: Lt's A is our B (stored [b_rows, b_cols] row-major = [b_cols, b_rows] column-major), its B our A,
      * D = C^T [N, M] with ld ldc; the bias runs along D's rows (length N), i.e. along each row of our C, and has D's
      * type (f32) by default */
@@ -148,6 +157,16 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
     LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
     LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_limit,
                                                  sizeof(ws_limit)));
+    /* the heuristic assumes 256-byte aligned operands unless told otherwise, and an algorithm chosen so faults on a
+     * view into a larger buffer (y + n0, x + b S D): each preference says what the pointer has, as PyTorch does */
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                 sizeof(align_a)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                 sizeof(align_b)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                 sizeof(align_c)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                 sizeof(align_c)));
     s = cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
     if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
         s = CUBLAS_STATUS_SUCCESS; /* no algorithm: the cuBLAS path */

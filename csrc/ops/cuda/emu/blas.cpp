@@ -43,6 +43,7 @@ struct cvx_emu_lt_layout {
 };
 struct cvx_emu_lt_pref {
     uint64_t max_workspace;
+    uint32_t min_alignment[4]; /* A, B, C, D: what the chosen algorithm may assume of the pointers */
 };
 
 namespace {
@@ -273,7 +274,7 @@ extern "C" cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t lay
 
 extern "C" cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
     if (!pref) return CUBLAS_STATUS_INVALID_VALUE;
-    *pref = new cvx_emu_lt_pref{0};
+    *pref = new cvx_emu_lt_pref{0, {256, 256, 256, 256}}; /* cuBLASLt's defaults */
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -286,9 +287,15 @@ extern "C" cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPre
                                                                cublasLtMatmulPreferenceAttributes_t attr,
                                                                const void *buf, size_t size) {
     if (!pref || !buf) return CUBLAS_STATUS_INVALID_VALUE;
-    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (size != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
-    memcpy(&pref->max_workspace, buf, sizeof(uint64_t));
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+        if (size != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&pref->max_workspace, buf, sizeof(uint64_t));
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if (attr < CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES || attr > CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (size != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&pref->min_alignment[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, sizeof(uint32_t));
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -303,9 +310,10 @@ extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lt, cu
     if (!pref || requested <= 0 || !results || !count) return CUBLAS_STATUS_INVALID_VALUE;
     const cublasStatus_t s = check_lt(desc, A, B, C, D);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
-    /* one algorithm, needing no workspace */
+    /* one algorithm, needing no workspace, assuming the preference's alignments (cublasLtMatmul checks them) */
     memset(&results[0], 0, sizeof(results[0]));
-    results[0].algo.data[0] = 0x63767865; /* any value: cublasLtMatmul runs the definition whatever it says */
+    results[0].algo.data[0] = 0x63767865;
+    for (int i = 0; i < 4; i++) results[0].algo.data[1 + i] = pref->min_alignment[i];
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
     *count = 1;
@@ -318,9 +326,15 @@ extern "C" cublasStatus_t cublasLtMatmul(cublasLtHandle_t lt, cublasLtMatmulDesc
                                          cublasLtMatrixLayout_t Cdesc, void *D, cublasLtMatrixLayout_t Ddesc,
                                          const cublasLtMatmulAlgo_t *algo, void *workspace, size_t workspace_bytes,
                                          cudaStream_t stream) {
-    (void)algo;
     if (!lt) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (!alpha || !beta || (workspace_bytes && !workspace)) return CUBLAS_STATUS_INVALID_VALUE;
+    /* an algorithm chosen for better-aligned operands than these would fault on the GPU (NULL: the implicit
+     * heuristic, cuBLASLt's default 256 bytes) */
+    const void *ptrs[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++) {
+        const uint64_t need = algo ? algo->data[1 + i] : 256;
+        if (need > 1 && (uintptr_t)ptrs[i] % need != 0) return CUBLAS_STATUS_INVALID_VALUE;
+    }
     const cublasStatus_t s = check_lt(desc, Adesc, Bdesc, Cdesc, Ddesc);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     const float *bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS ? (const float *)desc->bias : NULL;
