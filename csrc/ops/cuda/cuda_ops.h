@@ -15,11 +15,11 @@
 #ifndef CVX_CUDA_OPS_H
 #define CVX_CUDA_OPS_H
 
-#include "../backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "../backend.h" /* and ops.h, ctx.h: C declarations, so C linkage from a .cu too */
 
 /* ---- runtime (device.cu) ---- */
 int cvx_cuda_device_count(void);
