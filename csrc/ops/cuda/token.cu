@@ -51,7 +51,7 @@ cvx_status check_wdt(const char *op, cvx_dtype dt) {
                     cvx_dtype_name(dt));
 }
 
-/* ---- the record of a bad index met on the device ---------------------------------------------------------------- */
+/* ---- the record of a bad index met on the device ----------------------------------------------------------------- */
 
 enum { BAD_EMBEDDING_ID = 1, BAD_BUCKET = 2 };
 struct bad_index {
@@ -59,7 +59,11 @@ struct bad_index {
     int op;
     long long pos, value, bound;
 };
-bad_index *bad_record; /* pinned host memory, written by kernels (unified addressing), read after a sync */
+/* Pinned host memory that kernels write directly (unified addressing makes the host pointer a device pointer) and
+ * the host reads after a sync; touched only when an index is bad. A device atomic on host memory is atomic among the
+ * GPU's threads only where the link supports it (PCIe AtomicOps); where it does not, two bad indices can mix their
+ * details, but the count still becomes nonzero, so the error is never lost. */
+bad_index *bad_record;
 pthread_once_t bad_once = PTHREAD_ONCE_INIT;
 cudaError_t bad_alloc_error = cudaSuccess;
 
@@ -88,8 +92,7 @@ __device__ void report_bad(bad_index *rec, int op, int64_t pos, int64_t value, i
     }
 }
 
-/* ---- kernels ------------------------------------------------------------------------------------------------------
- */
+/* ---- kernels ----------------------------------------------------------------------------------------------------- */
 
 __global__ void fill_kernel(float *__restrict__ x, float value, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
@@ -314,7 +317,7 @@ cvx_status launch_widen(float *dst, const void *w, cvx_dtype dt, int64_t n) {
     return CVX_OK;
 }
 
-/* ---- linear: the plan ------------------------------------------------------------------------------------------
+/* ---- linear: the plan ---------------------------------------------------------------------------------------------
  * f32 weights                   one f32 GEMM of x by w, the bias fused (cvx_cuda_gemm); no scratch.
  * 16-bit weights, compute F32   the parity path: w widened to f32 in column blocks of at most
  *                               CVX_CUDA_LINEAR_BLOCK_BYTES, one f32 GEMM per block (as the CPU op, no x rounding).
@@ -359,8 +362,7 @@ linear_plan plan_linear(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_
 
 } // namespace
 
-/* ---- data movement ------------------------------------------------------------------------------------------------
- */
+/* ---- data movement ----------------------------------------------------------------------------------------------- */
 
 /* Synchronous for the host side, as the CPU op: the host buffer is the caller's again when upload returns (the
  * transformer refills and frees its sinusoid buffer right after). From pageable memory cudaMemcpyAsync already waits
@@ -411,8 +413,7 @@ extern "C" cvx_status cvx_cuda_widen(cvx_ctx *ctx, float *dst, const void *w, cv
     return launch_widen(dst, w, dt, n);
 }
 
-/* ---- linear -------------------------------------------------------------------------------------------------------
- */
+/* ---- linear ------------------------------------------------------------------------------------------------------ */
 
 extern "C" size_t cvx_cuda_linear_scratch(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_bias,
                                           cvx_dtype compute) {
@@ -492,8 +493,7 @@ fail:
     return st;
 }
 
-/* ---- norms and element-wise ops ------------------------------------------------------------------------------------
- */
+/* ---- norms and element-wise ops ---------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_layer_norm(cvx_ctx *ctx, const float *x, int64_t rows, int64_t D, float eps,
                                           const void *gamma, const void *beta, cvx_dtype wdt, const float *scale,
@@ -546,7 +546,7 @@ extern "C" cvx_status cvx_cuda_relu(cvx_ctx *ctx, float *x, int64_t n) { return 
 extern "C" cvx_status cvx_cuda_rope(cvx_ctx *ctx, float *x, int64_t rows, int64_t ld, int heads, int hd,
                                     const float *cos_tab, const float *sin_tab) {
     if (hd < 0 || hd % 2 != 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is not a positive even number", hd);
+        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is odd or negative (pairs are rotated)", hd);
     if (heads < 0 || ld < (int64_t)heads * hd)
         return CVX_FAIL(CVX_ERR_INVALID, "rope: %d heads of %d do not fit in rows of %lld", heads, hd, (long long)ld);
     if (ctx->measuring || rows <= 0 || heads == 0 || hd == 0) return CVX_OK;
@@ -555,8 +555,7 @@ extern "C" cvx_status cvx_cuda_rope(cvx_ctx *ctx, float *x, int64_t rows, int64_
     return CVX_OK;
 }
 
-/* ---- lookups -------------------------------------------------------------------------------------------------------
- */
+/* ---- lookups ----------------------------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_embedding(cvx_ctx *ctx, const void *table, cvx_dtype dt, int64_t table_rows,
                                          const int64_t *ids, int64_t n, int64_t d, float *out) {
@@ -579,8 +578,7 @@ extern "C" cvx_status cvx_cuda_position_bias(cvx_ctx *ctx, const void *table, cv
     return CVX_OK;
 }
 
-/* ---- the patch embedding's gathers ----------------------------------------------------------------------------------
- */
+/* ---- the patch embedding's gathers ------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_gather_patches(cvx_ctx *ctx, const cvx_tensor *h, int p, int pt, float *out) {
     if (p < 1 || pt < 1) return CVX_FAIL(CVX_ERR_INVALID, "gather_patches: patch sizes %d, %d", p, pt);

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublas_v2.h>
+
 #include "../../../csrc/core/dtype.h"
 #include "../../../csrc/mem/arena.h"
 #include "../../../csrc/ops/backend.h"
@@ -70,13 +72,15 @@ static const char *dt_name(cvx_dtype dt) { return cvx_dtype_name(dt); }
 
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* gemm: every transposition, batch 1 and 3, bias or not, each input type, padded leading dimensions and strides
- * (the padding must come back untouched), against the row-major definition in double */
+ * (the padding must come back untouched), against the row-major definition in double. `off` starts every operand
+ * that many elements into its buffer: a view, as the models pass (x + b S D), aligned to only 2 or 4 bytes. */
 
-static void run_gemm_case(int ta, int tb, int with_bias, cvx_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K) {
+static void run_gemm_case(int ta, int tb, int with_bias, cvx_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          int64_t off) {
     const int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
     const int64_t lda = a_cols + 3, ldb = b_cols + 1, ldc = N + 2;
     const int64_t sa = a_rows * lda + 5, sb = b_rows * ldb + 2, sc = M * ldc + 7;
-    const int64_t na = sa * batch, nb = sb * batch, nc = sc * batch;
+    const int64_t na = sa * batch + off, nb = sb * batch + off, nc = sc * batch + off;
     float *A = xmalloc((size_t)na * 4), *B = xmalloc((size_t)nb * 4), *C = xmalloc((size_t)nc * 4);
     float *bias = xmalloc((size_t)N * 4);
     uint16_t *A16 = xmalloc((size_t)na * 2), *B16 = xmalloc((size_t)nb * 2);
@@ -87,25 +91,27 @@ static void run_gemm_case(int ta, int tb, int with_bias, cvx_dtype dt, int64_t b
     void *dA = dev_weight(A, A16, na, dt), *dB = dev_weight(B, B16, nb, dt);
     float *dC = dev_upload(C, nc), *dbias = dev_upload(bias, N);
     const float alpha = 1.5f, beta = 0.5f;
+    const size_t esize = dt == CVX_F32 ? 4 : 2;
     const cvx_gemm g = {.trans_a = ta,
                         .trans_b = tb,
                         .M = M,
                         .N = N,
                         .K = K,
-                        .A = dA,
+                        .A = (const char *)dA + off * esize,
                         .lda = lda,
                         .stride_a = sa,
-                        .B = dB,
+                        .B = (const char *)dB + off * esize,
                         .ldb = ldb,
                         .stride_b = sb,
                         .ab_type = dt,
-                        .C = dC,
+                        .C = dC + off,
                         .ldc = ldc,
                         .stride_c = sc,
                         .batch = batch,
                         .alpha = alpha,
                         .beta = beta,
                         .bias = with_bias ? dbias : NULL};
+    cvx_error_clear(); /* the message kept is the first failure's: this case's own */
     const cvx_status st = cvx_cuda_gemm(&g);
     CVX_EXPECT(st == CVX_OK, "gemm: %s", cvx_error_message());
     float *got = dev_result(dC, nc);
@@ -117,16 +123,17 @@ static void run_gemm_case(int ta, int tb, int with_bias, cvx_dtype dt, int64_t b
             for (int64_t n = 0; n < N; n++) {
                 double acc = 0.0;
                 for (int64_t k = 0; k < K; k++) {
-                    const double a = ta ? A[p * sa + k * lda + m] : A[p * sa + m * lda + k];
-                    const double b = tb ? B[p * sb + n * ldb + k] : B[p * sb + k * ldb + n];
+                    const double a = ta ? A[off + p * sa + k * lda + m] : A[off + p * sa + m * lda + k];
+                    const double b = tb ? B[off + p * sb + n * ldb + k] : B[off + p * sb + k * ldb + n];
                     acc += a * b;
                 }
-                const int64_t c = p * sc + m * ldc + n;
+                const int64_t c = off + p * sc + m * ldc + n;
                 ref[c] = (float)(alpha * acc + beta * (double)C[c] + (with_bias ? bias[n] : 0.0));
             }
     char what[128];
-    snprintf(what, sizeof(what), "gemm %s%s %s batch %lld %s (%lldx%lldx%lld)", ta ? "T" : "N", tb ? "T" : "N",
-             dt_name(dt), (long long)batch, with_bias ? "bias" : "no bias", (long long)M, (long long)N, (long long)K);
+    snprintf(what, sizeof(what), "gemm %s%s %s batch %lld %s (%lldx%lldx%lld)%s", ta ? "T" : "N", tb ? "T" : "N",
+             dt_name(dt), (long long)batch, with_bias ? "bias" : "no bias", (long long)M, (long long)N, (long long)K,
+             off ? ", views" : "");
     expect_rel(what, got, ref, nc, TOL32); /* exact 16-bit inputs: f32 accumulation either way */
     cvx_mem_free(dA), cvx_mem_free(dB), cvx_mem_free(dC), cvx_mem_free(dbias);
     free(A), free(B), free(C), free(bias), free(A16), free(B16), free(got), free(ref);
@@ -138,12 +145,67 @@ static void test_gemm(void) {
         for (int tb = 0; tb < 2; tb++)
             for (int bias = 0; bias < 2; bias++)
                 for (int d = 0; d < 3; d++) {
-                    run_gemm_case(ta, tb, bias, dts[d], 1, 5, 3, 7);
-                    run_gemm_case(ta, tb, bias, dts[d], 3, 4, 6, 9);
+                    run_gemm_case(ta, tb, bias, dts[d], 1, 5, 3, 7, 0);
+                    run_gemm_case(ta, tb, bias, dts[d], 3, 4, 6, 9, 0);
+                    run_gemm_case(ta, tb, bias, dts[d], 1, 6, 5, 4, 1);
                 }
-    run_gemm_case(0, 1, 1, CVX_F32, 1, 1, 1, 1);
-    run_gemm_case(0, 1, 1, CVX_F16, 1, 33, 17, 45);
-    run_gemm_case(1, 0, 0, CVX_F32, 2, 3, 5, 0); /* K = 0: C = beta C */
+    run_gemm_case(0, 1, 1, CVX_F32, 1, 1, 1, 1, 0);
+    run_gemm_case(0, 1, 1, CVX_F16, 1, 33, 17, 45, 0);
+    run_gemm_case(1, 0, 0, CVX_F32, 2, 3, 5, 0, 0); /* K = 0: C = beta C (+ bias) */
+    run_gemm_case(0, 1, 1, CVX_F16, 1, 3, 4, 0, 3);
+}
+
+/* The f32 path is full f32: within 1e-5 of the double reference on a 1024-deep product. With the handle switched to
+ * TF32 tensor-core math (what torch.backends.cuda.matmul.allow_tf32 = True does) the emulation moves the same GEMM
+ * by far more, so the f32 tests would catch TF32 slipping in (asserted under the emulation only: a GPU's cuBLAS may
+ * still pick a non-tensor-core kernel for it). Without a bias: the bias path is cuBLASLt's, which never uses TF32
+ * with CUBLAS_COMPUTE_32F. */
+static void test_gemm_not_tf32(void) {
+    const int64_t M = 64, N = 64, K = 1024;
+    float *A = xmalloc((size_t)(M * K) * 4), *B = xmalloc((size_t)(K * N) * 4), *ref = xmalloc((size_t)(M * N) * 4);
+    fill(A, M * K, 1.0f, 0.0f);
+    fill(B, K * N, 1.0f, 0.0f);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)A[m * K + k] * B[k * N + n];
+            ref[m * N + n] = (float)acc;
+        }
+    float *dA = dev_upload(A, M * K), *dB = dev_upload(B, K * N), *dC = dev_upload_bytes(NULL, (size_t)(M * N) * 4);
+    const cvx_gemm g = {.M = M,
+                        .N = N,
+                        .K = K,
+                        .A = dA,
+                        .lda = K,
+                        .B = dB,
+                        .ldb = N,
+                        .ab_type = CVX_F32,
+                        .C = dC,
+                        .ldc = N,
+                        .batch = 1,
+                        .alpha = 1.0f};
+    cublasHandle_t h = (cublasHandle_t)cvx_cuda_cublas();
+    double err[2];
+    for (int tf32 = 0; tf32 < 2; tf32++) {
+        cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+        CVX_EXPECT(cvx_cuda_gemm(&g) == CVX_OK, "gemm: %s", cvx_error_message());
+        float *got = dev_result(dC, M * N);
+        double worst = 0.0, scale = 0.0;
+        for (int64_t i = 0; i < M * N; i++) {
+            worst = fmax(worst, fabs((double)got[i] - ref[i]));
+            scale = fmax(scale, fabs((double)ref[i]));
+        }
+        err[tf32] = worst / scale;
+        free(got);
+    }
+    cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+    printf("  %-52s max rel err %.3g as built, %.3g with TF32 math\n", "gemm f32 1024-deep", err[0], err[1]);
+    CVX_EXPECT(err[0] <= TOL32, "f32 gemm: max rel err %.3g", err[0]);
+#ifdef CVX_CUDA_EMU
+    CVX_EXPECT(err[1] > 10 * TOL32, "the emulation's TF32 math: max rel err %.3g", err[1]);
+#endif
+    cvx_mem_free(dA), cvx_mem_free(dB), cvx_mem_free(dC);
+    free(A), free(B), free(ref);
 }
 
 static void test_gemm_refusals(void) {
@@ -238,6 +300,7 @@ static void run_linear_case(const linear_case *lc) {
     /* 1. straight from the memory manager: the scratch is given back, the peak stays within the documented bound */
     cvx_ctx G = cuda_ctx(lc->compute);
     float *dy = dev_upload_bytes(NULL, (size_t)(M * N) * 4);
+    cvx_error_clear();
     const int64_t before = cuda_live();
     cvx_mem_reset_peak(CVX_DEVICE_CUDA);
     cvx_status st = G.be->linear(&G, dx, M, K, dw, lc->wdt, db, N, dy);
@@ -762,6 +825,7 @@ int main(void) {
     const int64_t base = cuda_live();
     printf("gemm\n");
     test_gemm();
+    test_gemm_not_tf32();
     test_gemm_refusals();
     printf("linear\n");
     test_linear();
