@@ -130,6 +130,13 @@ cvx_status cvx_cuda_attention(cvx_ctx *ctx, const float *q, const float *k, cons
                               int heads, int hd, float scale, float *out);
 cvx_status cvx_cuda_biased_attention(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B, int64_t S,
                                      int H, int kd, const float *bias, const float *key_mask, float *out);
+/* attention.cu's cuBLAS-tiled twins of the two above (the flash kernels' tested twin; cvx_cuda_attention runs it
+ * instead of flash when the environment has CVX_CUDA_ATTENTION=tiled). Same arguments, checks and results. */
+cvx_status cvx_cuda_attention_tiled(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B, int64_t S,
+                                    int heads, int hd, float scale, float *out);
+cvx_status cvx_cuda_biased_attention_tiled(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B,
+                                           int64_t S, int H, int kd, const float *bias, const float *key_mask,
+                                           float *out);
 cvx_status cvx_cuda_embedding(cvx_ctx *ctx, const void *table, cvx_dtype dt, int64_t table_rows, const int64_t *ids,
                               int64_t n, int64_t d, float *out);
 cvx_status cvx_cuda_position_bias(cvx_ctx *ctx, const void *table, cvx_dtype dt, int num_buckets,

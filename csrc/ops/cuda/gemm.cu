@@ -7,24 +7,26 @@
  * Paths (every one with CUBLAS_COMPUTE_32F and an f32 C):
  *   bias, batch 1, K > 0   cuBLASLt with CUBLASLT_EPILOGUE_BIAS (the f32 bias added to every row in the GEMM's own
  *                          epilogue), when the heuristic finds an algorithm for the problem (alignment); else
- *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then add_bias when there is one.
+ *   K = 0                  C = beta C + bias by scale_add_bias (no cuBLAS call);
+ *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then scale_add_bias for a bias.
  * f32 inputs: CUBLAS_COMPUTE_32F without CUBLAS_TF32_TENSOR_OP_MATH (the handle keeps CUBLAS_DEFAULT_MATH) is full
  * f32, as PyTorch's matmul with allow_tf32 = False. f16/bf16 inputs: tensor cores, f32 accumulation. */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <limits.h>
+#include <string.h>
 
 #include "common.cuh"
 
 namespace {
 
-/* A failed cuBLAS(Lt) call as a cvx_status naming the call and the problem; an allocation failure inside cuBLAS is
- * an out-of-memory like any other. */
+/* A failed cuBLAS(Lt) call as a cvx_status naming the function (the call's text up to its parenthesis) and the
+ * problem; an allocation failure inside cuBLAS is an out-of-memory like any other. */
 cvx_status blas_fail(cublasStatus_t s, const char *call, const cvx_gemm *g, const char *file, int line) {
     return cvx_error_set(s == CUBLAS_STATUS_ALLOC_FAILED ? CVX_ERR_OOM : CVX_ERR_INTERNAL, file, line,
-                         "cuda: %s failed: %s (gemm M=%lld N=%lld K=%lld batch=%lld, %s inputs)", call,
-                         cublasGetStatusString(s), (long long)g->M, (long long)g->N, (long long)g->K,
-                         (long long)g->batch, cvx_dtype_name(g->ab_type));
+                         "cuda: %.*s failed: %s (gemm M=%lld N=%lld K=%lld batch=%lld, %s inputs)",
+                         (int)strcspn(call, "("), call, cublasGetStatusString(s), (long long)g->M, (long long)g->N,
+                         (long long)g->K, (long long)g->batch, cvx_dtype_name(g->ab_type));
 }
 
 #define CVX_BLAS(call, g)                                                                                              \
@@ -33,17 +35,27 @@ cvx_status blas_fail(cublasStatus_t s, const char *call, const cvx_gemm *g, cons
         if (cvx_blas_st_ != CUBLAS_STATUS_SUCCESS) return blas_fail(cvx_blas_st_, #call, (g), __FILE__, __LINE__);     \
     } while (0)
 
-/* C[b, m, n] += bias[n] over batch x M rows of N (row stride ldc, batch stride stride_c) */
-__global__ void add_bias(float *__restrict__ C, const float *__restrict__ bias, int64_t rows, int64_t M, int64_t N,
-                         int64_t ldc, int64_t stride_c) {
+/* C[b, m, n] = s C[b, m, n] + bias[n] over batch x M rows of N (row stride ldc, batch stride stride_c); bias NULL
+ * adds nothing, s = 0 writes without reading C (cuBLAS's beta = 0: C may hold NaN) */
+__global__ void scale_add_bias(float *__restrict__ C, float s, const float *__restrict__ bias, int64_t rows, int64_t M,
+                               int64_t N, int64_t ldc, int64_t stride_c) {
     const int64_t total = rows * N;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / N, n = i % N;
-        C[(r / M) * stride_c + (r % M) * ldc + n] += bias[n];
+        float *c = C + (r / M) * stride_c + (r % M) * ldc + n;
+        *c = (s != 0.0f ? s * *c : 0.0f) + (bias ? bias[n] : 0.0f);
     }
 }
 
 cudaDataType blas_type(cvx_dtype dt) { return dt == CVX_F16 ? CUDA_R_16F : dt == CVX_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+/* The largest power of two (up to 256) dividing the address: what the operand's pointer guarantees */
+uint32_t alignment(const void *p) {
+    const uintptr_t a = (uintptr_t)p;
+    uint32_t al = 1;
+    while (al < 256 && a % (2 * al) == 0) al *= 2;
+    return al;
+}
 
 int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
@@ -111,10 +123,11 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
                             op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     const void *bias = g->bias;
-    const int32_t bias_type = CUDA_R_32F;
     const uint64_t ws_limit = ws_bytes;
+    const uint32_t align_a = alignment(g->B), align_b = alignment(g->A), align_c = alignment(g->C);
     /* column-major: Lt's A is our B (stored [b_rows, b_cols] row-major = [b_cols, b_rows] column-major), its B our A,
-     * D = C^T [N, M] with ld ldc; the bias runs along D's rows (length N), i.e. along each row of our C */
+     * D = C^T [N, M] with ld ldc; the bias runs along D's rows (length N), i.e. along each row of our C, and has D's
+     * type (f32) by default */
     const uint64_t b_rows = (uint64_t)(g->trans_b ? g->N : g->K), b_cols = (uint64_t)(g->trans_b ? g->K : g->N);
     const uint64_t a_rows = (uint64_t)(g->trans_a ? g->K : g->M), a_cols = (uint64_t)(g->trans_a ? g->M : g->K);
     cublasLtMatmulDesc_t desc = NULL;
@@ -138,13 +151,22 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     LT_STEP(cublasLtMatrixLayoutCreate(&la, ab, b_cols, b_rows, g->ldb));
     LT_STEP(cublasLtMatrixLayoutCreate(&lb, ab, a_cols, a_rows, g->lda));
     LT_STEP(cublasLtMatrixLayoutCreate(&lc, f32, (uint64_t)g->N, (uint64_t)g->M, g->ldc));
     LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
     LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_limit,
                                                  sizeof(ws_limit)));
+    /* the heuristic assumes 256-byte aligned operands unless told otherwise, and an algorithm chosen so faults on a
+     * view into a larger buffer (y + n0, x + b S D): each preference says what the pointer has, as PyTorch does */
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                 sizeof(align_a)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                 sizeof(align_b)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                 sizeof(align_c)));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                 sizeof(align_c)));
     s = cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
     if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
         s = CUBLAS_STATUS_SUCCESS; /* no algorithm: the cuBLAS path */
@@ -179,6 +201,13 @@ extern "C" cvx_status cvx_cuda_gemm(const cvx_gemm *g) {
         CVX_CHECK(lt_gemm_bias(g, &done));
         if (done) return CVX_OK;
     }
+    const int64_t rows = g->batch * g->M;
+    if (g->K == 0) { /* C = beta C + bias, without asking cuBLAS what an empty product is */
+        CVX_LAUNCH(scale_add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, g->beta, g->bias, rows, g->M, g->N,
+                   g->ldc, g->stride_c);
+        CVX_CU(cudaGetLastError());
+        return CVX_OK;
+    }
     const cudaDataType ab = blas_type(g->ab_type);
     const cublasOperation_t op_b = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                             op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -193,9 +222,8 @@ extern "C" cvx_status cvx_cuda_gemm(const cvx_gemm *g) {
                                             g->stride_c, (int)g->batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  g);
     if (g->bias) {
-        const int64_t rows = g->batch * g->M;
-        CVX_LAUNCH(add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, g->bias, rows, g->M, g->N, g->ldc,
-                   g->stride_c);
+        CVX_LAUNCH(scale_add_bias, cvx_cuda_blocks(rows * g->N, 256), 256, 0, g->C, 1.0f, g->bias, rows, g->M, g->N,
+                   g->ldc, g->stride_c);
         CVX_CU(cudaGetLastError());
     }
     return CVX_OK;

@@ -20,6 +20,14 @@ namespace {
 
 const int THREADS = 256;
 const int ROWS_PER_BLOCK = THREADS / 32; /* the row kernels: one warp per row */
+/* Element-wise grids stop at one wave of a large GPU (132 SMs x 2048 threads); their grid-stride loops cover the
+ * rest (and the emulation runs a thread per fiber, so fewer threads is faster there too). */
+const unsigned MAX_BLOCKS = 1024;
+
+unsigned elem_blocks(int64_t n) {
+    const unsigned b = cvx_cuda_blocks(n, THREADS);
+    return b < MAX_BLOCKS ? b : MAX_BLOCKS;
+}
 
 __device__ __forceinline__ float load_w(const void *w, cvx_dtype dt, int64_t i) {
     if (dt == CVX_F16) return __half2float(((const __half *)w)[i]);
@@ -43,7 +51,7 @@ cvx_status check_wdt(const char *op, cvx_dtype dt) {
                     cvx_dtype_name(dt));
 }
 
-/* ---- the record of a bad index met on the device ---------------------------------------------------------------- */
+/* ---- the record of a bad index met on the device ----------------------------------------------------------------- */
 
 enum { BAD_EMBEDDING_ID = 1, BAD_BUCKET = 2 };
 struct bad_index {
@@ -51,7 +59,11 @@ struct bad_index {
     int op;
     long long pos, value, bound;
 };
-bad_index *bad_record; /* pinned host memory, written by kernels (unified addressing), read after a sync */
+/* Pinned host memory that kernels write directly (unified addressing makes the host pointer a device pointer) and
+ * the host reads after a sync; touched only when an index is bad. A device atomic on host memory is atomic among the
+ * GPU's threads only where the link supports it (PCIe AtomicOps); where it does not, two bad indices can mix their
+ * details, but the count still becomes nonzero, so the error is never lost. */
+bad_index *bad_record;
 pthread_once_t bad_once = PTHREAD_ONCE_INIT;
 cudaError_t bad_alloc_error = cudaSuccess;
 
@@ -80,8 +92,7 @@ __device__ void report_bad(bad_index *rec, int op, int64_t pos, int64_t value, i
     }
 }
 
-/* ---- kernels ------------------------------------------------------------------------------------------------------
- */
+/* ---- kernels ----------------------------------------------------------------------------------------------------- */
 
 __global__ void fill_kernel(float *__restrict__ x, float value, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
@@ -301,12 +312,12 @@ cvx_status launch_widen(float *dst, const void *w, cvx_dtype dt, int64_t n) {
         CVX_CU(cudaMemcpyAsync(dst, w, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, CVX_STREAM()));
         return CVX_OK;
     }
-    CVX_LAUNCH(widen_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, dst, w, dt, n);
+    CVX_LAUNCH(widen_kernel, elem_blocks(n), THREADS, 0, dst, w, dt, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
-/* ---- linear: the plan ------------------------------------------------------------------------------------------
+/* ---- linear: the plan ---------------------------------------------------------------------------------------------
  * f32 weights                   one f32 GEMM of x by w, the bias fused (cvx_cuda_gemm); no scratch.
  * 16-bit weights, compute F32   the parity path: w widened to f32 in column blocks of at most
  *                               CVX_CUDA_LINEAR_BLOCK_BYTES, one f32 GEMM per block (as the CPU op, no x rounding).
@@ -351,12 +362,16 @@ linear_plan plan_linear(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_
 
 } // namespace
 
-/* ---- data movement ------------------------------------------------------------------------------------------------
- */
+/* ---- data movement ----------------------------------------------------------------------------------------------- */
 
+/* Synchronous for the host side, as the CPU op: the host buffer is the caller's again when upload returns (the
+ * transformer refills and frees its sinusoid buffer right after). From pageable memory cudaMemcpyAsync already waits
+ * for the stream and stages the bytes before returning; from pinned memory it would read them later, so the wait is
+ * explicit. The models upload only their inputs, once per forward, when the stream has little queued. */
 extern "C" cvx_status cvx_cuda_upload(cvx_ctx *ctx, void *dst, const void *host, size_t bytes) {
     if (ctx->measuring || bytes == 0) return CVX_OK;
     CVX_CU(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, CVX_STREAM()));
+    CVX_CU(cudaStreamSynchronize(CVX_STREAM()));
     return CVX_OK;
 }
 
@@ -387,7 +402,7 @@ extern "C" cvx_status cvx_cuda_copy(cvx_ctx *ctx, void *dst, const void *src, si
 
 extern "C" cvx_status cvx_cuda_fill(cvx_ctx *ctx, float *x, float value, int64_t n) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(fill_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, value, n);
+    CVX_LAUNCH(fill_kernel, elem_blocks(n), THREADS, 0, x, value, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -398,8 +413,7 @@ extern "C" cvx_status cvx_cuda_widen(cvx_ctx *ctx, float *dst, const void *w, cv
     return launch_widen(dst, w, dt, n);
 }
 
-/* ---- linear -------------------------------------------------------------------------------------------------------
- */
+/* ---- linear ------------------------------------------------------------------------------------------------------ */
 
 extern "C" size_t cvx_cuda_linear_scratch(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_bias,
                                           cvx_dtype compute) {
@@ -438,8 +452,8 @@ extern "C" cvx_status cvx_cuda_linear(cvx_ctx *ctx, const float *x, int64_t M, i
         g.batch = 1;
         g.alpha = 1.0f;
         g.M = M, g.N = N, g.K = K;
-        g.A = x, g.lda = K;
-        g.B = w, g.ldb = K;
+        g.A = x, g.lda = K > 1 ? K : 1; /* cuBLAS wants ld >= 1 even for K = 0 */
+        g.B = w, g.ldb = g.lda;
         g.ab_type = wdt;
         g.C = y, g.ldc = N;
         g.bias = bias32;
@@ -464,8 +478,7 @@ extern "C" cvx_status cvx_cuda_linear(cvx_ctx *ctx, const float *x, int64_t M, i
                     CVX_LAUNCH(narrow_rows_f16_kernel, row_blocks(g.M), THREADS, 0, x + m0 * K, (__half *)block, exps,
                                g.M, K);
                 else
-                    CVX_LAUNCH(narrow_kernel, cvx_cuda_blocks(g.M * K, THREADS), THREADS, 0, x + m0 * K, block, wdt,
-                               g.M * K);
+                    CVX_LAUNCH(narrow_kernel, elem_blocks(g.M * K), THREADS, 0, x + m0 * K, block, wdt, g.M * K);
                 CVX_TRY_CU(cudaGetLastError());
                 CVX_TRY(cvx_cuda_gemm(&g));
                 if (wdt == CVX_F16) {
@@ -480,8 +493,7 @@ fail:
     return st;
 }
 
-/* ---- norms and element-wise ops ------------------------------------------------------------------------------------
- */
+/* ---- norms and element-wise ops ---------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_layer_norm(cvx_ctx *ctx, const float *x, int64_t rows, int64_t D, float eps,
                                           const void *gamma, const void *beta, cvx_dtype wdt, const float *scale,
@@ -506,21 +518,21 @@ extern "C" cvx_status cvx_cuda_rms_norm(cvx_ctx *ctx, const float *x, int64_t ro
 extern "C" cvx_status cvx_cuda_gated_add(cvx_ctx *ctx, float *x, const float *gate, const float *y, int64_t rows,
                                          int64_t D) {
     if (ctx->measuring || rows <= 0 || D <= 0) return CVX_OK;
-    CVX_LAUNCH(gated_add_kernel, cvx_cuda_blocks(rows * D, THREADS), THREADS, 0, x, gate, y, rows * D, D);
+    CVX_LAUNCH(gated_add_kernel, elem_blocks(rows * D), THREADS, 0, x, gate, y, rows * D, D);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
 extern "C" cvx_status cvx_cuda_mul(cvx_ctx *ctx, float *x, const float *y, int64_t n) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(mul_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, y, n);
+    CVX_LAUNCH(mul_kernel, elem_blocks(n), THREADS, 0, x, y, n);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
 static cvx_status launch_unary(cvx_ctx *ctx, float *x, int64_t n, int op) {
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(unary_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, x, n, op);
+    CVX_LAUNCH(unary_kernel, elem_blocks(n), THREADS, 0, x, n, op);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -534,26 +546,23 @@ extern "C" cvx_status cvx_cuda_relu(cvx_ctx *ctx, float *x, int64_t n) { return 
 extern "C" cvx_status cvx_cuda_rope(cvx_ctx *ctx, float *x, int64_t rows, int64_t ld, int heads, int hd,
                                     const float *cos_tab, const float *sin_tab) {
     if (hd < 0 || hd % 2 != 0)
-        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is not a positive even number", hd);
+        return CVX_FAIL(CVX_ERR_INVALID, "rope: head width %d is odd or negative (pairs are rotated)", hd);
     if (heads < 0 || ld < (int64_t)heads * hd)
         return CVX_FAIL(CVX_ERR_INVALID, "rope: %d heads of %d do not fit in rows of %lld", heads, hd, (long long)ld);
     if (ctx->measuring || rows <= 0 || heads == 0 || hd == 0) return CVX_OK;
-    CVX_LAUNCH(rope_kernel, cvx_cuda_blocks(rows * heads * (hd / 2), THREADS), THREADS, 0, x, rows, ld, heads, hd,
-               cos_tab, sin_tab);
+    CVX_LAUNCH(rope_kernel, elem_blocks(rows * heads * (hd / 2)), THREADS, 0, x, rows, ld, heads, hd, cos_tab, sin_tab);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
-/* ---- lookups -------------------------------------------------------------------------------------------------------
- */
+/* ---- lookups ----------------------------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_embedding(cvx_ctx *ctx, const void *table, cvx_dtype dt, int64_t table_rows,
                                          const int64_t *ids, int64_t n, int64_t d, float *out) {
     CVX_CHECK(check_wdt("embedding", dt));
     if (ctx->measuring || n <= 0 || d <= 0) return CVX_OK;
     CVX_CHECK(bad_record_ready());
-    CVX_LAUNCH(embedding_kernel, cvx_cuda_blocks(n * d, THREADS), THREADS, 0, table, dt, table_rows, ids, n, d, out,
-               bad_record);
+    CVX_LAUNCH(embedding_kernel, elem_blocks(n * d), THREADS, 0, table, dt, table_rows, ids, n, d, out, bad_record);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -563,14 +572,13 @@ extern "C" cvx_status cvx_cuda_position_bias(cvx_ctx *ctx, const void *table, cv
     CVX_CHECK(check_wdt("position_bias", dt));
     if (ctx->measuring || H <= 0 || S <= 0) return CVX_OK;
     CVX_CHECK(bad_record_ready());
-    CVX_LAUNCH(position_bias_kernel, cvx_cuda_blocks((int64_t)H * S * S, THREADS), THREADS, 0, table, dt, num_buckets,
-               buckets, H, S, out, bad_record);
+    CVX_LAUNCH(position_bias_kernel, elem_blocks((int64_t)H * S * S), THREADS, 0, table, dt, num_buckets, buckets, H, S,
+               out, bad_record);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
 
-/* ---- the patch embedding's gathers ----------------------------------------------------------------------------------
- */
+/* ---- the patch embedding's gathers ------------------------------------------------------------------------------- */
 
 extern "C" cvx_status cvx_cuda_gather_patches(cvx_ctx *ctx, const cvx_tensor *h, int p, int pt, float *out) {
     if (p < 1 || pt < 1) return CVX_FAIL(CVX_ERR_INVALID, "gather_patches: patch sizes %d, %d", p, pt);
@@ -578,8 +586,7 @@ extern "C" cvx_status cvx_cuda_gather_patches(cvx_ctx *ctx, const cvx_tensor *h,
     const int64_t B = h->shape[0], F = h->shape[1], C = h->shape[2], H = h->shape[3], W = h->shape[4];
     const int64_t n = B * (F / pt) * (H / p) * (W / p) * C * pt * p * p;
     if (ctx->measuring || n <= 0) return CVX_OK;
-    CVX_LAUNCH(gather_patches_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, (const float *)h->data, B, F, C, H, W, p,
-               pt, out);
+    CVX_LAUNCH(gather_patches_kernel, elem_blocks(n), THREADS, 0, (const float *)h->data, B, F, C, H, W, p, pt, out);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }
@@ -589,7 +596,7 @@ extern "C" cvx_status cvx_cuda_unpatchify(cvx_ctx *ctx, const float *tok, int64_
     if (p < 1 || pt < 1) return CVX_FAIL(CVX_ERR_INVALID, "unpatchify: patch sizes %d, %d", p, pt);
     const int64_t n = B * Fp * Hp * Wp * C * pt * p * p;
     if (ctx->measuring || B <= 0 || Fp <= 0 || Hp <= 0 || Wp <= 0 || C <= 0) return CVX_OK;
-    CVX_LAUNCH(unpatchify_kernel, cvx_cuda_blocks(n, THREADS), THREADS, 0, tok, B, Fp, Hp, Wp, C, p, pt, out);
+    CVX_LAUNCH(unpatchify_kernel, elem_blocks(n), THREADS, 0, tok, B, Fp, Hp, Wp, C, p, pt, out);
     CVX_CU(cudaGetLastError());
     return CVX_OK;
 }

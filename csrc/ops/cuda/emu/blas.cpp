@@ -8,8 +8,8 @@
  *                    ldb >= max(1, op N ? k : n), ldc >= max(1, m); beta = 0 means C is not read (it may hold NaN);
  *   strided batched: problem p uses A + p strideA, B + p strideB, C + p strideC;
  *   cublasLtMatmul:  D = alpha op(A) op(B) + beta C, then CUBLASLT_EPILOGUE_BIAS adds bias[i] to row i of D (the
- *                    bias has D's row count; it is broadcast along the columns); layouts give the stored matrix's
- *                    rows, cols and ld before op.
+ *                    bias has D's row count and type, broadcast along the columns); a layout gives the stored
+ *                    matrix's rows, cols and ld, before op.
  * Inputs are read exactly in their type (f16/bf16 widen exactly); TF32 math (the handle's CUBLAS_TF32_TENSOR_OP_MATH
  * or CUBLAS_COMPUTE_32F_FAST_TF32) rounds f32 inputs to TF32's 10 mantissa bits, as the tensor cores would, so a
  * parity path that let TF32 in fails its 1e-5 tests. Products are accumulated in double and rounded once.
@@ -32,7 +32,7 @@ float cvx_bf16_to_f32(uint16_t h);
 struct cvx_emu_lt_desc {
     cublasComputeType_t compute;
     cudaDataType_t scale;
-    int32_t pointer_mode, transa, transb, bias_type;
+    int32_t pointer_mode, transa, transb;
     uint32_t epilogue;
     const void *bias;
 };
@@ -43,6 +43,7 @@ struct cvx_emu_lt_layout {
 };
 struct cvx_emu_lt_pref {
     uint64_t max_workspace;
+    uint32_t min_alignment[4]; /* A, B, C, D: what the chosen algorithm may assume of the pointers */
 };
 
 namespace {
@@ -79,24 +80,35 @@ float element(const operand &x, int64_t i, bool round_tf32) {
     }
 }
 
-/* C (m x n, ldc) = alpha op(A) op(B) + beta C [+ bias[i] on row i]: the definition, element by element. */
+/* C (m x n, ldc) = alpha op(A) op(B) + beta C [+ bias[i] on row i]: the definition, element by element. The
+ * operand with fewer vectors (rows of op(A) or columns of op(B)) is staged whole, the other one vector at a time, so
+ * that each dot product reads two contiguous vectors and the staging stays min(m, n) k values. */
 void gemm(int64_t m, int64_t n, int64_t k, float alpha, const operand &A, const operand &B, float beta, const float *C,
           float *D, int64_t ldc, const float *bias, bool round_tf32) {
-    /* op(A) row-wise and op(B) column-wise, so that each dot product reads two contiguous vectors */
-    std::vector<double> a((size_t)(m * k)), b((size_t)(n * k));
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t l = 0; l < k; l++) a[i * k + l] = element(A, A.trans ? l + i * A.ld : i + l * A.ld, round_tf32);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t l = 0; l < k; l++) b[j * k + l] = element(B, B.trans ? j + l * B.ld : l + j * B.ld, round_tf32);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < m; i++) {
+    auto a_at = [&](int64_t i, int64_t l) { return element(A, A.trans ? l + i * A.ld : i + l * A.ld, round_tf32); };
+    auto b_at = [&](int64_t l, int64_t j) { return element(B, B.trans ? j + l * B.ld : l + j * B.ld, round_tf32); };
+    auto store = [&](int64_t i, int64_t j, double acc) {
+        double v = (double)alpha * acc;
+        if (beta != 0.0f) v += (double)beta * C[i + j * ldc];
+        if (bias) v += bias[i];
+        D[i + j * ldc] = (float)v;
+    };
+    const bool rows_whole = m <= n;
+    const int64_t whole = rows_whole ? m : n, other = rows_whole ? n : m;
+    std::vector<double> staged((size_t)(whole * k)), vec((size_t)k);
+    for (int64_t v = 0; v < whole; v++)
+        for (int64_t l = 0; l < k; l++) staged[v * k + l] = rows_whole ? a_at(v, l) : b_at(l, v);
+    for (int64_t u = 0; u < other; u++) {
+        for (int64_t l = 0; l < k; l++) vec[l] = rows_whole ? b_at(l, u) : a_at(u, l);
+        for (int64_t v = 0; v < whole; v++) {
             double acc = 0.0;
-            for (int64_t l = 0; l < k; l++) acc += a[i * k + l] * b[j * k + l];
-            double v = (double)alpha * acc;
-            if (beta != 0.0f) v += (double)beta * C[i + j * ldc];
-            if (bias) v += bias[i];
-            D[i + j * ldc] = (float)v;
+            for (int64_t l = 0; l < k; l++) acc += staged[v * k + l] * vec[l];
+            if (rows_whole)
+                store(v, u, acc);
+            else
+                store(u, v, acc);
         }
+    }
 }
 
 bool tf32_math(cublasHandle_t h, cudaDataType ab, cublasComputeType_t compute) {
@@ -169,9 +181,6 @@ cublasStatus_t check_lt(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t A, cublas
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    /* the bias has D's type unless set (-1): f32 here */
-    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias_type != -1 && d->bias_type != CUDA_R_32F)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -213,8 +222,7 @@ extern "C" cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cubl
 extern "C" cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *desc, cublasComputeType_t computeType,
                                                    cudaDataType_t scaleType) {
     if (!desc) return CUBLAS_STATUS_INVALID_VALUE;
-    *desc =
-        new cvx_emu_lt_desc{computeType, scaleType, 0, CUBLAS_OP_N, CUBLAS_OP_N, -1, CUBLASLT_EPILOGUE_DEFAULT, NULL};
+    *desc = new cvx_emu_lt_desc{computeType, scaleType, 0, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -245,7 +253,6 @@ extern "C" cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t de
         break;
     case CUBLASLT_MATMUL_DESC_EPILOGUE: desc->epilogue = (uint32_t)i32; break;
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: memcpy(&desc->bias, buf, sizeof(void *)); break;
-    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: desc->bias_type = i32; break;
     default: return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     return CUBLAS_STATUS_SUCCESS;
@@ -267,7 +274,7 @@ extern "C" cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t lay
 
 extern "C" cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
     if (!pref) return CUBLAS_STATUS_INVALID_VALUE;
-    *pref = new cvx_emu_lt_pref{0};
+    *pref = new cvx_emu_lt_pref{0, {256, 256, 256, 256}}; /* cuBLASLt's defaults */
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -280,9 +287,15 @@ extern "C" cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPre
                                                                cublasLtMatmulPreferenceAttributes_t attr,
                                                                const void *buf, size_t size) {
     if (!pref || !buf) return CUBLAS_STATUS_INVALID_VALUE;
-    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (size != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
-    memcpy(&pref->max_workspace, buf, sizeof(uint64_t));
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+        if (size != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&pref->max_workspace, buf, sizeof(uint64_t));
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if (attr < CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES || attr > CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (size != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&pref->min_alignment[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, sizeof(uint32_t));
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -297,9 +310,10 @@ extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lt, cu
     if (!pref || requested <= 0 || !results || !count) return CUBLAS_STATUS_INVALID_VALUE;
     const cublasStatus_t s = check_lt(desc, A, B, C, D);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
-    /* one algorithm, needing no workspace */
+    /* one algorithm, needing no workspace, assuming the preference's alignments (cublasLtMatmul checks them) */
     memset(&results[0], 0, sizeof(results[0]));
-    results[0].algo.data[0] = 0x63767865; /* any value: cublasLtMatmul runs the definition whatever it says */
+    results[0].algo.data[0] = 0x63767865;
+    for (int i = 0; i < 4; i++) results[0].algo.data[1 + i] = pref->min_alignment[i];
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
     *count = 1;
@@ -312,9 +326,15 @@ extern "C" cublasStatus_t cublasLtMatmul(cublasLtHandle_t lt, cublasLtMatmulDesc
                                          cublasLtMatrixLayout_t Cdesc, void *D, cublasLtMatrixLayout_t Ddesc,
                                          const cublasLtMatmulAlgo_t *algo, void *workspace, size_t workspace_bytes,
                                          cudaStream_t stream) {
-    (void)algo;
     if (!lt) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (!alpha || !beta || (workspace_bytes && !workspace)) return CUBLAS_STATUS_INVALID_VALUE;
+    /* an algorithm chosen for better-aligned operands than these would fault on the GPU (NULL: the implicit
+     * heuristic, cuBLASLt's default 256 bytes) */
+    const void *ptrs[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++) {
+        const uint64_t need = algo ? algo->data[1 + i] : 256;
+        if (need > 1 && (uintptr_t)ptrs[i] % need != 0) return CUBLAS_STATUS_INVALID_VALUE;
+    }
     const cublasStatus_t s = check_lt(desc, Adesc, Bdesc, Cdesc, Ddesc);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     const float *bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS ? (const float *)desc->bias : NULL;

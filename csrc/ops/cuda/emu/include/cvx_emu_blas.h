@@ -9,7 +9,9 @@
  *                                              cores would); alpha/beta host pointers
  *   cublasLtMatmul (+ its descriptors)          D = alpha op(A) op(B) + beta C [+ bias broadcast along D's columns]
  *                                              with CUBLASLT_EPILOGUE_DEFAULT or _BIAS, column-major layouts, batch 1
- *   cublasLtMatmulAlgoGetHeuristic             one algorithm for any problem the emulation can run
+ *   cublasLtMatmulAlgoGetHeuristic             one algorithm for any problem the emulation can run; it assumes the
+ *                                              preference's operand alignments (default 256 bytes, as cuBLASLt's),
+ *                                              and cublasLtMatmul refuses pointers aligned less than that
  * Anything else (another attribute, type or epilogue) is CUBLAS_STATUS_NOT_SUPPORTED, not silently ignored. */
 #ifndef CVX_EMU_BLAS_H
 #define CVX_EMU_BLAS_H
@@ -27,13 +29,18 @@ typedef enum {
     CUBLASLT_MATMUL_DESC_TRANSA = 3,
     CUBLASLT_MATMUL_DESC_TRANSB = 4,
     CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
-    CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
-    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26
+    CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8
 } cublasLtMatmulDescAttributes_t;
 
 typedef enum { CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_BIAS = 4 } cublasLtEpilogue_t;
 
-typedef enum { CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1 } cublasLtMatmulPreferenceAttributes_t;
+typedef enum {
+    CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8
+} cublasLtMatmulPreferenceAttributes_t;
 
 typedef struct cvx_emu_lt_desc *cublasLtMatmulDesc_t;
 typedef struct cvx_emu_lt_layout *cublasLtMatrixLayout_t;
