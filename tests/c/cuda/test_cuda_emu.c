@@ -168,6 +168,36 @@ static void test_bad_launches(cudaStream_t s) {
     CU_OK(cudaFree(d));
 }
 
+#ifdef CVX_CUDA_EMU
+/* A kernel handed pageable host memory faults on a GPU (and poisons the context: emulation only). The emulation
+ * refuses the launch (cudaErrorIllegalAddress from cudaGetLastError, nothing runs) and accepts what a GPU can read:
+ * a view into a cudaMalloc block up to one past its end, pinned and registered host memory, NULL. */
+static void test_host_pointer_launch(cudaStream_t s) {
+    float *host = xmalloc(4 * sizeof(float));
+    for (int i = 0; i < 4; i++) host[i] = 1.0f;
+    CVX_EXPECT(emu_test_axpb(host, 4, 2.0f, 1.0f, s) == cudaErrorIllegalAddress, "a malloc'd pointer is refused");
+    CVX_EXPECT(cudaGetLastError() == cudaSuccess, "the refusal was read once");
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(host[0] == 1.0f && host[3] == 1.0f, "the refused kernel did not run: %g", host[0]);
+    float *d = dev_floats(4);
+    CVX_EXPECT(emu_test_axpb(d + 3, 1, 2.0f, 1.0f, s) == cudaSuccess, "a view into device memory");
+    CVX_EXPECT(emu_test_axpb(d + 4, 0, 2.0f, 1.0f, s) == cudaSuccess, "one past the end of device memory");
+    float *pinned = NULL;
+    CU_OK(cudaMallocHost((void **)&pinned, 4 * sizeof(float)));
+    CVX_EXPECT(emu_test_axpb(pinned, 0, 2.0f, 1.0f, s) == cudaSuccess, "pinned host memory");
+    CU_OK(cudaHostRegister(host, 4 * sizeof(float), cudaHostRegisterDefault));
+    CVX_EXPECT(emu_test_axpb(host + 1, 3, 2.0f, 1.0f, s) == cudaSuccess, "registered host memory");
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(host[0] == 1.0f && host[1] == 3.0f && host[3] == 3.0f, "the registered launch ran: %g %g", host[0],
+               host[1]);
+    CU_OK(cudaHostUnregister(host));
+    CVX_EXPECT(emu_test_axpb(NULL, 0, 2.0f, 1.0f, s) == cudaSuccess, "NULL");
+    CU_OK(cudaFreeHost(pinned));
+    CU_OK(cudaFree(d));
+    free(host);
+}
+#endif
+
 /* Stream order, and a copy on one stream that must wait for a kernel on another. */
 static void test_streams(cudaStream_t a, cudaStream_t b) {
     const int64_t n = 4096;
@@ -690,6 +720,9 @@ int main(void) {
     test_index(a);
     test_block_sum(a);
     test_bad_launches(a);
+#ifdef CVX_CUDA_EMU
+    test_host_pointer_launch(a);
+#endif
     test_streams(a, b);
     test_memory();
     test_shuffles(a);

@@ -686,6 +686,12 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttri
 }
 
 namespace cvx_emu {
+bool device_accessible(const void *p) {
+    if (!p) return true;
+    std::lock_guard<std::mutex> g(mem_m);
+    return inside(device_allocs, p, 0) || inside(pinned_allocs, p, 0) || inside(registered, p, 0);
+}
+
 void submit(cudaStream_t stream, const kernel_launch &l) {
     const dim3 g = l.grid, b = l.block;
     cudaError_t e = cudaSuccess;
@@ -697,6 +703,13 @@ void submit(cudaStream_t stream, const kernel_launch &l) {
         e = cudaErrorInvalidValue;
     else if (stream && !stream_live(stream))
         e = cudaErrorInvalidResourceHandle;
+    else if (l.host_arg >= 0) { /* on a GPU: an illegal address when the kernel runs, sticky for the process */
+        fprintf(stderr,
+                "cvx CUDA emulation: kernel %s: argument %d points to neither device memory nor pinned or registered "
+                "host memory (a GPU faults on it); not launched\n",
+                l.name, l.host_arg);
+        e = cudaErrorIllegalAddress;
+    }
     if (e != cudaSuccess) {
         l.destroy(l.pack);
         fail(e);
