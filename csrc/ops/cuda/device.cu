@@ -37,6 +37,14 @@ extern "C" cvx_status cvx_cuda_fail(int cuda_error, const char *call, const char
                          "cuda: %s failed: %s (%s)", call, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+/* The current device is per host thread, and only the thread that ran cvx_cuda_init made ours current: another one
+ * (a Python thread, a copy thread) would allocate on device 0 and see its launches on our streams fail (a GPU-only
+ * failure whenever gpu_id > 0). Every entry point below binds the calling thread once. */
+static __thread int bound_device = -1;
+static void bind_thread(void) {
+    if (S.ready && bound_device != S.device && cudaSetDevice(S.device) == cudaSuccess) bound_device = S.device;
+}
+
 static cvx_status init_locked(int device_index) {
     if (S.ready) {
         if (device_index == S.device) return CVX_OK;
@@ -61,6 +69,7 @@ static cvx_status init_locked(int device_index) {
         return CVX_FAIL(CVX_ERR_INTERNAL, "cuda: cublasSetWorkspace failed");
     S.device = device_index;
     S.ready = 1;
+    bound_device = device_index;
     return CVX_OK;
 }
 
@@ -71,11 +80,25 @@ extern "C" cvx_status cvx_cuda_init(int device_index) {
     return st;
 }
 
-extern "C" void *cvx_cuda_compute_stream(void) { return S.ready ? (void *)S.compute : NULL; }
-extern "C" void *cvx_cuda_copy_stream(void) { return S.ready ? (void *)S.copy : NULL; }
-extern "C" void *cvx_cuda_cublas(void) { return S.ready ? (void *)S.blas : NULL; }
-extern "C" void *cvx_cuda_cublaslt(void) { return S.ready ? (void *)S.lt : NULL; }
+/* every op reaches the device through these (CVX_STREAM() at each launch and copy): the binding happens here */
+extern "C" void *cvx_cuda_compute_stream(void) {
+    bind_thread();
+    return S.ready ? (void *)S.compute : NULL;
+}
+extern "C" void *cvx_cuda_copy_stream(void) {
+    bind_thread();
+    return S.ready ? (void *)S.copy : NULL;
+}
+extern "C" void *cvx_cuda_cublas(void) {
+    bind_thread();
+    return S.ready ? (void *)S.blas : NULL;
+}
+extern "C" void *cvx_cuda_cublaslt(void) {
+    bind_thread();
+    return S.ready ? (void *)S.lt : NULL;
+}
 extern "C" void *cvx_cuda_workspace(size_t *bytes) {
+    bind_thread();
     if (bytes) *bytes = S.ready ? S.workspace_bytes : 0;
     return S.ready ? S.workspace : NULL;
 }
@@ -85,21 +108,24 @@ extern "C" void *cvx_cuda_workspace(size_t *bytes) {
 extern "C" cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out) {
     *out = NULL;
     if (!S.ready) CVX_CHECK(cvx_cuda_init(0));
+    bind_thread();
     CVX_CU(cudaMalloc(out, bytes));
     return CVX_OK;
 }
 
 extern "C" void cvx_cuda_mem_free(void *ptr) {
-    if (ptr) cudaFree(ptr); /* synchronises the device: no kernel still reads the block */
+    if (!ptr) return;
+    bind_thread();
+    cudaFree(ptr); /* synchronises the device: no kernel still reads the block */
 }
 
 extern "C" cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes) {
-    CVX_CU(cudaMemsetAsync(ptr, 0, bytes, S.compute));
+    CVX_CU(cudaMemsetAsync(ptr, 0, bytes, CVX_STREAM()));
     return CVX_OK;
 }
 
 extern "C" cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes) {
-    CVX_CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, S.compute));
+    CVX_CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, CVX_STREAM()));
     CVX_CU(cudaStreamSynchronize(S.compute));
     return CVX_OK;
 }

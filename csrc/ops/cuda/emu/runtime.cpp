@@ -23,6 +23,7 @@
 
 struct CUstream_st {
     unsigned flags = 0;
+    int device = 0; /* the creating thread's current device: a kernel launch from a thread on another one fails */
     std::mutex m;
     std::condition_variable cv;
     std::deque<std::function<void()>> queue;
@@ -532,6 +533,7 @@ extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *ps, unsigned int 
     if (need_device()) return fail(cudaErrorNoDevice);
     cudaStream_t s = new CUstream_st;
     s->flags = flags;
+    s->device = current_device;
     s->worker = std::thread(worker_loop, s);
     {
         std::lock_guard<std::mutex> g(registry_m);
@@ -703,7 +705,13 @@ void submit(cudaStream_t stream, const kernel_launch &l) {
         e = cudaErrorInvalidValue;
     else if (stream && !stream_live(stream))
         e = cudaErrorInvalidResourceHandle;
-    else if (l.host_arg >= 0) { /* on a GPU: an illegal address when the kernel runs, sticky for the process */
+    else if (stream && stream->device != current_device) { /* the current device is per host thread */
+        fprintf(stderr,
+                "cvx CUDA emulation: kernel %s: launched from a thread whose current device is %d on a "
+                "stream of device %d; not launched\n",
+                l.name, current_device, stream->device);
+        e = cudaErrorInvalidResourceHandle;
+    } else if (l.host_arg >= 0) { /* on a GPU: an illegal address when the kernel runs, sticky for the process */
         fprintf(stderr,
                 "cvx CUDA emulation: kernel %s: argument %d points to neither device memory nor pinned or registered "
                 "host memory (a GPU faults on it); not launched\n",
