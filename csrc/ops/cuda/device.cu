@@ -30,9 +30,33 @@ extern "C" int cvx_cuda_device_count(void) {
     return n;
 }
 
+/* The errors after which "any further CUDA work will return the same error" and "the process must be terminated and
+ * relaunched" (driver_types.h): a kernel faulted. They surface at whatever call comes next, usually a later op's
+ * synchronisation, so the call named is rarely the culprit. */
+static int context_lost(cudaError_t e) {
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure: return 1;
+    default: return 0;
+    }
+}
+
 extern "C" cvx_status cvx_cuda_fail(int cuda_error, const char *call, const char *file, int line) {
     const cudaError_t e = (cudaError_t)cuda_error;
     cudaGetLastError(); /* a launch error is sticky until read; a memory error must not fail the next call too */
+    if (context_lost(e))
+        return cvx_error_set(CVX_ERR_INTERNAL, file, line,
+                             "cuda: %s failed: %s (%s). The CUDA context is lost: a kernel queued before this call "
+                             "faulted (not necessarily this op's; CUDA_LAUNCH_BLOCKING=1 makes the faulting launch "
+                             "report itself), and every later CUDA call in this process fails: restart the process",
+                             call, cudaGetErrorString(e), cudaGetErrorName(e));
     return cvx_error_set(e == cudaErrorMemoryAllocation ? CVX_ERR_OOM : CVX_ERR_INTERNAL, file, line,
                          "cuda: %s failed: %s (%s)", call, cudaGetErrorString(e), cudaGetErrorName(e));
 }

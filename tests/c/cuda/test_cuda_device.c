@@ -1,8 +1,10 @@
-/* The CUDA runtime state (csrc/ops/cuda/device.cu) on a machine with two devices, the process on the second one: the
+/* The CUDA runtime state (csrc/ops/cuda/device.cu): the messages of cvx_cuda_fail, and, on a machine with two
+ * devices, the process on the second one: the
  * current device is per host thread, so a thread other than the one that ran cvx_cuda_init must still allocate on
  * and launch onto the chosen device. Under the emulation two devices are emulated (CVX_EMU_CUDA_DEVICES=2, set
  * before the first CUDA call); on real GPUs (make cuda) the binary skips with fewer than two. */
 #define _GNU_SOURCE
+#include <cuda_runtime.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -33,13 +35,32 @@ static int64_t cuda_live(void) {
     return s.allocated_bytes;
 }
 
+/* A kernel fault surfaces at a later call and poisons the context: the message must say so (and that the call it
+ * names may not be the culprit); an out-of-memory is an OOM and says nothing of the kind. */
+static void test_fail_messages(void) {
+    cvx_error_clear();
+    cvx_status st = cvx_cuda_fail((int)cudaErrorMisalignedAddress, "cudaStreamSynchronize(stream)", __FILE__, __LINE__);
+    CVX_EXPECT(st == CVX_ERR_INTERNAL && strstr(cvx_error_message(), "cudaStreamSynchronize(stream) failed") &&
+                   strstr(cvx_error_message(), "cudaErrorMisalignedAddress") &&
+                   strstr(cvx_error_message(), "The CUDA context is lost") &&
+                   strstr(cvx_error_message(), "CUDA_LAUNCH_BLOCKING=1"),
+               "a kernel fault: %s", cvx_error_message());
+    cvx_error_clear();
+    st = cvx_cuda_fail((int)cudaErrorMemoryAllocation, "cudaMalloc(out, bytes)", __FILE__, __LINE__);
+    CVX_EXPECT(st == CVX_ERR_OOM && strstr(cvx_error_message(), "cudaMalloc(out, bytes) failed: out of memory") &&
+                   !strstr(cvx_error_message(), "context"),
+               "an out-of-memory: %s", cvx_error_message());
+    cvx_error_clear();
+}
+
 int main(void) {
 #ifdef CVX_CUDA_EMU
     setenv("CVX_EMU_CUDA_DEVICES", "2", 1);
 #endif
+    test_fail_messages();
     if (cvx_cuda_device_count() < 2) {
-        printf("fewer than two CUDA devices: skipped\n");
-        return 0;
+        printf("fewer than two CUDA devices: the thread test skipped\n");
+        return cvx_test_report();
     }
     CVX_EXPECT(cvx_cuda_init(1) == CVX_OK, "cvx_cuda_init(1): %s", cvx_error_message());
     const int64_t start = cuda_live();

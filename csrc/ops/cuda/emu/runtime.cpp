@@ -272,6 +272,13 @@ extern "C" const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
+    case cudaErrorLaunchTimeout: return "the launch timed out and was terminated";
+    case cudaErrorAssert: return "device-side assert triggered";
+    case cudaErrorHardwareStackError: return "hardware stack error";
+    case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
+    case cudaErrorMisalignedAddress: return "misaligned address";
+    case cudaErrorInvalidAddressSpace: return "operation not supported on global/shared address space";
+    case cudaErrorInvalidPc: return "invalid program counter";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotPermitted: return "operation not permitted";
     case cudaErrorNotSupported: return "operation not supported";
@@ -301,6 +308,13 @@ extern "C" const char *cudaGetErrorName(cudaError_t e) {
         CVX_EMU_NAME(cudaErrorLaunchOutOfResources)
         CVX_EMU_NAME(cudaErrorHostMemoryAlreadyRegistered)
         CVX_EMU_NAME(cudaErrorHostMemoryNotRegistered)
+        CVX_EMU_NAME(cudaErrorLaunchTimeout)
+        CVX_EMU_NAME(cudaErrorAssert)
+        CVX_EMU_NAME(cudaErrorHardwareStackError)
+        CVX_EMU_NAME(cudaErrorIllegalInstruction)
+        CVX_EMU_NAME(cudaErrorMisalignedAddress)
+        CVX_EMU_NAME(cudaErrorInvalidAddressSpace)
+        CVX_EMU_NAME(cudaErrorInvalidPc)
         CVX_EMU_NAME(cudaErrorLaunchFailure)
         CVX_EMU_NAME(cudaErrorNotPermitted)
         CVX_EMU_NAME(cudaErrorNotSupported)
