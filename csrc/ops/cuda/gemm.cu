@@ -61,12 +61,14 @@ uint32_t alignment(const void *p) {
 int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /* Where cuBLASLt's bias epilogue is taken (else cublasGemmEx + scale_add_bias: the same numbers, one more pass over
- * C). Both conditions guard against failures that only a GPU shows (the emulation's cuBLASLt refuses both too):
+ * C). Both conditions guard against failures that only a GPU shows:
  *   - every dimension above 1: with a matrix of one row or column, cublasLtMatmulAlgoGetHeuristic answers
- *     CUBLAS_STATUS_INVALID_VALUE (PyTorch's addmm keeps such problems off cuBLASLt for that reason), and linear's
- *     M is the batch size for the time embeddings: batch 1 would fail the whole forward;
- *   - a 16-byte aligned bias: no preference tells the heuristic the bias's alignment, so the epilogue may read it
- *     with 16-byte vector loads (Marian NMT's cuBLASLt path requires 16 bytes on A100 for that reason). */
+ *     CUBLAS_STATUS_INVALID_VALUE (PyTorch's addmm keeps such problems off cuBLASLt for that reason; the emulated
+ *     heuristic answers the same), and linear's M is the batch size for the time embeddings: at batch 1 every
+ *     forward failed. The fallback below on that status covers any other such case;
+ *   - a 16-byte aligned bias: cublasLt.h says the heuristic reads the bias pointer's value for its alignment, but
+ *     Marian NMT's cuBLASLt path reports alignment errors on A100 below 16 bytes; every bias the engine passes is
+ *     64-byte aligned, so this only keeps an unusual caller off an unverified path. */
 int lt_bias_fits(const cvx_gemm *g) { return g->M > 1 && g->N > 1 && g->K > 1 && (uintptr_t)g->bias % 16 == 0; }
 
 /* The last element of a row-major [rows, cols] operand in each of `batch` strided copies, or -1 on overflow: the

@@ -318,6 +318,10 @@ extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lt, cu
     memset(&results[0], 0, sizeof(results[0]));
     results[0].algo.data[0] = 0x63767865;
     for (int i = 0; i < 4; i++) results[0].algo.data[1 + i] = pref->min_alignment[i];
+    /* and the bias's, from its pointer's value (no preference states it) */
+    uint64_t bias_align = 1;
+    while (bias_align < 256 && desc->bias && (uintptr_t)desc->bias % (2 * bias_align) == 0) bias_align *= 2;
+    results[0].algo.data[5] = bias_align;
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
     *count = 1;
@@ -343,10 +347,9 @@ extern "C" cublasStatus_t cublasLtMatmul(cublasLtHandle_t lt, cublasLtMatmulDesc
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     const float *bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS ? (const float *)desc->bias : NULL;
     if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && !bias) return CUBLAS_STATUS_INVALID_VALUE;
-    /* no preference states the bias's alignment, and the epilogue may read it with 16-byte vector loads (a
-     * misaligned-address fault on the GPU: Marian NMT requires 16 bytes on A100): refused here, so that a bias view
-     * reaching cuBLASLt fails its emulated test instead of the GPU run */
-    if (bias && (uintptr_t)bias % 16 != 0) return CUBLAS_STATUS_INVALID_VALUE;
+    /* the heuristic chose the algorithm for the bias pointer it saw (cublasLt.h: it "depends on its value to
+     * determine expected pointer alignment"): a bias less aligned than that would fault on the GPU */
+    if (bias && (uintptr_t)bias % (algo ? algo->data[5] : 256) != 0) return CUBLAS_STATUS_INVALID_VALUE;
     const int64_t m = (int64_t)Ddesc->rows, n = (int64_t)Ddesc->cols;
     uint64_t am, ak;
     op_dims(Adesc, desc->transa, &am, &ak);
