@@ -1,6 +1,6 @@
 /* The CUDA runtime state of the process: one device, chosen by the first cvx_cuda_init, with a compute stream (every
  * op), a copy stream (weight groups), cuBLAS and cuBLASLt handles bound to the compute stream and their workspace.
- * First cut (the lead's skeleton): the memory-manager part of the CUDA issue grows it. */
+ * Device memory, the copy queue and the fences are in alloc.cu and queue.cu. */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <pthread.h>
@@ -63,7 +63,8 @@ extern "C" cvx_status cvx_cuda_fail(int cuda_error, const char *call, const char
 
 /* The current device is per host thread, and only the thread that ran cvx_cuda_init made ours current: another one
  * (a Python thread, a copy thread) would allocate on device 0 and see its launches on our streams fail (a GPU-only
- * failure whenever gpu_id > 0). Every entry point below binds the calling thread once. */
+ * failure whenever gpu_id > 0). The getters below, which every op, alloc.cu and queue.cu call before touching CUDA,
+ * bind the calling thread once. */
 static __thread int bound_device = -1;
 static void bind_thread(void) {
     if (S.ready && bound_device != S.device && cudaSetDevice(S.device) == cudaSuccess) bound_device = S.device;
@@ -104,7 +105,6 @@ extern "C" cvx_status cvx_cuda_init(int device_index) {
     return st;
 }
 
-/* every op reaches the device through these (CVX_STREAM() at each launch and copy): the binding happens here */
 extern "C" void *cvx_cuda_compute_stream(void) {
     bind_thread();
     return S.ready ? (void *)S.compute : NULL;
@@ -125,31 +125,4 @@ extern "C" void *cvx_cuda_workspace(size_t *bytes) {
     bind_thread();
     if (bytes) *bytes = S.ready ? S.workspace_bytes : 0;
     return S.ready ? S.workspace : NULL;
-}
-
-/* ---- memory-manager hooks: plain cudaMalloc for now (the caching allocator replaces it) ---- */
-
-extern "C" cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out) {
-    *out = NULL;
-    if (!S.ready) CVX_CHECK(cvx_cuda_init(0));
-    bind_thread();
-    CVX_CU(cudaMalloc(out, bytes));
-    return CVX_OK;
-}
-
-extern "C" void cvx_cuda_mem_free(void *ptr) {
-    if (!ptr) return;
-    bind_thread();
-    cudaFree(ptr); /* synchronises the device: no kernel still reads the block */
-}
-
-extern "C" cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes) {
-    CVX_CU(cudaMemsetAsync(ptr, 0, bytes, CVX_STREAM()));
-    return CVX_OK;
-}
-
-extern "C" cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes) {
-    CVX_CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, CVX_STREAM()));
-    CVX_CU(cudaStreamSynchronize(S.compute));
-    return CVX_OK;
 }
