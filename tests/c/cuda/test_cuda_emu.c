@@ -30,6 +30,7 @@ int emu_test_mma(const uint16_t *A, const uint16_t *B, const float *C, float *D,
 int emu_test_narrow(const float *x, uint16_t *h, uint16_t *bf, int n, cudaStream_t s);
 int emu_test_widen(const uint16_t *bits, float *from_h, float *from_bf, int n, cudaStream_t s);
 int emu_test_rsqrt(const float *x, float *y, int n, cudaStream_t s);
+int emu_test_missing_barrier(int *out, cudaStream_t s);
 
 #define CU_OK(call) CVX_EXPECT((call) == cudaSuccess, "%s", cudaGetErrorString(cudaGetLastError()))
 
@@ -195,6 +196,25 @@ static void test_host_pointer_launch(cudaStream_t s) {
     CU_OK(cudaFreeHost(pinned));
     CU_OK(cudaFree(d));
     free(host);
+}
+#endif
+
+#ifdef CVX_CUDA_EMU
+/* The thread order the scheduler resumes fibers in decides which side of a missing barrier wins (make cuda-emu runs
+ * every test in both orders): forward, the writer (thread 0) runs first and the race is hidden; reversed, the last
+ * thread reads before thread 0 wrote. */
+static void test_thread_order(cudaStream_t s) {
+    const char *order = getenv("CVX_EMU_THREAD_ORDER");
+    const int reverse = order && strcmp(order, "reverse") == 0;
+    int *d = NULL, h[64];
+    CU_OK(cudaMalloc((void **)&d, sizeof(h)));
+    CVX_EXPECT(emu_test_missing_barrier(d, s) == cudaSuccess, "the racy kernel launches");
+    CU_OK(cudaMemcpyAsync(h, d, sizeof(h), cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(h[0] == 42, "thread 0 reads its own write: %d", h[0]);
+    CVX_EXPECT(h[63] == (reverse ? 0 : 42), "thread 63 (%s order) read %d, expected %d", reverse ? "reverse" : "thread",
+               h[63], reverse ? 0 : 42);
+    CU_OK(cudaFree(d));
 }
 #endif
 
@@ -722,6 +742,7 @@ int main(void) {
     test_bad_launches(a);
 #ifdef CVX_CUDA_EMU
     test_host_pointer_launch(a);
+    test_thread_order(a);
 #endif
     test_streams(a, b);
     test_memory();
