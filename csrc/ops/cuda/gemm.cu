@@ -5,8 +5,9 @@
  * (m = N), its second our A (n = M), and each keeps its own transposition flag.
  *
  * Paths (every one with CUBLAS_COMPUTE_32F and an f32 C):
- *   bias, batch 1, K > 0   cuBLASLt with CUBLASLT_EPILOGUE_BIAS (the f32 bias added to every row in the GEMM's own
- *                          epilogue), when the heuristic finds an algorithm for the problem (alignment); else
+ *   bias, batch 1          cuBLASLt with CUBLASLT_EPILOGUE_BIAS (the f32 bias added to every row in the GEMM's own
+ *                          epilogue) when M, N, K > 1 and the bias is 16-byte aligned (lt_bias_fits) and the
+ *                          heuristic finds an algorithm for the problem (alignment); else
  *   K = 0                  C = beta C + bias by scale_add_bias (no cuBLAS call);
  *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then scale_add_bias for a bias.
  * f32 inputs: CUBLAS_COMPUTE_32F without CUBLAS_TF32_TENSOR_OP_MATH (the handle keeps CUBLAS_DEFAULT_MATH) is full
@@ -58,6 +59,17 @@ uint32_t alignment(const void *p) {
 }
 
 int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+/* Where cuBLASLt's bias epilogue is taken (else cublasGemmEx + scale_add_bias: the same numbers, one more pass over
+ * C). Both conditions guard against failures that only a GPU shows:
+ *   - every dimension above 1: with a matrix of one row or column, cublasLtMatmulAlgoGetHeuristic answers
+ *     CUBLAS_STATUS_INVALID_VALUE (PyTorch's addmm keeps such problems off cuBLASLt for that reason; the emulated
+ *     heuristic answers the same), and linear's M is the batch size for the time embeddings: at batch 1 every
+ *     forward failed. The fallback below on that status covers any other such case;
+ *   - a 16-byte aligned bias: cublasLt.h says the heuristic reads the bias pointer's value for its alignment, but
+ *     Marian NMT's cuBLASLt path reports alignment errors on A100 below 16 bytes; every bias the engine passes is
+ *     64-byte aligned, so this only keeps an unusual caller off an unverified path. */
+int lt_bias_fits(const cvx_gemm *g) { return g->M > 1 && g->N > 1 && g->K > 1 && (uintptr_t)g->bias % 16 == 0; }
 
 /* The last element of a row-major [rows, cols] operand in each of `batch` strided copies, or -1 on overflow: the
  * offsets cuBLAS computes must stay inside int64. */
@@ -168,8 +180,11 @@ cvx_status lt_gemm_bias(const cvx_gemm *g, int *done) {
     LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
                                                  sizeof(align_c)));
     s = cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
-    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
-        s = CUBLAS_STATUS_SUCCESS; /* no algorithm: the cuBLAS path */
+    /* no algorithm: the cuBLAS path. INVALID_VALUE too: check() accepted the problem, so it is one of cuBLASLt's own
+     * undocumented restrictions (the one-row case above), which cublasGemmEx does not share */
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE ||
+        (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
+        s = CUBLAS_STATUS_SUCCESS;
         goto out;
     }
     if (s != CUBLAS_STATUS_SUCCESS) {
@@ -196,7 +211,7 @@ extern "C" cvx_status cvx_cuda_gemm(const cvx_gemm *g) {
     if (g->M == 0 || g->N == 0) return CVX_OK;
     cublasHandle_t blas = (cublasHandle_t)cvx_cuda_cublas();
     if (!blas) return CVX_FAIL(CVX_ERR_INTERNAL, "cuda: gemm before cvx_cuda_init");
-    if (g->bias && g->batch == 1 && g->K > 0) {
+    if (g->bias && g->batch == 1 && lt_bias_fits(g)) {
         int done = 0;
         CVX_CHECK(lt_gemm_bias(g, &done));
         if (done) return CVX_OK;

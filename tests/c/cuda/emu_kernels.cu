@@ -235,3 +235,21 @@ extern "C" int emu_test_rsqrt(const float *x, float *y, int n, cudaStream_t s) {
     LAUNCH_ON(s, rsqrt_kernel, cvx_cuda_blocks(n, 256), 256, 0, x, y, n);
     return (int)cudaGetLastError();
 }
+
+/* A deliberate race (emulation only: on a GPU its result is undefined): thread 0 writes a shared value that every
+ * thread then reads without a barrier between. In thread order the emulation hides it (thread 0 runs first); with
+ * CVX_EMU_THREAD_ORDER=reverse the last thread reads first and sees the stale value. */
+#ifdef CVX_CUDA_EMU
+__global__ void missing_barrier_kernel(int *out) {
+    __shared__ int v;
+    if (threadIdx.x == 0) v = 0;
+    __syncthreads();
+    if (threadIdx.x == 0) v = 42;
+    out[threadIdx.x] = v; /* a __syncthreads() is missing before this read */
+}
+
+extern "C" int emu_test_missing_barrier(int *out, cudaStream_t s) {
+    LAUNCH_ON(s, missing_barrier_kernel, 1, 64, 0, out);
+    return (int)cudaGetLastError();
+}
+#endif

@@ -30,6 +30,7 @@ int emu_test_mma(const uint16_t *A, const uint16_t *B, const float *C, float *D,
 int emu_test_narrow(const float *x, uint16_t *h, uint16_t *bf, int n, cudaStream_t s);
 int emu_test_widen(const uint16_t *bits, float *from_h, float *from_bf, int n, cudaStream_t s);
 int emu_test_rsqrt(const float *x, float *y, int n, cudaStream_t s);
+int emu_test_missing_barrier(int *out, cudaStream_t s);
 
 #define CU_OK(call) CVX_EXPECT((call) == cudaSuccess, "%s", cudaGetErrorString(cudaGetLastError()))
 
@@ -167,6 +168,55 @@ static void test_bad_launches(cudaStream_t s) {
     CVX_EXPECT(h == 11.0f, "only the good launch ran: %g, expected 11", h);
     CU_OK(cudaFree(d));
 }
+
+#ifdef CVX_CUDA_EMU
+/* A kernel handed pageable host memory faults on a GPU (and poisons the context: emulation only). The emulation
+ * refuses the launch (cudaErrorIllegalAddress from cudaGetLastError, nothing runs) and accepts what a GPU can read:
+ * a view into a cudaMalloc block up to one past its end, pinned and registered host memory, NULL. */
+static void test_host_pointer_launch(cudaStream_t s) {
+    float *host = xmalloc(4 * sizeof(float));
+    for (int i = 0; i < 4; i++) host[i] = 1.0f;
+    CVX_EXPECT(emu_test_axpb(host, 4, 2.0f, 1.0f, s) == cudaErrorIllegalAddress, "a malloc'd pointer is refused");
+    CVX_EXPECT(cudaGetLastError() == cudaSuccess, "the refusal was read once");
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(host[0] == 1.0f && host[3] == 1.0f, "the refused kernel did not run: %g", host[0]);
+    float *d = dev_floats(4);
+    CVX_EXPECT(emu_test_axpb(d + 3, 1, 2.0f, 1.0f, s) == cudaSuccess, "a view into device memory");
+    CVX_EXPECT(emu_test_axpb(d + 4, 0, 2.0f, 1.0f, s) == cudaSuccess, "one past the end of device memory");
+    float *pinned = NULL;
+    CU_OK(cudaMallocHost((void **)&pinned, 4 * sizeof(float)));
+    CVX_EXPECT(emu_test_axpb(pinned, 0, 2.0f, 1.0f, s) == cudaSuccess, "pinned host memory");
+    CU_OK(cudaHostRegister(host, 4 * sizeof(float), cudaHostRegisterDefault));
+    CVX_EXPECT(emu_test_axpb(host + 1, 3, 2.0f, 1.0f, s) == cudaSuccess, "registered host memory");
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(host[0] == 1.0f && host[1] == 3.0f && host[3] == 3.0f, "the registered launch ran: %g %g", host[0],
+               host[1]);
+    CU_OK(cudaHostUnregister(host));
+    CVX_EXPECT(emu_test_axpb(NULL, 0, 2.0f, 1.0f, s) == cudaSuccess, "NULL");
+    CU_OK(cudaFreeHost(pinned));
+    CU_OK(cudaFree(d));
+    free(host);
+}
+#endif
+
+#ifdef CVX_CUDA_EMU
+/* The thread order the scheduler resumes fibers in decides which side of a missing barrier wins (make cuda-emu runs
+ * every test in both orders): forward, the writer (thread 0) runs first and the race is hidden; reversed, the last
+ * thread reads before thread 0 wrote. */
+static void test_thread_order(cudaStream_t s) {
+    const char *order = getenv("CVX_EMU_THREAD_ORDER");
+    const int reverse = order && strcmp(order, "reverse") == 0;
+    int *d = NULL, h[64];
+    CU_OK(cudaMalloc((void **)&d, sizeof(h)));
+    CVX_EXPECT(emu_test_missing_barrier(d, s) == cudaSuccess, "the racy kernel launches");
+    CU_OK(cudaMemcpyAsync(h, d, sizeof(h), cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(h[0] == 42, "thread 0 reads its own write: %d", h[0]);
+    CVX_EXPECT(h[63] == (reverse ? 0 : 42), "thread 63 (%s order) read %d, expected %d", reverse ? "reverse" : "thread",
+               h[63], reverse ? 0 : 42);
+    CU_OK(cudaFree(d));
+}
+#endif
 
 /* Stream order, and a copy on one stream that must wait for a kernel on another. */
 static void test_streams(cudaStream_t a, cudaStream_t b) {
@@ -690,6 +740,10 @@ int main(void) {
     test_index(a);
     test_block_sum(a);
     test_bad_launches(a);
+#ifdef CVX_CUDA_EMU
+    test_host_pointer_launch(a);
+    test_thread_order(a);
+#endif
     test_streams(a, b);
     test_memory();
     test_shuffles(a);

@@ -310,10 +310,18 @@ extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lt, cu
     if (!pref || requested <= 0 || !results || !count) return CUBLAS_STATUS_INVALID_VALUE;
     const cublasStatus_t s = check_lt(desc, A, B, C, D);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
+    /* the bias epilogue with a matrix of one row or column: the real heuristic answers INVALID_VALUE (observed by
+     * PyTorch, whose addmm keeps such problems off cuBLASLt), so a caller must not depend on it there */
+    if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && (A->rows == 1 || A->cols == 1 || B->rows == 1 || B->cols == 1))
+        return CUBLAS_STATUS_INVALID_VALUE;
     /* one algorithm, needing no workspace, assuming the preference's alignments (cublasLtMatmul checks them) */
     memset(&results[0], 0, sizeof(results[0]));
     results[0].algo.data[0] = 0x63767865;
     for (int i = 0; i < 4; i++) results[0].algo.data[1 + i] = pref->min_alignment[i];
+    /* and the bias's, from its pointer's value (no preference states it) */
+    uint64_t bias_align = 1;
+    while (bias_align < 256 && desc->bias && (uintptr_t)desc->bias % (2 * bias_align) == 0) bias_align *= 2;
+    results[0].algo.data[5] = bias_align;
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
     *count = 1;
@@ -339,6 +347,9 @@ extern "C" cublasStatus_t cublasLtMatmul(cublasLtHandle_t lt, cublasLtMatmulDesc
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     const float *bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS ? (const float *)desc->bias : NULL;
     if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && !bias) return CUBLAS_STATUS_INVALID_VALUE;
+    /* the heuristic chose the algorithm for the bias pointer it saw (cublasLt.h: it "depends on its value to
+     * determine expected pointer alignment"): a bias less aligned than that would fault on the GPU */
+    if (bias && (uintptr_t)bias % (algo ? algo->data[5] : 256) != 0) return CUBLAS_STATUS_INVALID_VALUE;
     const int64_t m = (int64_t)Ddesc->rows, n = (int64_t)Ddesc->cols;
     uint64_t am, ak;
     op_dims(Adesc, desc->transa, &am, &ak);

@@ -113,6 +113,18 @@ struct fiber {
     void *mma = nullptr;
 };
 
+/* CVX_EMU_THREAD_ORDER=reverse resumes a block's fibers from the last thread to the first. In thread order, a
+ * missing barrier between a write by a lower thread and a read by a higher one is hidden (the writer always runs
+ * first); in reverse order the reader runs first and sees the stale value. Running the tests both ways
+ * (make cuda-emu does) exposes a missing barrier in either direction. */
+bool reverse_order() {
+    static const bool r = [] {
+        const char *v = getenv("CVX_EMU_THREAD_ORDER");
+        return v && strcmp(v, "reverse") == 0;
+    }();
+    return r;
+}
+
 size_t stack_bytes() {
     static const size_t n = [] {
         const char *v = getenv("CVX_EMU_STACK_KB");
@@ -292,8 +304,11 @@ bool run_block() {
     W.failed = false;
     if (W.smem_aligned) memset(W.smem_aligned, 0xff, W.launch->smem);
     for (;;) {
-        for (unsigned t = 0; t < W.nthreads; t++)
-            if (W.fibers[t].state == RUNNABLE) resume(W.fibers[t]);
+        const bool rev = reverse_order();
+        for (unsigned i = 0; i < W.nthreads; i++) {
+            fiber &f = W.fibers[rev ? W.nthreads - 1 - i : i];
+            if (f.state == RUNNABLE) resume(f);
+        }
         if (W.failed) {
             report(W.fail_msg);
             return false;

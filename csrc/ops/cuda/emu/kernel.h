@@ -56,7 +56,12 @@ struct kernel_launch {
     void *pack;
     void (*run)(void *pack);
     void (*destroy)(void *pack);
+    int host_arg; /* the first pointer argument a GPU could not dereference (device_accessible), or -1 */
 };
+/* NULL, or a pointer into (or one past) a cudaMalloc, cudaMallocHost / cudaHostAlloc or cudaHostRegister
+ * allocation: what a kernel on a GPU may dereference. Here every pointer is host RAM, so without this check a
+ * kernel handed a plain malloc'd (pageable) buffer would work, and fault only on the GPU. */
+bool device_accessible(const void *p);
 /* Validates the geometry as CUDA does (an error goes to cudaGetLastError and nothing runs), then enqueues. */
 void submit(cudaStream_t stream, const kernel_launch &launch);
 
@@ -81,6 +86,20 @@ inline void launch_kernel(const char *name, void (*kernel)(P...), dim3 grid, dim
         std::apply(k->kernel, k->args);
     };
     l.destroy = [](void *p) { delete static_cast<pack_t *>(p); };
+    /* pointer arguments only (a struct passed by value is not looked into) */
+    l.host_arg = -1;
+    int index = 0;
+    std::apply(
+        [&](const auto &...arg) {
+            (
+                [&](const auto &a) {
+                    if constexpr (std::is_pointer<std::decay_t<decltype(a)>>::value)
+                        if (l.host_arg < 0 && !device_accessible((const void *)a)) l.host_arg = index;
+                    index++;
+                }(arg),
+                ...);
+        },
+        static_cast<pack_t *>(l.pack)->args);
     submit(stream, l);
 }
 } // namespace cvx_emu

@@ -23,6 +23,7 @@
 
 struct CUstream_st {
     unsigned flags = 0;
+    int device = 0; /* the creating thread's current device: a kernel launch from a thread on another one fails */
     std::mutex m;
     std::condition_variable cv;
     std::deque<std::function<void()>> queue;
@@ -271,6 +272,13 @@ extern "C" const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
+    case cudaErrorLaunchTimeout: return "the launch timed out and was terminated";
+    case cudaErrorAssert: return "device-side assert triggered";
+    case cudaErrorHardwareStackError: return "hardware stack error";
+    case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
+    case cudaErrorMisalignedAddress: return "misaligned address";
+    case cudaErrorInvalidAddressSpace: return "operation not supported on global/shared address space";
+    case cudaErrorInvalidPc: return "invalid program counter";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotPermitted: return "operation not permitted";
     case cudaErrorNotSupported: return "operation not supported";
@@ -300,6 +308,13 @@ extern "C" const char *cudaGetErrorName(cudaError_t e) {
         CVX_EMU_NAME(cudaErrorLaunchOutOfResources)
         CVX_EMU_NAME(cudaErrorHostMemoryAlreadyRegistered)
         CVX_EMU_NAME(cudaErrorHostMemoryNotRegistered)
+        CVX_EMU_NAME(cudaErrorLaunchTimeout)
+        CVX_EMU_NAME(cudaErrorAssert)
+        CVX_EMU_NAME(cudaErrorHardwareStackError)
+        CVX_EMU_NAME(cudaErrorIllegalInstruction)
+        CVX_EMU_NAME(cudaErrorMisalignedAddress)
+        CVX_EMU_NAME(cudaErrorInvalidAddressSpace)
+        CVX_EMU_NAME(cudaErrorInvalidPc)
         CVX_EMU_NAME(cudaErrorLaunchFailure)
         CVX_EMU_NAME(cudaErrorNotPermitted)
         CVX_EMU_NAME(cudaErrorNotSupported)
@@ -532,6 +547,7 @@ extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *ps, unsigned int 
     if (need_device()) return fail(cudaErrorNoDevice);
     cudaStream_t s = new CUstream_st;
     s->flags = flags;
+    s->device = current_device;
     s->worker = std::thread(worker_loop, s);
     {
         std::lock_guard<std::mutex> g(registry_m);
@@ -686,6 +702,12 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttri
 }
 
 namespace cvx_emu {
+bool device_accessible(const void *p) {
+    if (!p) return true;
+    std::lock_guard<std::mutex> g(mem_m);
+    return inside(device_allocs, p, 0) || inside(pinned_allocs, p, 0) || inside(registered, p, 0);
+}
+
 void submit(cudaStream_t stream, const kernel_launch &l) {
     const dim3 g = l.grid, b = l.block;
     cudaError_t e = cudaSuccess;
@@ -697,6 +719,19 @@ void submit(cudaStream_t stream, const kernel_launch &l) {
         e = cudaErrorInvalidValue;
     else if (stream && !stream_live(stream))
         e = cudaErrorInvalidResourceHandle;
+    else if (stream && stream->device != current_device) { /* the current device is per host thread */
+        fprintf(stderr,
+                "cvx CUDA emulation: kernel %s: launched from a thread whose current device is %d on a "
+                "stream of device %d; not launched\n",
+                l.name, current_device, stream->device);
+        e = cudaErrorInvalidResourceHandle;
+    } else if (l.host_arg >= 0) { /* on a GPU: an illegal address when the kernel runs, sticky for the process */
+        fprintf(stderr,
+                "cvx CUDA emulation: kernel %s: argument %d points to neither device memory nor pinned or registered "
+                "host memory (a GPU faults on it); not launched\n",
+                l.name, l.host_arg);
+        e = cudaErrorIllegalAddress;
+    }
     if (e != cudaSuccess) {
         l.destroy(l.pack);
         fail(e);
