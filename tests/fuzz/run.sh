@@ -25,7 +25,8 @@ if [ -d /dev/shm ] && [ -w /dev/shm ]; then SCRATCH=$(mktemp -d /dev/shm/cvx_fuz
 trap 'rm -rf "$SCRATCH"' EXIT
 findings=0
 
-SRCS="$ROOT/csrc/io/json.c $ROOT/csrc/io/safetensors.c $ROOT/csrc/core/status.c $ROOT/csrc/core/dtype.c"
+# mem.c: the loader pins its mappings through the memory manager (a no-op without CUDA)
+SRCS="$ROOT/csrc/io/json.c $ROOT/csrc/io/safetensors.c $ROOT/csrc/core/status.c $ROOT/csrc/core/dtype.c $ROOT/csrc/mem/mem.c"
 if command -v "$CLANG" >/dev/null 2>&1 &&
     echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' |
     "$CLANG" -x c -fsanitize=fuzzer - -o "$SCRATCH/probe" >/dev/null 2>&1; then
