@@ -209,11 +209,11 @@ def child_make_models(args) -> None:
     torch.manual_seed(args.seed)
     with torch.device(args.torch_device), torch.no_grad():  # diffusers' own init, run on the GPU (seconds, not minutes)
         tr = CogVideoXTransformer3DModel(**transformer_config(args)).eval()
-        tr.to(torch.bfloat16).save_pretrained(work / "transformer", safe_serialization=True)
+        tr.to("cpu", torch.bfloat16).save_pretrained(work / "transformer", safe_serialization=True)
         n_tr = sum(p.numel() for p in tr.parameters())
         del tr
         vae = AutoencoderKLCogVideoX(**(TINY_VAE if args.tiny else {})).eval()
-        vae.to(torch.bfloat16).save_pretrained(work / "vae", safe_serialization=True)
+        vae.to("cpu", torch.bfloat16).save_pretrained(work / "vae", safe_serialization=True)
         n_vae = sum(p.numel() for p in vae.parameters())
     res = {"transformer_parameters": n_tr, "vae_parameters": n_vae, "seconds": time.perf_counter() - t0}
     print(f"[make-models] transformer {n_tr:,} and VAE {n_vae:,} parameters (bfloat16) in {res['seconds']:.1f} s")
@@ -332,7 +332,7 @@ def child_transformer_torch(args) -> None:
         res["strategies"][strategy] = rec
         gc.collect()
         print(f"[diffusers {args.dtype} {strategy}] " + _brief(rec), flush=True)
-    Path(args.result).write_text(json.dumps(res))
+        Path(args.result).write_text(json.dumps(res))  # after each strategy: a timeout keeps the ones done
 
 
 _POLICIES = {"none": ("none", 0), "model": ("model", 0), "sequential": ("sequential", 1)}
@@ -381,7 +381,7 @@ def child_transformer_cvx(args) -> None:
                 rec = {"error": f"{type(err).__name__}: {err}"}
         res["strategies"][strategy] = rec
         print(f"[ours {attention} {args.dtype} {strategy}] " + _brief(rec), flush=True)
-    Path(args.result).write_text(json.dumps(res))
+        Path(args.result).write_text(json.dumps(res))  # after each strategy: a timeout keeps the ones done
 
 
 def child_vae(args) -> None:
@@ -478,6 +478,7 @@ def run_child(args, budget: Budget, name: str, python: str, child: list[str], ca
         print(f"== {name}: skipped ({left:.0f} s of the budget left)", flush=True)
         return {"error": f"skipped: {max(left, 0):.0f} s of the time budget left"}
     result = Path(args.work) / f"res_{name}.json"
+    result.unlink(missing_ok=True)
     cmd = [python, str(HERE), *child, "--work", args.work, "--result", str(result), "--seed", str(args.seed)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--strategy-cap-s", str(args.strategy_cap_s)]
     cmd += ["--model", args.model, "--torch-device", args.torch_device, "--cvx-device", args.cvx_device]
@@ -485,16 +486,21 @@ def run_child(args, budget: Budget, name: str, python: str, child: list[str], ca
     print(f"== {name} (timeout {timeout:.0f} s): {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
     try:
+        failure = None
         p = subprocess.run(cmd, env=dict(os.environ, **(env or {})), timeout=timeout)
+        if p.returncode != 0:
+            failure = f"exit status {p.returncode} (see the log)"
     except subprocess.TimeoutExpired:
-        print(f"!! {name}: timed out after {timeout:.0f} s", flush=True)
-        return {"error": f"timed out after {timeout:.0f} s"}
+        failure = f"timed out after {timeout:.0f} s"
     wall = time.monotonic() - t0
-    if p.returncode != 0 or not result.is_file():
-        print(f"!! {name}: exit status {p.returncode}", flush=True)
-        return {"error": f"exit status {p.returncode} (see the log)", "wall_s": wall}
-    res = json.loads(result.read_text())
+    if failure:
+        print(f"!! {name}: {failure}", flush=True)
+    if not result.is_file():
+        return {"error": failure or "no result written", "wall_s": wall}
+    res = json.loads(result.read_text())  # a child that failed late keeps what it finished
     res["wall_s"] = wall
+    if failure:
+        res["error"] = failure
     return res
 
 
@@ -510,7 +516,10 @@ def agreement(work: Path, ref_tag: str, tag: str):
 
 
 def _step(res: dict, strategy: str):
-    rec = res.get("strategies", {}).get(strategy, {})
+    """(median step, peak, record) of one strategy; a strategy the child never reached carries the child's error."""
+    rec = res.get("strategies", {}).get(strategy)
+    if rec is None:
+        rec = {"error": res["error"]} if "error" in res else {}
     return rec.get("step_s"), rec.get("peak_bytes"), rec
 
 
@@ -616,9 +625,10 @@ def markdown(args, env: dict, summary: dict) -> str:
         )
     errors = [(r["dtype"], r["strategy"], side, e) for r in summary["rows"] for side, e in r["errors"].items()]
     vae = summary["vae"]
-    lines += ["", f"VAE tiled decode, latents {s['vae_latents']} -> {s['frames']} frames, {args.dtypes[0]}:", ""]
-    lines += ["| implementation | decode (s) | peak (MiB) | weights (MiB) |", "|---|---:|---:|---:|"]
-    for side in ("diffusers", "ours"):
+    if args.vae:
+        lines += ["", f"VAE tiled decode, latents {s['vae_latents']} -> {s['frames']} frames, {args.dtypes[0]}:", ""]
+        lines += ["| implementation | decode (s) | peak (MiB) | weights (MiB) |", "|---|---:|---:|---:|"]
+    for side in ("diffusers", "ours") if args.vae else ():
         v = vae[side]
         if "error" in v:
             errors.append((args.dtypes[0], "vae", side, v["error"]))

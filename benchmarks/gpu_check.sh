@@ -81,6 +81,8 @@ INSTALL=$(
     cat <<EOF
 set -e
 nvidia-smi || true
+nvcc --version | tail -2 || true
+ls "\$(dirname "\$(dirname "\$(command -v nvcc)")")"/lib64 2>/dev/null | grep -E 'libcu(blas|blasLt|dart)\.so' || echo "no cuBLAS / cudart next to nvcc"
 $PY - "$WHEELS" <<'PYEOF'
 import importlib.metadata as md, pathlib, subprocess, sys
 wheels = sorted(pathlib.Path(sys.argv[1]).glob("*.whl"))
@@ -122,7 +124,7 @@ fi
 
 # ---- 03 pytest -m cuda: the files that use the marker (others may import what this machine lacks) ---------------
 CUDA_TESTS=$(grep -l "mark\.cuda" tests/test_*.py | tr '\n' ' ')
-stage 03-pytest 100 100 "$PY -m pytest -m cuda -q -rs -p no:cacheprovider $CUDA_TESTS"
+stage 03-pytest 100 100 "$PY -m pytest -m cuda -q -rs -p no:cacheprovider -o faulthandler_timeout=60 $CUDA_TESTS"
 
 # ---- 04 the benchmark against diffusers ----------------------------------------------------------------------
 if [ "$GPU" = 1 ]; then
