@@ -64,7 +64,10 @@ class BuildExt(build_ext):
             out_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(out_dir, exist_ok=True)
             # Accurate math (no --use_fast_math): exp/sin/cos as PyTorch computes them.
-            nvcc_flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-DCVX_WITH_CUDA=1", *gencode]
+            # --threads: the architectures of one file compile in parallel
+            threads = str(min(len(gencode) // 2, os.cpu_count() or 1))
+            nvcc_flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-DCVX_WITH_CUDA=1", "--threads", threads]
+            nvcc_flags += gencode
             try:
                 for src in cu_files:
                     obj = os.path.join(out_dir, os.path.basename(src) + ".o")

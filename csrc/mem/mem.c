@@ -6,6 +6,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef CVX_WITH_CUDA
+#include "../ops/cuda/cuda_ops.h" /* the device-memory hooks of the CUDA device */
+#endif
+
 /* Allocation records live beside the data, never in front of it (device memory cannot be read from the host): a
  * hash table keyed by pointer (open addressing, linear probing, backward-shift deletion) gives cvx_mem_free the
  * device, kind and size. Weight allocations are also kept per device in a table sorted by address, so that
@@ -168,11 +172,26 @@ static void stats_grow(cvx_mem_stats *s, cvx_mem_kind kind, int64_t bytes, int64
     s->num_active++;
 }
 
+/* Gives a block back to where it came from. */
+static void release_block(cvx_device dev, void *block) {
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) {
+        cvx_cuda_mem_free(block);
+        return;
+    }
+#else
+    (void)dev;
+#endif
+    free(block);
+}
+
 cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
     *out = NULL;
     if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)kind >= CVX_NUM_MEM_KINDS)
         return CVX_FAIL(CVX_ERR_INVALID, "bad device %d or memory kind %d", (int)dev, (int)kind);
+#ifndef CVX_WITH_CUDA
     if (dev == CVX_DEVICE_CUDA) return CVX_FAIL(CVX_ERR_INVALID, "the CUDA device is not available in this build");
+#endif
     if (bytes > ((size_t)1 << 50)) {
         pthread_mutex_lock(&mem_lock);
         mem_stats[dev].num_ooms++;
@@ -206,7 +225,20 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
     pthread_mutex_unlock(&mem_lock);
 
     void *block = NULL;
-    if (posix_memalign(&block, MEM_ALIGN, reserved) != 0) block = NULL;
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) {
+        const cvx_status st = cvx_cuda_mem_alloc(reserved, &block);
+        if (st != CVX_OK) {
+            pthread_mutex_lock(&mem_lock);
+            pending_bytes[dev] -= (int64_t)bytes;
+            s->num_ooms++;
+            pthread_mutex_unlock(&mem_lock);
+            return st;
+        }
+    } else
+#endif
+        if (posix_memalign(&block, MEM_ALIGN, reserved) != 0)
+        block = NULL;
     pthread_mutex_lock(&mem_lock);
     pending_bytes[dev] -= (int64_t)bytes;
     const mem_record rec = {(uintptr_t)block, bytes, reserved, (uint8_t)dev, (uint8_t)kind};
@@ -218,7 +250,7 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
     if (!ok) { /* nothing was counted: the peaks never saw bytes that were not held */
         s->num_ooms++;
         pthread_mutex_unlock(&mem_lock);
-        free(block);
+        release_block(dev, block);
         return CVX_FAIL(CVX_ERR_OOM, "%s: the system refused %zu bytes", cvx_device_name(dev), bytes);
     }
     stats_grow(s, kind, (int64_t)bytes, (int64_t)reserved);
@@ -229,6 +261,16 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
 
 cvx_status cvx_mem_calloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
     CVX_CHECK(cvx_mem_alloc(dev, kind, bytes, out));
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) {
+        const cvx_status st = cvx_cuda_mem_zero(*out, bytes);
+        if (st != CVX_OK) {
+            cvx_mem_free(*out);
+            *out = NULL;
+        }
+        return st;
+    }
+#endif
     memset(*out, 0, bytes);
     return CVX_OK;
 }
@@ -251,7 +293,7 @@ void cvx_mem_free(void *ptr) {
     s->num_frees++;
     s->num_active--;
     pthread_mutex_unlock(&mem_lock);
-    free(ptr);
+    release_block((cvx_device)rec.device, ptr);
 }
 
 size_t cvx_mem_size(const void *ptr) {
@@ -340,8 +382,14 @@ void cvx_mem_set_limit(cvx_device dev, int64_t bytes) {
 }
 
 cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes) {
-    /* cpu and emu memory are both host memory; the CUDA build replaces this with cudaMemcpy by device. */
-    if (bytes) memmove(dst, src, bytes);
+    if (!bytes) return CVX_OK;
+#ifdef CVX_WITH_CUDA
+    /* Once the CUDA device is in use, any pointer may be device memory: the runtime tells device from host addresses
+     * itself (unified addressing, cudaMemcpyDefault), after the compute stream's work. cpu and emu memory are host
+     * memory, which it copies too. */
+    if (cvx_cuda_compute_stream()) return cvx_cuda_memcpy(dst, src, bytes);
+#endif
+    memmove(dst, src, bytes);
     return CVX_OK;
 }
 

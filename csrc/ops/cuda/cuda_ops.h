@@ -36,6 +36,14 @@ void *cvx_cuda_workspace(size_t *bytes);
  * with the call and the runtime's message in the error text. */
 cvx_status cvx_cuda_fail(int cuda_error, const char *call, const char *file, int line);
 
+/* ---- memory-manager hooks (device.cu): mem.c's allocations and copies on CVX_DEVICE_CUDA ----
+ * Device memory (the first call initialises cuda:0 unless cvx_cuda_init chose another); a copy in any direction
+ * (cudaMemcpyDefault) that first waits for the compute stream's work; zero-fill on the compute stream. */
+cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out);
+void cvx_cuda_mem_free(void *ptr);
+cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes);
+cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes);
+
 /* ---- GEMM (gemm.cu): C = alpha op(A) op(B) + beta C [+ bias], row-major, on the compute stream ----
  * A is [M, K] (trans_a 0) or [K, M] (1) with row stride lda; B is [K, N] (trans_b 0) or [N, K] (1) with ldb; C is
  * [M, N] f32 with ldc. A and B share ab_type (F32: full f32, F16/BF16: tensor cores, f32 accumulation). batch >= 1

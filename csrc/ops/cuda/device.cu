@@ -79,3 +79,27 @@ extern "C" void *cvx_cuda_workspace(size_t *bytes) {
     if (bytes) *bytes = S.ready ? S.workspace_bytes : 0;
     return S.ready ? S.workspace : NULL;
 }
+
+/* ---- memory-manager hooks: plain cudaMalloc for now (the caching allocator replaces it) ---- */
+
+extern "C" cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out) {
+    *out = NULL;
+    if (!S.ready) CVX_CHECK(cvx_cuda_init(0));
+    CVX_CU(cudaMalloc(out, bytes));
+    return CVX_OK;
+}
+
+extern "C" void cvx_cuda_mem_free(void *ptr) {
+    if (ptr) cudaFree(ptr); /* synchronises the device: no kernel still reads the block */
+}
+
+extern "C" cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes) {
+    CVX_CU(cudaMemsetAsync(ptr, 0, bytes, S.compute));
+    return CVX_OK;
+}
+
+extern "C" cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes) {
+    CVX_CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, S.compute));
+    CVX_CU(cudaStreamSynchronize(S.compute));
+    return CVX_OK;
+}
