@@ -117,7 +117,7 @@ fi
 
 # ---- 02 the C CUDA op tests on the GPU (the S = 17,776 attention case included) ---------------------------------
 if [ "$GPU" = 1 ]; then
-    stage 02-ctest 100 120 "CVX_CUDA_TEST_BIG=1 make -C tests/c cuda PYTHON=$PY"
+    stage 02-ctest 120 120 "CVX_CUDA_TEST_BIG=1 make -j\$(nproc) -C tests/c cuda PYTHON=$PY"
 else
     skip 02-ctest "no GPU (nvidia-smi sees none)"
 fi
