@@ -340,7 +340,7 @@ _POLICIES = {"none": ("none", 0), "model": ("model", 0), "sequential": ("sequent
 
 def _cvx_strategy(args, cvx, strategy: str, inputs: tuple, attention: str) -> dict:
     """One strategy on a freshly loaded cogvideo_c transformer, its residency set as the pipeline's hooks set it."""
-    from cogvideo_c.offload import set_residency
+    from cogvideo_c.offload import resolve_device, set_residency
 
     dev, work = args.cvx_device, Path(args.work)
     h, e, t = inputs
@@ -350,7 +350,7 @@ def _cvx_strategy(args, cvx, strategy: str, inputs: tuple, attention: str) -> di
     rot = None
     if model.config.use_rotary_positional_embeddings:
         rot = model.rotary_positional_embeddings(s["height"], s["width"], s["latent_frames"])
-    set_residency(model, dev, *_POLICIES[strategy])
+    set_residency(model, resolve_device(dev), *_POLICIES[strategy])  # "cuda" -> "cuda:0", as model.to() resolves it
     rec["device_bytes_before_first_step"] = cvx.memory_allocated(dev)
     cvx.reset_peak_memory_stats(dev)
     timed = _Steps(args).run(lambda: model(h, e, t, image_rotary_emb=rot).sample)
