@@ -58,7 +58,9 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         cuda = find_cuda()
         cu_files = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
-        if cuda and cu_files:
+        if os.environ.get("CVX_CUDA_EMULATE") and cu_files:
+            build_emulated_cuda(self, ext, cu_files)
+        elif cuda and cu_files:
             archs, gencode = cuda_gencode()
             objects = []
             out_dir = os.path.join(self.build_temp, "cuda")
@@ -90,6 +92,28 @@ class BuildExt(build_ext):
         else:
             print("cogvideo_c: no CUDA toolkit found (CUDA_HOME, nvcc on PATH, /usr/local/cuda): CPU backend only")
         super().build_extension(ext)
+
+
+def build_emulated_cuda(cmd, ext, cu_files):
+    """CVX_CUDA_EMULATE=1: the .cu sources compiled as C++ against the CPU emulation of CUDA (csrc/ops/cuda/emu),
+    so the CUDA backend runs where no GPU is; build_info() reports cuda_emulated."""
+    emu = os.path.join("csrc", "ops", "cuda", "emu")
+    cxx = os.environ.get("CXX", "g++")
+    out_dir = os.path.join(cmd.build_temp, "cuda-emu")
+    os.makedirs(out_dir, exist_ok=True)
+    flags = ["-std=c++17", "-O2", "-fPIC", "-pthread", "-ffp-contract=off", "-Wall", "-Wno-unused-parameter"]
+    flags += ["-DCVX_CUDA_EMU", "-DCVX_WITH_CUDA=1", "-I" + os.path.join(emu, "include")]
+    deps = cuda_headers() + glob.glob(os.path.join(emu, "*.h")) + glob.glob(os.path.join(emu, "include", "*.h"))
+    for src in cu_files + sorted(glob.glob(os.path.join(emu, "*.cpp"))):
+        obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+        if cmd.force or not os.path.exists(obj) or not newer_than_all(obj, [src, *deps]):
+            subprocess.check_call([cxx, "-x", "c++", "-c", src, "-o", obj, *flags])
+        ext.extra_objects.append(obj)
+    ext.sources.append(os.path.join("csrc", "ops", "cuda", "table.c"))
+    ext.define_macros += [("CVX_WITH_CUDA", "1"), ("CVX_CUDA_EMULATED", "1")]
+    ext.libraries.append("stdc++")
+    ext.extra_link_args.append("-pthread")
+    print("cogvideo_c: CVX_CUDA_EMULATE: the CUDA backend compiled against the CPU emulation (no GPU used)")
 
 
 def cuda_headers():

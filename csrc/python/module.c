@@ -267,15 +267,20 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const int cuda_compiled = 0;
 #endif
+#ifdef CVX_CUDA_EMULATED
+    const int cuda_emulated = 1; /* the CUDA backend runs on the CPU emulation (setup.py, CVX_CUDA_EMULATE=1) */
+#else
+    const int cuda_emulated = 0;
+#endif
     const int devices = cuda_device_count();
     const int cuda = CVX_CUDA_KERNELS && devices > 0; /* "cuda" is usable: kernels compiled and a device present */
     PyObject *runnable = cuda ? Py_BuildValue("[sss]", "cpu", "emu", "cuda") : Py_BuildValue("[ss]", "cpu", "emu");
     if (!runnable) return NULL;
-    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:i,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda",
-                         PyBool_FromLong(cuda), "cuda_compiled", PyBool_FromLong(cuda_compiled), "cuda_kernels",
-                         PyBool_FromLong(CVX_CUDA_KERNELS), "cuda_devices", devices, "devices", runnable, "blas",
-                         "scipy-openblas32", "omp_max_threads", cvx_ops_num_threads(), "openmp",
-                         PyBool_FromLong(openmp), "compiler", __VERSION__);
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:i,s:N,s:s,s:i,s:N,s:s}", "cpu", PyBool_FromLong(1), "cuda",
+                         PyBool_FromLong(cuda), "cuda_compiled", PyBool_FromLong(cuda_compiled), "cuda_emulated",
+                         PyBool_FromLong(cuda_emulated), "cuda_kernels", PyBool_FromLong(CVX_CUDA_KERNELS),
+                         "cuda_devices", devices, "devices", runnable, "blas", "scipy-openblas32", "omp_max_threads",
+                         cvx_ops_num_threads(), "openmp", PyBool_FromLong(openmp), "compiler", __VERSION__);
 }
 
 static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../../csrc/core/dtype.h"
 #include "../../../csrc/ops/cuda/cuda_ops.h"
 #include "../cvx_test.h"
 
@@ -22,6 +23,13 @@ int emu_test_allow_dyn_smem(int bytes);
 int emu_test_axpb(float *x, int64_t n, float a, float b, cudaStream_t s);
 int emu_test_axpb_compute(float *x, int64_t n, float a, float b);
 int emu_test_divergent(int which, float *x, cudaStream_t s);
+int emu_test_shuffle(int *out, cudaStream_t s);
+int emu_test_divergent_shuffle(int *out, int mixed, cudaStream_t s);
+int emu_test_atomics(float *fsum, int *isum, int *imax, cudaStream_t s);
+int emu_test_mma(const uint16_t *A, const uint16_t *B, const float *C, float *D, int bf16, cudaStream_t s);
+int emu_test_narrow(const float *x, uint16_t *h, uint16_t *bf, int n, cudaStream_t s);
+int emu_test_widen(const uint16_t *bits, float *from_h, float *from_bf, int n, cudaStream_t s);
+int emu_test_rsqrt(const float *x, float *y, int n, cudaStream_t s);
 
 #define CU_OK(call) CVX_EXPECT((call) == cudaSuccess, "%s", cudaGetErrorString(cudaGetLastError()))
 
@@ -328,6 +336,233 @@ static void test_devices(void) {
 #endif
 }
 
+/* ---- warp collectives: every shuffle mode against the CUDA Programming Guide's rules, computed here ---- */
+#define SHUFFLE_OUTS 11
+static int shuffle_value(int tid) { return tid * 7 + 3; }
+
+/* the value lane `lane` of the warp starting at thread `base` receives from `src`, or its own when the mode may
+ * not read there: up reads no lower than its segment's first lane, the others no higher than its last */
+static int shuffled(int base, int lane, int src, int width, int up) {
+    const int first = lane & ~(width - 1), last = first + width - 1;
+    const int ok = up ? src >= first : src <= last;
+    return shuffle_value(base + (ok ? src : lane));
+}
+
+static void test_shuffles(cudaStream_t s) {
+    const int n = 64;
+    int *d = NULL, h[64 * SHUFFLE_OUTS];
+    CU_OK(cudaMalloc((void **)&d, sizeof h));
+    CVX_EXPECT(emu_test_shuffle(d, s) == cudaSuccess, "launch");
+    CU_OK(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    int bad[SHUFFLE_OUTS] = {0};
+    for (int tid = 0; tid < n; tid++) {
+        const int base = tid & ~31, l = tid % 32;
+        int sum = 0;
+        unsigned ballot = 0;
+        for (int j = 0; j < 32; j++) {
+            sum += shuffle_value(base + j);
+            ballot |= (unsigned)(shuffle_value(base + j) % 3 == 0) << j;
+        }
+        const int want[SHUFFLE_OUTS] = {
+            shuffle_value(base + (l ^ 5)),
+            shuffle_value(base + (l * 11 + 3) % 32),
+            shuffled(base, l, l + 3, 32, 0),
+            shuffled(base, l, l - 2, 16, 1),
+            shuffled(base, l, l ^ 9, 8, 0),
+            shuffled(base, l, l + 5, 8, 0),
+            shuffle_value(base + (l & ~15) + (37 & 15)),
+            sum,
+            (int)ballot,
+            shuffle_value(base + (l ^ 16)),
+            shuffle_value(tid ^ 1),
+        };
+        for (int k = 0; k < SHUFFLE_OUTS; k++) bad[k] += h[tid * SHUFFLE_OUTS + k] != want[k];
+    }
+    static const char *what[SHUFFLE_OUTS] = {"xor 5",           "idx",
+                                             "down 3",          "up 2 width 16",
+                                             "xor 9 width 8",   "down 5 width 8",
+                                             "idx 37 width 16", "xor butterfly sum",
+                                             "ballot",          "float xor 16",
+                                             "__syncwarp"};
+    for (int k = 0; k < SHUFFLE_OUTS; k++) CVX_EXPECT(bad[k] == 0, "%s: %d of %d lanes wrong", what[k], bad[k], n);
+    CU_OK(cudaFree(d));
+}
+
+static void test_atomics(cudaStream_t s) {
+    float *fsum = dev_floats(1);
+    int *ints = NULL;
+    CU_OK(cudaMalloc((void **)&ints, 2 * sizeof(int)));
+    CU_OK(cudaMemsetAsync(fsum, 0, sizeof(float), s));
+    CU_OK(cudaMemsetAsync(ints, 0, 2 * sizeof(int), s));
+    CVX_EXPECT(emu_test_atomics(fsum, ints, ints + 1, s) == cudaSuccess, "launch");
+    float f = 0.0f;
+    int i[2] = {0, 0};
+    CU_OK(cudaMemcpyAsync(&f, fsum, sizeof f, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaMemcpyAsync(i, ints, sizeof i, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    CVX_EXPECT(f == 1024.0f, "atomicAdd(float) of 1 by 1024 threads: %g", f);
+    CVX_EXPECT(i[0] == 8 * (127 * 128 / 2), "atomicAdd(int) of thread indices: %d, expected %d", i[0], 8 * 127 * 64);
+    CVX_EXPECT(i[1] == 7127, "atomicMax: %d, expected 7127", i[1]);
+    CU_OK(cudaFree(fsum));
+    CU_OK(cudaFree(ints));
+}
+
+/* mma.m16n8k16 against a plain matrix product in double: exact for small integers (every product and partial sum
+ * is exact in f32), within f32 accumulation's rounding for random values */
+static void test_mma(cudaStream_t s) {
+    uint16_t A[16 * 16], B[16 * 8];
+    float C[16 * 8], D[16 * 8];
+    uint16_t *dA = NULL, *dB = NULL;
+    CU_OK(cudaMalloc((void **)&dA, sizeof A));
+    CU_OK(cudaMalloc((void **)&dB, sizeof B));
+    float *dC = dev_floats(16 * 8), *dD = dev_floats(16 * 8);
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (int integers = 1; integers >= 0; integers--) {
+            uint16_t (*narrow)(float) = bf16 ? cvx_f32_to_bf16 : cvx_f32_to_f16;
+            float (*widen)(uint16_t) = bf16 ? cvx_bf16_to_f32 : cvx_f16_to_f32;
+            for (int i = 0; i < 16 * 16; i++) A[i] = narrow(integers ? (float)((i * 7) % 7 - 3) : frand());
+            for (int i = 0; i < 16 * 8; i++) B[i] = narrow(integers ? (float)((i * 5) % 9 - 4) : frand() * 4.0f);
+            for (int i = 0; i < 16 * 8; i++) C[i] = integers ? (float)(i % 11 - 5) : frand();
+            CU_OK(cudaMemcpyAsync(dA, A, sizeof A, cudaMemcpyHostToDevice, s));
+            CU_OK(cudaMemcpyAsync(dB, B, sizeof B, cudaMemcpyHostToDevice, s));
+            CU_OK(cudaMemcpyAsync(dC, C, sizeof C, cudaMemcpyHostToDevice, s));
+            CVX_EXPECT(emu_test_mma(dA, dB, dC, dD, bf16, s) == cudaSuccess, "launch");
+            CU_OK(cudaMemcpyAsync(D, dD, sizeof D, cudaMemcpyDeviceToHost, s));
+            CU_OK(cudaStreamSynchronize(s));
+            double worst = 0.0;
+            int exact_misses = 0;
+            for (int m = 0; m < 16; m++)
+                for (int n = 0; n < 8; n++) {
+                    double ref = C[m * 8 + n], mag = fabs(ref);
+                    for (int k = 0; k < 16; k++) {
+                        const double p = (double)widen(A[m * 16 + k]) * (double)widen(B[k * 8 + n]);
+                        ref += p;
+                        mag += fabs(p);
+                    }
+                    const double err = fabs(D[m * 8 + n] - ref) / (mag > 0 ? mag : 1.0);
+                    if (err > worst) worst = err;
+                    exact_misses += (double)D[m * 8 + n] != ref;
+                }
+            if (integers)
+                CVX_EXPECT(exact_misses == 0, "%s mma, integers: %d of 128 not exact", bf16 ? "bf16" : "f16",
+                           exact_misses);
+            else
+                CVX_EXPECT(worst <= 2e-6, "%s mma: error %.3g of the sum of |terms| (f32 accumulation: < 16 ulp)",
+                           bf16 ? "bf16" : "f16", worst);
+        }
+    CU_OK(cudaFree(dA));
+    CU_OK(cudaFree(dB));
+    CU_OK(cudaFree(dC));
+    CU_OK(cudaFree(dD));
+}
+
+static int is_nan_f16(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu); }
+static int is_nan_bf16(uint16_t h) { return (h & 0x7f80u) == 0x7f80u && (h & 0x7fu); }
+
+static float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* __float2half_rn / __float2bfloat16_rn and the widenings, bit for bit against core/dtype.c: every 16-bit
+ * pattern, every rounding tie between neighbours and one float either side of it, random floats, overflow and
+ * subnormal edges. A NaN only has to stay a NaN (CUDA gives the canonical one, dtype.c keeps the payload). */
+static void test_conversions(cudaStream_t s) {
+    const int cap = 65536 * 14 + 100000 + 16;
+    float *x = xmalloc(cap * sizeof(float));
+    int n = 0;
+    for (int b = 0; b < 65536; b++) x[n++] = cvx_f16_to_f32((uint16_t)b);
+    for (int b = 0; b < 65536; b++) x[n++] = cvx_bf16_to_f32((uint16_t)b);
+    for (int bf = 0; bf < 2; bf++)
+        for (int b = 0; b < 65535; b++) {
+            if ((b & 0x7fff) == 0x7fff) continue; /* crossing the sign */
+            const float lo = bf ? cvx_bf16_to_f32((uint16_t)b) : cvx_f16_to_f32((uint16_t)b);
+            const float hi = bf ? cvx_bf16_to_f32((uint16_t)(b + 1)) : cvx_f16_to_f32((uint16_t)(b + 1));
+            if (!isfinite(lo) || !isfinite(hi)) continue;
+            const float mid = (float)(((double)lo + (double)hi) / 2.0); /* exact: one more bit than the type */
+            x[n++] = mid;
+            x[n++] = nextafterf(mid, -INFINITY);
+            x[n++] = nextafterf(mid, INFINITY);
+        }
+    for (int i = 0; i < 100000; i++) {
+        cvx_test_rng_ ^= cvx_test_rng_ << 13, cvx_test_rng_ ^= cvx_test_rng_ >> 7, cvx_test_rng_ ^= cvx_test_rng_ << 17;
+        x[n++] = bits_to_f32((uint32_t)cvx_test_rng_);
+    }
+    const float edges[] = {65504.0f,      65519.99f, 65520.0f, 65536.0f, 5.9604645e-8f, 2.9802322e-8f,
+                           2.9802326e-8f, 1e-30f,    3.4e38f,  INFINITY, -INFINITY,     NAN,
+                           -NAN,          0.0f,      -0.0f,    1.0f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) x[n++] = edges[i];
+    CVX_EXPECT(n <= cap, "%d values", n);
+
+    float *dx = dev_floats(n);
+    uint16_t *dh = NULL, *dbf = NULL, *h = xmalloc(n * 2), *bf = xmalloc(n * 2);
+    CU_OK(cudaMalloc((void **)&dh, (size_t)n * 2));
+    CU_OK(cudaMalloc((void **)&dbf, (size_t)n * 2));
+    CU_OK(cudaMemcpyAsync(dx, x, (size_t)n * 4, cudaMemcpyHostToDevice, s));
+    CVX_EXPECT(emu_test_narrow(dx, dh, dbf, n, s) == cudaSuccess, "launch");
+    CU_OK(cudaMemcpyAsync(h, dh, (size_t)n * 2, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaMemcpyAsync(bf, dbf, (size_t)n * 2, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    int bad_h = 0, bad_bf = 0;
+    for (int i = 0; i < n; i++) {
+        if (isnan(x[i])) {
+            bad_h += !is_nan_f16(h[i]);
+            bad_bf += !is_nan_bf16(bf[i]);
+        } else {
+            bad_h += h[i] != cvx_f32_to_f16(x[i]);
+            bad_bf += bf[i] != cvx_f32_to_bf16(x[i]);
+        }
+    }
+    CVX_EXPECT(bad_h == 0, "__float2half_rn differs from cvx_f32_to_f16 on %d of %d", bad_h, n);
+    CVX_EXPECT(bad_bf == 0, "__float2bfloat16_rn differs from cvx_f32_to_bf16 on %d of %d", bad_bf, n);
+
+    /* widening every pattern */
+    uint16_t *bits = h; /* reused */
+    for (int b = 0; b < 65536; b++) bits[b] = (uint16_t)b;
+    float *from_h = x, *from_bf = x + 65536;
+    CU_OK(cudaMemcpyAsync(dh, bits, 65536 * 2, cudaMemcpyHostToDevice, s));
+    CVX_EXPECT(emu_test_widen(dh, dx, dx + 65536, 65536, s) == cudaSuccess, "launch");
+    CU_OK(cudaMemcpyAsync(x, dx, 2 * 65536 * 4, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    int bad_wh = 0, bad_wbf = 0;
+    for (int b = 0; b < 65536; b++) {
+        const float rh = cvx_f16_to_f32((uint16_t)b), rbf = cvx_bf16_to_f32((uint16_t)b);
+        bad_wh += isnan(rh) ? !isnan(from_h[b]) : memcmp(&rh, &from_h[b], 4) != 0;
+        bad_wbf += isnan(rbf) ? !isnan(from_bf[b]) : memcmp(&rbf, &from_bf[b], 4) != 0;
+    }
+    CVX_EXPECT(bad_wh == 0, "__half2float differs from cvx_f16_to_f32 on %d patterns", bad_wh);
+    CVX_EXPECT(bad_wbf == 0, "__bfloat162float differs from cvx_bf16_to_f32 on %d patterns", bad_wbf);
+    CU_OK(cudaFree(dx));
+    CU_OK(cudaFree(dh));
+    CU_OK(cudaFree(dbf));
+    free(x);
+    free(h);
+    free(bf);
+}
+
+static void test_rsqrt(cudaStream_t s) {
+    const int n = 20000;
+    float *x = xmalloc(n * 4), *y = xmalloc(n * 4);
+    for (int i = 0; i < n; i++) x[i] = ldexpf(1.0f + 0.5f * (frand() + 1.0f), (i % 200) - 100);
+    float *dx = dev_floats(n), *dy = dev_floats(n);
+    CU_OK(cudaMemcpyAsync(dx, x, n * 4, cudaMemcpyHostToDevice, s));
+    CVX_EXPECT(emu_test_rsqrt(dx, dy, n, s) == cudaSuccess, "launch");
+    CU_OK(cudaMemcpyAsync(y, dy, n * 4, cudaMemcpyDeviceToHost, s));
+    CU_OK(cudaStreamSynchronize(s));
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double ref = 1.0 / sqrt((double)x[i]), err = fabs(y[i] - ref) / ref;
+        if (err > worst) worst = err;
+    }
+    CVX_EXPECT(worst <= 2.0 * 1.1920929e-7, "rsqrtf: relative error %.3g (CUDA: 2 ulp)", worst);
+    CU_OK(cudaFree(dx));
+    CU_OK(cudaFree(dy));
+    free(x);
+    free(y);
+}
+
 #ifdef CVX_CUDA_EMU
 /* Barriers not reached by every thread of the block: reported as a launch failure, not a hang. */
 static void test_divergent_barriers(cudaStream_t s) {
@@ -342,6 +577,19 @@ static void test_divergent_barriers(cudaStream_t s) {
         CVX_EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "reported by cudaGetLastError");
         CVX_EXPECT(cudaGetLastError() == cudaSuccess, "once");
     }
+    /* warp collectives that half a warp reaches, or that the halves reach differently */
+    int *di = NULL;
+    CU_OK(cudaMalloc((void **)&di, 64 * sizeof(int)));
+    for (int mixed = 0; mixed < 2; mixed++) {
+        gate g;
+        gate_init(&g);
+        CU_OK(cudaLaunchHostFunc(s, gate_wait, &g));
+        CVX_EXPECT(emu_test_divergent_shuffle(di, mixed, s) == cudaSuccess, "the launch itself is valid");
+        gate_open(&g);
+        CVX_EXPECT(cudaStreamSynchronize(s) == cudaErrorLaunchFailure, "divergent shuffle (mixed %d) detected", mixed);
+        CVX_EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "reported by cudaGetLastError");
+    }
+    CU_OK(cudaFree(di));
     /* the stream and its fibers work after an abandoned block */
     float h = 0.0f;
     CU_OK(cudaMemsetAsync(d, 0, 4, s));
@@ -408,6 +656,11 @@ int main(void) {
     test_bad_launches(a);
     test_streams(a, b);
     test_memory();
+    test_shuffles(a);
+    test_atomics(b);
+    test_mma(a);
+    test_conversions(b);
+    test_rsqrt(a);
 #ifdef CVX_CUDA_EMU
     test_divergent_barriers(b);
 #endif

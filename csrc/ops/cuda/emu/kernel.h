@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <tuple>
 #include <type_traits>
@@ -83,6 +84,149 @@ inline void launch_kernel(const char *name, void (*kernel)(P...), dim3 grid, dim
     submit(stream, l);
 }
 } // namespace cvx_emu
+
+/* ---- warp collectives (fiber.cpp): every lane of the warp must reach one, with a mask naming every lane ---- */
+namespace cvx_emu {
+enum warp_op {
+    WARP_SYNC,
+    WARP_SHFL_IDX,
+    WARP_SHFL_XOR,
+    WARP_SHFL_DOWN,
+    WARP_SHFL_UP,
+    WARP_BALLOT,
+    WARP_MMA_F16,
+    WARP_MMA_BF16
+};
+struct mma_operands {
+    float *d;
+    const uint32_t *a, *b;
+    const float *c;
+};
+/* Waits until every lane of the calling thread's warp has called it, then returns this lane's result. */
+uint64_t warp_collective(int op, unsigned mask, uint64_t value, int arg, int width, void *mma);
+/* the mask of the lanes the calling thread's warp has (a block's last warp may be partial) */
+unsigned warp_lanes(void);
+
+template <typename T> inline T shuffle(int op, unsigned mask, T var, int arg, int width) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffles move up to 8 bytes");
+    uint64_t bits = 0;
+    memcpy(&bits, &var, sizeof var);
+    bits = warp_collective(op, mask, bits, arg, width, nullptr);
+    memcpy(&var, &bits, sizeof var);
+    return var;
+}
+} // namespace cvx_emu
+
+template <typename T> inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+    return cvx_emu::shuffle(cvx_emu::WARP_SHFL_IDX, mask, var, src_lane, width);
+}
+template <typename T> inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
+    return cvx_emu::shuffle(cvx_emu::WARP_SHFL_XOR, mask, var, lane_mask, width);
+}
+template <typename T> inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    return cvx_emu::shuffle(cvx_emu::WARP_SHFL_DOWN, mask, var, (int)delta, width);
+}
+template <typename T> inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    return cvx_emu::shuffle(cvx_emu::WARP_SHFL_UP, mask, var, (int)delta, width);
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    cvx_emu::warp_collective(cvx_emu::WARP_SYNC, mask, 0, 0, warpSize, nullptr);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    return (unsigned)cvx_emu::warp_collective(cvx_emu::WARP_BALLOT, mask, pred != 0, 0, warpSize, nullptr);
+}
+inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == cvx_emu::warp_lanes(); }
+
+/* D = A B + C on the warp (common.cuh; the fragment layout is fiber.cpp's warp_mma) */
+inline void cvx_mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    cvx_emu::mma_operands m{d, a, b, c};
+    cvx_emu::warp_collective(cvx_emu::WARP_MMA_F16, 0xffffffffu, 0, 0, warpSize, &m);
+}
+inline void cvx_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    cvx_emu::mma_operands m{d, a, b, c};
+    cvx_emu::warp_collective(cvx_emu::WARP_MMA_BF16, 0xffffffffu, 0, 0, warpSize, &m);
+}
+
+/* ---- atomics: real atomics (relaxed), since two streams' kernels run at once on different worker threads ---- */
+inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+inline float atomicAdd(float *p, float v) {
+    float old, next;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
+    do {
+        next = old + v;
+    } while (!__atomic_compare_exchange(p, &old, &next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return old;
+}
+template <typename T> inline T cvx_emu_atomic_update_int(T *p, T v, bool max) {
+    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while ((max ? v > old : v < old) &&
+           !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+inline int atomicMax(int *p, int v) { return cvx_emu_atomic_update_int(p, v, true); }
+inline unsigned atomicMax(unsigned *p, unsigned v) { return cvx_emu_atomic_update_int(p, v, true); }
+inline int atomicMin(int *p, int v) { return cvx_emu_atomic_update_int(p, v, false); }
+inline unsigned atomicMin(unsigned *p, unsigned v) { return cvx_emu_atomic_update_int(p, v, false); }
+inline int atomicExch(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicExch(unsigned *p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+inline int atomicCAS(int *p, int expected, int v) {
+    __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return expected;
+}
+inline unsigned atomicCAS(unsigned *p, unsigned expected, unsigned v) {
+    __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return expected;
+}
+
+/* ---- device math beyond libm (common.cuh: accurate functions only, no fast-math intrinsics) ---- */
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); } /* CUDA's is within 2 ulp; this rounds twice */
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __saturatef(float x) { return x != x ? 0.0f : x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
+inline int __float_as_int(float x) {
+    int i;
+    memcpy(&i, &x, 4);
+    return i;
+}
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+inline float __int_as_float(int i) {
+    float x;
+    memcpy(&x, &i, 4);
+    return x;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+template <typename T> inline T __ldg(const T *p) { return *p; }
+/* CUDA's integer and float min/max overloads */
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline long max(long a, long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
 
 #define CVX_LAUNCH(kernel, grid, block, shared_bytes, ...)                                                             \
     ::cvx_emu::launch_kernel(#kernel, kernel, dim3(grid), dim3(block), (size_t)(shared_bytes), CVX_STREAM(),           \
