@@ -101,7 +101,16 @@ def build_emulated_cuda(cmd, ext, cu_files):
     cxx = os.environ.get("CXX", "g++")
     out_dir = os.path.join(cmd.build_temp, "cuda-emu")
     os.makedirs(out_dir, exist_ok=True)
-    flags = ["-std=c++17", "-O2", "-fPIC", "-pthread", "-ffp-contract=off", "-Wall", "-Wno-unused-parameter"]
+    flags = [
+        "-std=c++17",
+        "-O2",
+        "-fPIC",
+        "-pthread",
+        "-ffp-contract=off",
+        "-Wall",
+        "-Wno-unused-parameter",
+        "-Wno-unknown-pragmas",
+    ]
     flags += ["-DCVX_CUDA_EMU", "-DCVX_WITH_CUDA=1", "-I" + os.path.join(emu, "include")]
     deps = cuda_headers() + glob.glob(os.path.join(emu, "*.h")) + glob.glob(os.path.join(emu, "include", "*.h"))
     for src in cu_files + sorted(glob.glob(os.path.join(emu, "*.cpp"))):

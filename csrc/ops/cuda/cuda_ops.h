@@ -15,11 +15,11 @@
 #ifndef CVX_CUDA_OPS_H
 #define CVX_CUDA_OPS_H
 
-#include "../backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "../backend.h" /* and ops.h, ctx.h: C declarations, so C linkage from a .cu too */
 
 /* ---- runtime (device.cu) ---- */
 int cvx_cuda_device_count(void);
@@ -65,6 +65,17 @@ typedef struct cvx_gemm {
 } cvx_gemm;
 cvx_status cvx_cuda_gemm(const cvx_gemm *g);
 
+/* ---- token ops' internals (token.cu) ----
+ * linear's scratch: a 16-bit weight is used either by rounding x to its type (ctx->compute F16/BF16) or by widening
+ * the weight to f32 (compute F32), in blocks of at most this many bytes (16 rows or columns where one is larger),
+ * plus the bias widened to f32. */
+#define CVX_CUDA_LINEAR_BLOCK_BYTES ((int64_t)32 << 20)
+size_t cvx_cuda_linear_scratch(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_bias, cvx_dtype compute);
+/* After the compute stream was synchronised: CVX_ERR_INVALID with the CPU op's message when an embedding id or a
+ * position-bias bucket on the device was out of range since the last call (the kernel read nothing outside its
+ * table and wrote zeros instead); CVX_OK otherwise. download calls it; every other synchronising op should too. */
+cvx_status cvx_cuda_device_errors(void);
+
 /* ---- the ops of the backend table (same signatures and meaning as the CPU ops in ops/ops.h) ---- */
 cvx_status cvx_cuda_upload(cvx_ctx *ctx, void *dst, const void *host, size_t bytes);
 cvx_status cvx_cuda_download(cvx_ctx *ctx, void *host, const void *src, size_t bytes);
@@ -88,6 +99,13 @@ cvx_status cvx_cuda_attention(cvx_ctx *ctx, const float *q, const float *k, cons
                               int heads, int hd, float scale, float *out);
 cvx_status cvx_cuda_biased_attention(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B, int64_t S,
                                      int H, int kd, const float *bias, const float *key_mask, float *out);
+/* attention.cu's cuBLAS-tiled twins of the two above (the flash kernels' tested twin; cvx_cuda_attention runs it
+ * instead of flash when the environment has CVX_CUDA_ATTENTION=tiled). Same arguments, checks and results. */
+cvx_status cvx_cuda_attention_tiled(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B, int64_t S,
+                                    int heads, int hd, float scale, float *out);
+cvx_status cvx_cuda_biased_attention_tiled(cvx_ctx *ctx, const float *q, const float *k, const float *v, int64_t B,
+                                           int64_t S, int H, int kd, const float *bias, const float *key_mask,
+                                           float *out);
 cvx_status cvx_cuda_embedding(cvx_ctx *ctx, const void *table, cvx_dtype dt, int64_t table_rows, const int64_t *ids,
                               int64_t n, int64_t d, float *out);
 cvx_status cvx_cuda_position_bias(cvx_ctx *ctx, const void *table, cvx_dtype dt, int num_buckets,

@@ -8,7 +8,9 @@
  * message on stderr, it does not hang.
  *
  * Switching: on x86-64 a six-register stack switch (cvx_emu_switch below); elsewhere swapcontext. Under ASan
- * every switch is announced (__sanitizer_start/finish_switch_fiber) so that its stack checks follow the fiber. */
+ * every switch is announced (__sanitizer_start/finish_switch_fiber) so that its stack checks follow the fiber;
+ * under TSan each fiber is a TSan fiber and every switch synchronises (threads of a block are ordered between
+ * barriers, so TSan reports races between streams and with the host, not within a block). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,17 @@
 #ifdef CVX_EMU_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define CVX_EMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CVX_EMU_TSAN 1
+#endif
+#endif
+#ifdef CVX_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
 #endif
 
 #if !defined(__x86_64__)
@@ -86,6 +99,7 @@ struct fiber {
     ucontext_t uc;
 #endif
     void *asan_fake = nullptr;
+    void *tsan_fiber = nullptr;
     fiber_state state = DONE;
     uint3 tid{0, 0, 0};
     unsigned warp = 0, lane = 0;
@@ -120,6 +134,7 @@ struct worker {
     ucontext_t sched_uc;
 #endif
     void *sched_fake = nullptr;
+    void *sched_tsan = nullptr;
     const void *sched_stack = nullptr;
     size_t sched_stack_size = 0;
 
@@ -133,8 +148,12 @@ struct worker {
 
     ~worker() {
         const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        for (fiber &f : fibers)
+        for (fiber &f : fibers) {
             if (f.stack) munmap(f.stack - page, f.stack_size + page);
+#ifdef CVX_EMU_TSAN
+            if (f.tsan_fiber) __tsan_destroy_fiber(f.tsan_fiber);
+#endif
+        }
     }
 };
 
@@ -159,6 +178,13 @@ bool prepare(fiber &f) {
     }
 #ifdef CVX_EMU_ASAN
     if (!f.clean) __asan_unpoison_memory_region(f.stack, f.stack_size); /* frames of an abandoned fiber */
+#endif
+#ifdef CVX_EMU_TSAN
+    if (!f.clean && f.tsan_fiber) { /* an abandoned fiber's call stack goes with it */
+        __tsan_destroy_fiber(f.tsan_fiber);
+        f.tsan_fiber = nullptr;
+    }
+    if (!f.tsan_fiber) f.tsan_fiber = __tsan_create_fiber(0);
 #endif
     f.clean = false;
 #if defined(__x86_64__)
@@ -186,6 +212,10 @@ void resume(fiber &f) {
 #ifdef CVX_EMU_ASAN
     __sanitizer_start_switch_fiber(&W.sched_fake, f.stack, f.stack_size);
 #endif
+#ifdef CVX_EMU_TSAN
+    if (!W.sched_tsan) W.sched_tsan = __tsan_get_current_fiber();
+    __tsan_switch_to_fiber(f.tsan_fiber, 0);
+#endif
 #if defined(__x86_64__)
     cvx_emu_switch(&W.sched_sp, f.sp);
 #else
@@ -204,6 +234,9 @@ void yield(bool finished) {
     __sanitizer_start_switch_fiber(finished ? NULL : &f.asan_fake, W.sched_stack, W.sched_stack_size);
 #else
     (void)finished;
+#endif
+#ifdef CVX_EMU_TSAN
+    __tsan_switch_to_fiber(W.sched_tsan, 0);
 #endif
 #if defined(__x86_64__)
     cvx_emu_switch(&f.sp, W.sched_sp);

@@ -1,6 +1,7 @@
 /* The emulated CUDA runtime: one or more emulated devices sharing host RAM, device memory with accounting,
  * pinned and registered host memory, copies, streams as FIFOs each run by its own worker thread, events, and the
  * runtime's error reporting. What it proves and what it does not: README.md. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,9 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 thread_local cudaError_t last_error = cudaSuccess;
+/* set on a stream's worker thread: a host function there must not wait for the device (it would wait for itself);
+ * CUDA answers such calls with cudaErrorNotPermitted */
+thread_local bool on_worker = false;
 thread_local int current_device = 0;
 std::atomic<int> async_error{cudaSuccess};
 
@@ -62,6 +66,17 @@ std::map<uintptr_t, size_t> device_allocs, pinned_allocs, registered;
 size_t device_live = 0;
 
 std::map<const void *, int> smem_attr;
+
+/* A child process forked after streams existed has none of their worker threads: its streams are dropped, so that
+ * using one fails (cudaErrorInvalidResourceHandle) instead of waiting forever for a worker that is not there.
+ * (CUDA is not usable in such a child either.) */
+void fork_prepare() { registry_m.lock(); }
+void fork_parent() { registry_m.unlock(); }
+void fork_child() {
+    streams.clear(); /* their objects leak: their mutexes may have been held by threads that are gone */
+    registry_m.unlock();
+}
+const int fork_handlers = pthread_atfork(fork_prepare, fork_parent, fork_child);
 
 int env_int(const char *name, long long dflt, long long *out) {
     const char *v = getenv(name);
@@ -110,6 +125,7 @@ bool event_live(cudaEvent_t e) {
 }
 
 void worker_loop(cudaStream_t s) {
+    on_worker = true;
     std::unique_lock<std::mutex> lk(s->m);
     for (;;) {
         s->cv.wait(lk, [s] { return s->stop || !s->queue.empty(); });
@@ -212,6 +228,7 @@ void set_async_error(cudaError_t e) {
 
 cudaError_t enqueue(cudaStream_t s, std::function<void()> fn) {
     if (!s) {
+        if (on_worker) return cudaErrorNotPermitted;
         legacy_sync();
         fn();
         return cudaSuccess;
@@ -255,6 +272,7 @@ extern "C" const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorNotPermitted: return "operation not permitted";
     case cudaErrorNotSupported: return "operation not supported";
     case cudaErrorUnknown: return "unknown error";
     }
@@ -283,6 +301,7 @@ extern "C" const char *cudaGetErrorName(cudaError_t e) {
         CVX_EMU_NAME(cudaErrorHostMemoryAlreadyRegistered)
         CVX_EMU_NAME(cudaErrorHostMemoryNotRegistered)
         CVX_EMU_NAME(cudaErrorLaunchFailure)
+        CVX_EMU_NAME(cudaErrorNotPermitted)
         CVX_EMU_NAME(cudaErrorNotSupported)
         CVX_EMU_NAME(cudaErrorUnknown)
 #undef CVX_EMU_NAME
@@ -356,6 +375,7 @@ extern "C" cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int dev
 }
 
 extern "C" cudaError_t cudaDeviceSynchronize(void) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     sync_all();
     const cudaError_t a = pending_async();
     return a ? fail(a) : ok();
@@ -397,6 +417,7 @@ extern "C" cudaError_t cudaMalloc(void **ptr, size_t size) {
 }
 
 extern "C" cudaError_t cudaFree(void *ptr) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!ptr) return ok();
     sync_all(); /* cudaFree synchronises the device */
     {
@@ -425,6 +446,7 @@ extern "C" cudaError_t cudaHostAlloc(void **ptr, size_t size, unsigned int flags
 extern "C" cudaError_t cudaMallocHost(void **ptr, size_t size) { return cudaHostAlloc(ptr, size, 0); }
 
 extern "C" cudaError_t cudaFreeHost(void *ptr) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!ptr) return ok();
     sync_all(); /* like cudaFree, cudaFreeHost waits for the device (a copy may still read it) */
     {
@@ -459,6 +481,7 @@ extern "C" cudaError_t cudaHostUnregister(void *ptr) {
 /* ---- copies ---- */
 
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     const cudaError_t e = check_copy(dst, count, src, count, kind);
     if (e) return fail(e);
     legacy_sync();
@@ -494,6 +517,7 @@ extern "C" cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaS
 }
 
 extern "C" cudaError_t cudaMemset(void *ptr, int value, size_t count) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!count) return ok();
     if (!is_device(ptr, count)) return fail(cudaErrorInvalidValue);
     legacy_sync();
@@ -521,6 +545,7 @@ extern "C" cudaError_t cudaStreamCreate(cudaStream_t *ps) { return cudaStreamCre
 
 /* CUDA returns at once and lets queued work finish; the emulation finishes it before returning. */
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     {
         std::lock_guard<std::mutex> g(registry_m);
         if (!s || !streams.erase(s)) return fail(cudaErrorInvalidResourceHandle);
@@ -536,6 +561,7 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!s) {
         legacy_sync();
     } else {
@@ -609,6 +635,7 @@ extern "C" cudaError_t cudaEventQuery(cudaEvent_t e) {
 }
 
 extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (on_worker) return fail(cudaErrorNotPermitted);
     if (!event_live(e)) return fail(cudaErrorInvalidResourceHandle);
     event_state *st = e->s.get();
     {

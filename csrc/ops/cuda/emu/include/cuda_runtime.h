@@ -30,6 +30,7 @@ typedef enum cudaError {
     cudaErrorHostMemoryAlreadyRegistered = 712,
     cudaErrorHostMemoryNotRegistered = 713,
     cudaErrorLaunchFailure = 719,
+    cudaErrorNotPermitted = 800,
     cudaErrorNotSupported = 801,
     cudaErrorUnknown = 999
 } cudaError_t;
@@ -215,6 +216,22 @@ template <class T> static inline cudaError_t cudaHostAlloc(T **ptr, size_t size,
 }
 template <class T> static inline cudaError_t cudaFuncSetAttribute(T *entry, enum cudaFuncAttribute attr, int value) {
     return ::cudaFuncSetAttribute(reinterpret_cast<const void *>(entry), attr, value);
+}
+/* a __constant__ or __device__ variable is host memory here: a copy to it is a host-to-host copy */
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbolAsync(const T &symbol, const void *src, size_t count, size_t offset = 0,
+                                                  enum cudaMemcpyKind kind = cudaMemcpyHostToDevice,
+                                                  cudaStream_t stream = 0) {
+    if (offset > sizeof(T) || count > sizeof(T) - offset ||
+        (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToDevice && kind != cudaMemcpyDefault))
+        return cudaErrorInvalidValue;
+    return cudaMemcpyAsync((char *)&symbol + offset, src, count, cudaMemcpyDefault, stream);
+}
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbol(const T &symbol, const void *src, size_t count, size_t offset = 0,
+                                             enum cudaMemcpyKind kind = cudaMemcpyHostToDevice) {
+    const cudaError_t e = cudaMemcpyToSymbolAsync(symbol, src, count, offset, kind, 0);
+    return e ? e : cudaPeekAtLastError();
 }
 #endif
 #undef CVX_EMU_DEFAULT
