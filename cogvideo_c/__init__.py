@@ -4,6 +4,7 @@ from . import tiny
 from ._load import _C
 from .memory import (
     OutOfMemoryError,
+    empty_cache,
     max_memory_allocated,
     memory_allocated,
     memory_stats,
@@ -28,8 +29,8 @@ def build_info():
     - ``devices``: the devices models and memory budgets can use now (``"cpu"``, ``"emu"`` (an emulated
       accelerator in host memory, for budgets and offload tests), and ``"cuda"`` only when ``cuda`` is True).
     - ``cuda``: True only when CUDA kernels are compiled *and* a CUDA device is present, i.e. ``to("cuda")`` works.
-    - ``cuda_compiled``: the build found a CUDA toolkit and compiled device discovery; ``cuda_kernels``: the CUDA
-      kernels were compiled (not yet: no release has them, so ``cuda`` is False on every machine for now);
+    - ``cuda_compiled``: the build found a CUDA toolkit and compiled the CUDA backend; ``cuda_kernels``: its kernels
+      were compiled (for GPUs, or for the CPU emulation of one in a ``CVX_CUDA_EMULATE=1`` build);
       ``cuda_devices``: how many devices the CUDA runtime reports (0 without a CUDA build).
     - ``cpu``, ``blas``, ``openmp``, ``omp_max_threads``, ``compiler``: the CPU backend.
     """
@@ -37,7 +38,7 @@ def build_info():
 
 
 def cuda_is_available():
-    """True when CUDA kernels are compiled and a device can run them (``build_info()["cuda"]``); False for now."""
+    """True when CUDA kernels are compiled and a device can run them (``build_info()["cuda"]``)."""
     return bool(_C.build_info()["cuda"])
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "build_info",
     "tiny",
     "cuda_is_available",
+    "empty_cache",
     "max_memory_allocated",
     "memory_allocated",
     "memory_stats",

@@ -11,7 +11,10 @@ def _device(device):
 
 
 def memory_stats(device="cpu"):
-    """Per-device statistics: allocated/reserved bytes (current and peak), weights vs activations, counts."""
+    """Per-device statistics: allocated/reserved bytes (current and peak), weights vs activations, counts. On "cuda",
+    reserved bytes are what the caching allocator holds from cudaMalloc (its cache included), and
+    ``pinned_bytes.current`` the host bytes page-locked for copies to the device (weights copy from pageable memory,
+    slower, where it is less than their host bytes)."""
     return _C.memory_stats(_device(device))
 
 
@@ -28,6 +31,13 @@ def max_memory_allocated(device="cpu"):
 def reset_peak_memory_stats(device="cpu"):
     """Starts the peak counters of ``memory_stats(device)`` (and ``max_memory_allocated``) again from now."""
     _C.reset_peak_memory_stats(_device(device))
+
+
+def empty_cache():
+    """Gives the unused memory that the CUDA caching allocator holds back to the driver, as
+    ``torch.cuda.empty_cache``: it then counts as free in ``cudaMemGetInfo`` (nvidia-smi) and leaves
+    ``memory_stats("cuda")["reserved_bytes.all.current"]``. A no-op before CUDA is used or in a build without it."""
+    _C.empty_cache()
 
 
 def set_memory_limit(device, nbytes):

@@ -8,6 +8,7 @@ import warnings
 
 from . import configuration
 from ._dtypes import resolve_dtype
+from .memory import OutOfMemoryError
 from .safetensors_io import TensorEntry, find_weights, save_checkpoint
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose file layout and config keys cogvideo_c follows
@@ -55,9 +56,9 @@ def warn_ignored(owner, kwargs, stacklevel=3):
 
 
 def check_device(device):
-    """A device models can run on: "cpu" or "emu" (the emulated accelerator: a separate memory pool with a copy
-    thread, where the offload strategies run as they will on a GPU). ValueError for anything else, before any
-    work."""
+    """A device models can run on: "cpu", "emu" (the emulated accelerator: a separate memory pool with a copy
+    thread, where the offload strategies run as they do on a GPU) or "cuda" / "cuda:N" where build_info() lists
+    it. ValueError for anything else, before any work."""
     if device is None:
         return None
     from .offload import resolve_device
@@ -144,9 +145,9 @@ class ModelMixin:
 
     @property
     def device(self):
-        """Where the weights are: "cpu" or "emu" (a str that also has torch.device's `.type`). Under an offload
-        strategy it is "cpu" while none of the model's weights are on the device, as diffusers reports an offloaded
-        module (pipe._execution_device is where it computes)."""
+        """Where the weights are: "cpu", "emu" or "cuda:N" (a str that also has torch.device's `.type` and `.index`).
+        Under an offload strategy it is "cpu" while none of the model's weights are on the device, as diffusers reports
+        an offloaded module (pipe._execution_device is where it computes)."""
         if self._offload_hook is not None:
             from . import _C
 
@@ -221,10 +222,10 @@ class ModelMixin:
                         max_shard_size or self._default_max_shard_size)  # fmt: skip
 
     def to(self, *args, **kwargs):
-        """diffusers' model.to(device / dtype). A device ("cpu" or "emu") brings every weight group there (the copies
-        on the old device are dropped; nothing is copied back). A new dtype converts the weights as torch's
-        .to(dtype) does (from the weights held now, rounded to nearest even), through a temporary checkpoint in the
-        system temp folder (as large as the model in its current dtype)."""
+        """diffusers' model.to(device / dtype). A device ("cpu", "emu", "cuda", "cuda:N") brings every weight group
+        there (the copies on the old device are dropped; nothing is copied back). A new dtype converts the weights as
+        torch's .to(dtype) does (from the weights held now, rounded to nearest even), through a temporary checkpoint in
+        the system temp folder (as large as the model in its current dtype)."""
         device, dtype = parse_to_args(args, kwargs)
         if dtype is not None and dtype != self.dtype:
             with tempfile.TemporaryDirectory(prefix="cogvideo_c-to-") as tmp:
@@ -237,7 +238,22 @@ class ModelMixin:
             elif device is None and old_device != CPU:
                 device = old_device  # they go where the old ones were
         if device is not None:
-            from .offload import set_residency
+            from .offload import fitting_strategy
 
-            set_residency(self, device, "none")
+            try:
+                self._move(device)
+            except OutOfMemoryError as err:  # name what fits, as the pipeline's to() does
+                raise OutOfMemoryError(f"{err}{fitting_strategy([self], device)}") from None
         return self
+
+    def _move(self, device):
+        """Every weight group to `device` (the `none` policy); out of device memory, the weights go back where they
+        were first (the device keeps nothing of them) and the OutOfMemoryError propagates."""
+        from .offload import set_residency
+
+        previous = self._device
+        try:
+            set_residency(self, device, "none")
+        except OutOfMemoryError:
+            set_residency(self, previous, "none")
+            raise

@@ -24,13 +24,27 @@ import weakref
 from . import _C
 from .modeling import Device, ModelMixin
 
-# what _C's device parser knows; cuda runs nothing until the CUDA backend exists
+# what _C's device parser knows; cuda runs when build_info() says so
 _DEVICE_TYPES = ("cpu", "emu", "cuda")
+
+
+def _cuda_refusal(what, text):
+    """Why `text` cannot run here, or None when the CUDA backend and a device are present."""
+    info = _C.build_info()
+    if info["cuda"]:
+        return None
+    if not info["cuda_compiled"]:
+        reason = ("this build has no CUDA backend (no CUDA toolkit was found when it was installed: "
+                  "build_info()['cuda_compiled'] is False)")  # fmt: skip
+    else:
+        reason = "no CUDA device is present (build_info()['cuda_devices'] is 0)"
+    return f"{what} {text!r}: {reason}; use 'cpu', or 'emu' to run the offload strategies on the emulated accelerator"
 
 
 def resolve_device(device, gpu_id=None, what="device"):
     """A Device ("cpu", "emu" or "cuda:N") from a str, a torch.device-like object or an int (a CUDA index), with
-    diffusers' gpu_id rules: gpu_id and an index in `device` together are an error."""
+    diffusers' gpu_id rules: gpu_id and an index in `device` together are an error; "cuda" alone is
+    "cuda:{gpu_id}" (gpu_id defaults to 0), as diffusers builds its offload device."""
     if device is None:
         raise ValueError(f"{what} must be given")
     if isinstance(device, int) and not isinstance(device, bool):
@@ -47,19 +61,35 @@ def resolve_device(device, gpu_id=None, what="device"):
             f"device: `device`={kind}"
         )
     if kind == "cuda":
-        raise ValueError(
-            f"{what} {text!r}: the CUDA kernels are not built yet in this version (build_info()['cuda_kernels'] is "
-            "False); use 'cpu', or 'emu' to run the offload strategies on the emulated accelerator"
-        )
+        refusal = _cuda_refusal(what, text)
+        if refusal:
+            raise ValueError(refusal)
+        if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id < 0):
+            raise ValueError(f"{what} {text!r}: gpu_id must be a non-negative int, got {gpu_id!r}")
+        n = int(index) if index is not None else (gpu_id or 0)
+        count = _C.build_info()["cuda_devices"]
+        if n >= count:
+            found = "1 CUDA device was found (index 0)" if count == 1 else f"{count} CUDA devices were found"
+            raise ValueError(f"{what} 'cuda:{n}': no such device; {found}")
+        return Device(f"cuda:{n}")
     if index not in (None, "0") or (gpu_id not in (None, 0)):
         raise ValueError(f"{what} {text!r}: there is one {kind} device (index 0)")
     return Device(kind)
 
 
-def default_offload_device(current):
-    """The device enable_*_offload uses when none is given: diffusers picks the accelerator and raises without
-    one; here the emulated accelerator counts as one when the pipeline was moved to it, and otherwise the weights
-    stay where they are (the CPU) with a warning, so that a diffusers script runs unchanged on a CPU-only machine."""
+def default_offload_device(current, gpu_id=None):
+    """The device enable_*_offload uses when none is given: diffusers picks the accelerator (cuda:gpu_id) and raises
+    without one; here the emulated accelerator counts as one when the pipeline was moved to it, and otherwise
+    (no GPU either: an emulated CUDA device is not picked unasked) the weights stay where they are (the CPU) with a
+    warning, so that a diffusers script runs unchanged on a CPU-only machine."""
+    info = _C.build_info()
+    # an emulated CUDA device (a CVX_CUDA_EMULATE build) computes on the CPU, far slower: taken when gpu_id names
+    # it, not by default
+    gpu = info["cuda"] and (gpu_id is not None or not info.get("cuda_emulated", False))
+    if current.type == "cuda" or (current == "cpu" and gpu):
+        return resolve_device("cuda", gpu_id) if gpu_id is not None or current == "cpu" else current
+    if gpu_id not in (None, 0) or isinstance(gpu_id, bool):
+        raise ValueError(f"gpu_id must be the int 0 (this build has one device of each kind), got {gpu_id!r}")
     if current != "cpu":
         return current
     warnings.warn(
@@ -92,6 +122,47 @@ def parse_memory_size(value, what="max_memory"):
 
 def format_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def default_budget(device):
+    """enable_auto_offload's budget when max_memory is not given: on CUDA the device's free memory
+    (cudaMemGetInfo, as accelerate reads it) plus what cogvideo_c already holds there (its own cache and
+    components, which the plan may reuse); elsewhere 6 GB."""
+    if Device(device).type != "cuda":
+        return parse_memory_size("6GB")
+    free, _total = _C.cuda_mem_get_info(str(device))
+    return free + _C.memory_stats("cuda")["reserved_bytes.all.current"]
+
+
+def device_room(device):
+    """Bytes the device can still give cogvideo_c: its memory limit less what is allocated there, else on CUDA the
+    free memory (cudaMemGetInfo) plus the allocator's cache; None where nothing bounds it but the host."""
+    stats = _C.memory_stats(str(device))
+    if stats["memory_limit_bytes"]:
+        return max(0, stats["memory_limit_bytes"] - stats["allocated_bytes.all.current"])
+    if Device(device).type == "cuda":
+        free, _total = _C.cuda_mem_get_info(str(device))
+        return free + stats["reserved_bytes.all.current"] - stats["allocated_bytes.all.current"]
+    return None
+
+
+def fitting_strategy(models, device):
+    """For an OutOfMemoryError of a move to `device`: which diffusers strategy's device weights fit the room left
+    there (the planner's stage_need, weights only: each stage's activations come on top), as text."""
+    infos = [_C.residency_info(m._core) for m in models]
+    room = device_room(device)
+    if not infos or room is None:
+        return ""
+    needs = (
+        ("pipe.to(device)", sum(stage_need(i, "model", 0, 0) for i in infos)),
+        ("enable_model_cpu_offload()", max(stage_need(i, "model", 0, 0) for i in infos)),
+        ("enable_sequential_cpu_offload()", max(stage_need(i, "sequential", 1, 0) for i in infos)),
+    )
+    fits = [(name, need) for name, need in needs[1:] if need <= room]
+    detail = ", ".join(f"{name} {format_bytes(need)}" for name, need in needs)
+    head = f"{fits[0][0]} would fit" if fits else "no offload strategy fits"
+    return (f"; {head}: {format_bytes(room)} are free on {device}, and the weights need {detail} (activations "
+            "come on top: enable_auto_offload(max_memory=...) plans both)")  # fmt: skip
 
 
 def set_residency(model, device, policy="none", prefetch=0):

@@ -351,11 +351,11 @@ class DiffusionPipeline:
 
     def to(self, *args, **kwargs):
         """diffusers' pipe.to(device), pipe.to(dtype), pipe.to(device, dtype), pipe.to(device=..., dtype=...)
-        (torch_dtype= is also accepted). A device ("cpu", or "emu": the emulated accelerator) brings every model
-        component there whole (the `none` strategy). As in diffusers, moving a sequentially offloaded pipeline to an
-        accelerator is an error, and moving a model-offloaded one warns (the memory saving is lost; its components
-        then stay on the device). A dtype converts the weights of every model component from the weights held now,
-        as torch's .to(dtype) does. Returns the pipeline."""
+        (torch_dtype= is also accepted). A device ("cpu", "cuda", "cuda:N", or "emu": the emulated accelerator) brings
+        every model component there whole (the `none` strategy). As in diffusers, moving a sequentially offloaded
+        pipeline to an accelerator is an error, and moving a model-offloaded one warns (the memory saving is lost; its
+        components then stay on the device). A dtype converts the weights of every model component from the weights held
+        now, as torch's .to(dtype) does. Returns the pipeline."""
         device, dtype = parse_to_args(args, kwargs)
         chain = self._offload
         if device is not None and device != "cpu" and chain is not None:
@@ -385,12 +385,29 @@ class DiffusionPipeline:
             for model in self._models():
                 model.to(dtype=dtype)
         if device is not None:
+            moved = []
             for model in self._models():
                 if model._offload_hook is None:
-                    model.to(device)
+                    previous = model._device
+                    try:
+                        model._move(device)
+                    except OutOfMemoryError as err:
+                        self._undo_move(moved, device, err)
+                    if previous != device:
+                        moved.append((model, previous))
                 elif device == "cpu":  # diffusers: the hooks stay and bring the weights back on the next call
                     model._leave_stage()
         return self
+
+    def _undo_move(self, moved, device, err):
+        """A move that ran out of device memory: the components it moved go back where they were (the device holds
+        what it held before), and the error names the offload strategy that fits."""
+        from .offload import fitting_strategy, set_residency
+
+        for model, previous in reversed(moved):
+            set_residency(model, previous, "none")
+        hint = fitting_strategy(self._models(), device)
+        raise OutOfMemoryError(f"{err}{hint}") from None
 
     @property
     def _offload(self):
@@ -416,10 +433,15 @@ class DiffusionPipeline:
                 "the pipeline to use other offloading methods."
             )
         if device is None:
-            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id != 0):
-                raise ValueError(f"{what}: gpu_id must be the int 0 (this build has one device of each kind), got "
-                                 f"{gpu_id!r}")  # fmt: skip
-            device = current.device if current is not None else default_offload_device(self._device_of_models())
+            if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool)):
+                raise ValueError(f"{what}: gpu_id must be an int, got {gpu_id!r}")
+            try:
+                if current is not None and (gpu_id is None or current.device.type != "cuda"):
+                    device = default_offload_device(current.device, gpu_id) if gpu_id else current.device
+                else:
+                    device = default_offload_device(self._device_of_models(), gpu_id)
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from None
         else:
             if gpu_id is not None and (not isinstance(gpu_id, int) or isinstance(gpu_id, bool)):
                 raise ValueError(f"{what}: gpu_id must be an int, got {gpu_id!r}")
@@ -440,10 +462,11 @@ class DiffusionPipeline:
         component is off the device again (maybe_free_model_hooks).
 
         Args:
-            gpu_id (`int`, *optional*): the accelerator index (0: there is one emulated device).
-            device (`str`, *optional*): "emu" (the emulated accelerator) or "cpu". Without one: the device the
-                pipeline was moved to; on a CPU-only setup the weights stay on the CPU (a warning says so) where
-                diffusers would raise for want of an accelerator.
+            gpu_id (`int`, *optional*): the CUDA device index (as diffusers: "cuda" means "cuda:{gpu_id}"; 0 for
+                the emulated accelerator, of which there is one).
+            device (`str`, *optional*): "cuda" / "cuda:N", "emu" (the emulated accelerator) or "cpu". Without one:
+                the device the pipeline was moved to, else CUDA when build_info() lists it; on a CPU-only setup the
+                weights stay on the CPU (a warning says so) where diffusers would raise for want of an accelerator.
         """
         self._enable_offload("model", device, gpu_id, 0, "Model CPU offload")
 
@@ -517,7 +540,7 @@ class DiffusionPipeline:
         finally:
             meter.end()
 
-    def enable_auto_offload(self, max_memory="6GB", device=None):
+    def enable_auto_offload(self, max_memory=None, device=None):
         """One budget knob (beyond diffusers): before each call, from sizes known before any work (each
         component's weight groups, and each stage's activation arena measured for the requested size), picks the
         fastest combination that fits `max_memory` on the device: everything resident; else per component whole
@@ -527,13 +550,14 @@ class DiffusionPipeline:
         OutOfMemoryError before any work, naming the smallest budget that would.
 
         Args:
-            max_memory (`int` or `str`, defaults to "6GB"): device bytes, or a size as accelerate reads it ("6GB"
-                = 6e9 bytes, "6GiB" = 6 x 2**30).
+            max_memory (`int` or `str`, *optional*): device bytes, or a size as accelerate reads it ("6GB"
+                = 6e9 bytes, "6GiB" = 6 x 2**30). Default: on CUDA the device's free memory (cudaMemGetInfo, as
+                accelerate) plus what cogvideo_c already holds there; elsewhere "6GB".
             device (`str`, *optional*): as enable_model_cpu_offload's.
         """
-        from .offload import AutoChain, default_offload_device, parse_memory_size, resolve_device
+        from .offload import AutoChain, default_budget, default_offload_device, parse_memory_size, resolve_device
 
-        budget = parse_memory_size(max_memory)
+        budget = parse_memory_size(max_memory) if max_memory is not None else None
         current = self._offload
         if current is not None and current.policy == "group":
             raise ValueError("group offloading is enabled on this pipeline: auto offload cannot be applied on top")
@@ -541,6 +565,8 @@ class DiffusionPipeline:
             device = current.device if current is not None else default_offload_device(self._device_of_models())
         else:
             device = resolve_device(device)
+        if budget is None:
+            budget = default_budget(device)
         self._remove_offload()
         for model in self._models():
             model.to("cpu")
@@ -550,6 +576,24 @@ class DiffusionPipeline:
         """The AutoPlan for one request, applied to the chain (printed when it changes)."""
         from .offload import plan_auto, print_plan
 
+        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        plan = plan_auto(chain.budget, infos, arenas)
+        slicing, tiling = plan.vae_options
+        if slicing and not self.vae.use_slicing:
+            self.vae.enable_slicing()
+        if tiling and not self.vae.use_tiling:
+            self.vae.enable_tiling()
+        text = plan.describe()
+        if text != getattr(chain, "_printed", None):
+            print_plan(text)
+            chain._printed = text
+        chain.apply(plan)
+        return plan
+
+    def _request_sizes(self, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """What the planner reads for one request, before any work: each component's residency info (its weight
+        groups) and its stage's activation arena from a measuring pass (the VAE's for the user's slicing / tiling,
+        then with slicing, then with tiling too)."""
         rows = batch * (2 if do_cfg else 1)
         latents = self._latent_shape(rows, num_frames, height, width)
         _, latent_frames, _, h, w = latents
@@ -564,18 +608,25 @@ class DiffusionPipeline:
         options = [(vae.use_slicing, vae.use_tiling), (True, vae.use_tiling), (True, True)]
         keys = list(dict.fromkeys(options))  # the user's settings first; no duplicates
         arenas["vae"] = {key: vae.arena_bytes(z, *key) for key in keys} if decode else {keys[0]: 0}
-        plan = plan_auto(chain.budget, infos, arenas)
-        slicing, tiling = plan.vae_options
-        if slicing and not vae.use_slicing:
-            vae.enable_slicing()
-        if tiling and not vae.use_tiling:
-            vae.enable_tiling()
-        text = plan.describe()
-        if text != getattr(chain, "_printed", None):
-            print_plan(text)
-            chain._printed = text
-        chain.apply(plan)
-        return plan
+        return infos, arenas
+
+    def _request_fit(self, device, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+        """For an OutOfMemoryError of a call on `device`: the strategy the auto planner finds for this request in
+        what the device can give (the room left plus the weights the components hold there now), as text."""
+        from .offload import device_room, format_bytes, plan_auto
+
+        room = device_room(device)
+        if room is None:
+            return ""
+        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        budget = room + sum(info["resident_bytes"] for info in infos.values())
+        try:
+            plan = plan_auto(budget, infos, arenas)
+        except OutOfMemoryError as err:  # nothing fits: the planner names the smallest budget that would
+            return f"; {err}"
+        chosen = plan.describe().split(": ", 1)[1]
+        return f"; {format_bytes(budget)} of {device} would fit this request with {chosen} " \
+               f"(enable_auto_offload(max_memory={budget}) applies it)"  # fmt: skip
 
     def maybe_free_model_hooks(self):
         """diffusers' end-of-call step: under an offload strategy every component leaves the device (the state
@@ -959,16 +1010,25 @@ class CogVideoXPipeline(DiffusionPipeline):
                 self._plan_auto(chain, batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1,
                                 max_sequence_length, output_type != "latent")  # fmt: skip
             try:
-                video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
-                                       num_inference_steps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
-                                       eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-                                       callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                       max_sequence_length)  # fmt: skip
-            finally:
-                self._end_call(state)
-                self.maybe_free_model_hooks()
-                for model in self._models():  # also after Ctrl-C between steps: no arena stays on the device
-                    model._core.trim_arena()
+                try:
+                    video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
+                                           num_inference_steps, guidance_scale, use_dynamic_cfg,
+                                           num_videos_per_prompt, eta, generator, latents, prompt_embeds,
+                                           negative_prompt_embeds, output_type, callback_on_step_end,
+                                           callback_on_step_end_tensor_inputs, max_sequence_length)  # fmt: skip
+                finally:
+                    self._end_call(state)
+                    self.maybe_free_model_hooks()
+                    for model in self._models():  # also after Ctrl-C between steps: no arena stays on the device
+                        model._core.trim_arena()
+            except OutOfMemoryError as err:
+                device = self._execution_device
+                if device == "cpu" or (chain is not None and chain.policy == "auto"):  # auto planned it already
+                    raise
+                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+                hint = self._request_fit(device, batch * num_videos_per_prompt, height, width, num_frames,
+                                         guidance_scale > 1, max_sequence_length, output_type != "latent")  # fmt: skip
+                raise OutOfMemoryError(f"{err}{hint}") from None
         return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
 
     def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,

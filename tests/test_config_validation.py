@@ -502,7 +502,7 @@ def test_build_info_is_consistent_with_what_runs():
         assert info["cuda_devices"] == 0 and not info["cuda_kernels"]
     if not info["cuda"]:  # what the pipeline says when asked for a device build_info does not list
         pipe = cogvideo_c.CogVideoXPipeline.__new__(cogvideo_c.CogVideoXPipeline)
-        with pytest.raises(ValueError, match="the CUDA kernels are not built yet"):
+        with pytest.raises(ValueError, match="this build has no CUDA backend|no CUDA device is present"):
             pipe.to("cuda")
 
 

@@ -204,8 +204,9 @@ def test_enabling_twice_and_switching_follow_diffusers(folders):
 
 def test_offload_argument_errors(folders):
     pipe = load(folders["tiny"])
-    with pytest.raises(ValueError, match="the CUDA kernels are not built yet"):
-        pipe.enable_model_cpu_offload(device="cuda")
+    if not cogvideo_c.cuda_is_available():
+        with pytest.raises(ValueError, match="this build has no CUDA backend|no CUDA device is present"):
+            pipe.enable_model_cpu_offload(device="cuda")
     with pytest.raises(ValueError, match="both `gpu_id`=0 and an index"):
         pipe.enable_sequential_cpu_offload(gpu_id=0, device="emu:0")
     with pytest.raises(ValueError, match="num_blocks_per_group"):
@@ -214,9 +215,11 @@ def test_offload_argument_errors(folders):
         pipe.enable_group_offload("emu", offload_device="emu", offload_type="leaf_level")
     with pytest.raises(ValueError, match="6 apples"):
         pipe.enable_auto_offload(max_memory="6 apples")
-    with pytest.warns(UserWarning, match="no accelerator in this build"):
-        pipe.enable_model_cpu_offload()  # a diffusers script on a CPU-only machine runs unchanged
-    assert pipe._offload.device == "cpu"
+    info = cogvideo_c.build_info()
+    if not info["cuda"] or info.get("cuda_emulated"):  # with a GPU, diffusers' default: cuda:0
+        with pytest.warns(UserWarning, match="no accelerator in this build"):
+            pipe.enable_model_cpu_offload()  # a diffusers script on a CPU-only machine runs unchanged
+        assert pipe._offload.device == "cpu"
 
 
 def test_auto_keeps_everything_resident_when_it_fits(folders, capsys):

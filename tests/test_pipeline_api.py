@@ -166,8 +166,9 @@ def test_to_dtype_converts_like_loading_in_that_dtype():
 
 
 def test_to_rejects_other_devices_and_double_dtypes(pipe):
-    with pytest.raises(ValueError, match="device 'cuda': the CUDA kernels are not built yet"):
-        pipe.to("cuda")
+    if not cogvideo_c.cuda_is_available():
+        with pytest.raises(ValueError, match="device 'cuda': (this build has no CUDA backend|no CUDA device)"):
+            pipe.to("cuda")
     with pytest.raises(ValueError, match="both `dtype` and `torch_dtype`"):
         pipe.to(dtype="float16", torch_dtype="float16")
     with pytest.raises(ValueError, match="both `dtype` and `torch_dtype`"):

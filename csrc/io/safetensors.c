@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../mem/mem.h"
 #include "json.h"
 
 /* The reference implementation's bound (HeaderTooLarge): anything larger is a corrupt length, not a header. */
@@ -30,6 +32,8 @@ typedef struct st_shard {
     ino_t ino;
     void *map; /* the whole file, read-only */
     size_t map_size;
+    int pinned; /* 1: page-locked for copies to pinned_dev (cvx_st_pin), -1: pinning was refused, 0: not asked */
+    cvx_device pinned_dev;
     cvx_st_tensor *entries; /* every tensor of the file, sorted by name */
     int num_entries;
     char *names; /* the entries' names, NUL-separated */
@@ -90,6 +94,7 @@ static cvx_status st_map_file(const char *path, void **map, size_t *size, struct
 }
 
 static void st_shard_release(st_shard *s) {
+    if (s->pinned == 1) cvx_mem_unpin(s->pinned_dev, s->map, s->map_size); /* registered ranges go before the pages */
     if (s->map) munmap(s->map, s->map_size);
     free(s->entries);
     free(s->names);
@@ -640,6 +645,30 @@ void cvx_st_close(cvx_st_file *f) {
     free(f->shards);
     free(f->tensors);
     free(f);
+}
+
+/* Shards are pinned once each (a registered range must not be registered again), whoever asks first. */
+static pthread_mutex_t st_pin_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int64_t cvx_st_pin(cvx_st_file *f, cvx_device dev, int *all) {
+    int64_t pinned = 0;
+    int every = 1;
+    pthread_mutex_lock(&st_pin_lock);
+    for (int i = 0; f && i < f->num_shards; i++) {
+        st_shard *s = &f->shards[i];
+        if (!s->map) continue;
+        if (!s->pinned) {
+            s->pinned = cvx_mem_pin(dev, s->map, s->map_size, 1) ? 1 : -1;
+            s->pinned_dev = dev;
+        }
+        if (s->pinned == 1 && s->pinned_dev == dev)
+            pinned += (int64_t)s->map_size;
+        else
+            every = 0;
+    }
+    pthread_mutex_unlock(&st_pin_lock);
+    if (all) *all = every;
+    return pinned;
 }
 
 int cvx_st_count(const cvx_st_file *f) { return f ? f->num_tensors : 0; }

@@ -10,6 +10,7 @@
 
 #include "../core/dtype.h"
 #include "../core/status.h"
+#include "../mem/mem.h"
 
 #define CVX_ST_MAX_DIMS 8
 
@@ -30,8 +31,12 @@ typedef struct cvx_st_file cvx_st_file; /* one checkpoint: one or more mapped sh
 cvx_status cvx_st_open(const char *path, cvx_st_file **out);
 /* Another reference: the mapping stays until every cvx_st_close (loaded weights keep the file they point into). */
 void cvx_st_retain(cvx_st_file *f);
-/* Drops a reference; the last one unmaps the shards. */
+/* Drops a reference; the last one unmaps the shards (unpinning them first). */
 void cvx_st_close(cvx_st_file *f);
+/* Page-locks every shard's mapping for copies to `dev` (cvx_mem_pin, read-only), once per shard for the mapping's
+ * lifetime: weights read in place then copy to the device from pinned memory. Returns the pinned bytes; *all
+ * (may be NULL) says whether every shard is pinned (0: the device or driver refused some: they copy pageable). */
+int64_t cvx_st_pin(cvx_st_file *f, cvx_device dev, int *all);
 
 int cvx_st_count(const cvx_st_file *f);
 const cvx_st_tensor *cvx_st_at(const cvx_st_file *f, int i);

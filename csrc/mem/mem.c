@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef CVX_WITH_CUDA
 #include "../ops/cuda/cuda_ops.h" /* the device-memory hooks of the CUDA device */
@@ -185,7 +186,8 @@ static void release_block(cvx_device dev, void *block) {
     free(block);
 }
 
-cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
+/* align: MEM_ALIGN, or the page size (cvx_mem_alloc_pages: the block is also reserved in whole pages). */
+static cvx_status mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, size_t align, void **out) {
     *out = NULL;
     if ((unsigned)dev >= CVX_NUM_DEVICES || (unsigned)kind >= CVX_NUM_MEM_KINDS)
         return CVX_FAIL(CVX_ERR_INVALID, "bad device %d or memory kind %d", (int)dev, (int)kind);
@@ -198,8 +200,10 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
         pthread_mutex_unlock(&mem_lock);
         return CVX_FAIL(CVX_ERR_OOM, "%s: allocation of %zu bytes is absurd", cvx_device_name(dev), bytes);
     }
-    /* every block is at least one alignment unit, so each live allocation has a distinct address */
-    const size_t reserved = bytes ? (bytes + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN : MEM_ALIGN;
+    /* every block is at least one alignment unit, so each live allocation has a distinct address. On CUDA the
+     * caching allocator rounds and reserves (reserved_bytes is its count: cvx_mem_get_stats) */
+    const size_t reserved = bytes ? (bytes + align - 1) / align * align : align;
+    const size_t counted = dev == CVX_DEVICE_CUDA ? 0 : reserved;
 
     pthread_mutex_lock(&mem_lock);
     cvx_mem_stats *s = &mem_stats[dev];
@@ -227,7 +231,7 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
     void *block = NULL;
 #ifdef CVX_WITH_CUDA
     if (dev == CVX_DEVICE_CUDA) {
-        const cvx_status st = cvx_cuda_mem_alloc(reserved, &block);
+        const cvx_status st = cvx_cuda_mem_alloc(bytes, &block);
         if (st != CVX_OK) {
             pthread_mutex_lock(&mem_lock);
             pending_bytes[dev] -= (int64_t)bytes;
@@ -237,11 +241,11 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
         }
     } else
 #endif
-        if (posix_memalign(&block, MEM_ALIGN, reserved) != 0)
+        if (posix_memalign(&block, align, reserved) != 0)
         block = NULL;
     pthread_mutex_lock(&mem_lock);
     pending_bytes[dev] -= (int64_t)bytes;
-    const mem_record rec = {(uintptr_t)block, bytes, reserved, (uint8_t)dev, (uint8_t)kind};
+    const mem_record rec = {(uintptr_t)block, bytes, counted, (uint8_t)dev, (uint8_t)kind};
     int ok = block && record_insert(&rec) == 0;
     if (ok && kind == CVX_MEM_WEIGHTS && range_insert(dev, (uintptr_t)block, bytes) < 0) {
         record_erase(record_find((uintptr_t)block));
@@ -253,10 +257,19 @@ cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void *
         release_block(dev, block);
         return CVX_FAIL(CVX_ERR_OOM, "%s: the system refused %zu bytes", cvx_device_name(dev), bytes);
     }
-    stats_grow(s, kind, (int64_t)bytes, (int64_t)reserved);
+    stats_grow(s, kind, (int64_t)bytes, (int64_t)counted);
     pthread_mutex_unlock(&mem_lock);
     *out = block;
     return CVX_OK;
+}
+
+cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
+    return mem_alloc(dev, kind, bytes, MEM_ALIGN, out);
+}
+
+cvx_status cvx_mem_alloc_pages(cvx_mem_kind kind, size_t bytes, void **out) {
+    const long page = sysconf(_SC_PAGESIZE);
+    return mem_alloc(CVX_DEVICE_CPU, kind, bytes, page > MEM_ALIGN ? (size_t)page : MEM_ALIGN, out);
 }
 
 cvx_status cvx_mem_calloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out) {
@@ -335,6 +348,14 @@ void cvx_mem_get_stats(cvx_device dev, cvx_mem_stats *out) {
     pthread_mutex_lock(&mem_lock);
     *out = mem_stats[dev];
     pthread_mutex_unlock(&mem_lock);
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) { /* what is held from cudaMalloc, the allocator's cache included */
+        cvx_cuda_alloc_stats a;
+        cvx_cuda_get_alloc_stats(&a);
+        out->reserved_bytes = a.reserved_bytes;
+        out->peak_reserved_bytes = a.peak_reserved_bytes;
+    }
+#endif
 }
 
 cvx_status cvx_mem_add_mapped(cvx_device dev, int64_t delta) {
@@ -363,6 +384,9 @@ void cvx_mem_reset_peak(cvx_device dev) {
     s->peak_reserved_bytes = s->reserved_bytes;
     for (int k = 0; k < CVX_NUM_MEM_KINDS; k++) s->kind_peak_bytes[k] = s->kind_allocated_bytes[k];
     pthread_mutex_unlock(&mem_lock);
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) cvx_cuda_reset_alloc_peak();
+#endif
 }
 
 void cvx_mem_mark_window(cvx_device dev) {
@@ -379,6 +403,46 @@ void cvx_mem_set_limit(cvx_device dev, int64_t bytes) {
     pthread_mutex_lock(&mem_lock);
     mem_stats[dev].limit_bytes = bytes > 0 ? bytes : 0;
     pthread_mutex_unlock(&mem_lock);
+}
+
+int cvx_mem_pin(cvx_device dev, void *ptr, size_t bytes, int read_only) {
+    if (!ptr || !bytes) return 0;
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) {
+        if (cvx_cuda_host_register(ptr, bytes, read_only) != CVX_OK) {
+            cvx_error_clear(); /* not pinned: copies from the range are pageable, which still works */
+            return 0;
+        }
+        pthread_mutex_lock(&mem_lock);
+        mem_stats[dev].pinned_bytes += (int64_t)bytes;
+        pthread_mutex_unlock(&mem_lock);
+        return 1;
+    }
+#else
+    (void)dev, (void)read_only;
+#endif
+    return 0;
+}
+
+void cvx_mem_unpin(cvx_device dev, void *ptr, size_t bytes) {
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA && ptr) {
+        cvx_cuda_host_unregister(ptr);
+        pthread_mutex_lock(&mem_lock);
+        mem_stats[dev].pinned_bytes -= (int64_t)bytes;
+        pthread_mutex_unlock(&mem_lock);
+    }
+#else
+    (void)dev, (void)ptr, (void)bytes;
+#endif
+}
+
+void cvx_mem_empty_cache(cvx_device dev) {
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) cvx_cuda_empty_cache();
+#else
+    (void)dev;
+#endif
 }
 
 cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes) {
@@ -469,7 +533,13 @@ static void queues_after_fork(void) {
 
 cvx_queue *cvx_copy_queue(cvx_device dev) {
     static int fork_handler;
-    if ((unsigned)dev >= CVX_NUM_DEVICES || dev == CVX_DEVICE_CUDA) return NULL;
+    if ((unsigned)dev >= CVX_NUM_DEVICES) return NULL;
+#ifdef CVX_WITH_CUDA
+    /* the copy stream is the device's: initialise cuda:0 unless cvx_cuda_init chose another */
+    if (dev == CVX_DEVICE_CUDA && !cvx_cuda_copy_stream() && cvx_cuda_init(0) != CVX_OK) return NULL;
+#else
+    if (dev == CVX_DEVICE_CUDA) return NULL;
+#endif
     pthread_mutex_lock(&queues_lock);
     if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, queues_after_fork) == 0;
     cvx_queue *q = queues[dev];
@@ -480,9 +550,9 @@ cvx_queue *cvx_copy_queue(cvx_device dev) {
         pthread_cond_init(&q->done, NULL);
         queues[dev] = q;
     }
-    /* the host has no link to model: its copies run at once, on the caller's thread. Elsewhere a copy thread runs
-     * them, started here (again, after cvx_queues_shutdown) */
-    if (q && dev != CVX_DEVICE_CPU) {
+    /* the host has no link to model: its copies run at once, on the caller's thread. CUDA's run on its copy
+     * stream. Elsewhere a copy thread runs them, started here (again, after cvx_queues_shutdown) */
+    if (q && dev == CVX_DEVICE_EMU) {
         pthread_mutex_lock(&q->lock);
         if (!q->running) q->running = pthread_create(&q->thread, NULL, copy_thread, q) == 0;
         pthread_mutex_unlock(&q->lock);
@@ -493,6 +563,9 @@ cvx_queue *cvx_copy_queue(cvx_device dev) {
 
 cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes, int64_t *busy_ns) {
     if (!q) return CVX_FAIL(CVX_ERR_INVALID, "no copy queue on this device");
+#ifdef CVX_WITH_CUDA
+    if (q->dev == CVX_DEVICE_CUDA) return cvx_cuda_queue_copy(dst, src, bytes, busy_ns);
+#endif
     pthread_mutex_lock(&q->lock);
     if (!q->running) { /* inline: the host queue, or a copy thread that could not start */
         pthread_mutex_unlock(&q->lock);
@@ -530,6 +603,9 @@ cvx_status cvx_queue_copy(cvx_queue *q, void *dst, const void *src, size_t bytes
 
 cvx_event cvx_queue_record(cvx_queue *q) {
     if (!q) return 0;
+#ifdef CVX_WITH_CUDA
+    if (q->dev == CVX_DEVICE_CUDA) return cvx_cuda_queue_record();
+#endif
     pthread_mutex_lock(&q->lock);
     const cvx_event ev = q->submitted;
     pthread_mutex_unlock(&q->lock);
@@ -538,6 +614,9 @@ cvx_event cvx_queue_record(cvx_queue *q) {
 
 int cvx_queue_done(cvx_queue *q, cvx_event ev) {
     if (!q) return 1;
+#ifdef CVX_WITH_CUDA
+    if (q->dev == CVX_DEVICE_CUDA) return cvx_cuda_queue_done(ev);
+#endif
     pthread_mutex_lock(&q->lock);
     const int done = q->completed >= ev;
     pthread_mutex_unlock(&q->lock);
@@ -546,6 +625,9 @@ int cvx_queue_done(cvx_queue *q, cvx_event ev) {
 
 int64_t cvx_queue_wait(cvx_queue *q, cvx_event ev) {
     if (!q) return 0;
+#ifdef CVX_WITH_CUDA
+    if (q->dev == CVX_DEVICE_CUDA) return cvx_cuda_queue_wait(ev);
+#endif
     pthread_mutex_lock(&q->lock);
     if (q->completed >= ev) {
         pthread_mutex_unlock(&q->lock);
@@ -558,11 +640,20 @@ int64_t cvx_queue_wait(cvx_queue *q, cvx_event ev) {
 }
 
 void cvx_queue_sync(cvx_queue *q) {
+#ifdef CVX_WITH_CUDA
+    if (q && q->dev == CVX_DEVICE_CUDA) {
+        cvx_cuda_queue_sync();
+        return;
+    }
+#endif
     if (q) cvx_queue_wait(q, cvx_queue_record(q));
 }
 
 int64_t cvx_queue_busy_ns(cvx_queue *q) {
     if (!q) return 0;
+#ifdef CVX_WITH_CUDA
+    if (q->dev == CVX_DEVICE_CUDA) return cvx_cuda_queue_busy_ns();
+#endif
     pthread_mutex_lock(&q->lock);
     const int64_t ns = q->busy_ns;
     pthread_mutex_unlock(&q->lock);
@@ -575,6 +666,33 @@ void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s) {
     if (q) pthread_mutex_lock(&q->lock);
     bandwidth[dev] = bytes_per_s > 0 ? bytes_per_s : 0;
     if (q) pthread_mutex_unlock(&q->lock);
+}
+
+cvx_event cvx_device_fence(cvx_device dev) {
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA) return cvx_cuda_fence();
+#else
+    (void)dev;
+#endif
+    return 0; /* the ops ran on the caller's thread: done */
+}
+
+cvx_status cvx_queue_after(cvx_queue *q, cvx_event fence) {
+#ifdef CVX_WITH_CUDA
+    if (q && q->dev == CVX_DEVICE_CUDA) return cvx_cuda_copy_after(fence);
+#else
+    (void)q, (void)fence;
+#endif
+    return CVX_OK;
+}
+
+cvx_status cvx_queue_compute_after(cvx_queue *q, cvx_event ev, int64_t *wait_ns) {
+#ifdef CVX_WITH_CUDA
+    if (q && q->dev == CVX_DEVICE_CUDA) return cvx_cuda_compute_after(ev, wait_ns);
+#endif
+    const int64_t waited = cvx_queue_wait(q, ev);
+    if (wait_ns) __atomic_fetch_add(wait_ns, waited, __ATOMIC_RELAXED);
+    return CVX_OK;
 }
 
 double cvx_mem_bandwidth(cvx_device dev) { return (unsigned)dev < CVX_NUM_DEVICES ? bandwidth[dev] : 0; }

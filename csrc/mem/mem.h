@@ -32,6 +32,7 @@ typedef struct cvx_mem_stats {
     int64_t num_ooms;     /* allocations refused */
     int64_t limit_bytes;  /* 0: no limit */
     int64_t mapped_bytes; /* weights read in place from a memory-mapped checkpoint (cvx_mem_add_mapped) */
+    int64_t pinned_bytes; /* host bytes page-locked for copies to this device (cvx_mem_pin; CUDA only) */
     /* peaks since cvx_mem_mark_window: a second set that per-stage reports reset without touching the peaks a
      * caller measures with cvx_mem_reset_peak */
     int64_t window_peak_bytes;
@@ -42,9 +43,13 @@ const char *cvx_device_name(cvx_device dev);
 /* Parses "cpu", "emu" or "cuda"/"cuda:0". */
 cvx_status cvx_device_parse(const char *name, cvx_device *out);
 
-/* Allocates `bytes` (64-byte aligned, may be 0) on `dev`. Fails with CVX_ERR_OOM past the device's limit or when
- * the system refuses; nothing is allocated then. */
+/* Allocates `bytes` (64-byte aligned, may be 0) on `dev`. On "cuda", reserved_bytes is what the caching allocator
+ * holds from cudaMalloc (its cache included: ops/cuda/alloc.cu), not the sum of the allocations. Fails with CVX_ERR_OOM
+ * past the device's limit or when the system refuses; nothing is allocated then. */
 cvx_status cvx_mem_alloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out);
+/* Host memory (CVX_DEVICE_CPU) that starts a page and shares none of its pages with another allocation (reserved in
+ * whole pages), so that it can be pinned alone (cvx_mem_pin registers whole pages: ranges must not overlap). */
+cvx_status cvx_mem_alloc_pages(cvx_mem_kind kind, size_t bytes, void **out);
 /* Like cvx_mem_alloc, zero-filled. */
 cvx_status cvx_mem_calloc(cvx_device dev, cvx_mem_kind kind, size_t bytes, void **out);
 /* Frees a pointer from cvx_mem_alloc; NULL is ignored. */
@@ -64,6 +69,17 @@ void cvx_mem_mark_window(cvx_device dev);
 /* bytes <= 0 removes the limit. A limit below what is allocated now is accepted: later allocations fail. */
 void cvx_mem_set_limit(cvx_device dev, int64_t bytes);
 
+/* Page-locks the host range [ptr, ptr + bytes) so that copies from it to `dev` run asynchronously at full speed
+ * (CUDA: cudaHostRegister, with cudaHostRegisterReadOnly when `read_only`: a read-only mapping such as the
+ * checkpoint's). Pinned ranges must not share pages. Returns 1 when pinned (counted in dev's pinned_bytes), 0 when
+ * not: a device or build without pinned memory (cpu, emu, a build without CUDA) or a refusal by the driver; copies
+ * from unpinned memory still work (pageable: slower, and synchronous to the host). */
+int cvx_mem_pin(cvx_device dev, void *ptr, size_t bytes, int read_only);
+/* Undoes a cvx_mem_pin that returned 1, before the memory is freed or unmapped. */
+void cvx_mem_unpin(cvx_device dev, void *ptr, size_t bytes);
+/* Gives the cached device memory of `dev` back to the driver (torch.cuda.empty_cache; a no-op but on "cuda"). */
+void cvx_mem_empty_cache(cvx_device dev);
+
 /* Copies between any two devices' memory, synchronously. */
 cvx_status cvx_mem_copy(void *dst, const void *src, size_t bytes);
 
@@ -78,7 +94,10 @@ int64_t cvx_mem_fail_at(int64_t n);
 /* ---- copy queues ---------------------------------------------------------------------------------------------
  * One per device: copies run in the order they were queued. On "emu" a copy thread runs them (taking at least
  * bytes / bandwidth seconds each when a bandwidth is set, to model a PCIe link) while the caller computes; on "cpu"
- * they run at once. An event is a position in the queue: it is complete when every copy queued before it is. */
+ * they run at once; on "cuda" they are cudaMemcpyAsync calls on the copy stream (host to device; ops/cuda/queue.cu),
+ * whose busy time is measured on the device with timing events. An event is a position in the queue: it is complete
+ * when every copy queued before it is. cvx_queue_sync on "cuda" also waits for the compute waits of
+ * cvx_queue_compute_after, so that no counter given to the queue is written after it returns. */
 typedef struct cvx_queue cvx_queue;
 typedef uint64_t cvx_event;
 
@@ -94,6 +113,23 @@ int64_t cvx_queue_wait(cvx_queue *q, cvx_event ev);
 void cvx_queue_sync(cvx_queue *q);
 /* Nanoseconds the queue has spent executing copies since it was created. */
 int64_t cvx_queue_busy_ns(cvx_queue *q);
+
+/* ---- ordering copies with compute -----------------------------------------------------------------------------
+ * On "cuda" the ops run asynchronously on a compute stream and the copies on a copy stream, so the residency layer
+ * orders the two explicitly; on "cpu" and "emu" the ops run on the caller's thread and every call below reduces to
+ * what that order already gives (no-ops, and a host wait in cvx_queue_compute_after).
+ *
+ * A fence is a point in `dev`'s compute stream: complete once every op queued before it has finished (0: complete;
+ * every fence on cpu and emu). */
+cvx_event cvx_device_fence(cvx_device dev);
+/* Copies queued on q from now on start only after `fence` is complete (CUDA: the copy stream waits on the device;
+ * the host does not block). A ring slot's next copy waits for the fence recorded when compute released it. */
+cvx_status cvx_queue_after(cvx_queue *q, cvx_event fence);
+/* Compute queued from now on runs after every copy before `ev`. cpu/emu: blocks until ev, adding the nanoseconds
+ * waited to *wait_ns. CUDA: the compute stream waits for the copy on the device and the host goes on; the time
+ * compute stalls there is added to *wait_ns (atomically: read it with __atomic_load_n) once known, at the latest
+ * when cvx_queue_sync(q) returns. */
+cvx_status cvx_queue_compute_after(cvx_queue *q, cvx_event ev, int64_t *wait_ns);
 /* Bytes per second of the emulated link (<= 0: as fast as memcpy). */
 void cvx_mem_set_bandwidth(cvx_device dev, double bytes_per_s);
 double cvx_mem_bandwidth(cvx_device dev);

@@ -22,7 +22,8 @@ struct cvx_residency {
     cvx_queue *queue;
     /* the ring of SEQUENTIAL: prefetch + 1 slots of ring_bytes each */
     void **ring;
-    int *ring_owner; /* group in each slot, -1 free */
+    int *ring_owner;       /* group in each slot, -1 free */
+    cvx_event *ring_fence; /* per slot: the compute fence recorded when its last group was released */
     int ring_n;
     int64_t ring_bytes;
     /* the current pass */
@@ -77,9 +78,12 @@ cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, 
     return CVX_OK;
 }
 
-/* Queues the copy of group g into dst; the group is in flight until its event. */
+/* Queues the copy of group g into dst; the group is in flight until its event. A ring slot is written only after
+ * the compute that read its previous group (asynchronous on CUDA) has finished: its copies wait for the slot's fence.
+ * (A block of its own needs no fence here: the CUDA allocator orders a reused block after its last use.) */
 static cvx_status queue_group(cvx_residency *r, int g, void *dst, int ring_slot) {
     group *gr = &r->groups[g];
+    if (ring_slot >= 0) CVX_CHECK(cvx_queue_after(r->queue, r->ring_fence[ring_slot]));
     for (int i = gr->first_tensor; i < gr->first_tensor + gr->num_tensors; i++) {
         const cvx_residency_tensor *t = &r->tensors[i];
         CVX_CHECK(cvx_queue_copy(r->queue, (char *)dst + t->offset, t->host, t->bytes, &r->stats.copy_ns));
@@ -115,20 +119,26 @@ static cvx_status load_own(cvx_residency *r, int g) {
     return st;
 }
 
-static void wait_group(cvx_residency *r, int g) {
+/* Makes g readable by the compute queued from now on: on cpu/emu the host waits for its copy; on CUDA the compute
+ * stream waits for it on the device (cvx_queue_compute_after), so RESIDENT means "ordered after the copy". */
+static cvx_status wait_group(cvx_residency *r, int g) {
     group *gr = &r->groups[g];
-    if (gr->state != CVX_GROUP_IN_FLIGHT) return;
-    r->stats.wait_ns += cvx_queue_wait(r->queue, gr->ready);
+    if (gr->state != CVX_GROUP_IN_FLIGHT) return CVX_OK;
+    CVX_CHECK(cvx_queue_compute_after(r->queue, gr->ready, &r->stats.wait_ns));
     gr->state = CVX_GROUP_RESIDENT;
     point_slots(r, g, 1);
+    return CVX_OK;
 }
 
 /* Frees g's device copy (waiting for its copy first: the queue may still be writing it). */
 static void drop_group(cvx_residency *r, int g) {
     group *gr = &r->groups[g];
     if (r->dev == CVX_DEVICE_CPU || gr->state == CVX_GROUP_HOST) return;
-    if (gr->state == CVX_GROUP_IN_FLIGHT) r->stats.wait_ns += cvx_queue_wait(r->queue, gr->ready);
+    if (gr->state == CVX_GROUP_IN_FLIGHT)
+        __atomic_fetch_add(&r->stats.wait_ns, cvx_queue_wait(r->queue, gr->ready), __ATOMIC_RELAXED);
     if (gr->ring_slot >= 0) {
+        /* compute queued so far may read it: the slot's next copy waits for this point (no-op on cpu/emu) */
+        if (gr->state == CVX_GROUP_RESIDENT) r->ring_fence[gr->ring_slot] = cvx_device_fence(r->dev);
         r->ring_owner[gr->ring_slot] = -1;
     } else {
         cvx_mem_free(gr->dev);
@@ -148,8 +158,10 @@ static void free_ring(cvx_residency *r) {
     if (r->ring_n) account(r, -r->ring_bytes * r->ring_n);
     free(r->ring);
     free(r->ring_owner);
+    free(r->ring_fence);
     r->ring = NULL;
     r->ring_owner = NULL;
+    r->ring_fence = NULL;
     r->ring_n = 0;
     r->ring_bytes = 0;
 }
@@ -163,6 +175,8 @@ void cvx_residency_offload(cvx_residency *r) {
 void cvx_residency_destroy(cvx_residency *r) {
     if (!r) return;
     cvx_residency_offload(r);
+    /* CUDA: no measured compute wait may still write into r->stats (cpu/emu add theirs before returning) */
+    if (r->dev == CVX_DEVICE_CUDA) cvx_queue_sync(r->queue);
     free(r->tensors);
     free(r->groups);
     free(r);
@@ -173,12 +187,9 @@ cvx_status cvx_residency_onload(cvx_residency *r) {
     cvx_status st = CVX_OK;
     for (int g = 0; g < r->num_groups && st == CVX_OK; g++)
         if (r->groups[g].state == CVX_GROUP_HOST) st = load_own(r, g);
-    if (st != CVX_OK) {
-        cvx_residency_offload(r); /* nothing half in */
-        return st;
-    }
-    for (int g = 0; g < r->num_groups; g++) wait_group(r, g);
-    return CVX_OK;
+    for (int g = 0; g < r->num_groups && st == CVX_OK; g++) st = wait_group(r, g);
+    if (st != CVX_OK) cvx_residency_offload(r); /* nothing half in */
+    return st;
 }
 
 cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy, int prefetch) {
@@ -189,6 +200,7 @@ cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy
     if (dev != CVX_DEVICE_CPU && !(q = cvx_copy_queue(dev)))
         return CVX_FAIL(CVX_ERR_INVALID, "the %s device is not available in this build", cvx_device_name(dev));
     cvx_residency_offload(r);
+    if (r->dev == CVX_DEVICE_CUDA && dev != CVX_DEVICE_CUDA) cvx_queue_sync(r->queue); /* as in destroy */
     r->dev = dev;
     r->policy = policy;
     r->prefetch = prefetch;
@@ -215,11 +227,14 @@ static cvx_status ensure_ring(cvx_residency *r) {
     free_ring(r);
     r->ring = calloc((size_t)n, sizeof(void *));
     r->ring_owner = malloc((size_t)n * sizeof(int));
-    if (!r->ring || !r->ring_owner) {
+    r->ring_fence = calloc((size_t)n, sizeof(cvx_event)); /* 0: a new slot waits for nothing */
+    if (!r->ring || !r->ring_owner || !r->ring_fence) {
         free(r->ring);
         free(r->ring_owner);
+        free(r->ring_fence);
         r->ring = NULL;
         r->ring_owner = NULL;
+        r->ring_fence = NULL;
         return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the prefetch ring");
     }
     for (int s = 0; s < n; s++) {
@@ -229,8 +244,10 @@ static cvx_status ensure_ring(cvx_residency *r) {
             for (int k = 0; k < s; k++) cvx_mem_free(r->ring[k]);
             free(r->ring);
             free(r->ring_owner);
+            free(r->ring_fence);
             r->ring = NULL;
             r->ring_owner = NULL;
+            r->ring_fence = NULL;
             return st;
         }
     }
@@ -276,8 +293,7 @@ cvx_status cvx_residency_acquire(cvx_residency *r, int group_index) {
     if (r->policy == CVX_POLICY_MODEL && gr->state == CVX_GROUP_HOST) CVX_CHECK(cvx_residency_onload(r));
     if (r->policy != CVX_POLICY_SEQUENTIAL || !in_range(r, g)) {
         if (gr->state == CVX_GROUP_HOST) CVX_CHECK(load_own(r, g));
-        wait_group(r, g);
-        return CVX_OK;
+        return wait_group(r, g);
     }
     if (gr->state == CVX_GROUP_HOST) {
         int queued;
@@ -299,8 +315,7 @@ cvx_status cvx_residency_acquire(cvx_residency *r, int group_index) {
         CVX_CHECK(queue_ring(r, next, &queued));
         if (!queued) break;
     }
-    wait_group(r, g);
-    return CVX_OK;
+    return wait_group(r, g);
 }
 
 void cvx_residency_release(cvx_residency *r, int g) {
@@ -342,12 +357,14 @@ int64_t cvx_residency_total_bytes(const cvx_residency *r) {
     return t;
 }
 void cvx_residency_get_stats(const cvx_residency *r, cvx_residency_stats *out) {
-    /* field by field: the copy thread adds to copy_ns while queued copies run, and a plain copy of the whole struct
-     * would read it non-atomically (a data race ThreadSanitizer reports) */
+    /* field by field: the copy thread adds to copy_ns while queued copies run (on CUDA, the queue adds the measured
+     * copy and compute-wait times when it sees them complete: asking for its busy time collects them), and a plain
+     * copy of the whole struct would read them non-atomically (a data race ThreadSanitizer reports) */
+    cvx_queue_busy_ns(r->queue);
     out->bytes_copied = r->stats.bytes_copied;
     out->copies = r->stats.copies;
     out->copy_ns = __atomic_load_n(&r->stats.copy_ns, __ATOMIC_RELAXED);
-    out->wait_ns = r->stats.wait_ns;
+    out->wait_ns = __atomic_load_n(&r->stats.wait_ns, __ATOMIC_RELAXED);
     out->resident_bytes = r->stats.resident_bytes;
     out->peak_resident_bytes = r->stats.peak_resident_bytes;
 }

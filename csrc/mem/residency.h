@@ -13,7 +13,14 @@
  *   SEQUENTIAL  only the groups a forward is using: acquire(g) waits for g and queues the next `prefetch` groups of
  *               the pass on the copy queue, into a ring of prefetch + 1 device slots (no more than the pass has
  *               groups) of the largest block group's size (allocated once); release(g) gives g's slot back.
- * On the CPU device every policy reads the host bytes in place: nothing is copied. */
+ * On the CPU device every policy reads the host bytes in place: nothing is copied.
+ *
+ * On CUDA compute is asynchronous (ops queue on the compute stream), so the order between the streams is explicit
+ * (mem.h, "ordering copies with compute"): acquire makes the compute stream wait for the group's copy on the device
+ * (RESIDENT then means "every op queued from now on reads the copied bytes"; the host does not block), release of a
+ * ring slot records a compute fence that the slot's next copy waits for, a freed group copy is ordered by the CUDA
+ * allocator the same way, and leaving CUDA or destroying the residency waits for every copy still reading the host
+ * bytes. On cpu and emu those calls are no-ops or the host waits they were before. */
 #ifndef CVX_RESIDENCY_H
 #define CVX_RESIDENCY_H
 

@@ -134,7 +134,7 @@ static cvx_status alloc_groups(cvx_weights *ws, const cvx_st_file *st, cvx_dtype
     }
     for (int g = 0; g < ws->num_groups; g++) {
         if (!host_bytes[g]) continue;
-        status = cvx_mem_alloc(CVX_DEVICE_CPU, CVX_MEM_WEIGHTS, (size_t)host_bytes[g], &ws->group_data[g]);
+        status = cvx_mem_alloc_pages(CVX_MEM_WEIGHTS, (size_t)host_bytes[g], &ws->group_data[g]);
         if (status != CVX_OK) goto done;
     }
     memset(host_bytes, 0, (size_t)ws->num_groups * sizeof(int64_t)); /* now the fill of each host buffer */
@@ -300,8 +300,28 @@ const void *cvx_weights_host(const cvx_weights *ws, int i) {
     return i >= 0 && i < ws->count ? ws->decls[i].host : NULL;
 }
 
+void cvx_weights_pin(cvx_weights *ws, cvx_device dev) {
+    /* once: the process has one CUDA device, and the pages stay pinned while the weights live */
+    if (dev == CVX_DEVICE_CPU || ws->pin_asked || !ws->group_data) return;
+    if (!ws->group_pinned && !(ws->group_pinned = calloc((size_t)ws->num_groups, 1))) return; /* stays pageable */
+    ws->pin_asked = 1;
+    ws->pinned_dev = dev;
+    ws->pinned_bytes = 0;
+    for (int g = 0; g < ws->num_groups; g++) {
+        if (!ws->group_data[g]) continue;
+        const size_t bytes = cvx_mem_size(ws->group_data[g]);
+        ws->group_pinned[g] = (unsigned char)cvx_mem_pin(dev, ws->group_data[g], bytes, 0);
+        if (ws->group_pinned[g]) ws->pinned_bytes += (int64_t)bytes;
+    }
+    int all = 0;
+    if (ws->file && cvx_st_pin(ws->file, dev, &all) > 0 && all) ws->pinned_bytes += ws->mapped_bytes;
+}
+
 void cvx_weights_free(cvx_weights *ws) {
-    cvx_residency_destroy(ws->res); /* drops every device copy before the host bytes go */
+    cvx_residency_destroy(ws->res); /* drops every device copy (waiting for their copies) before the host bytes go */
+    for (int g = 0; ws->group_pinned && g < ws->num_groups; g++)
+        if (ws->group_pinned[g]) cvx_mem_unpin(ws->pinned_dev, ws->group_data[g], cvx_mem_size(ws->group_data[g]));
+    free(ws->group_pinned);
     for (int g = 0; ws->group_data && g < ws->num_groups; g++) cvx_mem_free(ws->group_data[g]);
     if (ws->file) cvx_mem_add_mapped(CVX_DEVICE_CPU, -ws->mapped_bytes);
     cvx_st_close(ws->file);

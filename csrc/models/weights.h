@@ -31,8 +31,13 @@ typedef struct cvx_weights {
     cvx_weight_decl *decls;
     int count, capacity;
     int num_groups;
-    cvx_dtype dtype;           /* the dtype non-vector weights are stored in; models set it before declaring */
-    void **group_data;         /* [num_groups] converted host copies (NULL where every tensor is mapped) */
+    cvx_dtype dtype;             /* the dtype non-vector weights are stored in; models set it before declaring */
+    void **group_data;           /* [num_groups] converted host copies (NULL where every tensor is mapped), each on
+                                  * pages of its own (cvx_mem_alloc_pages) so that it can be pinned alone */
+    unsigned char *group_pinned; /* [num_groups] 1: group_data[g] is pinned for pinned_dev */
+    cvx_device pinned_dev;
+    int pin_asked;             /* cvx_weights_pin ran for pinned_dev */
+    int64_t pinned_bytes;      /* of the host bytes (converted copies and mapped tensors), those in pinned memory */
     int64_t *group_bytes;      /* [num_groups] the device layout's size */
     int64_t mapped_bytes;      /* tensor bytes read in place from the mapped checkpoint */
     struct cvx_st_file *file;  /* retained while tensors point into it */
@@ -61,6 +66,11 @@ cvx_status cvx_weights_load(cvx_weights *ws, const cvx_st_file *st, cvx_dtype dt
  * Their bytes are compared with the CPU memory limit and the machine's memory before anything is allocated. */
 cvx_status cvx_weights_init_random(cvx_weights *ws, cvx_dtype dtype, uint64_t seed);
 int64_t cvx_weights_total_bytes(const cvx_weights *ws);
+/* Pins the host bytes the groups copy from for `dev` (CUDA; elsewhere nothing happens): the converted host copies,
+ * and the checkpoint's mappings (cvx_st_pin: once per mapping, for its lifetime). Once per model and device;
+ * unpinned by cvx_weights_free. Where pinning is refused the copies stay pageable (ws->pinned_bytes says how much
+ * is pinned). */
+void cvx_weights_pin(cvx_weights *ws, cvx_device dev);
 /* Declaration i's host bytes (what save_pretrained reads), whatever the residency. */
 const void *cvx_weights_host(const cvx_weights *ws, int i);
 void cvx_weights_free(cvx_weights *ws);

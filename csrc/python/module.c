@@ -21,6 +21,9 @@
 #include "../models/transformer.h"
 #include "../models/vae.h"
 #include "../ops/backend.h"
+#ifdef CVX_WITH_CUDA
+#include "../ops/cuda/cuda_ops.h"
+#endif
 
 static PyObject *OutOfMemoryError;
 
@@ -44,11 +47,20 @@ static PyObject *raise_status(cvx_status st) {
     return NULL;
 }
 
-static int parse_device(PyObject *arg, cvx_device *dev) {
+/* A device name: "cpu", "emu", "cuda" or "cuda:N" (*index, may be NULL, gets N; 0 otherwise). The memory
+ * manager has one CUDA device: N says which GPU it is (cvx_cuda_init). */
+static int parse_device_index(PyObject *arg, cvx_device *dev, int *index) {
     const char *name = "cpu";
+    if (index) *index = 0;
     if (arg && arg != Py_None) {
         name = PyUnicode_AsUTF8(arg);
         if (!name) return -1;
+    }
+    if (strncmp(name, "cuda:", 5) == 0 && name[5] && strspn(name + 5, "0123456789") == strlen(name + 5) &&
+        strlen(name + 5) < 6) {
+        *dev = CVX_DEVICE_CUDA;
+        if (index) *index = atoi(name + 5);
+        return 0;
     }
     cvx_status st = cvx_device_parse(name, dev);
     if (st != CVX_OK) {
@@ -57,6 +69,8 @@ static int parse_device(PyObject *arg, cvx_device *dev) {
     }
     return 0;
 }
+
+static int parse_device(PyObject *arg, cvx_device *dev) { return parse_device_index(arg, dev, NULL); }
 
 /* The arguments (device='cpu',) of the module's per-device functions. */
 static int device_args(PyObject *args, cvx_device *dev) {
@@ -206,7 +220,7 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
         (long long)s.allocated_bytes, "allocated_bytes.all.peak", (long long)s.peak_allocated_bytes,
         "reserved_bytes.all.current", (long long)s.reserved_bytes, "reserved_bytes.all.peak",
         (long long)s.peak_reserved_bytes, "weights_bytes.current", (long long)s.kind_allocated_bytes[CVX_MEM_WEIGHTS],
@@ -215,7 +229,7 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
         (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
         "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active, "num_ooms",
         (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes, "mapped_weights_bytes.current",
-        (long long)s.mapped_bytes);
+        (long long)s.mapped_bytes, "pinned_bytes.current", (long long)s.pinned_bytes);
 }
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
@@ -236,10 +250,6 @@ static PyObject *py_set_memory_limit(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-#ifdef CVX_WITH_CUDA
-int cvx_cuda_device_count(void);
-#endif
-
 /* Devices the CUDA runtime reports (0 in a build without CUDA). */
 static int cuda_device_count(void) {
 #ifdef CVX_WITH_CUDA
@@ -251,9 +261,12 @@ static int cuda_device_count(void) {
 #endif
 }
 
-/* The CUDA kernels do not exist yet: a CUDA build compiles device discovery only, and nothing runs on "cuda". When
- * they land, this says whether they were compiled. */
+/* A CUDA build compiles the CUDA backend (ops/cuda, for a GPU or, with CVX_CUDA_EMU, the CPU emulation of one). */
+#ifdef CVX_WITH_CUDA
+#define CVX_CUDA_KERNELS 1
+#else
 #define CVX_CUDA_KERNELS 0
+#endif
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
@@ -286,6 +299,43 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
     return PyLong_FromLong(cuda_device_count());
+}
+
+/* empty_cache(): the CUDA caching allocator's free blocks back to the driver (a no-op before CUDA is used). */
+static PyObject *py_empty_cache(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    Py_BEGIN_ALLOW_THREADS cvx_mem_empty_cache(CVX_DEVICE_CUDA);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+#ifdef CVX_WITH_CUDA
+/* Selects the process's GPU (the first call; another index later is a ValueError). */
+static cvx_status cuda_init(int index) {
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_cuda_init(index);
+    Py_END_ALLOW_THREADS return st;
+}
+#endif
+
+/* cuda_mem_get_info(device='cuda') -> (free, total) bytes of the GPU (cudaMemGetInfo), initialising it. */
+static PyObject *py_cuda_mem_get_info(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dev_obj = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &dev_obj)) return NULL;
+#ifdef CVX_WITH_CUDA
+    cvx_device dev;
+    int index = 0;
+    if (parse_device_index(dev_obj ? dev_obj : NULL, &dev, &index) < 0) return NULL;
+    if (dev_obj && dev != CVX_DEVICE_CUDA)
+        return PyErr_Format(PyExc_ValueError, "cuda_mem_get_info: not a CUDA device");
+    size_t free_b = 0, total_b = 0;
+    cvx_status st = cuda_init(index);
+    if (st == CVX_OK) st = cvx_cuda_mem_get_info(&free_b, &total_b);
+    if (st != CVX_OK) return raise_status(st);
+    return Py_BuildValue("(nn)", (Py_ssize_t)free_b, (Py_ssize_t)total_b);
+#else
+    return PyErr_Format(PyExc_ValueError, "this build has no CUDA backend");
+#endif
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------------------------ */
@@ -451,6 +501,9 @@ static cvx_status model_ctx(model_arena *ma, const cvx_weights *ws, cvx_ctx *ctx
         ctx->arena = ma->arena;
     }
     ctx->device = dev;
+    /* torch_dtype picks the compute dtype on CUDA (16-bit tensor-core GEMMs and attention, f32 accumulation);
+     * float32 stays full f32. The CPU ops compute in f32 whatever it says. */
+    ctx->compute = dev == CVX_DEVICE_CUDA && ws ? ws->dtype : CVX_F32;
     ctx->res = ws ? ws->res : NULL;
     ctx->should_stop = stop_poll;
     return CVX_OK;
@@ -1132,13 +1185,19 @@ static PyObject *py_residency_set(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOsi", &core, &dev_obj, &policy_name, &prefetch)) return NULL;
     cvx_weights *ws = weights_of(core);
     cvx_device dev;
-    if (!ws || parse_device(dev_obj, &dev) < 0) return NULL;
+    int index = 0;
+    if (!ws || parse_device_index(dev_obj, &dev, &index) < 0) return NULL;
     int policy = -1;
     for (int i = 0; i < 3; i++)
         if (strcmp(policy_name, policy_names[i]) == 0) policy = i;
     if (policy < 0) return PyErr_Format(PyExc_ValueError, "unknown residency policy '%s'", policy_name);
     cvx_status st;
+#ifdef CVX_WITH_CUDA
+    if (dev == CVX_DEVICE_CUDA && (st = cuda_init(index)) != CVX_OK) return raise_status(st);
+#endif
     Py_BEGIN_ALLOW_THREADS pthread_rwlock_wrlock(&engine_lock);
+    /* the host bytes the copies read: pinned once, before the first copy (a no-op but on CUDA) */
+    if (dev == CVX_DEVICE_CUDA) cvx_weights_pin(ws, dev);
     st = cvx_residency_set(ws->res, dev, (cvx_policy)policy, prefetch);
     pthread_rwlock_unlock(&engine_lock);
     Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
@@ -1187,12 +1246,12 @@ static PyObject *py_residency_info(PyObject *self, PyObject *core) {
     }
     cvx_residency_stats s;
     cvx_residency_get_stats(r, &s);
-    return Py_BuildValue("{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device",
-                         cvx_device_name(cvx_residency_device(r)), "policy", policy_names[cvx_residency_policy(r)],
-                         "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes, "bytes_copied",
-                         (long long)s.bytes_copied, "copies", (long long)s.copies, "copy_ns", (long long)s.copy_ns,
-                         "wait_ns", (long long)s.wait_ns, "resident_bytes", (long long)s.resident_bytes,
-                         "peak_resident_bytes", (long long)s.peak_resident_bytes);
+    return Py_BuildValue(
+        "{s:s,s:s,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "device", cvx_device_name(cvx_residency_device(r)), "policy",
+        policy_names[cvx_residency_policy(r)], "groups", groups, "mapped_bytes", (long long)ws->mapped_bytes,
+        "pinned_bytes", (long long)ws->pinned_bytes, "bytes_copied", (long long)s.bytes_copied, "copies",
+        (long long)s.copies, "copy_ns", (long long)s.copy_ns, "wait_ns", (long long)s.wait_ns, "resident_bytes",
+        (long long)s.resident_bytes, "peak_resident_bytes", (long long)s.peak_resident_bytes);
 }
 
 static PyObject *py_residency_reset_stats(PyObject *self, PyObject *core) {
@@ -1257,6 +1316,10 @@ static PyMethodDef module_methods[] = {
     {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
     {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
+    {"empty_cache", py_empty_cache, METH_NOARGS,
+     "empty_cache(): the CUDA allocator's cached blocks back to the driver"},
+    {"cuda_mem_get_info", py_cuda_mem_get_info, METH_VARARGS,
+     "cuda_mem_get_info(device='cuda') -> (free, total) bytes of the GPU (cudaMemGetInfo)"},
     {"safetensors_index", py_safetensors_index, METH_VARARGS,
      "safetensors_index(path) -> {name: (dtype, shape)} after validating the file"},
     {"weight_schema", py_weight_schema, METH_VARARGS,

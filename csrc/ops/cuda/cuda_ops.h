@@ -36,13 +36,44 @@ void *cvx_cuda_workspace(size_t *bytes);
  * with the call and the runtime's message in the error text. */
 cvx_status cvx_cuda_fail(int cuda_error, const char *call, const char *file, int line);
 
-/* ---- memory-manager hooks (device.cu): mem.c's allocations and copies on CVX_DEVICE_CUDA ----
- * Device memory (the first call initialises cuda:0 unless cvx_cuda_init chose another); a copy in any direction
- * (cudaMemcpyDefault) that first waits for the compute stream's work; zero-fill on the compute stream. */
+/* ---- memory-manager hooks: mem.c's CVX_DEVICE_CUDA ----
+ * alloc.cu: device memory from the caching allocator (the first call initialises cuda:0 unless cvx_cuda_init chose
+ * another; 512-byte aligned; see alloc.cu for rounding, reuse and stream safety); a copy in any direction
+ * (cudaMemcpyDefault) that first waits for the compute stream's work; zero-fill on the compute stream; the cache
+ * given back to the driver (torch.cuda.empty_cache); page-locking host ranges for the copy stream. */
 cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out);
 void cvx_cuda_mem_free(void *ptr);
 cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes);
 cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes);
+void cvx_cuda_empty_cache(void);
+typedef struct cvx_cuda_alloc_stats {
+    int64_t reserved_bytes; /* held from cudaMalloc, cache included */
+    int64_t peak_reserved_bytes;
+    int64_t cached_bytes; /* of reserved_bytes, in free blocks */
+    int64_t num_segments; /* live cudaMalloc allocations */
+    int64_t num_mallocs;  /* cudaMalloc calls that succeeded */
+    int64_t num_cache_hits;
+    int64_t num_retries; /* cudaMalloc failures that emptied the cache and retried */
+} cvx_cuda_alloc_stats;
+void cvx_cuda_get_alloc_stats(cvx_cuda_alloc_stats *out);
+void cvx_cuda_reset_alloc_peak(void);
+cvx_status cvx_cuda_mem_get_info(size_t *free_bytes, size_t *total_bytes);
+/* read_only: a read-only mapping (cudaHostRegisterReadOnly; CVX_ERR_INVALID where the device cannot). */
+cvx_status cvx_cuda_host_register(void *ptr, size_t bytes, int read_only);
+void cvx_cuda_host_unregister(void *ptr);
+/* queue.cu: the copy queue on the copy stream (positions and markers, as mem.h's cvx_queue), compute fences
+ * (positions in the compute stream), and the two cross-stream orders: copies after a fence, compute after a copy
+ * position (both on the device: the host does not block). Fence 0 is always complete. */
+cvx_status cvx_cuda_queue_copy(void *dst, const void *src, size_t bytes, int64_t *busy_ns);
+uint64_t cvx_cuda_queue_record(void);
+int cvx_cuda_queue_done(uint64_t pos);
+int64_t cvx_cuda_queue_wait(uint64_t pos);
+void cvx_cuda_queue_sync(void);
+int64_t cvx_cuda_queue_busy_ns(void);
+uint64_t cvx_cuda_fence(void);
+int cvx_cuda_fence_done(uint64_t seq);
+cvx_status cvx_cuda_copy_after(uint64_t fence);
+cvx_status cvx_cuda_compute_after(uint64_t pos, int64_t *wait_ns);
 
 /* ---- GEMM (gemm.cu): C = alpha op(A) op(B) + beta C [+ bias], row-major, on the compute stream ----
  * A is [M, K] (trans_a 0) or [K, M] (1) with row stride lda; B is [K, N] (trans_b 0) or [N, K] (1) with ldb; C is

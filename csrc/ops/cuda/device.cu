@@ -1,6 +1,6 @@
 /* The CUDA runtime state of the process: one device, chosen by the first cvx_cuda_init, with a compute stream (every
  * op), a copy stream (weight groups), cuBLAS and cuBLASLt handles bound to the compute stream and their workspace.
- * First cut (the lead's skeleton): the memory-manager part of the CUDA issue grows it. */
+ * Device memory, the copy queue and the fences are in alloc.cu and queue.cu. */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <pthread.h>
@@ -78,28 +78,4 @@ extern "C" void *cvx_cuda_cublaslt(void) { return S.ready ? (void *)S.lt : NULL;
 extern "C" void *cvx_cuda_workspace(size_t *bytes) {
     if (bytes) *bytes = S.ready ? S.workspace_bytes : 0;
     return S.ready ? S.workspace : NULL;
-}
-
-/* ---- memory-manager hooks: plain cudaMalloc for now (the caching allocator replaces it) ---- */
-
-extern "C" cvx_status cvx_cuda_mem_alloc(size_t bytes, void **out) {
-    *out = NULL;
-    if (!S.ready) CVX_CHECK(cvx_cuda_init(0));
-    CVX_CU(cudaMalloc(out, bytes));
-    return CVX_OK;
-}
-
-extern "C" void cvx_cuda_mem_free(void *ptr) {
-    if (ptr) cudaFree(ptr); /* synchronises the device: no kernel still reads the block */
-}
-
-extern "C" cvx_status cvx_cuda_mem_zero(void *ptr, size_t bytes) {
-    CVX_CU(cudaMemsetAsync(ptr, 0, bytes, S.compute));
-    return CVX_OK;
-}
-
-extern "C" cvx_status cvx_cuda_memcpy(void *dst, const void *src, size_t bytes) {
-    CVX_CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, S.compute));
-    CVX_CU(cudaStreamSynchronize(S.compute));
-    return CVX_OK;
 }
