@@ -8,7 +8,9 @@ or the CPU emulation (`CVX_CUDA_EMULATE=1 pip install -e .`). The outside truth 
 weights (itself matched against diffusers / transformers by the parity suites); tolerances are the issue's:
 float32 max|cuda - cpu| <= 1e-5 * max(1, max|cpu|) (the parity suites' measure, at the issue's 1e-5), float16 /
 bfloat16 compute 2e-2 with no inf/NaN (on CUDA the 16-bit torch_dtype selects tensor-core compute; the CPU
-computes the same 16-bit weights in float32).
+computes the same 16-bit weights in float32). End to end in 16-bit the frames drift further than one forward's
+2e-2; there the bound is diffusers' own 16-bit drift on the same pipeline (test_pipeline_16bit_drift_is_within_
+diffusers_own, fixture tests/fixtures/cuda_drift).
 
 The emulation runs every GPU thread as a fiber on the CPU, so the models here are the parity suites' tiny fixtures;
 tests marked `real_gpu_only` (larger sizes) run only where nvidia-smi sees a GPU.
@@ -33,7 +35,7 @@ from test_offload import STRATEGIES, apply, load, run
 
 import cogvideo_c
 from cogvideo_c.tiny import make_tiny_pipeline
-from fixture_cases import compare_rel, npz_arrays
+from fixture_cases import checked_diff, compare_abs, compare_rel, npz_arrays
 
 DEVICE = os.environ.get("CVX_TEST_CUDA_DEVICE", "cuda")
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +70,17 @@ DTYPES = ("float32", "float16", "bfloat16")
 REL_TOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 2e-2}
 # End to end (frames in [0, 1]) the float32 bound is per forward times what the pipeline does to a forward's error:
 # classifier-free guidance at scale 6 forms uncond + 6 (text - uncond), up to (1 + 2 * 6) = 13 times the error of
-# each prediction, over 3 steps (measured under the emulation: 2.6e-5). The 16-bit bound stays the issue's.
-PIPELINE_REL_TOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2}
+# each prediction, over 3 steps (measured under the emulation: 2.6e-5).
+PIPELINE_F32_REL_TOL = 1e-4
+# The 16-bit pipeline bound comes from diffusers' own 16-bit drift on this pipeline (tests/fixtures/cuda_drift, made
+# by tests/reference/make_cuda_drift_fixtures.py): see test_pipeline_16bit_drift_is_within_diffusers_own.
+CUDA_DRIFT = FIXTURES / "cuda_drift"
+DRIFT_SLICE = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2), slice(None))
+DRIFT_MAX_FACTOR = 1.5  # the worst frame value may reach 1.5x diffusers' worst (a tail statistic: see the test)
+DRIFT_MEAN_FACTOR = 1.0  # the mean may not exceed diffusers' mean
+# our CPU frames against diffusers' stored ones: the pipeline parity suites' frames tolerance (1e-3) plus the
+# float16 storage of the fixture (2^-12 on [0, 1])
+DRIFT_FIXTURE_TOL = 1e-3 + 2.0**-12
 
 
 def _compare(name, got, want, dtype, tolerances=REL_TOL):
@@ -253,18 +264,65 @@ def _pipe(folder, dtype="float32", vae_mode="plain"):
     return pipe
 
 
-@pytest.mark.parametrize(
-    "dtype", ["float32", pytest.param("float16", marks=slow_emulated), pytest.param("bfloat16", marks=slow_emulated)]
-)
-def test_pipeline_matches_cpu(folders, dtype):
-    """The tiny text-to-video pipeline (2 prompts with guidance, 3 DDIM steps) on the device against the CPU."""
+def test_pipeline_matches_cpu(folders):
+    """The tiny text-to-video pipeline (2 prompts with guidance, 3 DDIM steps) on the device against the CPU, in
+    float32 (the 16-bit runs: test_pipeline_16bit_drift_is_within_diffusers_own)."""
+    pipe = _pipe(folders["tiny"])
+    want = run(pipe)
+    pipe.to(DEVICE)
+    assert pipe.device.type == DEVICE, pipe.device
+    got = run(pipe)
+    pipe.to("cpu")
+    _compare("tiny pipeline frames", got, want, "float32", {"float32": PIPELINE_F32_REL_TOL})
+
+
+def _abs_stats(got, want):
+    d = np.abs(np.asarray(got, dtype=np.float64) - want)
+    return float(d.max()), float(d.mean())
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+def test_pipeline_16bit_drift_is_within_diffusers_own(folders, dtype):
+    """The tiny pipeline in 16-bit compute on the device against the CPU backend (the same 16-bit weights computed in
+    float32), bounded by what 16-bit compute costs diffusers on the same pipeline.
+
+    A single forward agrees within the issue's 2e-2 (the tests above), but end to end guidance 6 multiplies each
+    prediction's error by up to 13 and 3 steps feed it back, so the frames drift further: under the emulation the
+    device's frames are max 2.8e-1 / mean 5.1e-3 (bfloat16) and 3.9e-2 / 6.4e-4 (float16) from the CPU's. The
+    outside truth is tests/fixtures/cuda_drift (tests/reference/make_cuda_drift_fixtures.py: diffusers 0.42.1, torch
+    CPU, the same checkpoint, prompts, latents, steps and guidance): diffusers computing in <dtype> against diffusers
+    computing the same rounded weights in float32 drifts max 2.9e-1 / mean 1.3e-2 (bfloat16) and 5.7e-2 / 1.8e-3
+    (float16). The device keeps activations in float32 (only GEMM and attention operands are 16-bit), so its drift
+    must stay within diffusers' own: the mean at most diffusers' mean (measured 0.40x and 0.36x), the worst value at
+    most 1.5x diffusers' worst (measured 0.96x and 0.69x; the worst of 221,184 values is a tail that a GPU's other
+    accumulation order moves). A kernel that lost accuracy (16-bit accumulation, a wrong rounding) would show in the
+    mean first. The CPU frames are first checked against diffusers' rounded-weights run, so the fixture is this
+    pipeline."""
+    import hashlib
+    import json
+
+    manifest = json.loads((CUDA_DRIFT / "manifest.json").read_text())
+    for rel, digest in manifest["weight_sha256"].items():
+        assert hashlib.sha256((Path(folders["tiny"]) / rel).read_bytes()).hexdigest() == digest, rel
     pipe = _pipe(folders["tiny"], dtype)
     want = run(pipe)
     pipe.to(DEVICE)
     assert pipe.device.type == DEVICE, pipe.device
     got = run(pipe)
     pipe.to("cpu")
-    _compare("tiny pipeline frames", got, want, dtype, PIPELINE_REL_TOL)
+    stored = npz_arrays(CUDA_DRIFT / "frames.npz")
+    compare_abs(f"tiny pipeline frames [cpu {dtype}] {manifest['slice']}", want[DRIFT_SLICE],
+                stored[f"rounded__{dtype}"].astype(np.float32), DRIFT_FIXTURE_TOL,
+                "diffusers (weights rounded, float32 compute)")  # fmt: skip
+    checked_diff(f"tiny pipeline frames [{DEVICE} {dtype}]", got, want, "the CPU backend")
+    ours_max, ours_mean = _abs_stats(got, want)
+    theirs = manifest["drift"][dtype]["16bit_vs_rounded"]
+    to_diffusers_max, to_diffusers_mean = _abs_stats(got[DRIFT_SLICE], stored[f"{dtype}__16bit"].astype(np.float64))
+    print(f"tiny pipeline [{DEVICE} {dtype}] vs cpu: max {ours_max:.3e} mean {ours_mean:.3e}; diffusers' own 16-bit "
+          f"drift: max {theirs['max_abs']:.3e} mean {theirs['mean_abs']:.3e}; vs diffusers {dtype} on "
+          f"{manifest['slice']}: max {to_diffusers_max:.3e} mean {to_diffusers_mean:.3e}")  # fmt: skip
+    assert ours_mean <= DRIFT_MEAN_FACTOR * theirs["mean_abs"], (ours_mean, theirs)
+    assert ours_max <= DRIFT_MAX_FACTOR * theirs["max_abs"], (ours_max, theirs)
 
 
 @pytest.mark.parametrize(
@@ -278,14 +336,15 @@ def test_every_strategy_gives_the_same_frames_on_the_device(folders, size, dtype
     weights, so the frames are bit-identical to pipe.to(device)'s (and, in float32, within the tolerance of the
     CPU's). One pipeline is switched from strategy to strategy, as a user would."""
     pipe = _pipe(folders[size], dtype, vae_mode)
-    cpu = run(pipe)
+    cpu = run(pipe) if dtype == "float32" else None  # 16-bit compute drifts from the CPU: bounded in the test above
     reference = None
     for strategy in STRATEGIES:
         apply(pipe, strategy, DEVICE)
         got = run(pipe)
         if reference is None:
             reference = got
-            _compare(f"{size} {vae_mode} frames", got, cpu, dtype, PIPELINE_REL_TOL)
+            if cpu is not None:
+                _compare(f"{size} {vae_mode} frames", got, cpu, dtype, {"float32": PIPELINE_F32_REL_TOL})
         assert np.array_equal(got, reference), (size, dtype, vae_mode, strategy)
     pipe.maybe_free_model_hooks()
     pipe.to("cpu")
@@ -471,10 +530,10 @@ def test_a_device_name_with_an_index_and_gpu_id(folders):
     want = run(pipe)
     pipe.to("cuda:0")
     assert pipe.device.type == "cuda", pipe.device
-    _compare("cuda:0 frames", run(pipe), want, "float32", PIPELINE_REL_TOL)
+    _compare("cuda:0 frames", run(pipe), want, "float32", {"float32": PIPELINE_F32_REL_TOL})
     pipe.to("cpu")
     pipe.enable_model_cpu_offload(gpu_id=0, device="cuda")
-    _compare("gpu_id=0 frames", run(pipe), want, "float32", PIPELINE_REL_TOL)
+    _compare("gpu_id=0 frames", run(pipe), want, "float32", {"float32": PIPELINE_F32_REL_TOL})
     pipe.maybe_free_model_hooks()
     beyond = f"cuda:{max(1, _INFO.get('cuda_devices', 1))}"  # one past the last device
     with pytest.raises(ValueError, match=re.escape(beyond)):
