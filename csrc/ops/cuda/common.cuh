@@ -73,6 +73,18 @@ __device__ __forceinline__ void cvx_mma_m16n8k16_bf16(float d[4], const uint32_t
 }
 #endif
 
+/* One element between f32 and the storage types, rounded to nearest even (the conversions of core/dtype.c). */
+template <typename T> __device__ __forceinline__ T cvx_from_f32(float v);
+template <> __device__ __forceinline__ float cvx_from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half cvx_from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 cvx_from_f32<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+template <typename T> __device__ __forceinline__ float cvx_to_f32(T v);
+template <> __device__ __forceinline__ float cvx_to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float cvx_to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float cvx_to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 /* Blocks of `threads` covering n elements, for a grid-stride loop (capped: the loop covers the rest). */
 static inline unsigned cvx_cuda_blocks(int64_t n, int threads) {
     const int64_t b = (n + threads - 1) / threads;

@@ -50,17 +50,6 @@ struct conv_shape {
     int ci, kt, kh, kw, up, stride_h, stride_w, pad_top, pad_left;
 };
 
-template <typename T> __device__ __forceinline__ T cvx_from_f32(float v);
-template <> __device__ __forceinline__ float cvx_from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half cvx_from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 cvx_from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
-template <typename T> __device__ __forceinline__ float cvx_to_f32(T v);
-template <> __device__ __forceinline__ float cvx_to_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ float cvx_to_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float cvx_to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 /* col[bi][k][j] (bi < gridDim.z batch items from b0, k < K, j < n) = the input value under kernel tap k of output
  * position p0 + j, or 0 in the padding. Each thread owns one column j and CONV_K_PER_THREAD consecutive rows k, so
  * the position is decoded once and the tap (ci, dt, dy, dx) advances incrementally; consecutive threads write and
@@ -125,33 +114,6 @@ __global__ void gather_frames_kernel(const conv_frames fr, int m, int64_t i0, in
         float *dst = out + (bc * count + i0 + i) * HW;
         for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < HW; k += (int64_t)gridDim.x * blockDim.x)
             dst[k] = src[k];
-    }
-}
-
-/* dst[n] (To) = src[n] (From), rounded to nearest even. */
-template <typename From, typename To>
-__global__ void convert_kernel(To *__restrict__ dst, const From *__restrict__ src, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = cvx_from_f32<To>(cvx_to_f32<From>(src[i]));
-}
-
-template <typename From> cvx_status convert_from(void *dst, cvx_dtype to, const From *src, int64_t n) {
-    const unsigned blocks = cvx_cuda_blocks(n, 256);
-    switch (to) {
-    case CVX_F32: CVX_LAUNCH((convert_kernel<From, float>), blocks, 256, 0, (float *)dst, src, n); break;
-    case CVX_F16: CVX_LAUNCH((convert_kernel<From, __half>), blocks, 256, 0, (__half *)dst, src, n); break;
-    default: CVX_LAUNCH((convert_kernel<From, __nv_bfloat16>), blocks, 256, 0, (__nv_bfloat16 *)dst, src, n); break;
-    }
-    CVX_CU(cudaGetLastError());
-    return CVX_OK;
-}
-
-/* dst[n] in `to` = weights src[n] in `from` (each of f32, f16, bf16). */
-cvx_status convert_weights(void *dst, cvx_dtype to, const void *src, cvx_dtype from, int64_t n) {
-    switch (from) {
-    case CVX_F32: return convert_from(dst, to, (const float *)src, n);
-    case CVX_F16: return convert_from(dst, to, (const __half *)src, n);
-    default: return convert_from(dst, to, (const __nv_bfloat16 *)src, n);
     }
 }
 
@@ -309,7 +271,7 @@ extern "C" cvx_status cvx_cuda_conv3d(cvx_ctx *ctx, const cvx_frame *frames, int
     const void *w = wt->w;
     cvx_status st = CVX_OK;
     if (sp.w_bytes) {
-        st = convert_weights(scratch, sp.ab, wt->w, wt->dtype, (int64_t)wt->co * K);
+        st = cvx_cuda_convert(scratch, sp.ab, wt->w, wt->dtype, (int64_t)wt->co * K);
         w = scratch;
     }
     if (st == CVX_OK && wt->bias) {

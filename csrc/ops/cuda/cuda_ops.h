@@ -107,6 +107,10 @@ size_t cvx_cuda_linear_scratch(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, i
  * table and wrote zeros instead); CVX_OK otherwise. download calls it; every other synchronising op should too. */
 cvx_status cvx_cuda_device_errors(void);
 
+/* dst[n] in `to` = src[n] in `from` (each of f32, f16, bf16; rounded to nearest even), on the compute stream
+ * (token.cu): the 16-bit operands the GEMMs take and the weights widened to f32. */
+cvx_status cvx_cuda_convert(void *dst, cvx_dtype to, const void *src, cvx_dtype from, int64_t n);
+
 /* ---- the ops of the backend table (same signatures and meaning as the CPU ops in ops/ops.h) ---- */
 cvx_status cvx_cuda_upload(cvx_ctx *ctx, void *dst, const void *host, size_t bytes);
 cvx_status cvx_cuda_download(cvx_ctx *ctx, void *host, const void *src, size_t bytes);

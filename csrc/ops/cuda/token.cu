@@ -99,11 +99,6 @@ __global__ void fill_kernel(float *__restrict__ x, float value, int64_t n) {
         x[i] = value;
 }
 
-__global__ void widen_kernel(float *__restrict__ dst, const void *__restrict__ w, cvx_dtype dt, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = load_w(w, dt, i);
-}
-
 /* x [rows, D] -> y: statistics in double (as the CPU op), then (x - mean) * rstd [* gamma] [+ beta]
  * [* (1 + scale) + shift], each step rounded in f32 as torch does. y may be x: each lane reads its elements before
  * writing them. */
@@ -249,16 +244,6 @@ __global__ void unpatchify_kernel(const float *__restrict__ tok, int64_t B, int6
     }
 }
 
-/* x [rows, K] f32 -> dt (f16 or bf16), element by element */
-__global__ void narrow_kernel(const float *__restrict__ x, void *__restrict__ out, cvx_dtype dt, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        if (dt == CVX_F16)
-            ((__half *)out)[i] = __float2half_rn(x[i]);
-        else
-            ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(x[i]);
-    }
-}
-
 /* The f16 overflow guard of linear (T5's activations exceed f16's 65504): a row whose max |x| reaches 2^15 is
  * multiplied by 2^-e, e the smallest that brings its max below 2^15, before rounding to f16; exps[r] = e (0 for a
  * row that fits). A power of two is exact in f32, and the f16 rounding that follows loses only values below 2^-24
@@ -312,9 +297,7 @@ cvx_status launch_widen(float *dst, const void *w, cvx_dtype dt, int64_t n) {
         CVX_CU(cudaMemcpyAsync(dst, w, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, CVX_STREAM()));
         return CVX_OK;
     }
-    CVX_LAUNCH(widen_kernel, elem_blocks(n), THREADS, 0, dst, w, dt, n);
-    CVX_CU(cudaGetLastError());
-    return CVX_OK;
+    return cvx_cuda_convert(dst, CVX_F32, w, dt, n);
 }
 
 /* ---- linear: the plan ---------------------------------------------------------------------------------------------
@@ -360,7 +343,33 @@ linear_plan plan_linear(int64_t M, int64_t K, cvx_dtype wdt, int64_t N, int has_
     return p;
 }
 
+/* dst[n] (To) = src[n] (From), rounded to nearest even. */
+template <typename From, typename To>
+__global__ void convert_kernel(To *__restrict__ dst, const From *__restrict__ src, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = cvx_from_f32<To>(cvx_to_f32<From>(src[i]));
+}
+
+template <typename From> cvx_status convert_from(void *dst, cvx_dtype to, const From *src, int64_t n) {
+    const unsigned blocks = cvx_cuda_blocks(n, 256);
+    switch (to) {
+    case CVX_F32: CVX_LAUNCH((convert_kernel<From, float>), blocks, 256, 0, (float *)dst, src, n); break;
+    case CVX_F16: CVX_LAUNCH((convert_kernel<From, __half>), blocks, 256, 0, (__half *)dst, src, n); break;
+    default: CVX_LAUNCH((convert_kernel<From, __nv_bfloat16>), blocks, 256, 0, (__nv_bfloat16 *)dst, src, n); break;
+    }
+    CVX_CU(cudaGetLastError());
+    return CVX_OK;
+}
+
 } // namespace
+
+extern "C" cvx_status cvx_cuda_convert(void *dst, cvx_dtype to, const void *src, cvx_dtype from, int64_t n) {
+    switch (from) {
+    case CVX_F32: return convert_from(dst, to, (const float *)src, n);
+    case CVX_F16: return convert_from(dst, to, (const __half *)src, n);
+    default: return convert_from(dst, to, (const __nv_bfloat16 *)src, n);
+    }
+}
 
 /* ---- data movement ----------------------------------------------------------------------------------------------- */
 
@@ -478,7 +487,7 @@ extern "C" cvx_status cvx_cuda_linear(cvx_ctx *ctx, const float *x, int64_t M, i
                     CVX_LAUNCH(narrow_rows_f16_kernel, row_blocks(g.M), THREADS, 0, x + m0 * K, (__half *)block, exps,
                                g.M, K);
                 else
-                    CVX_LAUNCH(narrow_kernel, elem_blocks(g.M * K), THREADS, 0, x + m0 * K, block, wdt, g.M * K);
+                    CVX_TRY(cvx_cuda_convert(block, wdt, x + m0 * K, CVX_F32, g.M * K));
                 CVX_TRY_CU(cudaGetLastError());
                 CVX_TRY(cvx_cuda_gemm(&g));
                 if (wdt == CVX_F16) {
