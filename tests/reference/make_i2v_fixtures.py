@@ -49,7 +49,6 @@ import torch
 import transformers
 from diffusers import (
     AutoencoderKLCogVideoX,
-    CogVideoXDDIMScheduler,
     CogVideoXDPMScheduler,
     CogVideoXImageToVideoPipeline,
     CogVideoXPipeline,
@@ -110,7 +109,8 @@ def case(name, pipeline, scheduler, prompt, negative_prompt, steps, gs, dyn, ima
 
 
 # one-frame videos in the batch case (1 latent frame: the learned table's sin-cos fallback for other frame counts)
-# keep its frames small; images: "pil_0" 40x56 and "pil_1" 24x32 (Lanczos down / up), "array_0" 24x40 (nearest, non-integer ratios)
+# keep its frames small; images: "pil_0" 40x56 and "pil_1" 24x32 (Lanczos down / up), "array_0" 24x40 (nearest,
+# non-integer ratios)
 # fmt: off
 CASES = [
     case("i2v5b_cogddim_cfg_pil", "tiny_5b_i2v", "folder", P_PANDA, None, 2, 6.0, False, ["pil_0"], 11),
