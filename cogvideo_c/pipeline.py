@@ -469,8 +469,9 @@ class DiffusionPipeline:
 
     def enable_model_cpu_offload(self, gpu_id=None, device=None):
         """diffusers' model offload: each component comes to the device whole when it runs and leaves when the
-        next one in `model_cpu_offload_seq` (text_encoder -> transformer -> vae) starts; after the call every
-        component is off the device again (maybe_free_model_hooks).
+        next one in `model_cpu_offload_seq` (text_encoder -> transformer -> vae) starts; a pipeline that encodes an
+        image or video first brings the VAE in for that encode, then the transformer, then the VAE again for the
+        decode. After the call every component is off the device again (maybe_free_model_hooks).
 
         Args:
             gpu_id (`int`, *optional*): the CUDA device index (as diffusers: "cuda" means "cuda:{gpu_id}"; 0 for
