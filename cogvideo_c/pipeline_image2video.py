@@ -1,12 +1,13 @@
 """CogVideoXImageToVideoPipeline with diffusers' names, call signature and numbers, on the shared denoising loop."""
 
+import contextlib
 import os
 
 import numpy as np
 
 from .image_processor import VaeImageProcessor, _is_pil
 from .models import _standard_normal
-from .pipeline import CogVideoXPipeline
+from .pipeline import CogVideoXPipeline, _finite_array
 
 
 def _random_streams(generator):
@@ -56,13 +57,15 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
     def check_inputs(self, image, prompt, height, width, negative_prompt, callback_on_step_end_tensor_inputs,
                      latents=None, prompt_embeds=None, negative_prompt_embeds=None, num_frames=49,
                      num_inference_steps=50, output_type="pil", guidance_scale=6.0, num_videos_per_prompt=1,
-                     eta=0.0):  # fmt: skip
+                     eta=0.0, image_latents=None):  # fmt: skip
         """diffusers' checks (the type of `image`, sizes, prompts and their embeddings) and those of
         CogVideoXPipeline.check_inputs (frame counts, NaN inputs, the shape of `latents`, memory), all before any
         work. The image's content is checked when it is preprocessed, also before any model runs."""
-        if image is None:
+        if image is None and image_latents is None:
             raise ValueError("`image` is required: the PIL image, NumPy array or image file to start the video from")
-        if not (isinstance(image, (list, tuple, np.ndarray, str, os.PathLike)) or _is_pil(image)):
+        if image is not None and image_latents is not None:
+            raise ValueError("Cannot forward both `image` and `image_latents`: the latents replace the image's encode")
+        if image is not None and not (isinstance(image, (list, tuple, np.ndarray, str, os.PathLike)) or _is_pil(image)):
             raise ValueError(
                 "`image` has to be of type `PIL.Image.Image`, `np.ndarray`, a path to an image file, or a list of "
                 f"them, but is {type(image)}"
@@ -86,6 +89,15 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
                 f"({self.vae.config.latent_channels}): image-to-video concatenates the image latents to the noise "
                 "(is this a text-to-video model?)"
             )
+        if image_latents is not None:
+            batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
+            want = (batch, 1, c.in_channels // 2, height // s, width // s)
+            if np.shape(image_latents) != want:
+                raise ValueError(
+                    f"image_latents must have shape {want} ([prompts, 1, latent channels, height / {s}, width / {s}]:"
+                    f" one scaled first-frame latent per prompt), got {np.shape(image_latents)}"
+                )
+            _finite_array(image_latents, "image_latents")
 
     def _latent_shape(self, videos, num_frames, height, width):
         """The noise latents: half the transformer's input channels (the other half is the image's)."""
@@ -112,12 +124,12 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
 
     # ---- the call ------------------------------------------------------------------------------------------
 
-    def __call__(self, image, prompt=None, negative_prompt=None, height=None, width=None, num_frames=49,
+    def __call__(self, image=None, prompt=None, negative_prompt=None, height=None, width=None, num_frames=49,
                  num_inference_steps=50, timesteps=None, guidance_scale=6, use_dynamic_cfg=False,
                  num_videos_per_prompt=1, eta=0.0, generator=None, latents=None, prompt_embeds=None,
                  negative_prompt_embeds=None, output_type="pil", return_dict=True, attention_kwargs=None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
-                 max_sequence_length=226):  # fmt: skip
+                 max_sequence_length=226, image_latents=None):  # fmt: skip
         """Generates videos that start from `image`, as diffusers' CogVideoXImageToVideoPipeline.__call__.
 
         Args:
@@ -141,6 +153,10 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
                 scheduler's noise; an int seed is one stream for the first two.
             latents (array [videos, F, C, h, w], optional): the initial noise (C = in_channels / 2), used instead
                 of drawing it (the image is still encoded, and its posterior sample still drawn).
+            image_latents (array [prompts, 1, C, h, w], optional; beyond diffusers): the image's latents as
+                prepare_latents makes them before padding (the posterior sample x scaling_factor, e.g.
+                `image_latents[:, :1]` of an earlier call's prepare_latents), given instead of `image`: no VAE
+                encode runs (and no posterior sample is drawn, so the generator's first draw is the noise).
 
         Returns:
             CogVideoXPipelineOutput with `frames` (see output_type), or the tuple (frames,) when return_dict is False.
@@ -154,23 +170,29 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
             raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
         self.check_inputs(image, prompt, height, width, negative_prompt, callback_on_step_end_tensor_inputs,
                           latents, prompt_embeds, negative_prompt_embeds, num_frames, num_inference_steps,
-                          output_type, guidance_scale, num_videos_per_prompt, eta)  # fmt: skip
+                          output_type, guidance_scale, num_videos_per_prompt, eta, image_latents)  # fmt: skip
         request = self._request(locals())
-        request.image = self._load_images(image, request.batch_size, num_videos_per_prompt, height, width)
+        if image_latents is None:
+            request.image = self._load_images(image, request.batch_size, num_videos_per_prompt, height, width)
+        else:
+            request.image_latents = np.repeat(np.asarray(image_latents, np.float32), num_videos_per_prompt, axis=0)
         _check_generators(generator, request.videos)
         return self._call(request)
 
     # ---- the hooks of the shared loop ----------------------------------------------------------------------
 
     def _vae_encode_shapes(self, request):
+        if getattr(request, "image_latents", None) is not None:  # given: nothing to encode
+            return []
         return [(1, 3, 1, request.height, request.width)]  # one image at a time, as diffusers encodes them
 
     def _prepare_call_latents(self, scheduler, request, report):
         r = request
-        with self._stage(report, "encode_image", "vae"):
+        stage = self._stage(report, "encode_image", "vae") if r.image is not None else contextlib.nullcontext()
+        with stage:
             return self.prepare_latents(
                 r.image, r.videos, self.transformer.config.in_channels // 2, r.num_frames, r.height, r.width,
-                generator=r.generator, latents=r.latents, scheduler=scheduler,
+                generator=r.generator, latents=r.latents, scheduler=scheduler, image_latents=r.image_latents,
             )  # fmt: skip
 
     def _transformer_kwargs(self, request, latents):
@@ -179,14 +201,17 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         return {"ofs": np.full((1,), 2.0, dtype=np.float32)}  # diffusers' latents.new_full((1,), fill_value=2.0)
 
     def prepare_latents(self, image, batch_size=1, num_channels_latents=16, num_frames=13, height=60, width=90,
-                        dtype=None, device=None, generator=None, latents=None, scheduler=None):  # fmt: skip
+                        dtype=None, device=None, generator=None, latents=None, scheduler=None,
+                        image_latents=None):  # fmt: skip
         """(latents, image_latents), as diffusers' prepare_latents: each image [3, H, W] of `image`
         ([batch_size, 3, H, W] in [-1, 1]) is encoded by the VAE on its own and a posterior sample drawn (with
         generator[i] for a list), scaled by scaling_factor (divided by it for invert_scale_latents VAEs), put
         first and zero-padded to the latent frames [batch, F, C, h, w]; CogVideoX 1.5 (patch_size_t) prepends the
         first F % patch_size_t frames. The latents are drawn (or `latents` taken) after the images, and scaled by
         the scheduler's init_noise_sigma. num_frames counts pixel frames, padded for 1.5 as the call pads them.
-        dtype / device: accepted for diffusers' sake (float32, host arrays)."""
+        image_latents ([batch_size, 1, C, h, w], beyond diffusers): the scaled first-frame latents, used instead of
+        encoding `image` (which may then be None). dtype / device: accepted for diffusers' sake (float32, host
+        arrays)."""
         scheduler = scheduler or self.scheduler
         generator = _random_streams(generator)
         _check_generators(generator, batch_size)
@@ -197,19 +222,13 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         if pt is not None:  # diffusers' "+ 1 for padding" of CogVideoX 1.5, literally F + F % p_t
             shape = shape[:1] + (shape[1] + shape[1] % pt,) + shape[2:]
 
-        image = np.asarray(image, dtype=np.float32)
-        if image.shape[0] != batch_size:
-            raise ValueError(f"{image.shape[0]} images for a batch of {batch_size} videos: pass one per video")
-        image = image[:, :, None]  # [B, C, 1, H, W]
-        samples = []
-        for i in range(batch_size):
-            g = generator[i] if isinstance(generator, list) else generator
-            samples.append(self.vae.encode(image[i : i + 1]).latent_dist.sample(generator=g))
-        image_latents = np.concatenate(samples).astype(np.float32, copy=False).transpose(0, 2, 1, 3, 4)
-        if not self.vae.config.invert_scale_latents:
-            image_latents = np.float32(self.vae_scaling_factor_image) * image_latents
-        else:  # CogVideoX 1.5 was trained without the scaling factor applied (diffusers' comment)
-            image_latents = np.float32(1 / self.vae_scaling_factor_image) * image_latents
+        if image_latents is None:
+            image_latents = self._encode_images(image, batch_size, generator)
+        else:
+            image_latents = np.asarray(image_latents, dtype=np.float32)
+            if image_latents.shape != (batch_size, 1, *shape[2:]):
+                raise ValueError(f"image_latents must have shape {(batch_size, 1, *shape[2:])}, got "
+                                 f"{image_latents.shape}")  # fmt: skip
         padding = np.zeros((batch_size, frames - 1, *image_latents.shape[2:]), dtype=np.float32)
         image_latents = np.concatenate([image_latents, padding], axis=1)
         if pt is not None:
@@ -225,3 +244,20 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
             if latents.shape != shape:
                 raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
         return latents * np.float32(scheduler.init_noise_sigma), np.ascontiguousarray(image_latents)
+
+    def _encode_images(self, image, batch_size, generator):
+        """[batch_size, 3, H, W] -> the scaled first-frame latents [batch_size, 1, C, h, w]: one VAE encode and
+        posterior draw per image, in order (generator[i] for a list), as diffusers' prepare_latents."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape[0] != batch_size:
+            raise ValueError(f"{image.shape[0]} images for a batch of {batch_size} videos: pass one per video")
+        image = image[:, :, None]  # [B, C, 1, H, W]
+        samples = []
+        for i in range(batch_size):
+            g = generator[i] if isinstance(generator, list) else generator
+            samples.append(self.vae.encode(image[i : i + 1]).latent_dist.sample(generator=g))
+        image_latents = np.concatenate(samples).astype(np.float32, copy=False).transpose(0, 2, 1, 3, 4)
+        if not self.vae.config.invert_scale_latents:
+            return np.float32(self.vae_scaling_factor_image) * image_latents
+        # CogVideoX 1.5 was trained without the scaling factor applied (diffusers' comment)
+        return np.float32(1 / self.vae_scaling_factor_image) * image_latents

@@ -39,8 +39,9 @@ def rejects(error, match, **changes):
     """The call with `changes` raises `error` matching `match`, nothing runs, and no allocation stays behind."""
     kw = dict(GOOD, **changes)
     kw.setdefault("image", rgb())
+    loaded = _pipe()  # loaded first: its weights are not what the check below counts
     before = cogvideo_c.memory_stats()["allocated_bytes.all.current"]
-    with _guarded(_pipe()) as pipe, pytest.raises(error, match=match) as info:
+    with _guarded(loaded) as pipe, pytest.raises(error, match=match) as info:
         pipe(**kw)
     assert cogvideo_c.memory_stats()["allocated_bytes.all.current"] == before
     return str(info.value)
@@ -136,3 +137,17 @@ def test_a_text_to_video_transformer_is_refused():
     pipe.set_progress_bar_config(disable=True)
     with _guarded(pipe), pytest.raises(ValueError, match=r"in_channels \(4\) must be twice the VAE's latent_channels"):
         pipe(image=rgb(), **GOOD)
+
+
+def test_image_latents_are_checked():
+    z = np.zeros((1, 1, 4, 4, 6), np.float32)
+    rejects(ValueError, "Cannot forward both `image` and `image_latents`", image_latents=z)
+    rejects(ValueError, r"image_latents must have shape \(1, 1, 4, 4, 6\)", image=None, image_latents=z[:, :, :3])
+    rejects(ValueError, r"image_latents must have shape \(2, 1, 4, 4, 6\)", image=None, image_latents=z,
+            prompt=["a", "b"])  # fmt: skip
+    bad = z.copy()
+    bad[0, 0, 1, 2, 3] = np.nan
+    at = r"\(the first at index \(0, 0, 1, 2, 3\)\)"
+    rejects(
+        ValueError, r"`image_latents` holds 1 NaN or infinite value\(s\) of 96 " + at, image=None, image_latents=bad
+    )

@@ -173,3 +173,26 @@ def test_manifest_covers_the_required_cases():
     # 1.5's padding path: an odd latent frame count
     assert any(((c["call_kwargs"]["num_frames"] - 1) // 4 + 1) % 2 for c in cases if c["pipeline_dir"] == "tiny_15_i2v")
     assert any(isinstance(c["generator_seeds"], list) and c["latents_key"] for c in cases)
+
+
+@pytest.mark.parametrize("name", ["i2v5b_ddim_batch2_genlist_latents", "i2v15_dpm_cfg_array"])
+def test_image_latents_from_diffusers_replace_the_image(name):
+    """image_latents (beyond diffusers): the first-frame latents diffusers' prepare_latents made for the case, given
+    instead of the image, give the golden frames with no VAE encode. Without the encode there is no posterior
+    draw: the generator is advanced past it (one [1, C, 1, h, w] draw per image) so the noise draws line up."""
+    case = _case(name)
+    pipe = pipeline(case["pipeline_dir"])
+    image_latents = npz_arrays(FIXTURES / case["npz"])[case["image_latents_key"]][:, :1]
+    seeds = case["generator_seeds"]
+    gens = [np.random.default_rng(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+    for g in gens:
+        g.standard_normal((1, *image_latents.shape[2:3], 1, *image_latents.shape[3:]), dtype=np.float32)
+    arrays = npz_arrays(FIXTURES / case["npz"])
+    pipe.scheduler = getattr(cogvideo_c, case["scheduler"]).from_config(case["scheduler_config"])
+    pipe.vae.disable_tiling()
+    kw = dict(case["call_kwargs"])
+    frames = pipe(image_latents=image_latents, **kw, generator=gens if isinstance(seeds, list) else gens[0],
+                  latents=arrays[case["latents_key"]].copy() if case["latents_key"] else None,
+                  output_type="np").frames  # fmt: skip
+    assert_matches(case, frames, " (image_latents)")
+    assert "encode_image" not in pipe.memory_report()
