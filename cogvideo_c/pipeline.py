@@ -92,6 +92,24 @@ def _finite_array(value, name):
     return arr
 
 
+def _initial_noise(shape, generator, latents):
+    """The initial latents of `shape`, before init_noise_sigma: drawn from `generator` (one draw for the batch, or
+    one per video from a list of generators, as diffusers' randn_tensor draws), or the given `latents` checked."""
+    if latents is not None:
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.shape != shape:
+            raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
+        return latents
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(
+                f"{len(generator)} generators for a batch of {shape[0]} videos (prompts x num_videos_per_prompt): "
+                "pass one generator per video"
+            )
+        return np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
+    return _standard_normal(shape, generator)
+
+
 def _host_memory_bytes():
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -1213,21 +1231,7 @@ class CogVideoXPipeline(DiffusionPipeline):
             batch_size, (num_frames - 1) // self.vae_scale_factor_temporal + 1, num_channels_latents,
             height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
         )  # fmt: skip
-        if latents is None:
-            if isinstance(generator, list):
-                if len(generator) != batch_size:
-                    raise ValueError(
-                        f"{len(generator)} generators for a batch of {batch_size} videos (prompts x "
-                        "num_videos_per_prompt): pass one generator per video"
-                    )
-                latents = np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
-            else:
-                latents = _standard_normal(shape, generator)
-        else:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
-        return latents * np.float32(scheduler.init_noise_sigma)
+        return _initial_noise(shape, generator, latents) * np.float32(scheduler.init_noise_sigma)
 
     def decode_latents(self, latents):
         """Latents [B, F, C, h, w] -> the VAE's frames [B, 3, F', H, W] in [-1, 1] (after 1 / scaling_factor)."""

@@ -6,8 +6,7 @@ import os
 import numpy as np
 
 from .image_processor import VaeImageProcessor, _is_pil
-from .models import _standard_normal
-from .pipeline import CogVideoXPipeline, _finite_array
+from .pipeline import CogVideoXPipeline, _finite_array, _initial_noise
 
 
 def _random_streams(generator):
@@ -234,15 +233,7 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         if pt is not None:
             image_latents = np.concatenate([image_latents[:, : image_latents.shape[1] % pt], image_latents], axis=1)
 
-        if latents is None:
-            if isinstance(generator, list):
-                latents = np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
-            else:
-                latents = _standard_normal(shape, generator)
-        else:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
+        latents = _initial_noise(shape, generator, latents)  # after the images' draws, as diffusers
         return latents * np.float32(scheduler.init_noise_sigma), np.ascontiguousarray(image_latents)
 
     def _encode_images(self, image, batch_size, generator):
