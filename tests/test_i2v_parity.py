@@ -196,3 +196,20 @@ def test_image_latents_from_diffusers_replace_the_image(name):
                   output_type="np").frames  # fmt: skip
     assert_matches(case, frames, " (image_latents)")
     assert "encode_image" not in pipe.memory_report()
+
+
+def test_num_videos_per_prompt_repeats_the_prompt_and_its_image():
+    """diffusers ignores num_videos_per_prompt (always one); here 2 videos of one prompt and image are the batch of
+    that prompt and image listed twice (within 1e-5), which matches diffusers' batch handling (the genlist case)."""
+    case = _case("i2v5b_ddim_batch2_genlist_latents")
+    pipe = pipeline(case["pipeline_dir"])
+    pipe.scheduler = getattr(cogvideo_c, case["scheduler"]).from_config(case["scheduler_config"])
+    image = case_image(case)[0]
+    kw = dict(case["call_kwargs"], prompt="dance monkey", output_type="np")
+    twice = pipe(image=image, num_videos_per_prompt=2, generator=[np.random.default_rng(s) for s in (5, 6)],
+                 **kw).frames  # fmt: skip
+    listed = pipe(image=[image, image], **dict(kw, prompt=["dance monkey"] * 2),
+                  generator=[np.random.default_rng(s) for s in (5, 6)]).frames  # fmt: skip
+    # the same numbers up to the text encoder's batch-1 vs batch-2 matrix blocking (float32 sums in another order)
+    assert twice.shape == (2, 1, 32, 48, 3) and float(np.abs(twice - listed).max()) <= 1e-5
+    assert np.abs(twice[0] - twice[1]).max() > 1e-2  # two generators: two different videos
