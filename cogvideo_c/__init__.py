@@ -13,6 +13,7 @@ from .memory import (
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput, DiffusionPipeline
+from .pipeline_image2video import CogVideoXImageToVideoPipeline
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
@@ -44,6 +45,7 @@ def cuda_is_available():
 
 __all__ = [
     "CogVideoXPipeline",
+    "CogVideoXImageToVideoPipeline",
     "DiffusionPipeline",
     "CogVideoXPipelineOutput",
     "CogVideoXDDIMScheduler",

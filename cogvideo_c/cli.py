@@ -1,10 +1,10 @@
 """The `cogvideo-c` command: CogVideoX on the CPU with cogvideo_c, no torch needed.
 
 commands:
-  generate       text to video with a CogVideoX pipeline folder (diffusers layout), or with the embedded tiny random
-                 pipeline when no --model is given; writes an MP4 (.mp4/.m4v/.mov/.mkv/.avi) or a GIF (.gif) and
-                 prints the time and peak memory of each stage. The output path, container and fps are checked
-                 before the model loads.
+  generate       text to video (or, with --image, image to video) with a CogVideoX pipeline folder (diffusers
+                 layout), or with the embedded tiny random pipeline when no --model is given; writes an MP4
+                 (.mp4/.m4v/.mov/.mkv/.avi) or a GIF (.gif) and prints the time and peak memory of each stage.
+                 The output path, container and fps (and --image) are checked before the model loads.
   make-tiny      writes the embedded tiny random pipeline to a folder (diffusers layout).
   vae-decode     decodes seeded random latents with a VAE folder (or the embedded tiny random VAE) and prints the
                  time, the output shape and the peak memory; --output saves the video as .npy.
@@ -82,12 +82,18 @@ def _check_output(path, fps):
 
 def generate(args):
     from .pipeline import CogVideoXPipeline
+    from .pipeline_image2video import CogVideoXImageToVideoPipeline
+    from .utils import load_image
 
     export = _check_output(args.output, args.fps)
+    # --image: image-to-video; the image is read (and a bad path refused) before any model loads
+    image = load_image(args.image) if args.image is not None else None
+    conditioning = {} if image is None else {"image": image}
+    pipeline_class = CogVideoXPipeline if image is None else CogVideoXImageToVideoPipeline
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.model or make_tiny_pipeline(tmp)
+        folder = args.model or make_tiny_pipeline(tmp, image_to_video=image is not None)
         start = time.perf_counter()
-        pipe = CogVideoXPipeline.from_pretrained(folder, torch_dtype=args.dtype)
+        pipe = pipeline_class.from_pretrained(folder, torch_dtype=args.dtype)
         load_seconds = time.perf_counter() - start
     if args.tiling:
         pipe.vae.enable_tiling()
@@ -96,13 +102,13 @@ def generate(args):
     _apply_offload(pipe, args)
     start = time.perf_counter()
     frames = pipe(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        **conditioning, prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height,
+        width=args.width, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         use_dynamic_cfg=args.dynamic_cfg, generator=args.seed, output_type="np",
     ).frames[0]  # fmt: skip
     seconds = time.perf_counter() - start
     path = export(list(frames), args.output, fps=args.fps)
-    name = args.model or "embedded tiny random pipeline"
+    name = args.model or f"embedded tiny random {'image-to-video ' if image is not None else ''}pipeline"
     print(f"model: {name} (loaded in {load_seconds:.2f} s)")
     print(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s -> {path}")
     print(f"memory by stage (device {pipe._execution_device}, peak per stage):")
@@ -138,7 +144,7 @@ def _parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     kw = dict(formatter_class=_HelpFormatter)
-    about = "text to video (embedded tiny pipeline when no --model)"
+    about = "text (or --image) to video (embedded tiny pipeline when no --model)"
     gen = sub.add_parser("generate", help=about, description=about, **kw)
     gen.add_argument(
         "--model", help="a CogVideoX pipeline folder in diffusers layout; when unset, the embedded tiny one"
@@ -147,6 +153,12 @@ def _parser():
         "--prompt", default="A panda, dressed in a small red jacket, plays a guitar in a bamboo forest.", help="prompt"
     )
     gen.add_argument("--negative-prompt", default=None, help="negative_prompt; when unset, none")
+    gen.add_argument(
+        "--image",
+        default=None,
+        help="image-to-video: the first frame (an image file), with CogVideoXImageToVideoPipeline (the embedded "
+        "tiny image-to-video pipeline when no --model); when unset, text to video",
+    )
     gen.add_argument(
         "--output",
         default="output.mp4",

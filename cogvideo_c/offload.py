@@ -248,7 +248,8 @@ def host_memory():
 
 
 class MemoryReport(dict):
-    """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", "denoise", "decode"), each a
+    """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", the VAE encode of a conditioning
+    input such as image-to-video's "encode_image", "denoise", "decode"), each a
     dict of the component that ran, its device, wall seconds, the device's peak bytes during the stage (total,
     weights, activations), the component's activation arena (the last forward's, sized by its measuring pass),
     the weight bytes copied to the device and the copy time,

@@ -61,6 +61,17 @@ def print_file_sizes(out: Path, header: str = "\nfiles:", line: str = "  {rel}  
     return total
 
 
+def plain(obj):
+    """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
+        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def rounded_normal(rng: np.random.Generator, shape) -> np.ndarray:
     """Standard normal float32 values, rounded to multiples of 2^-10 (the rounding only makes them compress)."""
     z = rng.standard_normal(shape)

@@ -67,6 +67,7 @@ from diffusers.schedulers import scheduling_dpm_cogvideox
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from _reference_common import (
+    plain,
     print_file_sizes,
     recreate_dir,
     rerandomize_t5,
@@ -279,17 +280,6 @@ def make_scheduler(class_name: str, config: dict):
     cls = {"CogVideoXDDIMScheduler": CogVideoXDDIMScheduler, "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
            "DDIMScheduler": DDIMScheduler}[class_name]  # fmt: skip
     return cls.from_config(config)
-
-
-def plain(obj):
-    """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
-    if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
-        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def tree_files(d: Path) -> dict[str, int]:
