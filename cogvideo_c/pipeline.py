@@ -92,6 +92,19 @@ def _finite_array(value, name):
     return arr
 
 
+def randn_tensor(shape, generator=None):
+    """N(0, 1) float32 noise of `shape` drawn as diffusers' randn_tensor draws it: from one generator (or seed), or
+    with a list of generators one (1, *shape[1:]) draw per batch entry from generator[i], concatenated."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(
+                f"{len(generator)} generators for a batch of {shape[0]} videos (prompts x num_videos_per_prompt): "
+                "pass one generator per video"
+            )
+        return np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
+    return _standard_normal(shape, generator)
+
+
 def _host_memory_bytes():
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -1221,15 +1234,7 @@ class CogVideoXPipeline(DiffusionPipeline):
             height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
         )  # fmt: skip
         if latents is None:
-            if isinstance(generator, list):
-                if len(generator) != batch_size:
-                    raise ValueError(
-                        f"{len(generator)} generators for a batch of {batch_size} videos (prompts x "
-                        "num_videos_per_prompt): pass one generator per video"
-                    )
-                latents = np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
-            else:
-                latents = _standard_normal(shape, generator)
+            latents = randn_tensor(shape, generator)
         else:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
