@@ -13,6 +13,8 @@ from .memory import (
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput, DiffusionPipeline
+from .pipeline_fun_control import CogVideoXFunControlPipeline
+from .pipeline_video2video import CogVideoXVideoToVideoPipeline
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
@@ -44,6 +46,8 @@ def cuda_is_available():
 
 __all__ = [
     "CogVideoXPipeline",
+    "CogVideoXVideoToVideoPipeline",
+    "CogVideoXFunControlPipeline",
     "DiffusionPipeline",
     "CogVideoXPipelineOutput",
     "CogVideoXDDIMScheduler",
