@@ -80,14 +80,32 @@ def _check_output(path, fps):
     return export_to_video
 
 
-def generate(args):
+def _video_to_video(args):
+    """--video / --strength: (the pipeline class, the call's video arguments), the video read before any model
+    loads (so a missing or unreadable file stops the command first); (CogVideoXPipeline, {}) without --video."""
     from .pipeline import CogVideoXPipeline
 
+    if args.video is None:
+        if args.strength is not None:
+            raise ValueError("--strength goes with --video (video-to-video)")
+        return CogVideoXPipeline, {}
+    from .pipeline_video2video import CogVideoXVideoToVideoPipeline, _check_strength
+    from .utils import load_video
+
+    if args.frames is not None:
+        raise ValueError("--frames does not apply with --video: the video's frame count sets the output's length")
+    strength = 0.8 if args.strength is None else args.strength
+    _check_strength(strength, args.steps)
+    return CogVideoXVideoToVideoPipeline, {"video": load_video(args.video), "strength": strength}
+
+
+def generate(args):
     export = _check_output(args.output, args.fps)
+    pipeline_class, conditioning = _video_to_video(args)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model or make_tiny_pipeline(tmp)
         start = time.perf_counter()
-        pipe = CogVideoXPipeline.from_pretrained(folder, torch_dtype=args.dtype)
+        pipe = pipeline_class.from_pretrained(folder, torch_dtype=args.dtype)
         load_seconds = time.perf_counter() - start
     if args.tiling:
         pipe.vae.enable_tiling()
@@ -95,15 +113,19 @@ def generate(args):
         pipe.vae.enable_slicing()
     _apply_offload(pipe, args)
     start = time.perf_counter()
+    frame_args = {"num_frames": args.frames} if not conditioning else conditioning
     frames = pipe(
         prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        use_dynamic_cfg=args.dynamic_cfg, generator=args.seed, output_type="np",
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale, use_dynamic_cfg=args.dynamic_cfg,
+        generator=args.seed, output_type="np", **frame_args,
     ).frames[0]  # fmt: skip
     seconds = time.perf_counter() - start
     path = export(list(frames), args.output, fps=args.fps)
     name = args.model or "embedded tiny random pipeline"
     print(f"model: {name} (loaded in {load_seconds:.2f} s)")
+    if conditioning:
+        print(f"from {args.video} ({len(conditioning['video'])} frames) at strength {conditioning['strength']}: "
+              f"{pipe.num_timesteps} of {args.steps} steps")  # fmt: skip
     print(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s -> {path}")
     print(f"memory by stage (device {pipe._execution_device}, peak per stage):")
     print(pipe.memory_report())
@@ -147,6 +169,15 @@ def _parser():
         "--prompt", default="A panda, dressed in a small red jacket, plays a guitar in a bamboo forest.", help="prompt"
     )
     gen.add_argument("--negative-prompt", default=None, help="negative_prompt; when unset, none")
+    gen.add_argument(
+        "--video",
+        default=None,
+        help="video-to-video (CogVideoXVideoToVideoPipeline) from this video file (anything ffmpeg reads, or a GIF); "
+        "its frame count sets the output's length",
+    )
+    gen.add_argument(
+        "--strength", type=float, default=None, help="strength of --video's denoising, in (0, 1]; when unset, 0.8"
+    )
     gen.add_argument(
         "--output",
         default="output.mp4",

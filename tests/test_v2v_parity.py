@@ -80,7 +80,7 @@ def call(pipe, case, **extra):
     kwargs.update(extra)
     if case["latents_key"]:
         kwargs["latents"] = _arrays()[case["latents_key"]].copy()
-    if "control_video_latents" not in extra:
+    if not {"video", "control_video", "control_video_latents"} & set(extra):
         kwargs["video" if case["pipeline"] == "video2video" else "control_video"] = input_video(case)
     return pipe(**kwargs).frames
 

@@ -19,7 +19,8 @@ Writes (everything under tests/fixtures/v2v/, which is deleted and recreated):
                   latents, or the Fun case's initial noise), for Fun cases "<case>__control_latents" (float32 [B, C,
                   F_lat, h, w], prepare_control_latents' output before the permute) and, where the case passes
                   them, "<case>__latents"; "<case>__step_latents" (latents after each step; diagnostics).
-  manifest.json   versions, cases (call arguments, scheduler, VAE tiling, generator seeds, draws, timesteps run).
+  manifest.json   versions, cases (call arguments, scheduler, VAE tiling, generator seeds, draws, timesteps run), and
+                  the two pipelines' __call__ parameter names (call_signatures).
 
 Golden outputs: diffusers 0.42.1 in float32 on CPU, the pipelines loaded with `<Pipeline>.from_pretrained(dir,
 torch_dtype=torch.float32)` from the saved folders.
@@ -35,6 +36,7 @@ that way.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import sys
@@ -345,6 +347,11 @@ def main() -> int:
             "vae_tiling: pipe.vae.enable_tiling(**vae_tiling) before the call.",
         ],
         cases=[],
+        # diffusers' __call__ parameters, in order (cogvideo_c's must be the same names in the same order)
+        call_signatures={
+            cls.__name__: list(inspect.signature(cls.__call__).parameters)[1:]
+            for cls in (CogVideoXVideoToVideoPipeline, CogVideoXFunControlPipeline)
+        },
     )
     arrays: dict[str, np.ndarray] = {}
     for c in CASES:
