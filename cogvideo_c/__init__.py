@@ -14,6 +14,7 @@ from .memory import (
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput, DiffusionPipeline
 from .pipeline_fun_control import CogVideoXFunControlPipeline
+from .pipeline_image2video import CogVideoXImageToVideoPipeline
 from .pipeline_video2video import CogVideoXVideoToVideoPipeline
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
@@ -46,6 +47,7 @@ def cuda_is_available():
 
 __all__ = [
     "CogVideoXPipeline",
+    "CogVideoXImageToVideoPipeline",
     "CogVideoXVideoToVideoPipeline",
     "CogVideoXFunControlPipeline",
     "DiffusionPipeline",
