@@ -51,37 +51,6 @@ def test_tiling_working_memory_depends_on_the_tile_not_the_frame(vae):
     assert ratio <= 1.3, f"quadrupling the area raised tiled working memory x{ratio:.3f} (> 1.3)"
 
 
-def test_tiled_video_encode_working_memory_depends_on_the_tile_not_the_frame(vae):
-    """The encode of a multi-frame video (17 frames: three of the encoder's frame batches, conv caches carried across
-    them), as video-to-video and Fun-Control run it. The core takes its own copy of the input video, which grows
-    with the frame like the input itself: the bound is on what the encode needs beyond input and output."""
-
-    def encode_beyond_input(x):
-        used, _ = working_memory(lambda v: vae.encode(v).latent_dist.parameters, x)
-        return used - x.nbytes
-
-    rng = np.random.default_rng(0)
-    small_video = rng.uniform(-1, 1, (1, 3, 17, 64, 64)).astype(np.float32)
-    large_video = rng.uniform(-1, 1, (1, 3, 17, 128, 128)).astype(np.float32)
-    plain = encode_beyond_input(large_video) / encode_beyond_input(small_video)
-    vae.enable_tiling(
-        tile_sample_min_height=32,
-        tile_sample_min_width=32,
-        tile_overlap_factor_height=1 / 4,
-        tile_overlap_factor_width=1 / 4,
-    )
-    try:
-        small = encode_beyond_input(small_video)
-        large = encode_beyond_input(large_video)
-    finally:
-        vae.disable_tiling()
-    ratio = large / small
-    print(f"tiled 17-frame encode beyond the input: {small} -> {large} bytes for 4x the frame area (x{ratio:.3f}; "
-          f"untiled x{plain:.3f})")  # fmt: skip
-    assert plain >= 1.8, f"untiled, 4x the frame area needs only x{plain:.2f}: the frame sizes prove nothing"
-    assert ratio <= 1.3, f"quadrupling the frame area raised the tiled encode's working memory x{ratio:.3f} (> 1.3)"
-
-
 def test_slicing_working_memory_is_one_batch_items(vae):
     vae.enable_slicing()
     try:
