@@ -67,11 +67,10 @@ class CogVideoXFunControlPipeline(_VideoConditioned, CogVideoXPipeline):
         control latents whose frames, size or channels do not fit, a transformer that is not a Fun-Control one,
         CogVideoXDPMScheduler) raise ValueError / OSError before any encoding or denoising.
         """
+        arguments = dict(locals())
         from .schedulers import CogVideoXDPMScheduler
 
-        height, width, _ = self._default_size(height, width, 1)
-        if timesteps is not None:
-            raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
+        height, width = self._video_call_size(height, width, timesteps)
         if control_video is not None and control_video_latents is not None:
             raise ValueError(
                 "Cannot pass both `control_video` and `control_video_latents`. Please make sure to pass only one of "
@@ -92,9 +91,6 @@ class CogVideoXFunControlPipeline(_VideoConditioned, CogVideoXPipeline):
                 f"the transformer takes {tc.in_channels} input channels; a Fun-Control transformer takes twice the "
                 f"VAE's {latent_channels} latent channels (noise + control latents), {2 * latent_channels}"
             )
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         s = self.vae_scale_factor_spatial
         encode_video = None
         if control_video is not None:
@@ -123,17 +119,9 @@ class CogVideoXFunControlPipeline(_VideoConditioned, CogVideoXPipeline):
             raise ValueError(f"{videos} control videos for {batch} prompts: pass one control video per prompt")
         if encode_video is not None:
             self._check_encode(encode_video, latent_frames, "control_video")
-        request = self._request(
-            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg,
-            num_videos_per_prompt=1, eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length, encode_video=encode_video,
-            control_video_latents=control_video_latents,
-        )  # fmt: skip
-        return self._call(request)
+        return self._call(self._video_request(arguments, height=height, width=width, num_frames=num_frames,
+                                              encode_video=encode_video,
+                                              control_video_latents=control_video_latents))  # fmt: skip
 
     def _prepare_call_latents(self, scheduler, request, report):
         """The initial noise (in_channels / 2 channels, as diffusers' prepare_latents draws it), then the control

@@ -35,6 +35,17 @@ class _VideoConditioned:
             self._warn_once("num_videos_per_prompt", f"num_videos_per_prompt={num_videos_per_prompt} is ignored: "
                             f"{type(self).__name__} makes one video per prompt (diffusers sets it to 1)")  # fmt: skip
 
+    def _video_call_size(self, height, width, timesteps):
+        """The call's height and width (the transformer's sample size by default, as diffusers), checked; custom
+        timesteps refused (the CogVideoX schedulers' set_timesteps takes none)."""
+        height, width, _ = self._default_size(height, width, 1)
+        if timesteps is not None:
+            raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        return height, width
+
     def _frames_for_latents(self, latent_frames):
         """The pixel frame count whose latents have latent_frames frames and that the VAE decodes back to itself:
         what the shared checks and the planner are given for a video of any length."""
@@ -77,6 +88,12 @@ class _VideoConditioned:
             else:
                 latents.append(dist.mode())
         return np.concatenate(latents).astype(np.float32, copy=False)
+
+    def _video_request(self, arguments, **derived):
+        """The call's _request from its __call__ arguments (`arguments`: the call's parameters by name) with what
+        the call derived from them replacing or adding entries (num_frames, the preprocessed video, ...)."""
+        passed = {k: v for k, v in arguments.items() if k not in ("self", "video", "control_video", "timesteps")}
+        return self._request(**dict(passed, num_videos_per_prompt=1, **derived))
 
     def _vae_encode_shapes(self, request):
         """The planner's encode stage: one video of the batch at a time."""
@@ -135,9 +152,8 @@ class CogVideoXVideoToVideoPipeline(_VideoConditioned, CogVideoXPipeline):
         cannot be read, a video and latents together, a transformer whose in_channels differ from the VAE's latent
         channels) raise ValueError / OSError before any encoding or denoising.
         """
-        height, width, _ = self._default_size(height, width, 1)
-        if timesteps is not None:
-            raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
+        arguments = dict(locals())
+        height, width = self._video_call_size(height, width, timesteps)
         if video is not None and latents is not None:
             raise ValueError("Only one of `video` or `latents` should be provided")
         if video is None and latents is None:
@@ -153,9 +169,6 @@ class CogVideoXVideoToVideoPipeline(_VideoConditioned, CogVideoXPipeline):
             )
         encode_video = None
         if video is not None:
-            for name, value in (("height", height), ("width", width)):
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                    raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
             encode_video = self._video_processor().preprocess_video(video, height, width)
             latent_frames = (encode_video.shape[2] - 1) // self.vae_scale_factor_temporal + 1
         else:
@@ -176,16 +189,8 @@ class CogVideoXVideoToVideoPipeline(_VideoConditioned, CogVideoXPipeline):
             self._check_encode(encode_video, latent_frames, "video")
         if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
             generator = np.random.default_rng(int(generator))  # one stream: posterior, noise, scheduler in turn
-        request = self._request(
-            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg,
-            num_videos_per_prompt=1, eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length, encode_video=encode_video, strength=strength,
-        )  # fmt: skip
-        return self._call(request)
+        return self._call(self._video_request(arguments, height=height, width=width, num_frames=num_frames,
+                                              generator=generator, encode_video=encode_video))  # fmt: skip
 
     def _prepare_timesteps(self, scheduler, request):
         """The scheduler's timesteps shortened by get_timesteps(strength); the noise goes in at the first one."""

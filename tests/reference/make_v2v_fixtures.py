@@ -63,7 +63,15 @@ from diffusers.pipelines.cogvideo import pipeline_cogvideox_fun_control, pipelin
 from diffusers.schedulers import scheduling_dpm_cogvideox
 from PIL import Image
 
-from _reference_common import print_file_sizes, recreate_dir, rerandomize_transformer, save_npz, versions
+from _reference_common import (
+    check_total_size,
+    numpy_randn_tensor_into,
+    plain,
+    recreate_dir,
+    rerandomize_transformer,
+    save_npz,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_FIXTURES = ROOT / "tests" / "fixtures" / "pipeline"
@@ -150,38 +158,9 @@ CASES = [
 # ----------------------------------------------------------------------------------------------------------------
 
 _draws: list[tuple[int, ...]] = []
-
-
-def numpy_randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-    """randn_tensor's rules (a list of one generator is that generator; a list draws per batch entry) with NumPy
-    Generators' float32 draws."""
-    shape = tuple(int(s) for s in shape)
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        arr = np.concatenate([g.standard_normal((1,) + shape[1:], dtype=np.float32) for g in generator[: shape[0]]])
-    elif isinstance(generator, np.random.Generator):
-        arr = generator.standard_normal(shape, dtype=np.float32)
-    else:
-        raise AssertionError(f"cases must pass NumPy Generators, got {type(generator)}")
-    _draws.append(shape)
-    return torch.from_numpy(arr).to(device=device, dtype=dtype)
-
-
-for _module in (vae_module, pipeline_cogvideox_video2video, pipeline_cogvideox_fun_control, scheduling_dpm_cogvideox):
-    _module.randn_tensor = numpy_randn_tensor
-
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def plain(obj):
-    if isinstance(obj, dict):
-        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+numpy_randn_tensor_into(
+    (vae_module, pipeline_cogvideox_video2video, pipeline_cogvideox_fun_control, scheduling_dpm_cogvideox), _draws
+)
 
 
 def make_scheduler(spec, folder_scheduler, configs):
@@ -358,12 +337,7 @@ def main() -> int:
         manifest["cases"].append(run_case(c, configs, arrays))
     save_npz(OUT / "v2v.npz", arrays)
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    total = print_file_sizes(OUT, header="sizes:", line="  {rel!s:60s} {size:9d}")
-    print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
-    if total > SIZE_LIMIT:
-        print(f"fixtures exceed {SIZE_LIMIT} bytes", file=sys.stderr)
-        return 1
-    return 0
+    return check_total_size(OUT, SIZE_LIMIT)
 
 
 if __name__ == "__main__":
