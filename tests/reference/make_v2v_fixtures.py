@@ -78,21 +78,6 @@ PIPELINE_FIXTURES = ROOT / "tests" / "fixtures" / "pipeline"
 OUT = ROOT / "tests" / "fixtures" / "v2v"
 SIZE_LIMIT = 1 * 2**20
 
-FUN_TRANSFORMER = dict(  # diffusers' tests/pipelines/cogvideo/test_cogvideox_fun_control.py
-    num_attention_heads=4,
-    attention_head_dim=8,
-    in_channels=8,
-    out_channels=4,
-    time_embed_dim=2,
-    text_embed_dim=32,
-    num_layers=1,
-    sample_width=2,
-    sample_height=2,
-    sample_frames=9,
-    patch_size=2,
-    temporal_compression_ratio=4,
-    max_text_seq_length=16,
-)
 FUN_SEED = 3000
 DEFAULT_DDIM = {k: v for k, v in DDIMScheduler().config.items() if not k.startswith("_")}
 # tiles of 16 x 16 pixels (2 x 2 latents) overlapping by half: the encode's tile steps (8 pixels) and the decode's
@@ -179,8 +164,11 @@ def make_scheduler(spec, folder_scheduler, configs):
 def build_fun() -> Path:
     """tests/fixtures/v2v/tiny_fun: model_index.json, transformer/, scheduler/ of a saved Fun-Control pipeline."""
     base = CogVideoXPipeline.from_pretrained(str(PIPELINE_FIXTURES / "tiny_2b"), torch_dtype=torch.float32)
+    # diffusers' tests/pipelines/cogvideo/test_cogvideox_fun_control.py: its text-to-video test transformer (the
+    # one tiny_2b has) with in_channels 8, twice the latent channels
+    config = {k: v for k, v in dict(base.transformer.config).items() if not k.startswith("_")}
     torch.manual_seed(FUN_SEED)
-    transformer = CogVideoXTransformer3DModel(**FUN_TRANSFORMER).eval()
+    transformer = CogVideoXTransformer3DModel(**dict(config, in_channels=8)).eval()
     rerandomize_transformer(transformer, FUN_SEED + 1)
     pipe = CogVideoXFunControlPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
                                        transformer=transformer, scheduler=DDIMScheduler())  # fmt: skip
