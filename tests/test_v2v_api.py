@@ -95,3 +95,14 @@ def test_auto_offload_plans_the_video_encode_stage():
     check_frames(case, call(pipe, case), " (auto offload on emu)")
     stage = pipe.memory_report()["encode_video"]
     assert (stage["component"], stage["device"]) == ("vae", "emu") and stage["arena_bytes"] > 0, stage
+
+
+def test_latents_instead_of_a_video_start_from_them():
+    """latents= (diffusers: used instead of encoding `video`, times init_noise_sigma, no noise added): diffusers'
+    own noised video latents of a DDIM case give that case's golden frames, with no video and no generator."""
+    case = _BY_NAME["v2v_2b_cogddim_s05_cfg"]
+    pipe = load_pipeline(case)
+    assert pipe.scheduler.init_noise_sigma == 1.0
+    latents = _arrays()[case["initial_latents_key"]].copy()
+    kwargs = dict(case["call_kwargs"], latents=latents, output_type="np")
+    check_frames(case, pipe(**kwargs).frames, " (latents=, no video)")
