@@ -1032,16 +1032,7 @@ class CogVideoXPipeline(DiffusionPipeline):
         self.check_inputs(prompt, height, width, num_frames, num_inference_steps, negative_prompt,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
                           output_type, latents, guidance_scale, num_videos_per_prompt, eta)  # fmt: skip
-        request = self._request(
-            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg,
-            num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            return_dict=return_dict, attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
-        )  # fmt: skip
-        return self._call(request)
+        return self._call(self._request(locals()))
 
     # ---- the shared call: one denoising loop, and the hooks the other CogVideoX pipelines override -----------
 
@@ -1052,12 +1043,13 @@ class CogVideoXPipeline(DiffusionPipeline):
         width = width or tc.sample_width * self.vae_scale_factor_spatial
         return height, width, num_frames or tc.sample_frames
 
-    def _request(self, **arguments):
-        """One call's checked arguments (the __call__ parameters of the pipeline, by name) plus what every stage
-        derives from them: batch_size (prompts), videos (batch_size x num_videos_per_prompt), do_cfg, and
+    def _request(self, arguments):
+        """One call's checked arguments plus what every stage derives from them. `arguments`: the pipeline's
+        __call__ parameters by name (its `locals()` after the defaults and checks; "self" and "timesteps" are left
+        out). Derived: batch_size (prompts), videos (batch_size x num_videos_per_prompt), do_cfg, and
         additional_frames, the latent frames CogVideoX 1.5 adds to whole temporal patches (num_frames is then the
-        padded pixel frame count, as diffusers carries it into prepare_latents)."""
-        r = _CallRequest(**arguments)
+        padded pixel frame count, as diffusers carries it into prepare_latents; requested_frames the given one)."""
+        r = _CallRequest(**{k: v for k, v in arguments.items() if k not in ("self", "__class__", "timesteps")})
         if r.prompt is not None:
             r.batch_size = 1 if isinstance(r.prompt, str) else len(r.prompt)
         else:

@@ -155,15 +155,7 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         self.check_inputs(image, prompt, height, width, negative_prompt, callback_on_step_end_tensor_inputs,
                           latents, prompt_embeds, negative_prompt_embeds, num_frames, num_inference_steps,
                           output_type, guidance_scale, num_videos_per_prompt, eta)  # fmt: skip
-        request = self._request(
-            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg,
-            num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            return_dict=return_dict, attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
-        )  # fmt: skip
+        request = self._request(locals())
         request.image = self._load_images(image, request.batch_size, num_videos_per_prompt, height, width)
         _check_generators(generator, request.videos)
         return self._call(request)

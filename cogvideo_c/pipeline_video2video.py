@@ -92,8 +92,8 @@ class _VideoConditioned:
     def _video_request(self, arguments, **derived):
         """The call's _request from its __call__ arguments (`arguments`: the call's parameters by name) with what
         the call derived from them replacing or adding entries (num_frames, the preprocessed video, ...)."""
-        passed = {k: v for k, v in arguments.items() if k not in ("self", "video", "control_video", "timesteps")}
-        return self._request(**dict(passed, num_videos_per_prompt=1, **derived))
+        passed = {k: v for k, v in arguments.items() if k not in ("video", "control_video")}
+        return self._request(dict(passed, num_videos_per_prompt=1, **derived))
 
     def _vae_encode_shapes(self, request):
         """The planner's encode stage: one video of the batch at a time."""

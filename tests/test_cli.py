@@ -233,6 +233,7 @@ def test_generate_with_video_runs_video_to_video_on_the_embedded_pipeline(tmp_pa
         (["--video", "{tmp}/source.gif", "--strength", "1.5"], r"strength should in (0.0, 1.0] but is 1.5"),
         (["--video", "{tmp}/source.gif", "--frames", "9"], "--frames does not apply with --video"),
         (["--strength", "0.5"], "--strength goes with --video"),
+        (["--video", "{tmp}/source.gif", "--image", "{tmp}/source.gif"], "--image (image to video) and --video"),
     ],
 )
 def test_generate_checks_the_video_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, match):

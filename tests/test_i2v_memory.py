@@ -79,7 +79,7 @@ def _request(pipe, **overrides):
               attention_kwargs=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=["latents"],
               max_sequence_length=226)  # fmt: skip
     kw.update(overrides)
-    return pipe._request(**kw)
+    return pipe._request(kw)
 
 
 def test_the_planner_sizes_the_vae_by_its_larger_stage_encode_or_decode(i2v_folder):

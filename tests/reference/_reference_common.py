@@ -72,12 +72,6 @@ def check_total_size(out: Path, limit: int) -> int:
     return 0
 
 
-def rounded_normal(rng: np.random.Generator, shape) -> np.ndarray:
-    """Standard normal float32 values, rounded to multiples of 2^-10 (the rounding only makes them compress)."""
-    z = rng.standard_normal(shape)
-    return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
-
-
 def plain(obj):
     """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
     if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
@@ -87,6 +81,12 @@ def plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def rounded_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normal float32 values, rounded to multiples of 2^-10 (the rounding only makes them compress)."""
+    z = rng.standard_normal(shape)
+    return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
 
 
 def numpy_randn_tensor_into(modules, draws: list):

@@ -59,7 +59,7 @@ from diffusers.models.autoencoders import vae as vae_module
 from diffusers.pipelines.cogvideo import pipeline_cogvideox_image2video as i2v_module
 from diffusers.schedulers import scheduling_dpm_cogvideox
 
-from _reference_common import print_file_sizes, recreate_dir, rerandomize_transformer, save_npz, versions
+from _reference_common import plain, print_file_sizes, recreate_dir, rerandomize_transformer, save_npz, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "tests" / "fixtures" / "pipeline" / "tiny_5b"
@@ -157,16 +157,6 @@ def numpy_randn_tensor(shape, generator=None, device=None, dtype=None, layout=No
 
 for _module in (vae_module, i2v_module, scheduling_dpm_cogvideox):
     _module.randn_tensor = numpy_randn_tensor
-
-
-def plain(obj):
-    if isinstance(obj, dict):
-        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def build(name: str, base: CogVideoXPipeline) -> CogVideoXImageToVideoPipeline:
@@ -303,8 +293,8 @@ def main() -> int:
         folder_scheduler = pipe.scheduler
         manifest["pipelines"][name] = dict(
             dir=name,
-            transformer_config=plain(dict(pipe.transformer.config)),
-            vae_config=plain(dict(pipe.vae.config)),
+            transformer_config={k: v for k, v in plain(dict(pipe.transformer.config)).items() if k != "_name_or_path"},
+            vae_config={k: v for k, v in plain(dict(pipe.vae.config)).items() if k != "_name_or_path"},
             model_index=json.loads((d / "model_index.json").read_text()),
         )
         for c in CASES:
