@@ -126,8 +126,8 @@ CASES = [
     v2v("v2v_2b_cogddim_batch2_genlist", "tiny_2b", "folder", (2, 9, 16, 16, 14), [P_MONKEY, P_CAT], 3, 0.8, 6.0,
         16, 16, [204, 205]),
     # RoPE (5b-style) with the DPM scheduler: posterior, add_noise and every step draw from one generator
-    v2v("v2v_5b_dpm_s08_dyncfg", "tiny_5b", ("CogVideoXDPMScheduler", "folder"), (1, 9, 32, 48, 15), P_PANDA, 5,
-        0.8, 6.0, 32, 48, 206, dyn=True),
+    v2v("v2v_5b_dpm_s08_dyncfg", "tiny_5b", ("CogVideoXDPMScheduler", "folder"), (1, 9, 16, 32, 15), P_PANDA, 5,
+        0.8, 6.0, 16, 32, 206, dyn=True),
     v2v("v2v_5b_dpm_s05_nocfg_tiled", "tiny_5b", ("CogVideoXDPMScheduler", "folder"), (1, 5, 32, 32, 16), P_ROBOT, 4,
         0.5, 1.0, 32, 32, 207, tiling=TILING, kind="np"),
     fun("fun_ddim_cfg_gen", "folder", (1, 9, 16, 16, 21), P_PANDA, 3, 6.0, 16, 16, gen=301),
