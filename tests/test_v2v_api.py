@@ -86,17 +86,6 @@ def test_video_to_video_from_a_text_to_video_pipelines_components():
         check_frames(case, call(pipe, case), " (from CogVideoXPipeline's components)")
 
 
-def test_auto_offload_plans_the_video_encode_stage():
-    """enable_auto_offload sizes the VAE's encode of the video as well as the decode (the planner's
-    _vae_encode_shapes): the golden frames, with the encode run on the device."""
-    case = _BY_NAME["v2v_2b_cogddim_s05_cfg"]
-    pipe = load_pipeline(case)
-    pipe.enable_auto_offload(max_memory="1GB", device="emu")
-    check_frames(case, call(pipe, case), " (auto offload on emu)")
-    stage = pipe.memory_report()["encode_video"]
-    assert (stage["component"], stage["device"]) == ("vae", "emu") and stage["arena_bytes"] > 0, stage
-
-
 def test_latents_instead_of_a_video_start_from_them():
     """latents= (diffusers: used instead of encoding `video`, times init_noise_sigma, no noise added): diffusers'
     own noised video latents of a DDIM case give that case's golden frames, with no video and no generator."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_offload import apply
 
 import cogvideo_c
 from fixture_cases import case_params, compare_abs, npz_arrays
@@ -160,17 +161,14 @@ def test_v2v_initial_latents_match_diffusers():
 DEVICE_CASES = ("v2v_2b_cogddim_s05_cfg", "fun_ddim_cfg_gen")
 
 
-@pytest.mark.parametrize("strategy", ["to", "model", "sequential"])
+@pytest.mark.parametrize("strategy", ["none", "model", "sequential", "auto"])
 @pytest.mark.parametrize("name", DEVICE_CASES)
 def test_on_the_emulated_accelerator(name, strategy):
+    """pipe.to("emu"), enable_model_cpu_offload / enable_sequential_cpu_offload / enable_auto_offload(device="emu")
+    (test_offload's `apply`)."""
     case = _BY_NAME[name]
     pipe = load_pipeline(case)
-    if strategy == "to":
-        pipe.to("emu")
-    elif strategy == "model":
-        pipe.enable_model_cpu_offload(device="emu")
-    else:
-        pipe.enable_sequential_cpu_offload(device="emu")
+    apply(pipe, strategy, "emu")
     check_frames(case, call(pipe, case), f" on emu ({strategy})")
     # the encode ran as its own stage, on the device, with the whole VAE there (under every strategy the VAE
     # comes to the device whole: its blocks rerun for every frame batch)
