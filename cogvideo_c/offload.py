@@ -183,7 +183,8 @@ class OffloadChain:
         names = (pipe.model_cpu_offload_seq or "").split("->")
         models = pipe._models()
         # the sequence first, then any other model (offloaded like the rest), as diffusers hooks them
-        ordered = [getattr(pipe, n, None) for n in names]
+        # a name listed twice (Fun-Control's "text_encoder->vae->transformer->vae") is hooked once, as diffusers
+        ordered = [getattr(pipe, n, None) for n in dict.fromkeys(names)]
         self.models = [m for m in ordered if m in models] + [m for m in models if m not in ordered]
         self.policies = {}
         for model in self.models:

@@ -92,14 +92,9 @@ def _finite_array(value, name):
     return arr
 
 
-def _initial_noise(shape, generator, latents):
-    """The initial latents of `shape`, before init_noise_sigma: drawn from `generator` (one draw for the batch, or
-    one per video from a list of generators, as diffusers' randn_tensor draws), or the given `latents` checked."""
-    if latents is not None:
-        latents = np.asarray(latents, dtype=np.float32)
-        if latents.shape != shape:
-            raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
-        return latents
+def randn_tensor(shape, generator=None):
+    """N(0, 1) float32 noise of `shape` drawn as diffusers' randn_tensor draws it: from one generator (or seed), or
+    with a list of generators one (1, *shape[1:]) draw per batch entry from generator[i], concatenated."""
     if isinstance(generator, list):
         if len(generator) != shape[0]:
             raise ValueError(
@@ -108,6 +103,17 @@ def _initial_noise(shape, generator, latents):
             )
         return np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
     return _standard_normal(shape, generator)
+
+
+def _initial_noise(shape, generator, latents):
+    """The initial latents of `shape`, before init_noise_sigma: drawn from `generator` (randn_tensor's rules), or the
+    given `latents` checked."""
+    if latents is None:
+        return randn_tensor(shape, generator)
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape != shape:
+        raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
+    return latents
 
 
 def _host_memory_bytes():

@@ -67,8 +67,8 @@ from diffusers.schedulers import scheduling_dpm_cogvideox
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from _reference_common import (
+    check_total_size,
     plain,
-    print_file_sizes,
     recreate_dir,
     rerandomize_t5,
     rerandomize_transformer,
@@ -609,12 +609,7 @@ def main() -> int:
     save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
     (OUT / "run_dtype.json").write_text(json.dumps(run_manifest, indent=1) + "\n")
 
-    total = print_file_sizes(OUT, header="sizes:", line="  {rel!s:60s} {size:9d}")
-    print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
-    if total > SIZE_LIMIT:
-        print(f"fixtures exceed {SIZE_LIMIT} bytes", file=sys.stderr)
-        return 1
-    return 0
+    return check_total_size(OUT, SIZE_LIMIT)
 
 
 if __name__ == "__main__":
