@@ -215,7 +215,8 @@ def _plan(index, metadata, linears, prefix, source):
         a, b = pairs[m].get("A"), pairs[m].get("B")
         out_f, in_f = linears[m]
         if a is None or b is None:
-            problems.append(f"{m!r} has lora_{'B' if a is not None else 'A'}.weight without its lora_{'A' if a is not None else 'B'}.weight")
+            has, lacks = ("A", "B") if a is not None else ("B", "A")
+            problems.append(f"{m!r} has lora_{has}.weight without its lora_{lacks}.weight")
             continue
         if len(a) != 2 or len(b) != 2:
             problems.append(f"{m!r}: lora_A {list(a)} and lora_B {list(b)} must be 2-D")

@@ -1080,7 +1080,7 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
                 timestep = np.full((latent_model_input.shape[0],), t, dtype=np.int64)
                 noise_pred = self.transformer(
                     hidden_states=latent_model_input, encoder_hidden_states=prompt_embeds, timestep=timestep,
-                    image_rotary_emb=image_rotary_emb, attention_kwargs=attention_kwargs, return_dict=False,
+                    image_rotary_emb=image_rotary_emb, attention_kwargs=state.attention_kwargs, return_dict=False,
                 )[0].astype(np.float32, copy=False)  # fmt: skip
                 if use_dynamic_cfg:
                     # the raw timestep value in a Python double, as diffusers computes it (spec: reproduce literally)
