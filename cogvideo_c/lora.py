@@ -178,8 +178,9 @@ def _plan(index, metadata, linears, prefix, source):
         other = sorted({k.split(".")[0] for k in keys if not k.startswith(prefix + ".")})
         keys = [k for k in keys if k.startswith(prefix + ".")]
         if other:
-            warnings.warn(f"{source}: keys under {other} are ignored (a CogVideoX pipeline loads LoRA into "
-                          f"'{prefix}' only, as diffusers' CogVideoXLoraLoaderMixin)", UserWarning, stacklevel=4)  # fmt: skip
+            message = (f"{source}: keys under {other} are ignored (a CogVideoX pipeline loads LoRA into "
+                       f"'{prefix}' only, as diffusers' CogVideoXLoraLoaderMixin)")  # fmt: skip
+            warnings.warn(message, UserWarning, stacklevel=4)
     if metadata is not None and prefix is not None:
         metadata = {k[len(prefix) + 1 :]: v for k, v in metadata.items() if k.startswith(prefix + ".")} or None
     strip = len(prefix) + 1 if prefix is not None else 0
@@ -208,8 +209,9 @@ def _plan(index, metadata, linears, prefix, source):
             raise ValueError(f"{source}: the adapter's config asks for {what}, which cogvideo_c does not support")
     missing = [m for m in modules if m not in linears]
     if missing:
+        named = ", ".join(repr(f"{prefix}.{m}" if prefix else m) for m in missing)
         raise ValueError(f"{source}: the LoRA has keys for {len(missing)} module(s) the transformer lacks (or that "
-                         f"are not Linear layers): {', '.join(repr(f'{prefix}.{m}' if prefix else m) for m in missing)}")  # fmt: skip
+                         f"are not Linear layers): {named}")  # fmt: skip
     problems, scalings = [], []
     for m in modules:
         a, b = pairs[m].get("A"), pairs[m].get("B")
@@ -414,9 +416,7 @@ class PeftAdapterMixin:
             if "non-finite" not in str(e):
                 raise
             bad = self._lora_adapters[int(re.search(r"adapter (\d+)", str(e)).group(1))].name
-            raise ValueError(
-                f"NaNs detected in the merged weights. The adapter {bad} seems to be broken"
-            ) from None
+            raise ValueError(f"NaNs detected in the merged weights. The adapter {bad} seems to be broken") from None
         self._lora_merged |= set(todo)
 
     def unfuse_lora(self):
@@ -515,9 +515,11 @@ class CogVideoXLoraLoaderMixin:
         self.transformer.delete_adapters(adapter_names)
 
     def enable_lora(self):
+        """Applies the active adapters again after ``disable_lora``."""
         self.transformer.enable_lora()
 
     def disable_lora(self):
+        """Runs the transformer without its adapters (they stay loaded)."""
         self.transformer.disable_lora()
 
     def fuse_lora(self, components=["transformer"], lora_scale=1.0, safe_fusing=False, adapter_names=None, **kwargs):  # noqa: B006

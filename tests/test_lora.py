@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixture_cases import compare_abs, compare_rel
 
 import cogvideo_c
 from cogvideo_c import _C, cli
+from fixture_cases import compare_abs, compare_rel
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LORA = FIXTURES / "lora"
@@ -202,7 +202,8 @@ def _write(tmp_path, tensors, metadata=None):
 
 
 def _pair(module, r, in_f, out_f, prefix="transformer."):
-    return {f"{prefix}{module}.lora_A.weight": np.zeros((r, in_f)), f"{prefix}{module}.lora_B.weight": np.zeros((out_f, r))}
+    return {f"{prefix}{module}.lora_A.weight": np.zeros((r, in_f)),
+            f"{prefix}{module}.lora_B.weight": np.zeros((out_f, r))}  # fmt: skip
 
 
 Q = "transformer_blocks.0.attn1.to_q"  # 32 -> 32 in the tiny 5b model
@@ -347,8 +348,10 @@ def test_loading_grows_host_rss_by_about_the_adapter(tmp_path):
     assert got["weights"] > 40 * 2**20 and got["adapter"] > 4 * 2**20, got  # the model is 10x the adapter
     # the adapter once (read in place from its page-cached file) and a little bookkeeping; a copy of the model
     # (the weights, 40+ MiB) would break it
-    print(f"RSS grew {got['grew'] / 2**20:.2f} MiB loading a {got['adapter'] / 2**20:.2f} MiB adapter on a "
-          f"{got['weights'] / 2**20:.1f} MiB model")
+    print(
+        f"RSS grew {got['grew'] / 2**20:.2f} MiB loading a {got['adapter'] / 2**20:.2f} MiB adapter on a "
+        f"{got['weights'] / 2**20:.1f} MiB model"
+    )
     assert 0.9 * got["adapter"] <= got["grew"] <= 1.1 * got["adapter"] + 4 * 2**20, got
 
 

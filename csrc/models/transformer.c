@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/backend.h"
 #include "../mem/residency.h"
+#include "../ops/backend.h"
 #include "weights.h"
 
 /* Every weight, vectors included, stays in the checkpoint dtype (weight bytes = checkpoint bytes); vectors are
@@ -25,8 +25,8 @@ typedef struct tr_linear {
     const void *w; /* [out, in]; first: the weight's slot is the linear's address (find_linear relies on it) */
     const void *b; /* [out] or NULL */
     int in, out;
-    tr_lora *lora;     /* the unfused adapter terms on this linear, in load order (NULL: none) */
-    int decl;          /* the weight's declaration index (set when a LoRA first targets the linear) */
+    tr_lora *lora; /* the unfused adapter terms on this linear, in load order (NULL: none) */
+    int decl;      /* the weight's declaration index (set when a LoRA first targets the linear) */
     /* fuse_lora: the weight reads `fused` (W + sum s B A, run dtype) while adapters are merged; unfused terms are
      * then skipped, as peft's merged layers do. `baked`: a fused copy that unload_lora_weights kept as the linear's
      * own weight. `orig`: the checkpoint's bytes, kept untouched for unfuse_lora (set at the first fuse). */
@@ -36,10 +36,10 @@ typedef struct tr_linear {
 
 /* One adapted linear of one adapter: y += s * B (A x), s = scaling x the call's weight for the adapter. */
 struct tr_lora {
-    const void *A, *B;         /* weight slots: A [rank, in], B [out, rank] in the run dtype */
+    const void *A, *B; /* weight slots: A [rank, in], B [out, rank] in the run dtype */
     const void *host_A, *host_B;
-    int rank, adapter, group;  /* adapter: its index in cvx_transformer.adapters */
-    float scaling;             /* lora_alpha / r (or / sqrt(r) with rslora), as the caller derived it */
+    int rank, adapter, group; /* adapter: its index in cvx_transformer.adapters */
+    float scaling;            /* lora_alpha / r (or / sqrt(r) with rslora), as the caller derived it */
     tr_linear *target;
     tr_lora *next;
 };
@@ -291,8 +291,8 @@ void cvx_transformer_free(cvx_transformer *tr) {
     cvx_weights_free(&tr->weights); /* the residency first: its copies may still read the adapters' bytes */
     for (int i = 0; i < tr->num_adapters; i++) adapter_free(tr->adapters[i]);
     free(tr->adapters);
-    tr_linear *all[] = {&tr->patch_proj, &tr->text_proj, &tr->time_linear_1, &tr->time_linear_2, &tr->ofs_linear_1,
-                        &tr->ofs_linear_2, &tr->norm_out_linear, &tr->proj_out};
+    tr_linear *all[] = {&tr->patch_proj,   &tr->text_proj,    &tr->time_linear_1,   &tr->time_linear_2,
+                        &tr->ofs_linear_1, &tr->ofs_linear_2, &tr->norm_out_linear, &tr->proj_out};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         cvx_mem_free(all[i]->fused);
         cvx_mem_free(all[i]->baked);
@@ -321,7 +321,6 @@ const cvx_weights *cvx_transformer_weights(const cvx_transformer *tr) { return &
  * tensors in its device layout), so every residency policy moves and streams them with their block; the checkpoint's
  * own bytes are never copied. A fused linear reads a private copy W + sum s_i B_i A_i instead of the checkpoint's
  * bytes; unfusing points it back at the untouched original. */
-
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -450,8 +449,8 @@ cvx_status cvx_transformer_lora_load(cvx_transformer *tr, const cvx_st_file *st,
             break;
         }
         if (!(scalings[k] == scalings[k]) || scalings[k] > 1e30f || scalings[k] < -1e30f) {
-            status = CVX_FAIL(CVX_ERR_INVALID, "LoRA scaling %g of '%s' is not finite", (double)scalings[k],
-                              modules[k]);
+            status =
+                CVX_FAIL(CVX_ERR_INVALID, "LoRA scaling %g of '%s' is not finite", (double)scalings[k], modules[k]);
             break;
         }
         snprintf(key[0], sizeof(key[0]), "%s%s.lora_A.weight", prefix, modules[k]);
@@ -477,10 +476,10 @@ cvx_status cvx_transformer_lora_load(cvx_transformer *tr, const cvx_st_file *st,
         t->adapter = tr->num_adapters;
         t->group = tr->weights.decls[l->decl].group;
         for (int m = 0; m < 2; m++)
-            if (!lora_in_place(ta[m], dtype)) convert_bytes += align64((size_t)(ta[m]->nbytes / cvx_dtype_size(ta[m]->dtype)) * esize);
+            if (!lora_in_place(ta[m], dtype))
+                convert_bytes += align64((size_t)(ta[m]->nbytes / cvx_dtype_size(ta[m]->dtype)) * esize);
     }
-    if (status == CVX_OK && convert_bytes)
-        status = cvx_mem_alloc_pages(CVX_MEM_WEIGHTS, convert_bytes, &a->converted);
+    if (status == CVX_OK && convert_bytes) status = cvx_mem_alloc_pages(CVX_MEM_WEIGHTS, convert_bytes, &a->converted);
     size_t at = 0;
     for (int k = 0; k < count && status == CVX_OK; k++) {
         tr_lora *t = &a->terms[k];
@@ -557,8 +556,8 @@ cvx_status cvx_transformer_lora_delete(cvx_transformer *tr, int index) {
 
 /* Calls fn on every linear of the model. */
 static void each_linear(cvx_transformer *tr, void (*fn)(cvx_transformer *, tr_linear *, void *), void *arg) {
-    tr_linear *all[] = {&tr->patch_proj, &tr->text_proj, &tr->time_linear_1, &tr->time_linear_2, &tr->ofs_linear_1,
-                        &tr->ofs_linear_2, &tr->norm_out_linear, &tr->proj_out};
+    tr_linear *all[] = {&tr->patch_proj,   &tr->text_proj,    &tr->time_linear_1,   &tr->time_linear_2,
+                        &tr->ofs_linear_1, &tr->ofs_linear_2, &tr->norm_out_linear, &tr->proj_out};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) fn(tr, all[i], arg);
     for (int b = 0; b < tr->cfg.num_layers; b++) {
         tr_block *blk = &tr->blocks[b];
@@ -779,8 +778,7 @@ static cvx_status lora_apply(cvx_ctx *ctx, const tr_linear *l, const tr_run *run
     return CVX_OK;
 }
 
-static cvx_status linear(cvx_ctx *ctx, const tr_linear *l, const tr_run *run, const float *x, int64_t rows,
-                         float *y) {
+static cvx_status linear(cvx_ctx *ctx, const tr_linear *l, const tr_run *run, const float *x, int64_t rows, float *y) {
     CVX_CHECK(BE->linear(ctx, x, rows, l->in, l->w, run->dt, l->b, l->out, y));
     return l->lora ? lora_apply(ctx, l, run, x, rows, y) : CVX_OK;
 }
@@ -961,8 +959,8 @@ static cvx_status forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transform
      * scalars computed on the host. */
     float *host = malloc((size_t)(B * small) * sizeof(float));
     if (!host) return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the timestep embedding");
-    cvx_status st = timestep_embedding(ctx, tr, run, &tr->time_linear_1, &tr->time_linear_2, in->timestep, B, (int)D, host,
-                                       bf->small, small, bf->temb);
+    cvx_status st = timestep_embedding(ctx, tr, run, &tr->time_linear_1, &tr->time_linear_2, in->timestep, B, (int)D,
+                                       host, bf->small, small, bf->temb);
     if (st == CVX_OK && c->ofs_embed_dim) {
         st = timestep_embedding(ctx, tr, run, &tr->ofs_linear_1, &tr->ofs_linear_2, in->ofs, B, c->ofs_embed_dim, host,
                                 bf->small, small, bf->silu_temb);
@@ -1073,7 +1071,8 @@ cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_
                         tr->num_adapters);
     for (int a = 0; a < in->lora_count; a++)
         if (!isfinite(in->lora_scales[a]))
-            return CVX_FAIL(CVX_ERR_INVALID, "LoRA adapter %d's weight %g is not finite", a, (double)in->lora_scales[a]);
+            return CVX_FAIL(CVX_ERR_INVALID, "LoRA adapter %d's weight %g is not finite", a,
+                            (double)in->lora_scales[a]);
     tr_buffers bf;
     memset(&bf, 0, sizeof(bf));
     bf.run = (tr_run){tr->dtype, in->lora_count ? in->lora_scales : NULL, in->lora_count};

@@ -82,7 +82,7 @@ def make_adapter(name, spec):
     tr.add_adapter(config, adapter_name=name)
     rng = np.random.default_rng(spec["seed"])
     with torch.no_grad():
-        for mod_name, mod in tr.named_modules():
+        for mod in tr.modules():
             if hasattr(mod, "lora_A") and name in mod.lora_A:
                 a, b = mod.lora_A[name].weight, mod.lora_B[name].weight
                 # A ~ N(0, 1/in), B ~ N(0, 0.3^2 / r): an update of about 0.3 x the input's scale
