@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_offload import apply
 
 import cogvideo_c
 from cogvideo_c import _C, cli
@@ -137,19 +138,20 @@ def test_memory_stats_and_groups_hold_the_adapter_bytes():
     assert cogvideo_c.memory_stats()["lora_bytes.current"] == before_stats
 
 
-@pytest.mark.parametrize("strategy", ["none", "model", "sequential"])
-def test_emulated_device_and_offload_give_the_cpu_numbers(strategy):
+def mixed_on(device, strategy):
+    """(a CPU transformer and its output with the three adapters mixed; a pipeline with the same adapters on
+    `device` under `strategy`)."""
     cpu = transformer()
     replay(cpu, CASES["mix"]["steps"])
-    want = forward(cpu, 0.8)
     pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(str(PIPE_DIR))
     replay(pipe, CASES["mix"]["steps"])
-    if strategy == "none":
-        pipe.to("emu")
-    elif strategy == "model":
-        pipe.enable_model_cpu_offload(device="emu")
-    else:
-        pipe.enable_sequential_cpu_offload(device="emu")
+    apply(pipe, strategy, device)
+    return cpu, forward(cpu, 0.8), pipe
+
+
+@pytest.mark.parametrize("strategy", ["none", "model", "sequential"])
+def test_emulated_device_and_offload_give_the_cpu_numbers(strategy):
+    cpu, want, pipe = mixed_on("emu", strategy)
     assert np.array_equal(forward(pipe.transformer, 0.8), want)
     if strategy == "sequential":
         info = _C.residency_info(pipe.transformer._core)
@@ -161,7 +163,6 @@ def test_emulated_device_and_offload_give_the_cpu_numbers(strategy):
     pipe.unload_lora_weights()
     cpu.unload_lora()
     assert np.array_equal(forward(pipe.transformer), forward(cpu))
-    pipe.to("cpu") if strategy == "none" else pipe.remove_all_hooks() if hasattr(pipe, "remove_all_hooks") else None
 
 
 def test_whole_pipeline_matches_diffusers_frames():
@@ -359,12 +360,7 @@ def test_loading_grows_host_rss_by_about_the_adapter(tmp_path):
 @pytest.mark.skipif(not cogvideo_c.build_info().get("cuda"), reason="no CUDA device in this build")
 @pytest.mark.parametrize("strategy", ["none", "sequential"])
 def test_cuda_matches_cpu(strategy):
-    cpu = transformer()
-    replay(cpu, CASES["mix"]["steps"])
-    want = forward(cpu, 0.8)
-    pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(str(PIPE_DIR))
-    replay(pipe, CASES["mix"]["steps"])
-    pipe.to("cuda") if strategy == "none" else pipe.enable_sequential_cpu_offload(device="cuda")
+    _, want, pipe = mixed_on("cuda", strategy)
     compare_rel(f"cuda {strategy}", forward(pipe.transformer, 0.8), want, REL, "the CPU backend")
     compare_rel(f"cuda {strategy} vs diffusers", forward(pipe.transformer, 0.8), ARRAYS["mix__out"], REL, REF)
     pipe.fuse_lora(lora_scale=0.5)
