@@ -31,6 +31,9 @@ Cases (transformer called directly, float32 CPU; RoPE tables as the pipeline bui
   unloaded         after unload_lora_weights() (must equal base exactly)
   fused_unloaded   attn loaded, fuse_lora(), unload_lora_weights(): the fused weights stay
 Whole pipeline: "attn" at set_adapters weight 0.8 on tiny_5b, case 5b_cogddim_dyncfg_crop's arguments.
+
+Reruns give the same arrays and tensors; only the order of the two __metadata__ entries of the files written with
+metadata may change (safetensors writes them from a hash map).
 """
 
 from __future__ import annotations
