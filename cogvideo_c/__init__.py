@@ -13,6 +13,9 @@ from .memory import (
 )
 from .models import AutoencoderKLCogVideoX, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 from .pipeline import CogVideoXPipeline, CogVideoXPipelineOutput, DiffusionPipeline
+from .pipeline_fun_control import CogVideoXFunControlPipeline
+from .pipeline_image2video import CogVideoXImageToVideoPipeline
+from .pipeline_video2video import CogVideoXVideoToVideoPipeline
 from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DDIMSchedulerOutput
 from .t5 import T5EncoderModel
 from .tokenizer import AutoTokenizer, T5Tokenizer, T5TokenizerFast
@@ -44,6 +47,9 @@ def cuda_is_available():
 
 __all__ = [
     "CogVideoXPipeline",
+    "CogVideoXImageToVideoPipeline",
+    "CogVideoXVideoToVideoPipeline",
+    "CogVideoXFunControlPipeline",
     "DiffusionPipeline",
     "CogVideoXPipelineOutput",
     "CogVideoXDDIMScheduler",

@@ -183,7 +183,8 @@ class OffloadChain:
         names = (pipe.model_cpu_offload_seq or "").split("->")
         models = pipe._models()
         # the sequence first, then any other model (offloaded like the rest), as diffusers hooks them
-        ordered = [getattr(pipe, n, None) for n in names]
+        # a name listed twice (Fun-Control's "text_encoder->vae->transformer->vae") is hooked once, as diffusers
+        ordered = [getattr(pipe, n, None) for n in dict.fromkeys(names)]
         self.models = [m for m in ordered if m in models] + [m for m in models if m not in ordered]
         self.policies = {}
         for model in self.models:
@@ -248,7 +249,8 @@ def host_memory():
 
 
 class MemoryReport(dict):
-    """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", "denoise", "decode"), each a
+    """pipe.memory_report(): one entry per stage of the last call ("encode_prompt", the VAE encode of a conditioning
+    input such as image-to-video's "encode_image", "denoise", "decode"), each a
     dict of the component that ran, its device, wall seconds, the device's peak bytes during the stage (total,
     weights, activations), the component's activation arena (the last forward's, sized by its measuring pass),
     the weight bytes copied to the device and the copy time,

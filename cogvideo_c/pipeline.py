@@ -93,6 +93,30 @@ def _finite_array(value, name):
     return arr
 
 
+def randn_tensor(shape, generator=None):
+    """N(0, 1) float32 noise of `shape` drawn as diffusers' randn_tensor draws it: from one generator (or seed), or
+    with a list of generators one (1, *shape[1:]) draw per batch entry from generator[i], concatenated."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(
+                f"{len(generator)} generators for a batch of {shape[0]} videos (prompts x num_videos_per_prompt): "
+                "pass one generator per video"
+            )
+        return np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
+    return _standard_normal(shape, generator)
+
+
+def _initial_noise(shape, generator, latents):
+    """The initial latents of `shape`, before init_noise_sigma: drawn from `generator` (randn_tensor's rules), or the
+    given `latents` checked."""
+    if latents is None:
+        return randn_tensor(shape, generator)
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape != shape:
+        raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
+    return latents
+
+
 def _host_memory_bytes():
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -123,6 +147,17 @@ class _CallState:
         self.num_timesteps = None
         self.current_timestep = None
         self.interrupt = False
+
+
+class _CallRequest:
+    """One pipeline call's checked arguments by their __call__ names, plus what _request derives from them; the
+    pipelines' hooks read it and may add their own entries (image_latents, strength, ...)."""
+
+    def __init__(self, **arguments):
+        self.__dict__.update(arguments)
+
+    def __repr__(self):
+        return f"_CallRequest({', '.join(sorted(self.__dict__))})"
 
 
 class DiffusionPipeline:
@@ -459,8 +494,9 @@ class DiffusionPipeline:
 
     def enable_model_cpu_offload(self, gpu_id=None, device=None):
         """diffusers' model offload: each component comes to the device whole when it runs and leaves when the
-        next one in `model_cpu_offload_seq` (text_encoder -> transformer -> vae) starts; after the call every
-        component is off the device again (maybe_free_model_hooks).
+        next one in `model_cpu_offload_seq` (text_encoder -> transformer -> vae) starts; a pipeline that encodes an
+        image or video first brings the VAE in for that encode, then the transformer, then the VAE again for the
+        decode. After the call every component is off the device again (maybe_free_model_hooks).
 
         Args:
             gpu_id (`int`, *optional*): the CUDA device index (as diffusers: "cuda" means "cuda:{gpu_id}"; 0 for
@@ -573,11 +609,11 @@ class DiffusionPipeline:
             model.to("cpu")
         self._offload_chain = AutoChain(self, device, budget)
 
-    def _plan_auto(self, chain, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+    def _plan_auto(self, chain, request):
         """The AutoPlan for one request, applied to the chain (printed when it changes)."""
         from .offload import plan_auto, print_plan
 
-        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        infos, arenas = self._request_sizes(request)
         plan = plan_auto(chain.budget, infos, arenas)
         slicing, tiling = plan.vae_options
         if slicing and not self.vae.use_slicing:
@@ -591,27 +627,45 @@ class DiffusionPipeline:
         chain.apply(plan)
         return plan
 
-    def _request_sizes(self, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+    def _request_sizes(self, request):
         """What the planner reads for one request, before any work: each component's residency info (its weight
         groups) and its stage's activation arena from a measuring pass (the VAE's for the user's slicing / tiling,
-        then with slicing, then with tiling too)."""
-        rows = batch * (2 if do_cfg else 1)
-        latents = self._latent_shape(rows, num_frames, height, width)
+        then with slicing, then with tiling too). The VAE runs in up to two stages, the encode of the pipeline's
+        conditioning input (_vae_encode_shapes) before the denoising and the decode after it, under one policy:
+        its arena is the larger of the two."""
+        batch = request.videos
+        rows = batch * (2 if request.do_cfg else 1)
+        latents = self._latent_shape(rows, request.num_frames, request.height, request.width)
         _, latent_frames, _, h, w = latents
+        hidden = latents[:2] + (self.transformer.config.in_channels,) + latents[3:]  # with any conditioning channels
         components = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae}
         infos = {name: _C.residency_info(m._core) for name, m in components.items()}
         arenas = {
-            "text_encoder": {(None, None): self.text_encoder.arena_bytes((batch, max_sequence_length))},
-            "transformer": {(None, None): self.transformer.arena_bytes(latents, (rows, max_sequence_length))},
+            "text_encoder": {(None, None): self.text_encoder.arena_bytes((batch, request.max_sequence_length))},
+            "transformer": {(None, None): self.transformer.arena_bytes(hidden, (rows, request.max_sequence_length))},
         }
         vae = self.vae
         z = (batch, vae.config.latent_channels, latent_frames, h, w)
         options = [(vae.use_slicing, vae.use_tiling), (True, vae.use_tiling), (True, True)]
         keys = list(dict.fromkeys(options))  # the user's settings first; no duplicates
-        arenas["vae"] = {key: vae.arena_bytes(z, *key) for key in keys} if decode else {keys[0]: 0}
+        decode = request.output_type != "latent"
+        encodes = self._vae_encode_shapes(request)
+        if decode or encodes:
+            arenas["vae"] = {}
+            for key in keys:
+                stages = [vae.arena_bytes(z, *key)] if decode else []
+                stages += [vae.arena_bytes(shape, *key, decode=False) for shape in encodes]
+                arenas["vae"][key] = max(stages)
+        else:
+            arenas["vae"] = {keys[0]: 0}
         return infos, arenas
 
-    def _request_fit(self, device, batch, height, width, num_frames, do_cfg, max_sequence_length, decode):
+    def _vae_encode_shapes(self, request):
+        """Hook: the shapes [B, 3, F, H, W] of the videos the VAE encodes during this request before the denoising
+        (none for text-to-video), so that the planner sizes the encode's arena too."""
+        return []
+
+    def _request_fit(self, device, request):
         """For an OutOfMemoryError of a call on `device`: the strategy the auto planner finds for this request in
         what the device can give (the room left plus the weights the components hold there now), as text."""
         from .offload import device_room, format_bytes, plan_auto
@@ -619,7 +673,7 @@ class DiffusionPipeline:
         room = device_room(device)
         if room is None:
             return ""
-        infos, arenas = self._request_sizes(batch, height, width, num_frames, do_cfg, max_sequence_length, decode)
+        infos, arenas = self._request_sizes(request)
         budget = room + sum(info["resident_bytes"] for info in infos.values())
         try:
             plan = plan_auto(budget, infos, arenas)
@@ -877,7 +931,8 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
             )
 
     def _latent_shape(self, videos, num_frames, height, width):
-        """The initial latents' shape, with CogVideoX 1.5's padding to whole temporal patches."""
+        """Hook (f): the initial latents' shape (what check_inputs holds `latents` to, and the planner sizes), with
+        CogVideoX 1.5's padding to whole temporal patches; num_frames as the user gave it."""
         frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
         pt = self.transformer.config.patch_size_t
         if pt is not None and frames % pt:
@@ -984,39 +1039,67 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
         cogvideo_c.OutOfMemoryError, all before any encoding or denoising. One pipeline may be called from several
         threads at once; each call keeps its own scheduler copy and state.
         """
-        tc = self.transformer.config
-        height = height or tc.sample_height * self.vae_scale_factor_spatial
-        width = width or tc.sample_width * self.vae_scale_factor_spatial
-        num_frames = num_frames or tc.sample_frames
+        height, width, num_frames = self._default_size(height, width, num_frames)
         if timesteps is not None:
             raise ValueError("custom `timesteps` are not supported by the CogVideoX schedulers' set_timesteps")
         self.check_inputs(prompt, height, width, num_frames, num_inference_steps, negative_prompt,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
                           output_type, latents, guidance_scale, num_videos_per_prompt, eta)  # fmt: skip
+        return self._call(self._request(locals()))
+
+    # ---- the shared call: one denoising loop, and the hooks the other CogVideoX pipelines override -----------
+
+    def _default_size(self, height, width, num_frames):
+        """height, width and num_frames, each defaulting to the transformer's sample size (diffusers' rule)."""
+        tc = self.transformer.config
+        height = height or tc.sample_height * self.vae_scale_factor_spatial
+        width = width or tc.sample_width * self.vae_scale_factor_spatial
+        return height, width, num_frames or tc.sample_frames
+
+    def _request(self, arguments):
+        """One call's checked arguments plus what every stage derives from them. `arguments`: the pipeline's
+        __call__ parameters by name (its `locals()` after the defaults and checks; "self" and "timesteps" are left
+        out). Derived: batch_size (prompts), videos (batch_size x num_videos_per_prompt), do_cfg, and
+        additional_frames, the latent frames CogVideoX 1.5 adds to whole temporal patches (num_frames is then the
+        padded pixel frame count, as diffusers carries it into prepare_latents; requested_frames the given one)."""
+        r = _CallRequest(**{k: v for k, v in arguments.items() if k not in ("self", "__class__", "timesteps")})
+        if r.prompt is not None:
+            r.batch_size = 1 if isinstance(r.prompt, str) else len(r.prompt)
+        else:
+            r.batch_size = len(r.prompt_embeds)
+        r.videos = r.batch_size * r.num_videos_per_prompt
+        r.do_cfg = r.guidance_scale > 1.0
+        latent_frames = (r.num_frames - 1) // self.vae_scale_factor_temporal + 1
+        pt = self.transformer.config.patch_size_t
+        r.additional_frames = 0
+        if pt is not None and latent_frames % pt != 0:
+            r.additional_frames = pt - latent_frames % pt
+        r.requested_frames = r.num_frames
+        r.num_frames = r.num_frames + r.additional_frames * self.vae_scale_factor_temporal
+        return r
+
+    def _call(self, request):
+        """Everything after a pipeline's own checks: warnings for arguments not acted on, this call's scheduler
+        copy and state, the auto planner, _generate under the device lock, and an OutOfMemoryError's hint."""
         from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
-        if attention_kwargs is not None and set(attention_kwargs) - {"scale"}:
+        r = request
+        if r.attention_kwargs is not None and set(r.attention_kwargs) - {"scale"}:
             self._warn_once("attention_kwargs", "attention_kwargs keys other than 'scale' (the LoRA scale) are "
                                                 "ignored: cogvideo_c has no attention processors")  # fmt: skip
-        if eta and isinstance(self.scheduler, (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)):
-            self._warn_once("eta", f"eta={eta} is ignored by {type(self.scheduler).__name__} (as in diffusers; "
+        if r.eta and isinstance(self.scheduler, (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)):
+            self._warn_once("eta", f"eta={r.eta} is ignored by {type(self.scheduler).__name__} (as in diffusers; "
                                    "DDIMScheduler uses it)")  # fmt: skip
         scheduler = copy.deepcopy(self.scheduler)  # this call's own timesteps and noise stream
-        state = self._begin_call(guidance_scale, attention_kwargs)
+        state = self._begin_call(r.guidance_scale, r.attention_kwargs)
         # components move between host and device under an offload strategy: calls then take turns
         with self._device_lock if self._offload is not None else contextlib.nullcontext():
             chain = self._offload
             if chain is not None and chain.policy == "auto":  # sizes are known now: plan before any work
-                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
-                self._plan_auto(chain, batch * num_videos_per_prompt, height, width, num_frames, guidance_scale > 1,
-                                max_sequence_length, output_type != "latent")  # fmt: skip
+                self._plan_auto(chain, r)
             try:
                 try:
-                    video = self._generate(scheduler, state, prompt, negative_prompt, height, width, num_frames,
-                                           num_inference_steps, guidance_scale, use_dynamic_cfg,
-                                           num_videos_per_prompt, eta, generator, latents, prompt_embeds,
-                                           negative_prompt_embeds, output_type, callback_on_step_end,
-                                           callback_on_step_end_tensor_inputs, max_sequence_length)  # fmt: skip
+                    video = self._generate(scheduler, state, r)
                 finally:
                     self._end_call(state)
                     self.maybe_free_model_hooks()
@@ -1026,48 +1109,39 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
                 device = self._execution_device
                 if device == "cpu" or (chain is not None and chain.policy == "auto"):  # auto planned it already
                     raise
-                batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
-                hint = self._request_fit(device, batch * num_videos_per_prompt, height, width, num_frames,
-                                         guidance_scale > 1, max_sequence_length, output_type != "latent")  # fmt: skip
-                raise OutOfMemoryError(f"{err}{hint}") from None
-        return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
+                raise OutOfMemoryError(f"{err}{self._request_fit(device, r)}") from None
+        return CogVideoXPipelineOutput(frames=video) if r.return_dict else (video,)
 
-    def _generate(self, scheduler, state, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
-                  guidance_scale, use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, prompt_embeds,
-                  negative_prompt_embeds, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                  max_sequence_length):  # fmt: skip
-        tc = self.transformer.config
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
-        do_cfg = guidance_scale > 1.0
+    def _generate(self, scheduler, state, request):
+        """The stages of one call: encode_prompt, the hooks' timesteps and initial latents (with any VAE encode),
+        the denoising loop, and the decode."""
+        r = request
+        do_cfg = r.do_cfg
 
         report = MemoryReport()
         self._last_report = report
         with self._stage(report, "encode_prompt", "text_encoder"):
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
-                max_sequence_length,
+                r.prompt, r.negative_prompt, do_cfg, r.num_videos_per_prompt, r.prompt_embeds,
+                r.negative_prompt_embeds, r.max_sequence_length,
             )  # fmt: skip
         if do_cfg:
             prompt_embeds = np.concatenate([negative_prompt_embeds, prompt_embeds], axis=0)  # unconditional first
 
-        scheduler.set_timesteps(num_inference_steps)
-        timesteps = scheduler.timesteps
+        timesteps = self._prepare_timesteps(scheduler, r)
         state.num_timesteps = len(timesteps)
-        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        additional_frames = 0
-        if tc.patch_size_t is not None and latent_frames % tc.patch_size_t != 0:
-            additional_frames = tc.patch_size_t - latent_frames % tc.patch_size_t
-            num_frames += additional_frames * self.vae_scale_factor_temporal
-        latents = self.prepare_latents(batch_size * num_videos_per_prompt, tc.in_channels, num_frames, height, width,
-                                       generator, latents, scheduler=scheduler)  # fmt: skip
+        latents, conditioning = self._prepare_call_latents(scheduler, r, report)
+        num_inference_steps = r.num_inference_steps
 
         step_params = inspect.signature(scheduler.step).parameters
-        extra_step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in step_params}
+        extra_step_kwargs = {k: v for k, v in (("eta", r.eta), ("generator", r.generator)) if k in step_params}
         image_rotary_emb = None
-        if tc.use_rotary_positional_embeddings:
+        if self.transformer.config.use_rotary_positional_embeddings:
             image_rotary_emb = self.transformer.rotary_positional_embeddings(
-                height, width, latents.shape[1], vae_scale_factor_spatial=self.vae_scale_factor_spatial
+                r.height, r.width, latents.shape[1], vae_scale_factor_spatial=self.vae_scale_factor_spatial
             )
+        transformer_kwargs = self._transformer_kwargs(r, latents)
+        guidance_scale, callback = r.guidance_scale, r.callback_on_step_end
         is_dpm = type(scheduler).__name__ == "CogVideoXDPMScheduler"
         old_pred_original_sample = None
         with self._stage(report, "denoise", "transformer"), self.progress_bar(total=len(timesteps)) as bar:
@@ -1077,12 +1151,14 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
                 state.current_timestep = t
                 latent_model_input = np.concatenate([latents, latents]) if do_cfg else latents
                 latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+                latent_model_input = self._transformer_input(latent_model_input, conditioning, r)
                 timestep = np.full((latent_model_input.shape[0],), t, dtype=np.int64)
                 noise_pred = self.transformer(
                     hidden_states=latent_model_input, encoder_hidden_states=prompt_embeds, timestep=timestep,
                     image_rotary_emb=image_rotary_emb, attention_kwargs=state.attention_kwargs, return_dict=False,
+                    **transformer_kwargs,
                 )[0].astype(np.float32, copy=False)  # fmt: skip
-                if use_dynamic_cfg:
+                if r.use_dynamic_cfg:
                     # the raw timestep value in a Python double, as diffusers computes it (spec: reproduce literally)
                     q = ((num_inference_steps - int(t)) / num_inference_steps) ** 5.0
                     state.guidance_scale = 1 + guidance_scale * ((1 - math.cos(math.pi * q)) / 2)
@@ -1097,11 +1173,11 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
                 else:
                     latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 latents = np.asarray(latents, dtype=np.float32)
-                if callback_on_step_end is not None:
+                if callback is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds,
                              "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
-                    kw = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                    outputs = callback_on_step_end(self, i, t, kw) or {}
+                    kw = {k: local[k] for k in r.callback_on_step_end_tensor_inputs}
+                    outputs = callback(self, i, t, kw) or {}
                     for name in ("latents", "prompt_embeds", "negative_prompt_embeds"):
                         if name in outputs and outputs[name] is not local[name]:
                             local[name] = _finite_array(outputs[name], f"{name} returned by the callback at step {i}")
@@ -1110,11 +1186,48 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
                 bar.update()
         state.current_timestep = None
 
-        if output_type == "latent":
+        if r.output_type == "latent":
             return latents
         with self._stage(report, "decode", "vae"):
-            video = self.decode_latents(latents[:, additional_frames:])
-        return self.postprocess_video(video, output_type)
+            video = self.decode_latents(self._latents_to_decode(latents, r))
+        return self.postprocess_video(video, r.output_type)
+
+    def _prepare_timesteps(self, scheduler, request):
+        """Hook (a): sets the call's scheduler copy up and returns the timesteps the loop runs, in order. It may set
+        request.num_inference_steps to the count use_dynamic_cfg is to read (video-to-video's get_timesteps)."""
+        scheduler.set_timesteps(request.num_inference_steps)
+        return scheduler.timesteps
+
+    def _prepare_call_latents(self, scheduler, request, report):
+        """Hook (b): (latents [videos, F, C, h, w] float32, already scaled by init_noise_sigma, conditioning or
+        None). Conditioning, when not None, is an array [videos, F, C', h, w] that _transformer_input concatenates
+        to every step's input along the channels. A VAE encode done here runs inside
+        `self._stage(report, "encode_...", "vae")`, so offload brings the VAE in and the report measures it; its
+        random draws come first, before the noise, as diffusers orders them."""
+        r = request
+        latents = self.prepare_latents(r.videos, self.transformer.config.in_channels, r.num_frames, r.height, r.width,
+                                       r.generator, r.latents, scheduler=scheduler)  # fmt: skip
+        return latents, None
+
+    def _transformer_input(self, latent_model_input, conditioning, request):
+        """Hook (c): the transformer's hidden_states for one step from the scaled (CFG-doubled) latents: with
+        conditioning, [input, conditioning (doubled likewise under CFG)] along the channels, as diffusers' image,
+        control and inpainting pipelines build it."""
+        if conditioning is None:
+            return latent_model_input
+        if request.do_cfg:
+            conditioning = np.concatenate([conditioning, conditioning])
+        return np.concatenate([latent_model_input, conditioning], axis=2)
+
+    def _transformer_kwargs(self, request, latents):
+        """Hook (d): extra keyword arguments for every transformer call (e.g. image-to-video's `ofs`), computed once
+        before the loop from the initial latents."""
+        return {}
+
+    def _latents_to_decode(self, latents, request):
+        """Hook (e): the denoised latents the VAE decodes: without the latent frames CogVideoX 1.5 padded at the
+        front (diffusers' `latents[:, additional_frames:]`)."""
+        return latents[:, request.additional_frames :]
 
     def prepare_latents(self, batch_size, num_channels_latents, num_frames, height, width, generator=None,
                         latents=None, scheduler=None):  # fmt: skip
@@ -1126,21 +1239,7 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
             batch_size, (num_frames - 1) // self.vae_scale_factor_temporal + 1, num_channels_latents,
             height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
         )  # fmt: skip
-        if latents is None:
-            if isinstance(generator, list):
-                if len(generator) != batch_size:
-                    raise ValueError(
-                        f"{len(generator)} generators for a batch of {batch_size} videos (prompts x "
-                        "num_videos_per_prompt): pass one generator per video"
-                    )
-                latents = np.concatenate([_standard_normal((1, *shape[1:]), g) for g in generator])
-            else:
-                latents = _standard_normal(shape, generator)
-        else:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
-        return latents * np.float32(scheduler.init_noise_sigma)
+        return _initial_noise(shape, generator, latents) * np.float32(scheduler.init_noise_sigma)
 
     def decode_latents(self, latents):
         """Latents [B, F, C, h, w] -> the VAE's frames [B, 3, F', H, W] in [-1, 1] (after 1 / scaling_factor)."""

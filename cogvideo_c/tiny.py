@@ -105,17 +105,20 @@ def _write_component(folder, name, config, tensors, weights_name):
         save_safetensors(tensors, os.path.join(path, weights_name))
 
 
-def make_tiny_pipeline(folder, seed=0, text_encoder=None, transformer=None, vae=None):
+def make_tiny_pipeline(folder, seed=0, text_encoder=None, transformer=None, vae=None, image_to_video=False):
     """Writes a tiny random-weight CogVideoX pipeline in diffusers layout (model_index.json + tokenizer,
     text_encoder, transformer, vae, scheduler) and returns the folder: it runs end to end in seconds.
 
     text_encoder / transformer / vae: config entries that replace the tiny ones (e.g. {"num_layers": 8} for a
-    deeper transformer, as the offload tests and benchmarks use); the weights follow the C schema of the result."""
+    deeper transformer, as the offload tests and benchmarks use); the weights follow the C schema of the result.
+    image_to_video: a CogVideoXImageToVideoPipeline instead (model_index.json names it), whose transformer takes
+    the image latents beside the noise: in_channels = 2 x the VAE's latent channels."""
     import shutil
 
     t5_config = dict(TINY_T5_CONFIG, **(text_encoder or {}))
-    tr_config = dict(TINY_TRANSFORMER_CONFIG, **(transformer or {}))
     vae_config = dict(TINY_VAE_CONFIG, **(vae or {}))
+    i2v = {"in_channels": 2 * vae_config["latent_channels"]} if image_to_video else {}
+    tr_config = dict(TINY_TRANSFORMER_CONFIG, **i2v, **(transformer or {}))
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
     shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "tiny_tokenizer"),
@@ -129,7 +132,8 @@ def make_tiny_pipeline(folder, seed=0, text_encoder=None, transformer=None, vae=
     make_tiny_vae(os.path.join(folder, "vae"), seed=seed + 1, config=vae_config)
     _write_component(folder, "scheduler", TINY_SCHEDULER_CONFIG, None, None)
     index = {
-        "_class_name": "CogVideoXPipeline", "tokenizer": ["transformers", "T5Tokenizer"],
+        "_class_name": "CogVideoXImageToVideoPipeline" if image_to_video else "CogVideoXPipeline",
+        "tokenizer": ["transformers", "T5Tokenizer"],
         "text_encoder": ["transformers", "T5EncoderModel"], "vae": ["diffusers", "AutoencoderKLCogVideoX"],
         "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
         "scheduler": ["diffusers", "CogVideoXDDIMScheduler"],

@@ -201,3 +201,54 @@ def test_generate_refuses_max_memory_with_a_fixed_strategy(tmp_path, capsys):
     ]
     assert cli.main(args) == 2
     assert "--max-memory goes with --offload auto" in capsys.readouterr().err
+
+
+def test_generate_with_video_runs_video_to_video_on_the_embedded_pipeline(tmp_path, capsys):
+    """--video VID --strength S: CogVideoXVideoToVideoPipeline on the embedded tiny pipeline (its transformer takes
+    the VAE's latent channels, as text-to-video's). The output has the input's 9 frames (9 = 4k + 1 decode back to
+    9), at the tiny model's 64 x 64, and strength 0.5 of 4 steps runs 2 (diffusers' get_timesteps)."""
+    import imageio_ffmpeg
+
+    from cogvideo_c import export_to_video
+
+    ramp = np.linspace(0, 1, 9 * 48 * 80 * 3, dtype=np.float32).reshape(9, 48, 80, 3)
+    source = export_to_video(list(ramp), str(tmp_path / "source.mp4"), fps=8)
+    out = tmp_path / "v2v.mp4"
+    argv = ["generate", "--video", source, "--strength", "0.5", "--steps", "4", "--output", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"from {source} (9 frames) at strength 0.5: 2 of 4 steps" in printed, printed
+    assert "generated 9 frames of 64x64" in printed and "encode_video" in printed, printed
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    assert meta["size"] == (64, 64) and len(list(reader)) == 9  # read back by ffmpeg
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--video", "{tmp}/missing.mp4"], "video '{tmp}/missing.mp4' does not exist"),
+        (["--video", "{tmp}/text.mp4"], "cannot read video '{tmp}/text.mp4'"),
+        (["--video", "{tmp}/source.gif", "--strength", "0"], r"strength should in (0.0, 1.0] but is 0.0"),
+        (["--video", "{tmp}/source.gif", "--strength", "1.5"], r"strength should in (0.0, 1.0] but is 1.5"),
+        (["--video", "{tmp}/source.gif", "--frames", "9"], "--frames does not apply with --video"),
+        (["--strength", "0.5"], "--strength goes with --video"),
+        (["--video", "{tmp}/source.gif", "--image", "{tmp}/source.gif"], "--image (image to video) and --video"),
+    ],
+)
+def test_generate_checks_the_video_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, match):
+    from cogvideo_c import export_to_gif
+
+    export_to_gif([np.zeros((16, 16, 3), np.float32)] * 3, str(tmp_path / "source.gif"))
+    (tmp_path / "text.mp4").write_text("not a video")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the video was checked")
+
+    monkeypatch.setattr(cli, "make_tiny_pipeline", no_loading)
+    argv = ["generate", "--output", str(tmp_path / "out.mp4")] + [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cogvideo-c: error: ") and "Traceback" not in err, err
+    assert match.replace("{tmp}", str(tmp_path)) in err, err
+    assert not (tmp_path / "out.mp4").exists()

@@ -61,10 +61,58 @@ def print_file_sizes(out: Path, header: str = "\nfiles:", line: str = "  {rel}  
     return total
 
 
+def check_total_size(out: Path, limit: int) -> int:
+    """Prints every file under `out` with its size and the total; returns 0, or 1 (with a message on stderr) when
+    the total exceeds `limit` bytes (the script's exit status)."""
+    total = print_file_sizes(out, header="sizes:", line="  {rel!s:60s} {size:9d}")
+    print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
+    if total > limit:
+        print(f"fixtures exceed {limit} bytes", file=sys.stderr)
+        return 1
+    return 0
+
+
+def plain(obj):
+    """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
+        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def rounded_normal(rng: np.random.Generator, shape) -> np.ndarray:
     """Standard normal float32 values, rounded to multiples of 2^-10 (the rounding only makes them compress)."""
     z = rng.standard_normal(shape)
     return (np.round(z * 1024.0) / 1024.0).astype(np.float32)
+
+
+def numpy_randn_tensor_into(modules, draws: list):
+    """Replaces diffusers' randn_tensor in `modules` by draws from NumPy Generators, with randn_tensor's rules: a
+    list of one generator is that generator; a list draws (1, *shape[1:]) per batch entry from generator[i].
+    Each draw's shape is appended to `draws`. cogvideo_c draws from a NumPy Generator exactly this way
+    (generator.standard_normal(shape, dtype=np.float32)), so a test passing the same generators gets the same
+    noise without torch."""
+    import torch
+
+    def numpy_randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        shape = tuple(int(s) for s in shape)
+        if isinstance(generator, list) and len(generator) == 1:
+            generator = generator[0]
+        if isinstance(generator, list):
+            rows = [g.standard_normal((1,) + shape[1:], dtype=np.float32) for g in generator[: shape[0]]]
+            arr = np.concatenate(rows)
+        elif isinstance(generator, np.random.Generator):
+            arr = generator.standard_normal(shape, dtype=np.float32)
+        else:
+            raise AssertionError(f"cases must pass NumPy Generators, got {type(generator)}")
+        draws.append(shape)
+        return torch.from_numpy(arr).to(device=device, dtype=dtype)
+
+    for module in modules:
+        module.randn_tensor = numpy_randn_tensor
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ from diffusers.schedulers import scheduling_dpm_cogvideox
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from _reference_common import (
-    print_file_sizes,
+    check_total_size,
+    plain,
     recreate_dir,
     rerandomize_t5,
     rerandomize_transformer,
@@ -279,17 +280,6 @@ def make_scheduler(class_name: str, config: dict):
     cls = {"CogVideoXDDIMScheduler": CogVideoXDDIMScheduler, "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
            "DDIMScheduler": DDIMScheduler}[class_name]  # fmt: skip
     return cls.from_config(config)
-
-
-def plain(obj):
-    """JSON-able copy of a (frozen) config dict: tuples -> lists, numpy scalars -> Python."""
-    if isinstance(obj, dict):  # diffusers' "_use_default_values" is built from a set: sort it (reproducible files)
-        return {k: sorted(v) if k == "_use_default_values" else plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def tree_files(d: Path) -> dict[str, int]:
@@ -619,12 +609,7 @@ def main() -> int:
     save_npz(OUT / RUN_DTYPE_NPZ, run_arrays)
     (OUT / "run_dtype.json").write_text(json.dumps(run_manifest, indent=1) + "\n")
 
-    total = print_file_sizes(OUT, header="sizes:", line="  {rel!s:60s} {size:9d}")
-    print(f"  total {total} bytes ({total / 2**20:.2f} MiB)")
-    if total > SIZE_LIMIT:
-        print(f"fixtures exceed {SIZE_LIMIT} bytes", file=sys.stderr)
-        return 1
-    return 0
+    return check_total_size(OUT, SIZE_LIMIT)
 
 
 if __name__ == "__main__":
