@@ -149,7 +149,7 @@ def mixed_on(device, strategy):
     return cpu, forward(cpu, 0.8), pipe
 
 
-@pytest.mark.parametrize("strategy", ["none", "model", "sequential"])
+@pytest.mark.parametrize("strategy", ["none", "model", "sequential", "auto"])
 def test_emulated_device_and_offload_give_the_cpu_numbers(strategy):
     cpu, want, pipe = mixed_on("emu", strategy)
     assert np.array_equal(forward(pipe.transformer, 0.8), want)
