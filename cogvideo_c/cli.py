@@ -17,6 +17,7 @@ GOMP_SPINCOUNT is set).
 """
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def generate(args):
     from .utils import load_image
 
     export = _check_output(args.output, args.fps)
+    loras = [_lora_arg(v) for v in args.lora or ()]  # checked before any model loads
     if args.image is not None and args.video is not None:
         raise ValueError("--image (image to video) and --video (video to video): pass one of them")
     if args.strength is not None and args.video is None:
@@ -116,6 +118,11 @@ def generate(args):
         start = time.perf_counter()
         pipe = pipeline_class.from_pretrained(folder, torch_dtype=args.dtype)
         load_seconds = time.perf_counter() - start
+    if loras:
+        names = [f"lora_{i}" for i in range(len(loras))]
+        for name, (path, _) in zip(names, loras):
+            pipe.load_lora_weights(path, adapter_name=name)
+        pipe.set_adapters(names, [scale for _, scale in loras])
     if args.tiling:
         pipe.vae.enable_tiling()
     if args.slicing:
@@ -139,6 +146,22 @@ def generate(args):
     print(f"memory by stage (device {pipe._execution_device}, peak per stage):")
     print(pipe.memory_report())
     return 0
+
+
+def _lora_arg(value):
+    """--lora PATH[:SCALE] -> (path, scale): a LoRA file or folder and its set_adapters weight (default 1.0)."""
+    path, scale = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    if sep and head and not os.path.exists(value):
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            raise ValueError(f"--lora {value!r}: SCALE after the last ':' must be a number") from None
+    if not math.isfinite(scale):
+        raise ValueError(f"--lora {value!r}: SCALE must be finite")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--lora {value!r}: no LoRA file or folder {path!r}")
+    return path, scale
 
 
 def _apply_offload(pipe, args):
@@ -212,6 +235,13 @@ def _parser():
         type=_dtype_name,
         choices=DTYPES,
         help="weight dtype (torch_dtype; fp16, bf16, half are accepted too)",
+    )
+    gen.add_argument(
+        "--lora",
+        action="append",
+        metavar="PATH[:SCALE]",
+        help="a LoRA (.safetensors file or folder with pytorch_lora_weights.safetensors) loaded with "
+        "load_lora_weights, SCALE its set_adapters weight (default 1.0); repeat to mix several",
     )
     gen.add_argument("--tiling", action="store_true", help="pipe.vae.enable_tiling()")
     gen.add_argument("--slicing", action="store_true", help="pipe.vae.enable_slicing()")

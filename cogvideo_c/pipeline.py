@@ -16,6 +16,7 @@ import numpy as np
 from . import _C, configuration
 from ._files import read_json
 from .configuration import FrozenConfig
+from .lora import CogVideoXLoraLoaderMixin
 from .memory import OutOfMemoryError
 from .modeling import (
     CPU,
@@ -781,7 +782,7 @@ class DiffusionPipeline:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-class CogVideoXPipeline(DiffusionPipeline):
+class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
     """Text-to-video with CogVideoX: T5 prompt encoding, the transformer denoising loop with classifier-free
     guidance, and the VAE decode, exactly as diffusers' CogVideoXPipeline computes them.
 
@@ -1020,8 +1021,8 @@ class CogVideoXPipeline(DiffusionPipeline):
             output_type (str, defaults to "pil"): "pil" (lists of PIL images), "np" (float32 [B, F, H, W, 3] in
                 [0, 1]) or "latent" (the denoised latents).
             return_dict (bool, defaults to True): return a CogVideoXPipelineOutput instead of a tuple.
-            attention_kwargs (dict, optional): accepted for diffusers' sake; there are no attention processors or
-                LoRA scales to pass it to, so a value warns once and changes nothing.
+            attention_kwargs (dict, optional): passed to the transformer: its "scale" multiplies the loaded LoRA
+                adapters' outputs (diffusers' lora_scale); other keys warn once and change nothing.
             callback_on_step_end (callable, optional): called after every step as
                 `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; callback_kwargs holds the tensors
                 named in callback_on_step_end_tensor_inputs, and returned entries replace them. Setting
@@ -1083,9 +1084,9 @@ class CogVideoXPipeline(DiffusionPipeline):
         from .schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
         r = request
-        if r.attention_kwargs is not None:
-            self._warn_once("attention_kwargs", "attention_kwargs is ignored: cogvideo_c has no attention processors "
-                                                "or LoRA scales to pass it to")  # fmt: skip
+        if r.attention_kwargs is not None and set(r.attention_kwargs) - {"scale"}:
+            self._warn_once("attention_kwargs", "attention_kwargs keys other than 'scale' (the LoRA scale) are "
+                                                "ignored: cogvideo_c has no attention processors")  # fmt: skip
         if r.eta and isinstance(self.scheduler, (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)):
             self._warn_once("eta", f"eta={r.eta} is ignored by {type(self.scheduler).__name__} (as in diffusers; "
                                    "DDIMScheduler uses it)")  # fmt: skip
@@ -1154,7 +1155,8 @@ class CogVideoXPipeline(DiffusionPipeline):
                 timestep = np.full((latent_model_input.shape[0],), t, dtype=np.int64)
                 noise_pred = self.transformer(
                     hidden_states=latent_model_input, encoder_hidden_states=prompt_embeds, timestep=timestep,
-                    image_rotary_emb=image_rotary_emb, return_dict=False, **transformer_kwargs,
+                    image_rotary_emb=image_rotary_emb, attention_kwargs=state.attention_kwargs, return_dict=False,
+                    **transformer_kwargs,
                 )[0].astype(np.float32, copy=False)  # fmt: skip
                 if r.use_dynamic_cfg:
                     # the raw timestep value in a Python double, as diffusers computes it (spec: reproduce literally)

@@ -8,6 +8,7 @@ from . import configuration
 from ._load import _C
 from .configuration import config_bool, config_float, config_int
 from .embeddings import get_3d_rotary_pos_embed, get_3d_sincos_pos_embed, get_resize_crop_region_for_grid
+from .lora import PeftAdapterMixin
 from .modeling import ModelMixin, load_dtype
 
 
@@ -23,7 +24,7 @@ class Transformer2DModelOutput:
     sample: np.ndarray
 
 
-class CogVideoXTransformer3DModel(ModelMixin):
+class CogVideoXTransformer3DModel(PeftAdapterMixin, ModelMixin):
     """diffusers.CogVideoXTransformer3DModel: CogVideoX-2b (sin-cos table), -5b (RoPE), -5b-I2V (learned table),
     1.5 (temporal patches, 'slice' RoPE, ofs). Weights are grouped per transformer block; 16-bit weights stay
     16-bit and are widened tile by tile inside the GEMMs.
@@ -220,8 +221,9 @@ class CogVideoXTransformer3DModel(ModelMixin):
             ofs (`float` or `np.ndarray` of shape `(batch,)`, *optional*): the ofs value of CogVideoX 1.5 I2V.
             image_rotary_emb (`tuple(np.ndarray, np.ndarray)`, *optional*): (cos, sin), each
                 `(tokens, attention_head_dim)`, from ``rotary_positional_embeddings``; None: no RoPE, as diffusers.
-            attention_kwargs (`dict`, *optional*): accepted and ignored (diffusers passes LoRA scales in it, which
-                cogvideo_c does not support).
+            attention_kwargs (`dict`, *optional*): its "scale" multiplies every active LoRA adapter's output for
+                this call (diffusers' lora_scale; default 1.0); other keys are for attention processors, which
+                cogvideo_c does not have, and are ignored.
             return_dict (`bool`, defaults to True): return a ``Transformer2DModelOutput`` rather than a tuple.
 
         Returns:
@@ -231,8 +233,13 @@ class CogVideoXTransformer3DModel(ModelMixin):
         if timestep_cond is not None:
             raise ValueError("timestep_cond is not supported (no CogVideoX model uses it)")
         args = self._forward_args(hidden_states, encoder_hidden_states, timestep, ofs, image_rotary_emb)
+        scale = 1.0 if not attention_kwargs else attention_kwargs.get("scale", 1.0)
+        scale = float(scale)
+        if not np.isfinite(scale):
+            raise ValueError(f"attention_kwargs['scale'] (the LoRA scale) must be finite, got {scale}")
+        lora = self._lora_scales(scale)
         self._before_forward()
-        out = self._core.forward(*args)
+        out = self._core.forward(*args) if lora is None else self._core.forward(*args, lora)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
     def _forward_args(self, hidden_states, encoder_hidden_states, timestep, ofs, image_rotary_emb):

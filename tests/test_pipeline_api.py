@@ -239,13 +239,14 @@ def test_ignored_arguments_warn_once_per_pipeline():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
-            p(**CALL, num_inference_steps=1, attention_kwargs={"scale": 0.5}, eta=0.3, generator=0)
+            # "scale" is the LoRA scale (tests/test_lora.py); other keys are for attention processors: ignored
+            p(**CALL, num_inference_steps=1, attention_kwargs={"scale": 0.5, "processor_arg": 1}, eta=0.3, generator=0)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert sum("attention_kwargs" in m for m in messages) == 1
     assert sum("eta=0.3" in m and "CogVideoXDDIMScheduler" in m for m in messages) == 1
     q = _load()
     with pytest.warns(UserWarning, match="attention_kwargs"):
-        q(**CALL, num_inference_steps=1, attention_kwargs={}, generator=0)
+        q(**CALL, num_inference_steps=1, attention_kwargs={"processor_arg": 1}, generator=0)
 
 
 def test_from_pretrained_warns_about_hub_options():

@@ -45,13 +45,32 @@ static int by_group(const void *a, const void *b) {
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
+static int tensors_valid(const cvx_residency_tensor *tensors, int count, int num_groups) {
+    for (int i = 0; i < count; i++)
+        if (tensors[i].group < 0 || tensors[i].group >= num_groups || !tensors[i].slot) return 0;
+    return 1;
+}
+
+/* Groups from the (sorted) table: sizes, tensor ranges; every group on the host (resident where the device is the
+ * CPU), its slots at the host bytes. */
+static void layout(cvx_residency *r) {
+    for (int g = 0; g < r->num_groups; g++)
+        r->groups[g] = (group){0, 0, 0, r->dev == CVX_DEVICE_CPU ? CVX_GROUP_RESIDENT : CVX_GROUP_HOST, NULL, -1, 0};
+    for (int i = r->count - 1; i >= 0; i--) {
+        group *gr = &r->groups[r->tensors[i].group];
+        const int64_t end = (int64_t)(r->tensors[i].offset + r->tensors[i].bytes);
+        if (end > gr->bytes) gr->bytes = (end + 63) / 64 * 64; /* the device layout keeps 64-byte alignment */
+        gr->first_tensor = i;
+        gr->num_tensors++;
+    }
+    for (int g = 0; g < r->num_groups; g++) point_slots(r, g, 0);
+}
+
 cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, int num_groups, cvx_residency **out) {
     *out = NULL;
     if (count < 0 || num_groups < 0) return CVX_FAIL(CVX_ERR_INTERNAL, "bad residency table sizes");
-    for (int i = 0; i < count; i++)
-        if (tensors[i].group < 0 || tensors[i].group >= num_groups || !tensors[i].slot)
-            return CVX_FAIL(CVX_ERR_INTERNAL, "residency tensor %d names group %d of %d", i, tensors[i].group,
-                            num_groups);
+    if (!tensors_valid(tensors, count, num_groups))
+        return CVX_FAIL(CVX_ERR_INTERNAL, "a residency tensor names a group outside [0, %d)", num_groups);
     cvx_residency *r = calloc(1, sizeof(*r));
     if (!r) return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the residency table");
     r->tensors = malloc((size_t)(count > 0 ? count : 1) * sizeof(*tensors));
@@ -64,16 +83,8 @@ cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, 
     qsort(r->tensors, (size_t)count, sizeof(*tensors), by_group);
     r->count = count;
     r->num_groups = num_groups;
-    for (int g = 0; g < num_groups; g++) r->groups[g] = (group){0, 0, 0, CVX_GROUP_RESIDENT, NULL, -1, 0};
-    for (int i = count - 1; i >= 0; i--) {
-        group *gr = &r->groups[r->tensors[i].group];
-        const int64_t end = (int64_t)(r->tensors[i].offset + r->tensors[i].bytes);
-        if (end > gr->bytes) gr->bytes = (end + 63) / 64 * 64; /* the device layout keeps 64-byte alignment */
-        gr->first_tensor = i;
-        gr->num_tensors++;
-    }
     r->dev = CVX_DEVICE_CPU;
-    for (int g = 0; g < num_groups; g++) point_slots(r, g, 0);
+    layout(r);
     *out = r;
     return CVX_OK;
 }
@@ -180,6 +191,22 @@ void cvx_residency_destroy(cvx_residency *r) {
     free(r->tensors);
     free(r->groups);
     free(r);
+}
+
+cvx_status cvx_residency_retable(cvx_residency *r, const cvx_residency_tensor *tensors, int count) {
+    if (count < 0 || !tensors_valid(tensors, count, r->num_groups))
+        return CVX_FAIL(CVX_ERR_INTERNAL, "a residency tensor names a group outside [0, %d)", r->num_groups);
+    if (r->in_pass) return CVX_FAIL(CVX_ERR_INTERNAL, "the weight table changed during a forward pass");
+    cvx_residency_tensor *table = malloc((size_t)(count > 0 ? count : 1) * sizeof(*table));
+    if (!table) return CVX_FAIL(CVX_ERR_OOM, "out of host memory for the residency table");
+    if (count) memcpy(table, tensors, (size_t)count * sizeof(*tensors));
+    qsort(table, (size_t)count, sizeof(*table), by_group);
+    cvx_residency_offload(r); /* every device copy and the ring: their sizes were the old layout's */
+    free(r->tensors);
+    r->tensors = table;
+    r->count = count;
+    layout(r);
+    return r->policy == CVX_POLICY_NONE ? cvx_residency_onload(r) : CVX_OK;
 }
 
 cvx_status cvx_residency_onload(cvx_residency *r) {

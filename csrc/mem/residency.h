@@ -57,6 +57,13 @@ typedef struct cvx_residency cvx_residency;
 cvx_status cvx_residency_create(const cvx_residency_tensor *tensors, int count, int num_groups, cvx_residency **out);
 void cvx_residency_destroy(cvx_residency *r); /* drops every device copy first */
 
+/* Replaces the tensor table (a LoRA adapter's tensors joining or leaving the groups of the blocks they modify, a
+ * fused weight's private copy standing in for the checkpoint's bytes). Every device copy is dropped first (the ring
+ * too: group sizes change), the groups are laid out again from the table, and under NONE on a device every group
+ * comes in again; device, policy and prefetch stay. Not during a pass. On failure the old table stays (a table the
+ * groups cannot take is refused before anything is dropped). */
+cvx_status cvx_residency_retable(cvx_residency *r, const cvx_residency_tensor *tensors, int count);
+
 /* Moves the component to `dev` under `policy`, `prefetch` groups ahead (SEQUENTIAL, >= 0). Drops every device copy
  * first; NONE then brings every group in (CVX_ERR_OOM leaves it on the host, nothing held). */
 cvx_status cvx_residency_set(cvx_residency *r, cvx_device dev, cvx_policy policy, int prefetch);

@@ -54,6 +54,10 @@ typedef struct cvx_transformer_inputs {
     int64_t timestep_len, ofs_len;
     int64_t pos_rows, pos_cols;
     int64_t rope_rows, rope_cols;
+    /* LoRA: per loaded adapter (load order), the factor its terms apply with (set_adapters weight x the call's
+     * attention_kwargs scale; 0: inactive); lora_count 0: no adapter applies */
+    const float *lora_scales;
+    int lora_count;
 } cvx_transformer_inputs;
 
 /* out: [B, F, out_channels, H, W], a host tensor allocated here (none in a measuring pass). The inputs are host
@@ -62,5 +66,30 @@ typedef struct cvx_transformer_inputs {
  * the blocks) for the whole forward, group 1 + i around block i. */
 cvx_status cvx_transformer_forward(cvx_ctx *ctx, cvx_transformer *tr, const cvx_transformer_inputs *in,
                                    cvx_tensor *out);
+
+/* ---- LoRA adapters (diffusers/PEFT format) ----
+ * Load: the adapter's tensors `<prefix><module>.lora_A.weight` [rank, in] and `.lora_B.weight` [out, rank] for each
+ * of `count` linears named by their diffusers module path, with the scaling the caller derived (lora_alpha / r, or
+ * / sqrt(r) with rslora). Every size is checked against the model before anything is allocated; the tensors are read
+ * in place from the mapped file `st` (retained) when stored in the run dtype, else from one converted host copy, and
+ * join the weight group of their block (the residency's groups grow by their bytes). The new adapter gets index
+ * cvx_transformer_num_adapters() - 1; deleting one renumbers those after it. */
+cvx_status cvx_transformer_lora_load(cvx_transformer *tr, const cvx_st_file *st, const char *prefix,
+                                     const char *const *modules, const float *scalings, int count);
+cvx_status cvx_transformer_lora_delete(cvx_transformer *tr, int index);
+int cvx_transformer_num_adapters(const cvx_transformer *tr);
+/* The device-layout bytes adapter `index` adds to the weight groups. */
+int64_t cvx_transformer_adapter_bytes(const cvx_transformer *tr, int index);
+/* fuse_lora: every linear with a term of an adapter whose scales[a] != 0 reads a private copy W + sum s B A (f32
+ * math, stored in the run dtype; W: the weight it reads now); safe_fusing refuses non-finite results before any
+ * weight changes. unfuse: back to the untouched original bytes (exactly). bake: unload_lora_weights after a fuse:
+ * the fused copies stay as the linears' own weights. */
+cvx_status cvx_transformer_lora_fuse(cvx_transformer *tr, const float *scales, int count, int safe_fusing);
+cvx_status cvx_transformer_lora_unfuse(cvx_transformer *tr);
+cvx_status cvx_transformer_lora_bake(cvx_transformer *tr);
+/* Host bytes of the fused copies this model holds. */
+int64_t cvx_transformer_fused_bytes(const cvx_transformer *tr);
+/* Host bytes of every live adapter and fused copy in the process (memory_stats' lora_bytes). */
+int64_t cvx_lora_live_bytes(void);
 
 #endif

@@ -150,7 +150,7 @@ static cvx_status alloc_groups(cvx_weights *ws, const cvx_st_file *st, cvx_dtype
             d->host = (char *)ws->group_data[d->group] + host_bytes[d->group];
             host_bytes[d->group] += (int64_t)slot_bytes(d, dtype);
         }
-        table[i] = (cvx_residency_tensor){d->slot, d->host, tensor_bytes(d, dtype), d->offset, d->group};
+        table[i] = cvx_weights_entry(ws, i);
     }
     if (mapped) {
         status = cvx_mem_add_mapped(CVX_DEVICE_CPU, ws->mapped_bytes);
@@ -294,6 +294,11 @@ int64_t cvx_weights_total_bytes(const cvx_weights *ws) {
     int64_t total = 0;
     for (int g = 0; ws->group_bytes && g < ws->num_groups; g++) total += ws->group_bytes[g];
     return total;
+}
+
+cvx_residency_tensor cvx_weights_entry(const cvx_weights *ws, int i) {
+    const cvx_weight_decl *d = &ws->decls[i];
+    return (cvx_residency_tensor){d->slot, d->host, tensor_bytes(d, ws->dtype), d->offset, d->group};
 }
 
 const void *cvx_weights_host(const cvx_weights *ws, int i) {

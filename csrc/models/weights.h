@@ -71,6 +71,9 @@ int64_t cvx_weights_total_bytes(const cvx_weights *ws);
  * unpinned by cvx_weights_free. Where pinning is refused the copies stay pageable (ws->pinned_bytes says how much
  * is pinned). */
 void cvx_weights_pin(cvx_weights *ws, cvx_device dev);
+/* The residency entry of declaration i (its slot, host bytes, size, offset and group), as loading handed it over:
+ * what a model that adds tensors to its groups (LoRA adapters) rebuilds the residency table from. */
+struct cvx_residency_tensor cvx_weights_entry(const cvx_weights *ws, int i);
 /* Declaration i's host bytes (what save_pretrained reads), whatever the residency. */
 const void *cvx_weights_host(const cvx_weights *ws, int i);
 void cvx_weights_free(cvx_weights *ws);

@@ -220,7 +220,7 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
     cvx_mem_get_stats(dev, &s);
     /* key names follow torch.cuda.memory_stats where there is an equivalent */
     return Py_BuildValue(
-        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "allocated_bytes.all.current",
         (long long)s.allocated_bytes, "allocated_bytes.all.peak", (long long)s.peak_allocated_bytes,
         "reserved_bytes.all.current", (long long)s.reserved_bytes, "reserved_bytes.all.peak",
         (long long)s.peak_reserved_bytes, "weights_bytes.current", (long long)s.kind_allocated_bytes[CVX_MEM_WEIGHTS],
@@ -229,7 +229,8 @@ static PyObject *py_memory_stats(PyObject *self, PyObject *args) {
         (long long)s.kind_peak_bytes[CVX_MEM_ACTIVATIONS], "allocation.all.allocated", (long long)s.num_allocs,
         "allocation.all.freed", (long long)s.num_frees, "allocation.all.current", (long long)s.num_active, "num_ooms",
         (long long)s.num_ooms, "memory_limit_bytes", (long long)s.limit_bytes, "mapped_weights_bytes.current",
-        (long long)s.mapped_bytes, "pinned_bytes.current", (long long)s.pinned_bytes);
+        (long long)s.mapped_bytes, "pinned_bytes.current", (long long)s.pinned_bytes, "lora_bytes.current",
+        (long long)(dev == CVX_DEVICE_CPU ? cvx_lora_live_bytes() : 0));
 }
 
 static PyObject *py_reset_peak_memory_stats(PyObject *self, PyObject *args) {
@@ -807,12 +808,12 @@ static cvx_status transformer_call_run(cvx_ctx *ctx, void *arg) {
 /* forward(hidden [B,F,C,H,W], text [B,L,Dt], timestep [B], ofs [B] | None, pos_table [S,D] | None,
  *         use_learned: bool, rope_cos [N,hd] | None, rope_sin | None) -> [B, F, C_out, H, W] */
 static PyObject *Transformer_call(TransformerObject *self, PyObject *args, int measure) {
-    PyObject *h_obj, *t_obj, *ts_obj, *ofs_obj, *pos_obj, *cos_obj, *sin_obj;
+    PyObject *h_obj, *t_obj, *ts_obj, *ofs_obj, *pos_obj, *cos_obj, *sin_obj, *lora_obj = Py_None;
     int use_learned = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOpOO", &h_obj, &t_obj, &ts_obj, &ofs_obj, &pos_obj, &use_learned, &cos_obj,
-                          &sin_obj))
+    if (!PyArg_ParseTuple(args, "OOOOOpOO|O", &h_obj, &t_obj, &ts_obj, &ofs_obj, &pos_obj, &use_learned, &cos_obj,
+                          &sin_obj, &lora_obj))
         return NULL;
-    PyArrayObject *h = NULL, *txt = NULL, *ts = NULL, *ofs = NULL, *pos = NULL, *cs = NULL, *sn = NULL;
+    PyArrayObject *h = NULL, *txt = NULL, *ts = NULL, *ofs = NULL, *pos = NULL, *cs = NULL, *sn = NULL, *ls = NULL;
     PyObject *result = NULL;
     cvx_tensor ht, tt, out = {0};
     if (!(h = array_f32(h_obj, 5, "hidden_states")) || !(txt = array_f32(t_obj, 3, "encoder_hidden_states")) ||
@@ -823,6 +824,7 @@ static PyObject *Transformer_call(TransformerObject *self, PyObject *args, int m
     if (cos_obj != Py_None &&
         (!(cs = array_f32(cos_obj, 2, "image_rotary_emb[0]")) || !(sn = array_f32(sin_obj, 2, "image_rotary_emb[1]"))))
         goto done;
+    if (lora_obj != Py_None && !(ls = array_f32(lora_obj, 1, "LoRA adapter weights"))) goto done;
     tensor_view(h, &ht);
     tensor_view(txt, &tt);
     const npy_intp B = PyArray_DIM(h, 0);
@@ -849,6 +851,8 @@ static PyObject *Transformer_call(TransformerObject *self, PyObject *args, int m
         .pos_cols = pos ? PyArray_DIM(pos, 1) : 0,
         .rope_rows = cs ? PyArray_DIM(cs, 0) : 0,
         .rope_cols = cs ? PyArray_DIM(cs, 1) : 0,
+        .lora_scales = ls ? PyArray_DATA(ls) : NULL,
+        .lora_count = ls ? (int)PyArray_DIM(ls, 0) : 0,
     };
     transformer_call call = {self->tr, &in, &out};
     size_t measured = 0;
@@ -868,6 +872,7 @@ done:
     Py_XDECREF(pos);
     Py_XDECREF(cs);
     Py_XDECREF(sn);
+    Py_XDECREF(ls);
     return result;
 }
 
@@ -904,7 +909,143 @@ static PyObject *Transformer_weight_data(TransformerObject *self, PyObject *inde
     return weights_data(self->tr ? cvx_transformer_weights(self->tr) : NULL, index);
 }
 
+/* ---- LoRA adapters: each call changes where weight slots point, so it holds the engine lock alone ---- */
+
+static cvx_status lora_locked(cvx_transformer *tr, cvx_status (*fn)(cvx_transformer *, void *), void *arg) {
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS pthread_rwlock_wrlock(&engine_lock);
+    st = fn(tr, arg);
+    pthread_rwlock_unlock(&engine_lock);
+    Py_END_ALLOW_THREADS return st;
+}
+
+typedef struct lora_load_call {
+    const char *path, *prefix;
+    const char *const *modules;
+    const float *scalings;
+    int count;
+} lora_load_call;
+
+static cvx_status lora_load_run(cvx_transformer *tr, void *arg) {
+    const lora_load_call *c = arg;
+    cvx_st_file *st = NULL;
+    CVX_CHECK(cvx_st_open(c->path, &st)); /* every header size checked against the file (io/safetensors.c) */
+    const cvx_status status = cvx_transformer_lora_load(tr, st, c->prefix, c->modules, c->scalings, c->count);
+    cvx_st_close(st); /* the adapter keeps its own reference while its tensors point into the mapping */
+    return status;
+}
+
+/* lora_load(path, prefix, modules: [str], scalings: [float]) -> the adapter's index */
+static PyObject *Transformer_lora_load(TransformerObject *self, PyObject *args) {
+    PyObject *path_arg = NULL, *mods = NULL, *scal = NULL, *path_obj = NULL, *result = NULL;
+    const char *prefix = NULL;
+    if (!self->tr) return raise_status(CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised"));
+    if (!PyArg_ParseTuple(args, "OsOO", &path_arg, &prefix, &mods, &scal) ||
+        !PyUnicode_FSConverter(path_arg, &path_obj))
+        return NULL;
+    PyObject *mseq = PySequence_Fast(mods, "modules must be a sequence of str");
+    PyArrayObject *sc = mseq ? array_f32(scal, 1, "scalings") : NULL;
+    const char **names = NULL;
+    const Py_ssize_t n = mseq ? PySequence_Fast_GET_SIZE(mseq) : 0;
+    if (!sc) goto done;
+    if (PyArray_DIM(sc, 0) != n || n < 1 || n > CVX_WEIGHTS_MAX_TENSORS) {
+        PyErr_Format(PyExc_ValueError, "lora_load needs 1 to %d modules with one scaling each (got %zd and %zd)",
+                     CVX_WEIGHTS_MAX_TENSORS, n, (Py_ssize_t)PyArray_DIM(sc, 0));
+        goto done;
+    }
+    if (!(names = PyMem_Calloc((size_t)n, sizeof(char *)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!(names[i] = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(mseq, i)))) goto done;
+    lora_load_call call = {PyBytes_AS_STRING(path_obj), prefix, names, PyArray_DATA(sc), (int)n};
+    const cvx_status st = lora_locked(self->tr, lora_load_run, &call);
+    result = st == CVX_OK ? PyLong_FromLong(cvx_transformer_num_adapters(self->tr) - 1) : raise_status(st);
+done:
+    PyMem_Free(names);
+    Py_XDECREF(sc);
+    Py_XDECREF(mseq);
+    Py_XDECREF(path_obj);
+    return result;
+}
+
+static cvx_status lora_delete_run(cvx_transformer *tr, void *arg) {
+    return cvx_transformer_lora_delete(tr, *(int *)arg);
+}
+
+static PyObject *Transformer_lora_delete(TransformerObject *self, PyObject *arg) {
+    int index = (int)PyLong_AsLong(arg);
+    if (index == -1 && PyErr_Occurred()) return NULL;
+    if (!self->tr) return raise_status(CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised"));
+    const cvx_status st = lora_locked(self->tr, lora_delete_run, &index);
+    if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+typedef struct lora_fuse_call {
+    const float *scales;
+    int count, safe;
+} lora_fuse_call;
+
+static cvx_status lora_fuse_run(cvx_transformer *tr, void *arg) {
+    const lora_fuse_call *c = arg;
+    return cvx_transformer_lora_fuse(tr, c->scales, c->count, c->safe);
+}
+
+/* lora_fuse(scales [adapters] float32, safe_fusing: bool) */
+static PyObject *Transformer_lora_fuse(TransformerObject *self, PyObject *args) {
+    PyObject *scal = NULL;
+    int safe = 0;
+    if (!self->tr) return raise_status(CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised"));
+    if (!PyArg_ParseTuple(args, "Op", &scal, &safe)) return NULL;
+    PyArrayObject *sc = array_f32(scal, 1, "scales");
+    if (!sc) return NULL;
+    lora_fuse_call call = {PyArray_DATA(sc), (int)PyArray_DIM(sc, 0), safe};
+    const cvx_status st = lora_locked(self->tr, lora_fuse_run, &call);
+    Py_DECREF(sc);
+    if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static cvx_status lora_unfuse_run(cvx_transformer *tr, void *arg) {
+    return *(int *)arg ? cvx_transformer_lora_bake(tr) : cvx_transformer_lora_unfuse(tr);
+}
+
+/* lora_unfuse(bake: bool): back to the original weights, or (bake) keep the fused ones as the model's own */
+static PyObject *Transformer_lora_unfuse(TransformerObject *self, PyObject *arg) {
+    int bake = PyObject_IsTrue(arg);
+    if (bake < 0) return NULL;
+    if (!self->tr) return raise_status(CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised"));
+    const cvx_status st = lora_locked(self->tr, lora_unfuse_run, &bake);
+    if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* lora_bytes() -> ([device-layout bytes of each adapter], host bytes of the fused copies) */
+static PyObject *Transformer_lora_bytes(TransformerObject *self, PyObject *noargs) {
+    (void)noargs;
+    if (!self->tr) return raise_status(CVX_FAIL(CVX_ERR_INVALID, "the transformer was not initialised"));
+    const int n = cvx_transformer_num_adapters(self->tr);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *v = PyLong_FromLongLong(cvx_transformer_adapter_bytes(self->tr, i));
+        if (!v) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list ? Py_BuildValue("(NL)", list, (long long)cvx_transformer_fused_bytes(self->tr)) : NULL;
+}
+
 static PyMethodDef Transformer_methods[] = {
+    {"lora_load", (PyCFunction)Transformer_lora_load, METH_VARARGS,
+     "lora_load(path, prefix, modules, scalings) -> adapter index"},
+    {"lora_delete", (PyCFunction)Transformer_lora_delete, METH_O, "lora_delete(index)"},
+    {"lora_fuse", (PyCFunction)Transformer_lora_fuse, METH_VARARGS, "lora_fuse(scales, safe_fusing)"},
+    {"lora_unfuse", (PyCFunction)Transformer_lora_unfuse, METH_O, "lora_unfuse(bake)"},
+    {"lora_bytes", (PyCFunction)Transformer_lora_bytes, METH_NOARGS, "lora_bytes() -> ([adapter bytes], fused)"},
     {"weight_info", (PyCFunction)Transformer_weight_info, METH_NOARGS, "weight_info() -> [(name, dtype, shape)]"},
     {"weight_data", (PyCFunction)Transformer_weight_data, METH_O, "weight_data(i) -> ndarray copy of tensor i"},
     {"forward", (PyCFunction)Transformer_forward, METH_VARARGS,
