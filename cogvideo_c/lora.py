@@ -54,17 +54,21 @@ def _resolve_file(path, weight_name=None, subfolder=None):
 
 
 def _file_metadata(path):
-    """diffusers' adapter metadata (a dict) from the file's __metadata__, or None. The C core has validated the
-    header's sizes already (safetensors_index); this reads only the header's JSON."""
+    """diffusers' adapter metadata (a dict) from the file's __metadata__, or None. Call it only after the C core has
+    validated the file (safetensors_index: the header's length against the file, its JSON, __metadata__ a
+    string-to-string object); this reads only the header's JSON."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError) as e:  # what the C parser accepts and Python's does not (not UTF-8)
+            raise ValueError(f"{path}: its safetensors header is not JSON Python can read ({e})") from None
     raw = (header.get("__metadata__") or {}).get(LORA_ADAPTER_METADATA_KEY)
     if not raw:
         return None
     try:
         meta = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python's parser goes
         raise ValueError(f"{path}: its {LORA_ADAPTER_METADATA_KEY!r} metadata is not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: its {LORA_ADAPTER_METADATA_KEY!r} metadata is not a JSON object")
@@ -110,8 +114,11 @@ class _Source:
             self.metadata = metadata
         else:
             self.path = _resolve_file(src, weight_name, subfolder)
+        # {name: (dtype, shape)}, every size checked in C: first, as the header is read in Python only once it is
+        # known to be sound (its length within the file, its JSON, __metadata__ a string-to-string object)
+        self.index = _C.safetensors_index(self.path)
+        if not isinstance(src, dict):
             self.metadata = metadata if metadata is not None else _file_metadata(self.path)
-        self.index = _C.safetensors_index(self.path)  # {name: (dtype, shape)}, every size checked in C
 
     def close(self):
         if self._tmp:

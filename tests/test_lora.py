@@ -7,6 +7,7 @@ error before any work."""
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -298,6 +299,47 @@ def test_state_dict_input_and_lora_state_dict():
     tr.load_lora_adapter(sd, adapter_name="alpha", metadata=meta)
     tr.set_adapters("alpha", 0.5)
     compare_rel("alpha from a dict", forward(tr), ARRAYS["alpha_w05__out"], REL, REF)
+
+
+# ---- found by tests/fuzz/fuzz_lora.py ----------------------------------------------------------------------------
+
+
+def _raw(tmp_path, header, data=b"\0" * 512, length=None):
+    """A safetensors file written byte by byte (the writers refuse what these tests need): the header dict (or
+    bytes), the data, and the length field (default: the header's)."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = tmp_path / "raw.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+    return str(path)
+
+
+RAW_Q = {f"transformer.{Q}.lora_A.weight": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]},
+         f"transformer.{Q}.lora_B.weight": {"dtype": "F32", "shape": [32, 2], "data_offsets": [256, 512]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "header, length, error, match",
+    [
+        # read in Python before the C core had checked it: MemoryError / OverflowError from f.read(length)
+        (RAW_Q, 2**63, OSError, "header length 9223372036854775808 is implausibly large"),
+        (RAW_Q, 2**40, OSError, "header length 1099511627776 is implausibly large"),
+        # a TypeError from json.loads(a dict)
+        ({**RAW_Q, "__metadata__": {"lora_adapter_metadata": {"r": 2}}}, None, OSError,
+         r"a \"__metadata__\" value \(header byte \d+\) is an object, not a string"),
+        # a RecursionError from json.loads
+        ({**RAW_Q, "__metadata__": {"lora_adapter_metadata": "[" * 100000 + "]" * 100000}}, None, ValueError,
+         "its 'lora_adapter_metadata' metadata is not JSON .maximum recursion depth"),
+    ],
+)  # fmt: skip
+def test_the_header_is_read_only_after_the_core_checked_it(tmp_path, header, length, error, match, cpu_memory_checked):
+    tr = transformer()
+    path = _raw(tmp_path, header, length=length)
+    with pytest.raises(error, match=match):
+        tr.load_lora_adapter(path)
+    with pytest.raises(error, match=match):
+        cogvideo_c.CogVideoXPipeline.lora_state_dict(path)
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
 
 
 CHILD = r"""
