@@ -24,6 +24,7 @@ from .safetensors_io import save_file
 
 LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+_MAX_RANK = 1 << 20  # the C core's bound on a LoRA rank (transformer.c)
 # loading arguments diffusers takes for the Hub or torch that change nothing for a local safetensors file
 _LOAD_KWARGS = {"cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "use_safetensors",
                 "low_cpu_mem_usage", "hotswap", "return_lora_metadata", "subfolder", "weight_name"}  # fmt: skip
@@ -147,6 +148,16 @@ def _adapter_config(modules, ranks, metadata):
         if "r" not in cfg:
             raise ValueError("the LoRA's adapter metadata has no 'r' (rank)")
         cfg.setdefault("lora_alpha", cfg["r"])
+        for key in ("rank_pattern", "alpha_pattern"):  # peft matches their keys as regular expressions
+            if not isinstance(cfg[key], dict):
+                raise ValueError(f"the LoRA's adapter metadata has {key} {cfg[key]!r}; it must be an object "
+                                 "{module pattern: value}")  # fmt: skip
+            for pattern in cfg[key]:
+                try:
+                    re.compile(rf"(.*\.)?({pattern})$")
+                except (re.error, OverflowError, RecursionError) as e:
+                    raise ValueError(f"the LoRA's adapter metadata has {key} key {pattern!r}, which is not a regular "
+                                     f"expression ({e})") from None  # fmt: skip
         return cfg
     rank_dict = {f"^{m}": ranks[m] for m in modules}
     r = lora_alpha = next(iter(rank_dict.values()))
@@ -165,8 +176,11 @@ def _module_scaling(cfg, module):
     a_key = _pattern_key(cfg["alpha_pattern"].keys(), module)
     r = cfg["rank_pattern"].get(r_key, cfg["r"])
     alpha = cfg["alpha_pattern"].get(a_key, cfg["lora_alpha"])
-    if not isinstance(r, int) or r < 1:
-        raise ValueError(f"the LoRA config gives module {module!r} rank {r!r}; ranks are positive integers")
+    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= _MAX_RANK:
+        raise ValueError(f"the LoRA config gives module {module!r} rank {r!r}; ranks are integers from 1 to "
+                         f"{_MAX_RANK}")  # fmt: skip
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not -1e30 <= alpha <= 1e30:  # NaN too
+        raise ValueError(f"the LoRA config gives module {module!r} lora_alpha {alpha!r}; it must be a finite number")
     return r, (alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r)
 
 

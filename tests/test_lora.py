@@ -342,6 +342,33 @@ def test_the_header_is_read_only_after_the_core_checked_it(tmp_path, header, len
     del tr
 
 
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        # AttributeError: 'list' object has no attribute 'keys'
+        ({"transformer.r": 2, "transformer.rank_pattern": [2]}, r"rank_pattern \[2\]; it must be an object"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": 3}, r"alpha_pattern 3; it must be an object"),
+        # re.error / OverflowError from re.match over the patterns
+        ({"transformer.r": 2, "transformer.rank_pattern": {"(": 2}}, r"rank_pattern key '\(', which is not a regular"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": {"a{99999999999}": 2}}, r"key 'a\{99999999999\}', which"),
+        # TypeError: unsupported operand type(s) for /
+        ({"transformer.r": 2, "transformer.lora_alpha": "2"}, r"lora_alpha '2'; it must be a finite number"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": {"to_q": None}}, r"lora_alpha None; it must be a finite"),
+        # OverflowError: int too large to convert to float / integer division result too large for a float
+        ({"transformer.r": 2, "transformer.lora_alpha": 10**400}, r"lora_alpha 1000+; it must be a finite number"),
+        ({"transformer.r": 10**400, "transformer.use_rslora": True}, r"rank 1000+; ranks are integers from 1 to"),
+        ({"transformer.r": True}, r"rank True; ranks are integers from 1 to 1048576"),
+    ],
+)  # fmt: skip
+def test_metadata_values_of_the_wrong_kind_are_value_errors(tmp_path, meta, match, cpu_memory_checked):
+    tr = transformer()
+    path = _write(tmp_path, _pair(Q, 2, 32, 32), {"lora_adapter_metadata": json.dumps(meta)})
+    with pytest.raises(ValueError, match=match):
+        tr.load_lora_adapter(str(path))
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
 CHILD = r"""
 import json, sys
 
