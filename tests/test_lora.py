@@ -369,6 +369,18 @@ def test_metadata_values_of_the_wrong_kind_are_value_errors(tmp_path, meta, matc
     del tr
 
 
+@pytest.mark.filterwarnings("ignore:.*keys under .* are ignored")
+@pytest.mark.parametrize("header", [{}, {"text_encoder.x.lora_A.weight": RAW_Q[f"transformer.{Q}.lora_A.weight"]}])
+def test_a_file_without_transformer_keys_loads_nothing_with_a_warning(tmp_path, header, cpu_memory_checked):
+    """A StopIteration escaped deriving the rank of no modules (diffusers warns and loads nothing)."""
+    tr = transformer()
+    data = b"\0" * (256 if header else 0)
+    with pytest.warns(UserWarning, match="no LoRA keys under prefix 'transformer'; nothing loaded"):
+        tr.load_lora_adapter(_raw(tmp_path, header, data), adapter_name="empty")
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
 CHILD = r"""
 import json, sys
 
