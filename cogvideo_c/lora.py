@@ -226,7 +226,7 @@ def _plan(index, metadata, linears, prefix, source):
                          f"{', '.join(repr(k) for k in bad_format)}")  # fmt: skip
     if not modules:  # nothing under the prefix: the caller warns, as diffusers does (no config to derive)
         return [], [], {}
-    cfg = _adapter_config(modules, {m: pairs[m].get("B", (0, 0))[-1] for m in modules}, metadata)
+    cfg = _adapter_config(modules, {m: (pairs[m].get("B") or (0,))[-1] for m in modules}, metadata)
     for flag, what in (("use_dora", "DoRA (use_dora)"), ("lora_bias", "lora_bias")):
         if cfg.get(flag):
             raise ValueError(f"{source}: the adapter's config asks for {what}, which cogvideo_c does not support")

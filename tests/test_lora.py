@@ -381,6 +381,16 @@ def test_a_file_without_transformer_keys_loads_nothing_with_a_warning(tmp_path, 
     del tr
 
 
+def test_a_scalar_lora_b_is_a_shape_error(tmp_path, cpu_memory_checked):
+    """An IndexError escaped reading the rank (the last dimension) of a 0-D lora_B."""
+    header = {**RAW_Q, f"transformer.{Q}.lora_B.weight": {"dtype": "F32", "shape": [], "data_offsets": [256, 260]}}
+    tr = transformer()
+    with pytest.raises(ValueError, match=r"lora_A \[2, 32\] and lora_B \[\] must be 2-D"):
+        tr.load_lora_adapter(_raw(tmp_path, header, b"\0" * 260))
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
 CHILD = r"""
 import json, sys
 
