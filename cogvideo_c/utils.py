@@ -8,12 +8,30 @@ with Pillow, as diffusers does.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from typing import Callable
 
 from ._files import check_regular
 
 __all__ = ["load_image", "load_video"]
+
+# What Pillow's decoders raise on a corrupt or truncated file: OSError ("image file is truncated", without the
+# path) and more (its Image.open catches some of them while identifying a file, but not while decoding or seeking)
+_PILLOW_DECODE_ERRORS = (OSError, EOFError, IndexError, KeyError, SyntaxError, TypeError, ValueError,
+                         ZeroDivisionError, struct.error)  # fmt: skip
+
+
+def _pillow_error(path, err):
+    """The OSError for a file Pillow could not decode: unidentified, corrupt, or past its decompression-bomb limit
+    (an image of more pixels than Image.MAX_IMAGE_PIXELS x 2, refused before its pixels are allocated)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return OSError(f"{path!r} is not an image Pillow can read")
+    if isinstance(err, Image.DecompressionBombError):
+        return OSError(f"{path!r} is too large to decode: {err}")
+    return OSError(f"{path!r} is corrupt or truncated: Pillow could not decode it ({type(err).__name__}: {err})")
 
 
 def _local_file(path, what: str) -> str:
@@ -52,7 +70,8 @@ def load_image(image, convert_method: Callable | None = None):
 
     Raises:
         ValueError: for a URL (cogvideo_c does not download) or a value that is neither a path nor a PIL image.
-        OSError: the file is missing, not a regular file, or not an image Pillow can read.
+        OSError: the file is missing, not a regular file, not an image Pillow can read, corrupt or truncated, or
+            past Pillow's decompression-bomb limit (refused before its pixels are allocated).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -63,8 +82,8 @@ def load_image(image, convert_method: Callable | None = None):
         try:
             with Image.open(path) as opened:
                 image = ImageOps.exif_transpose(opened)  # a loaded copy: the file is closed on return
-        except UnidentifiedImageError:
-            raise OSError(f"{path!r} is not an image Pillow can read") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_PILLOW_DECODE_ERRORS) as err:
+            raise _pillow_error(path, err) from None
     return convert_method(image) if convert_method is not None else image.convert("RGB")
 
 
@@ -85,14 +104,18 @@ def load_video(video, convert_method: Callable | None = None) -> list:
     Raises:
         ValueError: for a URL (cogvideo_c does not download) or a value that is not a path.
         OSError: the file is missing, not a regular file, or not a video ffmpeg or Pillow can decode (the message
-            has a short excerpt of ffmpeg's error; nothing is printed).
+            has a short excerpt of ffmpeg's error; nothing is printed); a GIF also when it is corrupt, truncated or
+            past Pillow's decompression-bomb limit.
     """
-    from PIL import Image, ImageSequence
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
     path = _local_file(video, "video")
     if path.lower().endswith(".gif"):
-        with Image.open(path) as gif:
-            frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+        try:
+            with Image.open(path) as gif:
+                frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_PILLOW_DECODE_ERRORS) as err:
+            raise _pillow_error(path, err) from None
     else:
         import imageio_ffmpeg
         import numpy as np

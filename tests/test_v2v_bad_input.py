@@ -91,6 +91,38 @@ def test_video_file_that_is_missing_or_not_a_video(v2v, cpu_memory_checked, tmp_
         v2v(video=str(bad), prompt="a panda", max_sequence_length=16)
 
 
+def _gif(frames_=2, size=8, screen=None):
+    """A small animated GIF (bytes); `screen` (w, h) replaces its logical screen size."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    first, *rest = pil_frames(frames_, size, size)
+    first.save(buf, format="GIF", save_all=True, append_images=rest, duration=40, loop=0)
+    blob = buf.getvalue()
+    return blob if screen is None else blob[:6] + struct.pack("<HH", *screen) + blob[10:]
+
+
+def test_every_truncation_of_a_gif_is_an_os_error_or_its_frames(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: Pillow's IndexError / struct.error on a cut GIF escaped load_video; each
+    prefix of a real GIF either decodes or is an OSError naming the file."""
+    blob, path = _gif(), tmp_path / "cut.gif"
+    for cut in range(len(blob)):
+        path.write_bytes(blob[:cut])
+        try:
+            cogvideo_c.load_video(str(path))
+        except OSError as err:
+            assert "cut.gif" in str(err)
+
+
+def test_a_gif_past_the_decompression_bomb_limit_is_an_os_error(v2v, cpu_memory_checked, tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: Pillow's DecompressionBombError (not an OSError) escaped load_video."""
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(_gif(screen=(65535, 65535)))
+    with pytest.raises(OSError, match=r"bomb.gif' is too large to decode: Image size \(4294836225 pixels\)"):
+        v2v(video=str(bomb), prompt="a panda", max_sequence_length=16)
+
+
 def test_tiles_that_change_the_latent_size_are_refused(v2v, cpu_memory_checked):
     """16-pixel tiles with diffusers' default overlaps (1/6, 1/5) step by 13 x 12 pixels: the tiled encode of a
     32 x 32 video has more latent rows than 32 / 8, which diffusers would only find in add_noise."""
