@@ -18,6 +18,9 @@ import warnings
 
 import numpy as np
 
+from .memory import OutOfMemoryError
+from .pipeline import _host_memory_bytes
+
 __all__ = ["VaeImageProcessor"]
 
 
@@ -146,6 +149,15 @@ class VaeImageProcessor:
                     f"`{what}` array {n} has dtype {a.dtype}: pass float values in [0, 1] (e.g. array / 255) or a "
                     "PIL image"
                 )
+        # the batch below is a copy of every array (a broadcast view can claim any size without holding it): what
+        # cannot fit in memory is refused before it is allocated
+        need = sum(a.size for a in images) * (max(a.itemsize for a in images) + 4)  # the batch, then float32
+        available = _host_memory_bytes()
+        if available is not None and need > available:
+            raise OutOfMemoryError(
+                f"`{what}` holds {sum(a.size for a in images)} values (shapes {[a.shape for a in images][:4]}): "
+                f"preprocessing them needs {need / 2**30:.3g} GiB, more than this machine's {available / 2**30:.3g} GiB"
+            )
         if images[0].ndim == 4:
             if len(images) > 1:
                 warnings.warn(

@@ -119,6 +119,14 @@ def test_every_truncation_of_a_png_is_an_os_error_or_the_image(tmp_path):
             assert "cut.png" in str(err)
 
 
+@pytest.mark.parametrize("shape", [(1, 2**40, 48, 3), (2**31, 48, 3), (32, 48, 2**40)])
+def test_a_huge_broadcast_array_is_refused_before_it_is_copied(shape):
+    """Found by tests/fuzz/fuzz_media.py: a broadcast view (no memory behind it) of huge dimensions was copied by
+    the preprocessing, a MemoryError (or the machine swapping) instead of a clear refusal."""
+    rejects(cogvideo_c.OutOfMemoryError, r"`image` holds \d+ values .*: preprocessing them needs [\d.e+]+ GiB, more "
+            r"than this machine's", image=np.broadcast_to(np.float32(0.5), shape))  # fmt: skip
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
 def test_images_that_are_not_rgb_name_convert(mode):
     rejects(ValueError, rf"is a {mode} image; the VAE encodes RGB: pass image.convert\('RGB'\)",

@@ -123,6 +123,18 @@ def test_a_gif_past_the_decompression_bomb_limit_is_an_os_error(v2v, cpu_memory_
         v2v(video=str(bomb), prompt="a panda", max_sequence_length=16)
 
 
+def test_a_huge_broadcast_video_is_refused_before_it_is_copied(v2v, fun, cpu_memory_checked):
+    """Found by tests/fuzz/fuzz_media.py: a broadcast view of huge dimensions was copied by the preprocessing (a
+    MemoryError)."""
+    video = np.broadcast_to(np.float32(0.5), (9, 16, 2**40, 3))
+    with pytest.raises(
+        cogvideo_c.OutOfMemoryError, match=r"`video` holds 474989023199232 values .*preprocessing them needs"
+    ):
+        v2v(video=video, prompt="a panda", max_sequence_length=16)
+    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"`control_video` holds \d+ values"):
+        fun(control_video=video, prompt="a panda", max_sequence_length=16)
+
+
 def test_tiles_that_change_the_latent_size_are_refused(v2v, cpu_memory_checked):
     """16-pixel tiles with diffusers' default overlaps (1/6, 1/5) step by 13 x 12 pixels: the tiled encode of a
     32 x 32 video has more latent rows than 32 / 8, which diffusers would only find in add_noise."""
