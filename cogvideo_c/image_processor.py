@@ -44,6 +44,19 @@ def _nearest_indices(size_in, size_out):
     return np.minimum(np.floor(i.astype(np.float32) * scale).astype(np.int64), size_in - 1)
 
 
+def _check_copy_fits(arrays, what):
+    """Raises OutOfMemoryError before the arrays are copied (and converted to float32) if that cannot fit in memory:
+    a broadcast view can claim any size without holding it."""
+    count = sum(a.size for a in arrays)
+    need = count * (max(a.itemsize for a in arrays) + 4)  # the copy, then float32
+    available = _host_memory_bytes()
+    if available is not None and need > available:
+        raise OutOfMemoryError(
+            f"`{what}` holds {count} values (shapes {[a.shape for a in arrays][:4]}): preprocessing them needs "
+            f"{need / 2**30:.3g} GiB, more than this machine's {available / 2**30:.3g} GiB"
+        )
+
+
 class VaeImageProcessor:
     """diffusers.image_processor.VaeImageProcessor's preprocessing, for the arguments the CogVideoX pipelines use.
 
@@ -149,15 +162,7 @@ class VaeImageProcessor:
                     f"`{what}` array {n} has dtype {a.dtype}: pass float values in [0, 1] (e.g. array / 255) or a "
                     "PIL image"
                 )
-        # the batch below is a copy of every array (a broadcast view can claim any size without holding it): what
-        # cannot fit in memory is refused before it is allocated
-        need = sum(a.size for a in images) * (max(a.itemsize for a in images) + 4)  # the batch, then float32
-        available = _host_memory_bytes()
-        if available is not None and need > available:
-            raise OutOfMemoryError(
-                f"`{what}` holds {sum(a.size for a in images)} values (shapes {[a.shape for a in images][:4]}): "
-                f"preprocessing them needs {need / 2**30:.3g} GiB, more than this machine's {available / 2**30:.3g} GiB"
-            )
+        _check_copy_fits(images, what)  # the batch below is a copy of every array
         if images[0].ndim == 4:
             if len(images) > 1:
                 warnings.warn(

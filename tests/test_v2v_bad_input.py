@@ -135,6 +135,15 @@ def test_a_huge_broadcast_video_is_refused_before_it_is_copied(v2v, fun, cpu_mem
         fun(control_video=video, prompt="a panda", max_sequence_length=16)
 
 
+@pytest.mark.parametrize("video", [np.broadcast_to(np.float32(0.5), (2**31, 1, 16, 16, 3)),
+                                   [np.broadcast_to(np.float32(0.5), (2**30, 1, 16, 16, 3))] * 2])  # fmt: skip
+def test_a_huge_batch_of_videos_is_refused_before_it_is_split(v2v, cpu_memory_checked, video):
+    """Found by tests/fuzz/fuzz_media.py: a 5-D broadcast view of 2**31 videos was split into as many views (a
+    MemoryError) before any size was checked."""
+    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"`video` holds 1649267441664 values .*preprocessing"):
+        v2v(video=video, prompt="a panda", max_sequence_length=16)
+
+
 def test_tiles_that_change_the_latent_size_are_refused(v2v, cpu_memory_checked):
     """16-pixel tiles with diffusers' default overlaps (1/6, 1/5) step by 13 x 12 pixels: the tiled encode of a
     32 x 32 video has more latent rows than 32 / 8, which diffusers would only find in add_noise."""
