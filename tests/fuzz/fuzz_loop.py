@@ -70,8 +70,14 @@ def fuzz(script, seed, cases, seconds, case_timeout):
                    "--stop", str(cases), "--scratch", scratch]  # fmt: skip
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
             current, target = None, None
+            case_start = time.monotonic()
             while time.monotonic() < deadline:
-                ready, _, _ = select.select([proc.stdout], [], [], case_timeout)
+                # wait for the case's timeout, but not past the deadline (a case running then is stopped, not a hang)
+                ready, _, _ = select.select(
+                    [proc.stdout], [], [], max(0.0, min(case_start + case_timeout, deadline) - time.monotonic())
+                )
+                if not ready and time.monotonic() >= deadline and time.monotonic() - case_start < case_timeout:
+                    continue  # the while condition ends the run
                 if not ready:  # no line within the case timeout: the current case hangs
                     proc.kill()
                     proc.wait()
@@ -92,6 +98,7 @@ def fuzz(script, seed, cases, seconds, case_timeout):
                             findings.append((index, None, "crash", f"worker failed to start (exit status {rc})"))
                             counts["crash"] += 1
                     break
+                case_start = time.monotonic()
                 parts = line.rstrip("\n").split(" ", 3)
                 if parts[0] == "begin":
                     current, target = int(parts[1]), parts[2]
