@@ -13,6 +13,7 @@ import warnings
 from typing import Callable
 
 from ._files import check_regular
+from .memory import OutOfMemoryError
 
 __all__ = ["load_image", "load_video"]
 
@@ -55,6 +56,44 @@ def _local_file(path, what: str) -> str:
     return path
 
 
+def _decode_budget():
+    """Bytes a video's decoded frames may take: the memory the machine has available now (MemAvailable), or what
+    this process's address-space limit (ulimit -v) leaves, whichever is less; the machine's memory where /proc is
+    missing; None where nothing is known."""
+    from .pipeline import _host_memory_bytes
+
+    budget = _host_memory_bytes()
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        budget = available if budget is None else min(budget, available)
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY and limit > 0:
+            with open("/proc/self/status", encoding="ascii") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            budget = min(budget, max(limit - used, 0))
+    except (OSError, ValueError, StopIteration, ImportError):
+        pass
+    return budget
+
+
+def _out_of_memory(path, frames, frame_bytes, need, budget):
+    return OutOfMemoryError(
+        f"video {path!r}: decoding frame {frames + 1} needs {need} bytes (the frames, {frame_bytes} bytes each, and "
+        f"the decoder's working memory), more than the {budget} bytes of memory available"
+    )
+
+
+def _check_decoded(path, frames, frame_bytes, working_bytes, budget):
+    """OutOfMemoryError before one more frame is decoded if the frames kept (frame_bytes each) and the decoder's
+    working memory for the next (working_bytes) would exceed budget."""
+    need = (frames + 1) * frame_bytes + working_bytes
+    if budget is not None and need > budget:
+        raise _out_of_memory(path, frames, frame_bytes, need, budget)
+
+
 def load_image(image, convert_method: Callable | None = None):
     """Loads an image as a PIL image, as ``diffusers.utils.load_image`` does (without downloading).
 
@@ -93,7 +132,8 @@ def load_video(video, convert_method: Callable | None = None) -> list:
     Args:
         video (`str` or `os.PathLike`):
             A local video file: a GIF (read with Pillow) or anything ffmpeg decodes (.mp4, .mkv, .mov, ...; read
-            through ``imageio-ffmpeg``). Every frame is decoded into memory (height x width x 3 bytes each).
+            through ``imageio-ffmpeg``). Every frame is decoded into memory (height x width x 3 bytes each), up to
+            the memory available: a video whose frames would not fit is refused before the frame that would not.
         convert_method (`Callable`, *optional*):
             Called with the list of frames and returns the list to use (diffusers' hook, e.g. to resize them).
 
@@ -106,14 +146,26 @@ def load_video(video, convert_method: Callable | None = None) -> list:
         OSError: the file is missing, not a regular file, or not a video ffmpeg or Pillow can decode (the message
             has a short excerpt of ffmpeg's error; nothing is printed); a GIF also when it is corrupt, truncated or
             past Pillow's decompression-bomb limit.
+        cogvideo_c.OutOfMemoryError: the decoded frames would not fit in the memory available.
     """
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     path = _local_file(video, "video")
     if path.lower().endswith(".gif"):
+        budget, frames = _decode_budget(), []
         try:
             with Image.open(path) as gif:
-                frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+                # every frame's RGB copy (3 bytes a pixel) and Pillow's working frames for the last (RGBA, the
+                # previous one for disposal, the conversion: 12), checked before any is decoded (n_frames only
+                # walks the frames' headers)
+                pixels = gif.width * gif.height
+                _check_decoded(path, gif.n_frames - 1, 3 * pixels, 12 * pixels, budget)
+                for frame in ImageSequence.Iterator(gif):
+                    frames.append(frame.convert("RGB"))
+        except OutOfMemoryError:  # a MemoryError too: not to be caught below
+            raise
+        except MemoryError:  # the estimate above fell short: still refused, not a crash
+            raise _out_of_memory(path, len(frames), 3 * gif.width * gif.height, "more", budget) from None
         except (UnidentifiedImageError, Image.DecompressionBombError, *_PILLOW_DECODE_ERRORS) as err:
             raise _pillow_error(path, err) from None
     else:
@@ -128,7 +180,16 @@ def load_video(video, convert_method: Callable | None = None) -> list:
             try:
                 meta = next(reader)
                 width, height = meta["size"]
-                frames = [Image.fromarray(np.frombuffer(b, np.uint8).reshape(height, width, 3)) for b in reader]
+                budget, frames = _decode_budget(), []
+                _check_decoded(path, 0, 3 * width * height, 3 * width * height, budget)  # the first, read ahead
+                try:
+                    for b in reader:
+                        _check_decoded(path, len(frames), 3 * width * height, 3 * width * height, budget)
+                        frames.append(Image.fromarray(np.frombuffer(b, np.uint8).reshape(height, width, 3)))
+                except OutOfMemoryError:  # a MemoryError too: not to be caught below
+                    raise
+                except MemoryError:  # the estimate fell short: still refused, not a crash
+                    raise _out_of_memory(path, len(frames), 3 * width * height, "more", budget) from None
             except (OSError, RuntimeError) as err:
                 # imageio-ffmpeg's message is a multi-line ffmpeg log: keep its first and last lines
                 lines = [line.strip() for line in str(err).splitlines() if line.strip()]

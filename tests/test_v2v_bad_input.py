@@ -4,6 +4,8 @@ memory manager's left allocated."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from test_v2v_parity import FIXTURES, V2V
@@ -142,6 +144,37 @@ def test_a_huge_batch_of_videos_is_refused_before_it_is_split(v2v, cpu_memory_ch
     MemoryError) before any size was checked."""
     with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"`video` holds 1649267441664 values .*preprocessing"):
         v2v(video=video, prompt="a panda", max_sequence_length=16)
+
+
+_DECODE_UNDER_LIMIT = r"""
+import resource, sys, cogvideo_c
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+try:
+    frames = cogvideo_c.load_video(sys.argv[1])
+    print("decoded", len(frames))
+except cogvideo_c.OutOfMemoryError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_gif_whose_frames_cannot_fit_is_refused_before_they_are_decoded(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: a 9 KB GIF with a 12000x12000 screen decodes to 432 MB a frame; its 16
+    frames were decoded whatever the memory (a MemoryError under the worker's address-space limit, the OOM killer
+    without one). Under a 3 GiB limit the frame that would not fit is refused first."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "screen.gif"
+    path.write_bytes(_gif(frames_=16, screen=(12000, 12000)))
+    proc = subprocess.run([sys.executable, "-c", _DECODE_UNDER_LIMIT, str(path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: video" in proc.stdout and "decoding frame" in proc.stdout, proc.stdout
+    assert re.search(
+        r"decoding frame \d+ needs \d+ bytes \(the frames, 432000000 bytes each, and the decoder's "
+        r"working memory\), more than the \d+ bytes of memory available",
+        proc.stdout,
+    ), proc.stdout
 
 
 def test_tiles_that_change_the_latent_size_are_refused(v2v, cpu_memory_checked):
