@@ -21,25 +21,8 @@
 #include "../../csrc/models/transformer.h"
 #include "../../csrc/ops/backend.h"
 #include "../../csrc/ops/ops.h"
+#include "../c/tiny_5b.h"
 #include "fuzz_common.h"
-
-/* tests/fixtures/pipeline/tiny_5b/transformer/config.json (the fixture adapters' model) */
-static const cvx_transformer_config CFG = {
-    .num_attention_heads = 2,
-    .attention_head_dim = 16,
-    .in_channels = 4,
-    .out_channels = 4,
-    .flip_sin_to_cos = 1,
-    .time_embed_dim = 2,
-    .text_embed_dim = 32,
-    .num_layers = 2,
-    .attention_bias = 1,
-    .patch_bias = 1,
-    .norm_elementwise_affine = 1,
-    .patch_size = 2,
-    .max_text_seq_length = 16,
-    .norm_eps = 1e-5f,
-};
 
 #define MAX_MODULES 64
 static const char PREFIX[] = "transformer.";
@@ -75,7 +58,7 @@ static void setup(void) {
     if (fuzz_temp_file("pytorch_lora_weights.safetensors", path, sizeof(path), &fd) != 0) abort();
     const cvx_dtype dtypes[2] = {CVX_F32, CVX_BF16};
     for (int m = 0; m < 2; m++)
-        if (cvx_transformer_create(&CFG, NULL, dtypes[m], 7 + (uint64_t)m, &models[m]) != CVX_OK) abort();
+        if (cvx_transformer_create(&TINY_5B, NULL, dtypes[m], 7 + (uint64_t)m, &models[m]) != CVX_OK) abort();
     const int64_t hshape[5] = {2, 3, 4, 2, 4}, tshape[3] = {2, 16, 32};
     if (cvx_tensor_alloc(&hidden, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 5, hshape) != CVX_OK ||
         cvx_tensor_alloc(&text, CVX_DEVICE_CPU, CVX_MEM_ACTIVATIONS, CVX_F32, 3, tshape) != CVX_OK)

@@ -104,6 +104,19 @@ def _png_with_size(blob, width, height):
     return blob[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + blob[33:]
 
 
+def _mutate_bytes(rng, blob, flips, junk):
+    """The file's bytes truncated (half the time), with up to `flips` bytes changed, or replaced by one of `junk`."""
+    kind = rng.random()
+    if kind < 0.5:
+        return blob[: rng.randrange(len(blob) + 1)]
+    if kind < 0.9 and blob:
+        out = bytearray(blob)
+        for _ in range(rng.randint(1, flips)):
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        return bytes(out)
+    return rng.choice(junk)
+
+
 def _image_file(rng, folder):
     """An image file (a path), often mutated: truncated, a byte flipped, a huge size in its header, empty, text."""
     fmt = rng.choice(IMAGE_FORMATS)
@@ -121,15 +134,8 @@ def _image_file(rng, folder):
         blob = _png_with_size(blob, rng.choice(HUGE[:2] + (40000, 2**31 - 1)), rng.choice(HUGE[:2] + (40000, 1)))
     elif kind < 0.3 and fmt == "GIF":
         blob = blob[:6] + struct.pack("<HH", 65535, rng.choice([65535, 1, 40000])) + blob[10:]
-    elif kind < 0.5:
-        blob = blob[: rng.randrange(len(blob) + 1)]
-    elif kind < 0.65:
-        blob = bytearray(blob)
-        for _ in range(rng.randint(1, 4)):
-            blob[rng.randrange(len(blob))] = rng.randrange(256)
-        blob = bytes(blob)
     elif kind < 0.7:
-        blob = rng.choice([b"", b"not an image", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\x00" * 100])
+        blob = _mutate_bytes(rng, blob, 4, [b"", b"not an image", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\x00" * 100])
     ext = rng.choice([fmt.lower(), fmt.lower(), "png", "txt", "mp4", "gif"])
     path = os.path.join(folder, f"input.{ext}")
     with open(path, "wb") as f:
@@ -179,16 +185,8 @@ def _video_file(rng, folder):
             )
     else:
         blob, ext = _mp4_bytes(n, size), "mp4"
-    kind = rng.random()
-    if kind < 0.25:
-        blob = blob[: rng.randrange(len(blob) + 1)]
-    elif kind < 0.45:
-        blob = bytearray(blob)
-        for _ in range(rng.randint(1, 8)):
-            blob[rng.randrange(len(blob))] = rng.randrange(256)
-        blob = bytes(blob)
-    elif kind < 0.5:
-        blob = rng.choice([b"", b"not a video", b"GIF89a", b"\x00\x00\x00\x18ftypmp42"])
+    if rng.random() < 0.5:
+        blob = _mutate_bytes(rng, blob, 8, [b"", b"not a video", b"GIF89a", b"\x00\x00\x00\x18ftypmp42"])
     ext = ext if rng.random() < 0.85 else rng.choice(["gif", "mp4", "png", "mkv"])
     path = os.path.join(folder, f"input.{ext}")
     with open(path, "wb") as f:
