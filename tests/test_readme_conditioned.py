@@ -47,20 +47,22 @@ def tiny_dirs(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:no accelerator")
+@pytest.mark.parametrize("lora_call", ["set_adapters", "fuse_lora"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_readme_image_and_video_to_video_example(dtype, tiny_dirs, tmp_path, monkeypatch):
+def test_readme_image_and_video_to_video_example(dtype, lora_call, tiny_dirs, tmp_path, monkeypatch):
     """The block as written (LoRA at weight 0.8 under sequential offload, tiling, 49 frames, 50 steps; then
-    video-to-video at strength 0.8): both videos are finite, not flat, and the adapter changes the image-to-video
-    frames (the same call without it differs)."""
+    video-to-video at strength 0.8), and with its commented alternative `pipe.fuse_lora(lora_scale=0.8)` instead of
+    set_adapters: both videos are finite, not flat, and the adapter changes the image-to-video frames (the same call
+    without it differs)."""
     i2v_dir, t2v_dir, lora_dir = tiny_dirs
-    code = _substitute(
-        _dtype_text(_block("CogVideoXImageToVideoPipeline.from_pretrained"), dtype),
-        {
-            '"path/to/CogVideoX-5b-I2V"': repr(str(i2v_dir)),
-            '"path/to/lora-folder"': repr(str(lora_dir)),
-            '"path/to/CogVideoX-5b"': repr(str(t2v_dir)),
-        },
-    )
+    replacements = {
+        '"path/to/CogVideoX-5b-I2V"': repr(str(i2v_dir)),
+        '"path/to/lora-folder"': repr(str(lora_dir)),
+        '"path/to/CogVideoX-5b"': repr(str(t2v_dir)),
+    }
+    if lora_call == "fuse_lora":
+        replacements['pipe.set_adapters(["style"], [0.8])'] = "pipe.fuse_lora(lora_scale=0.8)"
+    code = _substitute(_dtype_text(_block("CogVideoXImageToVideoPipeline.from_pretrained"), dtype), replacements)
     monkeypatch.chdir(tmp_path)
     y, x = np.mgrid[0:TINY_SIZE, 0:TINY_SIZE] / (TINY_SIZE - 1)
     frames = [np.stack([x, y, np.full_like(x, k / 8)], axis=-1) for k in range(9)]
@@ -83,6 +85,8 @@ def test_readme_image_and_video_to_video_example(dtype, tiny_dirs, tmp_path, mon
 
     i2v_pipe = pipes[0]
     assert i2v_pipe.transformer.dtype == dtype and i2v_pipe.get_active_adapters() == ["style"]
+    if lora_call == "fuse_lora":  # the merged copies of the adapted weights exist
+        assert i2v_pipe.transformer._core.lora_bytes()[1] > 0
     _check_video_file(tmp_path / "panda_i2v.mp4", 49, TINY_SIZE)
     video = scope["video"]  # the video-to-video result: as many frames as the input video
     assert len(video) == 9 and all(np.isfinite(np.asarray(f, dtype=np.float32)).all() for f in video)
