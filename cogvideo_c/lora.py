@@ -414,7 +414,8 @@ class PeftAdapterMixin:
 
     def fuse_lora(self, lora_scale=1.0, safe_fusing=False, adapter_names=None):
         """Merges adapters into private copies of the weights they modify (W + lora_scale x weight x scaling x B A,
-        f32 math, stored in the model's dtype), as diffusers' ``fuse_lora``: `adapter_names` (default the active
+        stored in the model's dtype; in 16 bits each adapter's delta is rounded to the dtype and added in it, as peft
+        merges on the CPU), as diffusers' ``fuse_lora``: `adapter_names` (default the active
         ones) are merged; as in peft, lora_scale also stays multiplied into each active adapter's weight.
         safe_fusing: refuse (ValueError) an adapter whose merge gives NaN or infinite weights, before any weight
         changes."""
