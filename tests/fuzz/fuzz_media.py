@@ -175,14 +175,16 @@ def _video_file(rng, folder):
     n = rng.choice([1, 2, 5, 9, 9, 13])
     size = rng.choice([(16, 16), (16, 16), (32, 16), (18, 10)])  # even: H.264 in yuv420p
     if rng.random() < 0.5:
+        # a huge logical screen: past Pillow's decompression-bomb limit, or within it (144 M pixels, 432 MB a decoded
+        # frame) with 200 frames (86 GB), which no memory holds (fewer may decode legitimately, seconds a frame)
+        screen = rng.choice([None] * 17 + [(65535, 65535), (65535, 40000), (12000, 12000)])
+        n = 200 if screen == (12000, 12000) else n
         frames = [_pil(rng, size).convert("RGB") for _ in range(n)]
         buf = io.BytesIO()
         frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0)
         blob, ext = buf.getvalue(), "gif"
-        if rng.random() < 0.15:
-            blob = (
-                blob[:6] + struct.pack("<HH", *rng.choice([(65535, 65535), (65535, 40000), (12000, 12000)])) + blob[10:]
-            )
+        if screen is not None:
+            blob = blob[:6] + struct.pack("<HH", *screen) + blob[10:]
     else:
         blob, ext = _mp4_bytes(n, size), "mp4"
     if rng.random() < 0.5:
