@@ -391,6 +391,19 @@ def test_a_scalar_lora_b_is_a_shape_error(tmp_path, cpu_memory_checked):
     del tr
 
 
+def test_a_short_lora_fuzz_run_finds_nothing():
+    """tests/fuzz/fuzz_lora.py (mutated adapter files through load / set_adapters / a step / fuse / unfuse /
+    unload), briefly: every case runs or is refused cleanly, and leaves nothing behind."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
+    try:
+        import fuzz_lora
+    finally:
+        sys.path.pop(0)
+    counts, _, findings = fuzz_lora.fuzz(seed=0, cases=60, seconds=0, case_timeout=120)
+    assert findings == []
+    assert sum(counts.values()) == 60 and counts["ok"] + counts["clean"] == 60 and counts["ok"] > 0, counts
+
+
 CHILD = r"""
 import json, sys
 
