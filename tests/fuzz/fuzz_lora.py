@@ -2,7 +2,8 @@
 diffusers/peft for the tiny 5b pipeline) with keys renamed, dropped or added, shapes and dtypes changed, values made
 NaN / infinite / huge, the `lora_adapter_metadata` JSON's rank, alpha, target_modules and rank/alpha patterns
 mutated (types, huge, zero, negative, NaN, nested, invalid regexes), or the file's bytes truncated and flipped. Each
-case goes through the tiny pipeline, in a worker subprocess that keeps the pipeline loaded: lora_state_dict,
+case goes through the tiny pipeline (on the CPU, or on the emulated device under sequential offload), in a worker
+subprocess that keeps the pipelines loaded: lora_state_dict,
 load_lora_weights (sometimes beside a good second adapter), set_adapters, one short denoising step, fuse_lora,
 a transformer forward, unfuse_lora, unload_lora_weights.
 
@@ -268,6 +269,7 @@ def make_case(seed, index, folder):
     with open(os.path.join(folder, FILE), "wb") as f:
         f.write(blob)
     plan = {
+        "where": rng.choice(WHERE),
         "by_folder": rng.random() < 0.5,
         "second": rng.random() < 0.3,
         "weights": [rng.choice([1.0, 0.5, 0.0, -2.0, 1e30, 1e-30, None]) for _ in range(2)],
@@ -282,20 +284,26 @@ def make_case(seed, index, folder):
 # ---- running a case ----------------------------------------------------------------------------------------------
 
 _STATE = {}
+WHERE = ("cpu", "cpu", "emu")  # the emulated device under sequential offload: adapters stream with their block
 
 
 def _state():
-    """The worker's pipeline, loaded once, with the base transformer output and memory-manager allocation."""
+    """The worker's pipelines (on the CPU, and on the emulated device with sequential offload), loaded once, with
+    their base transformer outputs and the memory manager's allocation."""
     if not _STATE:
         import cogvideo_c
 
-        pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(PIPELINE)
-        pipe.set_progress_bar_config(disable=True)
         _STATE["inputs"] = dict(np.load(os.path.join(LORA, "lora.npz")))
-        _STATE["pipe"] = pipe
-        _call(pipe)  # warm: the arenas the call keeps are not the case's
-        _STATE["base"] = _forward(pipe)
-        _STATE["allocated"] = _allocated(pipe)
+        _STATE["pipes"], _STATE["base"] = {}, {}
+        for where in sorted(set(WHERE)):
+            pipe = cogvideo_c.CogVideoXPipeline.from_pretrained(PIPELINE)
+            pipe.set_progress_bar_config(disable=True)
+            if where == "emu":
+                pipe.enable_sequential_cpu_offload(device="emu")
+            _call(pipe)  # warm: the arenas the call keeps are not the case's
+            _STATE["pipes"][where] = pipe
+            _STATE["base"][where] = _forward(pipe)
+        _STATE["allocated"] = _allocated()
     return _STATE
 
 
@@ -305,14 +313,15 @@ def _forward(pipe):
                             return_dict=False)[0]  # fmt: skip
 
 
-def _allocated(pipe):
-    """The memory manager's allocated bytes with every model's activation arena given back (a direct transformer
-    forward keeps its arena; a pipeline call trims them all)."""
+def _allocated():
+    """The memory manager's allocated bytes on each device with every model's activation arena given back and its
+    offloaded weights off the device (a direct transformer forward keeps both; a pipeline call leaves neither)."""
     import cogvideo_c
 
-    for model in pipe._models():
-        model._core.trim_arena()
-    return cogvideo_c.memory_stats("cpu")["allocated_bytes.all.current"]
+    for pipe in _STATE["pipes"].values():
+        for model in pipe._models():
+            model._leave_stage()
+    return {d: cogvideo_c.memory_stats(d)["allocated_bytes.all.current"] for d in sorted(set(WHERE))}
 
 
 def _call(pipe):
@@ -324,9 +333,9 @@ def run_case(folder):
     import cogvideo_c
 
     st = _state()
-    pipe = st["pipe"]
     with open(os.path.join(folder, "plan.json")) as f:
         plan = json.load(f)
+    pipe = st["pipes"][plan["where"]]
     path = folder if plan["by_folder"] else os.path.join(folder, FILE)
     sd, _ = cogvideo_c.CogVideoXPipeline.lora_state_dict(path, return_lora_metadata=True)
     pipe.load_lora_weights(path, adapter_name="fuzz")
@@ -342,7 +351,7 @@ def run_case(folder):
     out = _forward(pipe)
     pipe.unfuse_lora()
     pipe.unload_lora_weights()
-    return f"frames {frames.shape}, fused output finite: {bool(np.isfinite(out).all())}"
+    return f"{plan['where']}: frames {frames.shape}, fused output finite: {bool(np.isfinite(out).all())}"
 
 
 def after_case():
@@ -350,21 +359,23 @@ def after_case():
     import cogvideo_c
 
     st = _state()
-    pipe = st["pipe"]
-    try:
-        pipe.unfuse_lora()
-        pipe.unload_lora_weights()
-    except BaseException as err:  # noqa: BLE001 - a cleanup that fails is the finding
-        return f"unloading after the case failed: {type(err).__name__}: {err}"
-    stats = cogvideo_c.memory_stats("cpu")
     problems = []
-    if pipe.transformer.lora_bytes or stats["lora_bytes.current"]:
-        problems.append(f"{pipe.transformer.lora_bytes} LoRA bytes ({stats['lora_bytes.current']} in memory_stats)")
-    allocated = _allocated(pipe)
+    for where, pipe in st["pipes"].items():
+        try:
+            pipe.unfuse_lora()
+            pipe.unload_lora_weights()
+        except BaseException as err:  # noqa: BLE001 - a cleanup that fails is the finding
+            return f"unloading after the case failed ({where}): {type(err).__name__}: {err}"
+        if pipe.transformer.lora_bytes:
+            problems.append(f"{pipe.transformer.lora_bytes} LoRA bytes left on the {where} pipeline")
+    if cogvideo_c.memory_stats("cpu")["lora_bytes.current"]:
+        problems.append(f"memory_stats reports {cogvideo_c.memory_stats('cpu')['lora_bytes.current']} LoRA bytes")
+    allocated = _allocated()
     if allocated != st["allocated"]:
         problems.append(f"allocated bytes {allocated}, {st['allocated']} before")
-    if not np.array_equal(_forward(pipe), st["base"]):
-        problems.append("the base model's output changed")
+    for where, pipe in st["pipes"].items():
+        if not np.array_equal(_forward(pipe), st["base"][where]):
+            problems.append(f"the base model's output changed ({where})")
     return "; ".join(problems) or None
 
 
