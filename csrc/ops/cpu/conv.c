@@ -94,6 +94,9 @@ static void im2col_rows(const cvx_frame *frames, int64_t b, int t, int64_t H, in
 
 /* U[xi][co][k] = (G g G^T)[xi] for every 3x3 slice g = w[co, ci, dt] (k = ci * kt + dt). */
 static void winograd_weights(const float *w, int co, int64_t k, float *u) {
+    /* paid on every conv call (each frame batch and each tile of a tiled VAE call): over the threads, as the
+     * transform of a small tile's convs costs about as much as their GEMMs; every output is computed alike */
+#pragma omp parallel for schedule(static) num_threads(cvx_ops_threads_for((int64_t)co *k * 64))
     for (int o = 0; o < co; o++) {
         for (int64_t kk = 0; kk < k; kk++) {
             const float *g = w + ((int64_t)o * k + kk) * 9;
