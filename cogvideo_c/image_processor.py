@@ -18,6 +18,9 @@ import warnings
 
 import numpy as np
 
+from .memory import OutOfMemoryError
+from .pipeline import _host_memory_bytes
+
 __all__ = ["VaeImageProcessor"]
 
 
@@ -39,6 +42,19 @@ def _nearest_indices(size_in, size_out):
         return i >> 1
     scale = np.float32(size_in) / np.float32(size_out)
     return np.minimum(np.floor(i.astype(np.float32) * scale).astype(np.int64), size_in - 1)
+
+
+def _check_copy_fits(arrays, what):
+    """Raises OutOfMemoryError before the arrays are copied (and converted to float32) if that cannot fit in memory:
+    a broadcast view can claim any size without holding it."""
+    count = sum(a.size for a in arrays)
+    need = count * (max(a.itemsize for a in arrays) + 4)  # the copy, then float32
+    available = _host_memory_bytes()
+    if available is not None and need > available:
+        raise OutOfMemoryError(
+            f"`{what}` holds {count} values (shapes {[a.shape for a in arrays][:4]}): preprocessing them needs "
+            f"{need / 2**30:.3g} GiB, more than this machine's {available / 2**30:.3g} GiB"
+        )
 
 
 class VaeImageProcessor:
@@ -146,6 +162,7 @@ class VaeImageProcessor:
                     f"`{what}` array {n} has dtype {a.dtype}: pass float values in [0, 1] (e.g. array / 255) or a "
                     "PIL image"
                 )
+        _check_copy_fits(images, what)  # the batch below is a copy of every array
         if images[0].ndim == 4:
             if len(images) > 1:
                 warnings.warn(

@@ -24,6 +24,7 @@ from .safetensors_io import save_file
 
 LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+_MAX_RANK = 1 << 20  # the C core's bound on a LoRA rank (transformer.c)
 # loading arguments diffusers takes for the Hub or torch that change nothing for a local safetensors file
 _LOAD_KWARGS = {"cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "use_safetensors",
                 "low_cpu_mem_usage", "hotswap", "return_lora_metadata", "subfolder", "weight_name"}  # fmt: skip
@@ -54,17 +55,21 @@ def _resolve_file(path, weight_name=None, subfolder=None):
 
 
 def _file_metadata(path):
-    """diffusers' adapter metadata (a dict) from the file's __metadata__, or None. The C core has validated the
-    header's sizes already (safetensors_index); this reads only the header's JSON."""
+    """diffusers' adapter metadata (a dict) from the file's __metadata__, or None. Call it only after the C core has
+    validated the file (safetensors_index: the header's length against the file, its JSON, __metadata__ a
+    string-to-string object); this reads only the header's JSON."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError) as e:  # what the C parser accepts and Python's does not (not UTF-8)
+            raise ValueError(f"{path}: its safetensors header is not JSON Python can read ({e})") from None
     raw = (header.get("__metadata__") or {}).get(LORA_ADAPTER_METADATA_KEY)
     if not raw:
         return None
     try:
         meta = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python's parser goes
         raise ValueError(f"{path}: its {LORA_ADAPTER_METADATA_KEY!r} metadata is not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: its {LORA_ADAPTER_METADATA_KEY!r} metadata is not a JSON object")
@@ -110,8 +115,11 @@ class _Source:
             self.metadata = metadata
         else:
             self.path = _resolve_file(src, weight_name, subfolder)
+        # {name: (dtype, shape)}, every size checked in C: first, as the header is read in Python only once it is
+        # known to be sound (its length within the file, its JSON, __metadata__ a string-to-string object)
+        self.index = _C.safetensors_index(self.path)
+        if not isinstance(src, dict):
             self.metadata = metadata if metadata is not None else _file_metadata(self.path)
-        self.index = _C.safetensors_index(self.path)  # {name: (dtype, shape)}, every size checked in C
 
     def close(self):
         if self._tmp:
@@ -140,6 +148,16 @@ def _adapter_config(modules, ranks, metadata):
         if "r" not in cfg:
             raise ValueError("the LoRA's adapter metadata has no 'r' (rank)")
         cfg.setdefault("lora_alpha", cfg["r"])
+        for key in ("rank_pattern", "alpha_pattern"):  # peft matches their keys as regular expressions
+            if not isinstance(cfg[key], dict):
+                raise ValueError(f"the LoRA's adapter metadata has {key} {cfg[key]!r}; it must be an object "
+                                 "{module pattern: value}")  # fmt: skip
+            for pattern in cfg[key]:
+                try:
+                    re.compile(rf"(.*\.)?({pattern})$")
+                except (re.error, OverflowError, RecursionError) as e:
+                    raise ValueError(f"the LoRA's adapter metadata has {key} key {pattern!r}, which is not a regular "
+                                     f"expression ({e})") from None  # fmt: skip
         return cfg
     rank_dict = {f"^{m}": ranks[m] for m in modules}
     r = lora_alpha = next(iter(rank_dict.values()))
@@ -158,8 +176,11 @@ def _module_scaling(cfg, module):
     a_key = _pattern_key(cfg["alpha_pattern"].keys(), module)
     r = cfg["rank_pattern"].get(r_key, cfg["r"])
     alpha = cfg["alpha_pattern"].get(a_key, cfg["lora_alpha"])
-    if not isinstance(r, int) or r < 1:
-        raise ValueError(f"the LoRA config gives module {module!r} rank {r!r}; ranks are positive integers")
+    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= _MAX_RANK:
+        raise ValueError(f"the LoRA config gives module {module!r} rank {r!r}; ranks are integers from 1 to "
+                         f"{_MAX_RANK}")  # fmt: skip
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not -1e30 <= alpha <= 1e30:  # NaN too
+        raise ValueError(f"the LoRA config gives module {module!r} lora_alpha {alpha!r}; it must be a finite number")
     return r, (alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r)
 
 
@@ -203,7 +224,9 @@ def _plan(index, metadata, linears, prefix, source):
                  "only PEFT's lora_A.weight / lora_B.weight keys are read")  # fmt: skip
         raise ValueError(f"{source}: unsupported LoRA format ({kinds}, which cogvideo_c does not support): "
                          f"{', '.join(repr(k) for k in bad_format)}")  # fmt: skip
-    cfg = _adapter_config(modules, {m: pairs[m].get("B", (0, 0))[-1] for m in modules}, metadata)
+    if not modules:  # nothing under the prefix: the caller warns, as diffusers does (no config to derive)
+        return [], [], {}
+    cfg = _adapter_config(modules, {m: (pairs[m].get("B") or (0,))[-1] for m in modules}, metadata)
     for flag, what in (("use_dora", "DoRA (use_dora)"), ("lora_bias", "lora_bias")):
         if cfg.get(flag):
             raise ValueError(f"{source}: the adapter's config asks for {what}, which cogvideo_c does not support")
@@ -391,7 +414,8 @@ class PeftAdapterMixin:
 
     def fuse_lora(self, lora_scale=1.0, safe_fusing=False, adapter_names=None):
         """Merges adapters into private copies of the weights they modify (W + lora_scale x weight x scaling x B A,
-        f32 math, stored in the model's dtype), as diffusers' ``fuse_lora``: `adapter_names` (default the active
+        stored in the model's dtype; in 16 bits each adapter's delta is rounded to the dtype and added in it, as peft
+        merges on the CPU), as diffusers' ``fuse_lora``: `adapter_names` (default the active
         ones) are merged; as in peft, lora_scale also stays multiplied into each active adapter's weight.
         safe_fusing: refuse (ValueError) an adapter whose merge gives NaN or infinite weights, before any weight
         changes."""

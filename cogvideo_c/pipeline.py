@@ -118,10 +118,18 @@ def _initial_noise(shape, generator, latents):
 
 
 def _host_memory_bytes():
+    """The machine's physical memory, or the process's address-space limit (ulimit -v) when that is lower."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # no sysconf: no bound beyond what allocation itself reports
         return None
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, ValueError, OSError):
+        return total
+    return total if limit == resource.RLIM_INFINITY or limit <= 0 else min(total, limit)
 
 
 def _per_call(name, doc, default=None):

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .image_processor import VaeImageProcessor, _is_pil
+from .image_processor import VaeImageProcessor, _check_copy_fits, _is_pil
 
 __all__ = ["VideoProcessor"]
 
@@ -56,6 +56,9 @@ class VideoProcessor(VaeImageProcessor):
             video = [list(v) if isinstance(v, tuple) else v for v in video]
         if isinstance(video, list) and not video:
             raise ValueError(f"`{what}` is an empty list: a video needs at least one frame")
+        if isinstance(video, np.ndarray) or (isinstance(video, list) and isinstance(video[0], np.ndarray)):
+            _check_copy_fits([v for v in ([video] if isinstance(video, np.ndarray) else video)
+                              if isinstance(v, np.ndarray)], what)  # fmt: skip
         if isinstance(video, list) and isinstance(video[0], np.ndarray) and video[0].ndim == 5:
             warnings.warn(
                 "Passing `video` as a list of 5d np.ndarray is deprecated.Please concatenate the list along the batch "

@@ -1,5 +1,5 @@
 """Helpers shared by the parity tests (tests/test_*_parity.py): fixture manifests, cached npz arrays and the
-comparison of an output with its golden.
+comparison of an output with its golden; and a short run of one of the fuzzers in tests/fuzz/.
 
 The fixtures are made by the scripts in tests/reference/ (see each test's docstring); the tests themselves use only
 numpy and cogvideo_c.
@@ -7,7 +7,9 @@ numpy and cogvideo_c.
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,16 @@ def compare_abs(name: str, got, want: np.ndarray, tol: float, reference: str) ->
             f"{name}: max abs diff {max_diff:.3e} > {tol:.1e} " + worst_element(got, want, diff, tol, reference)
         )
     return max_diff
+
+
+def short_fuzz_run(name: str, cases: int) -> None:
+    """Runs the first `cases` cases (seed 0) of tests/fuzz/<name>.py and fails on any finding: every case runs or
+    is refused cleanly, at least one runs, and nothing is left behind."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+    counts, _, findings = module.fuzz(seed=0, cases=cases, seconds=0, case_timeout=120)
+    assert findings == []
+    assert sum(counts.values()) == cases and counts["ok"] + counts["clean"] == cases and counts["ok"] > 0, counts

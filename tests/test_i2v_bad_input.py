@@ -82,6 +82,51 @@ def test_an_unreadable_file_and_a_url_are_refused(tmp_path):
     rejects(ValueError, "is a URL: cogvideo_c does not download", image="https://example.com/cat.png")
 
 
+def _png_claiming(width, height):
+    """A 4x4 PNG whose IHDR says width x height (its CRC made right again)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    rgb(4, 4).save(buf, format="PNG")
+    blob = buf.getvalue()
+    ihdr = blob[12:16] + struct.pack(">II", width, height) + blob[24:29]
+    return blob[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + blob[33:]
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_an_os_error(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: Pillow's DecompressionBombError (not an OSError) escaped load_image."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(40000, 40000))
+    msg = rejects(OSError, r"is too large to decode: Image size \(1600000000 pixels\) exceeds limit", image=str(bomb))
+    assert "bomb.png" in msg
+
+
+def test_every_truncation_of_a_png_is_an_os_error_or_the_image(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: what Pillow's decoders raise on a cut file (struct.error, IndexError, ...)
+    escaped load_image; each prefix of a real PNG either decodes or is an OSError naming the file."""
+    import io
+
+    buf = io.BytesIO()
+    rgb(8, 8).save(buf, format="PNG")
+    blob, path = buf.getvalue(), tmp_path / "cut.png"
+    for cut in range(len(blob)):
+        path.write_bytes(blob[:cut])
+        try:
+            cogvideo_c.load_image(str(path))
+        except OSError as err:
+            assert "cut.png" in str(err)
+
+
+@pytest.mark.parametrize("shape", [(1, 2**40, 48, 3), (2**31, 48, 3), (32, 48, 2**40)])
+def test_a_huge_broadcast_array_is_refused_before_it_is_copied(shape):
+    """Found by tests/fuzz/fuzz_media.py: a broadcast view (no memory behind it) of huge dimensions was copied by
+    the preprocessing, a MemoryError (or the machine swapping) instead of a clear refusal."""
+    rejects(cogvideo_c.OutOfMemoryError, r"`image` holds \d+ values .*: preprocessing them needs [\d.e+]+ GiB, more "
+            r"than this machine's", image=np.broadcast_to(np.float32(0.5), shape))  # fmt: skip
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
 def test_images_that_are_not_rgb_name_convert(mode):
     rejects(ValueError, rf"is a {mode} image; the VAE encodes RGB: pass image.convert\('RGB'\)",

@@ -7,6 +7,7 @@ error before any work."""
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from test_offload import apply
 
 import cogvideo_c
 from cogvideo_c import _C, cli
-from fixture_cases import compare_abs, compare_rel
+from fixture_cases import compare_abs, compare_rel, short_fuzz_run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LORA = FIXTURES / "lora"
@@ -298,6 +299,102 @@ def test_state_dict_input_and_lora_state_dict():
     tr.load_lora_adapter(sd, adapter_name="alpha", metadata=meta)
     tr.set_adapters("alpha", 0.5)
     compare_rel("alpha from a dict", forward(tr), ARRAYS["alpha_w05__out"], REL, REF)
+
+
+# ---- found by tests/fuzz/fuzz_lora.py ----------------------------------------------------------------------------
+
+
+def _raw(tmp_path, header, data=b"\0" * 512, length=None):
+    """A safetensors file written byte by byte (the writers refuse what these tests need): the header dict (or
+    bytes), the data, and the length field (default: the header's)."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = tmp_path / "raw.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+    return str(path)
+
+
+RAW_Q = {f"transformer.{Q}.lora_A.weight": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]},
+         f"transformer.{Q}.lora_B.weight": {"dtype": "F32", "shape": [32, 2], "data_offsets": [256, 512]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "header, length, error, match",
+    [
+        # read in Python before the C core had checked it: MemoryError / OverflowError from f.read(length)
+        (RAW_Q, 2**63, OSError, "header length 9223372036854775808 is implausibly large"),
+        (RAW_Q, 2**40, OSError, "header length 1099511627776 is implausibly large"),
+        # a TypeError from json.loads(a dict)
+        ({**RAW_Q, "__metadata__": {"lora_adapter_metadata": {"r": 2}}}, None, OSError,
+         r"a \"__metadata__\" value \(header byte \d+\) is an object, not a string"),
+        # a RecursionError from json.loads
+        ({**RAW_Q, "__metadata__": {"lora_adapter_metadata": "[" * 100000 + "]" * 100000}}, None, ValueError,
+         "its 'lora_adapter_metadata' metadata is not JSON .maximum recursion depth"),
+    ],
+)  # fmt: skip
+def test_the_header_is_read_only_after_the_core_checked_it(tmp_path, header, length, error, match, cpu_memory_checked):
+    tr = transformer()
+    path = _raw(tmp_path, header, length=length)
+    with pytest.raises(error, match=match):
+        tr.load_lora_adapter(path)
+    with pytest.raises(error, match=match):
+        cogvideo_c.CogVideoXPipeline.lora_state_dict(path)
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        # AttributeError: 'list' object has no attribute 'keys'
+        ({"transformer.r": 2, "transformer.rank_pattern": [2]}, r"rank_pattern \[2\]; it must be an object"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": 3}, r"alpha_pattern 3; it must be an object"),
+        # re.error / OverflowError from re.match over the patterns
+        ({"transformer.r": 2, "transformer.rank_pattern": {"(": 2}}, r"rank_pattern key '\(', which is not a regular"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": {"a{99999999999}": 2}}, r"key 'a\{99999999999\}', which"),
+        # TypeError: unsupported operand type(s) for /
+        ({"transformer.r": 2, "transformer.lora_alpha": "2"}, r"lora_alpha '2'; it must be a finite number"),
+        ({"transformer.r": 2, "transformer.alpha_pattern": {"to_q": None}}, r"lora_alpha None; it must be a finite"),
+        # OverflowError: int too large to convert to float / integer division result too large for a float
+        ({"transformer.r": 2, "transformer.lora_alpha": 10**400}, r"lora_alpha 1000+; it must be a finite number"),
+        ({"transformer.r": 10**400, "transformer.use_rslora": True}, r"rank 1000+; ranks are integers from 1 to"),
+        ({"transformer.r": True}, r"rank True; ranks are integers from 1 to 1048576"),
+    ],
+)  # fmt: skip
+def test_metadata_values_of_the_wrong_kind_are_value_errors(tmp_path, meta, match, cpu_memory_checked):
+    tr = transformer()
+    path = _write(tmp_path, _pair(Q, 2, 32, 32), {"lora_adapter_metadata": json.dumps(meta)})
+    with pytest.raises(ValueError, match=match):
+        tr.load_lora_adapter(str(path))
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
+@pytest.mark.filterwarnings("ignore:.*keys under .* are ignored")
+@pytest.mark.parametrize("header", [{}, {"text_encoder.x.lora_A.weight": RAW_Q[f"transformer.{Q}.lora_A.weight"]}])
+def test_a_file_without_transformer_keys_loads_nothing_with_a_warning(tmp_path, header, cpu_memory_checked):
+    """A StopIteration escaped deriving the rank of no modules (diffusers warns and loads nothing)."""
+    tr = transformer()
+    data = b"\0" * (256 if header else 0)
+    with pytest.warns(UserWarning, match="no LoRA keys under prefix 'transformer'; nothing loaded"):
+        tr.load_lora_adapter(_raw(tmp_path, header, data), adapter_name="empty")
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
+def test_a_scalar_lora_b_is_a_shape_error(tmp_path, cpu_memory_checked):
+    """An IndexError escaped reading the rank (the last dimension) of a 0-D lora_B."""
+    header = {**RAW_Q, f"transformer.{Q}.lora_B.weight": {"dtype": "F32", "shape": [], "data_offsets": [256, 260]}}
+    tr = transformer()
+    with pytest.raises(ValueError, match=r"lora_A \[2, 32\] and lora_B \[\] must be 2-D"):
+        tr.load_lora_adapter(_raw(tmp_path, header, b"\0" * 260))
+    assert tr.peft_config == {} and tr.lora_bytes == 0
+    del tr
+
+
+def test_a_short_lora_fuzz_run_finds_nothing():
+    """tests/fuzz/fuzz_lora.py (mutated adapter files through load / set_adapters / a step / fuse / unfuse /
+    unload), briefly."""
+    short_fuzz_run("fuzz_lora", 60)
 
 
 CHILD = r"""

@@ -11,7 +11,10 @@ import contextlib
 import inspect
 import json
 import math
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -327,6 +330,25 @@ def test_absurd_sizes_refused_at_once(pipe, changes):
     with _guarded(pipe), pytest.raises(cogvideo_c.OutOfMemoryError, match="more than this machine's"):
         pipe(**dict(CALL, **changes), num_inference_steps=2)
     assert time.perf_counter() - start < 2.0
+
+
+_UNDER_RLIMIT = r"""
+import resource, numpy, cogvideo_c
+from cogvideo_c.image_processor import VaeImageProcessor
+resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+try:
+    VaeImageProcessor().preprocess(numpy.broadcast_to(numpy.float32(0.5), (2**29, 1, 3)))
+except cogvideo_c.OutOfMemoryError as err:
+    print("refused:", err)
+"""
+
+
+def test_the_memory_bound_is_the_address_space_limit_when_lower():
+    """Found by tests/fuzz/fuzz_media.py (its workers run under a 8 GiB RLIMIT_AS): sizes below the machine's memory
+    but above the process's limit passed the up-front checks and failed later as a MemoryError."""
+    proc = subprocess.run([sys.executable, "-c", _UNDER_RLIMIT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"refused: .*needs 12 GiB, more than this machine's (4|[0-3][.\d]*) GiB", proc.stdout), proc.stdout
 
 
 def test_nan_latents_from_a_callback_are_refused(pipe):

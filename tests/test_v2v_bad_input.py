@@ -4,11 +4,14 @@ memory manager's left allocated."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from test_v2v_parity import FIXTURES, V2V
 
 import cogvideo_c
+from fixture_cases import short_fuzz_run
 
 
 class HeavyWork(AssertionError):
@@ -89,6 +92,96 @@ def test_video_file_that_is_missing_or_not_a_video(v2v, cpu_memory_checked, tmp_
     bad.write_text("these are not frames")
     with pytest.raises(OSError, match=r"cannot read video '.*not_a_video.mp4'"):
         v2v(video=str(bad), prompt="a panda", max_sequence_length=16)
+
+
+def _gif(frames_=2, size=8, screen=None):
+    """A small animated GIF (bytes); `screen` (w, h) replaces its logical screen size."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    first, *rest = pil_frames(frames_, size, size)
+    first.save(buf, format="GIF", save_all=True, append_images=rest, duration=40, loop=0)
+    blob = buf.getvalue()
+    return blob if screen is None else blob[:6] + struct.pack("<HH", *screen) + blob[10:]
+
+
+def test_every_truncation_of_a_gif_is_an_os_error_or_its_frames(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: Pillow's IndexError / struct.error on a cut GIF escaped load_video; each
+    prefix of a real GIF either decodes or is an OSError naming the file."""
+    blob, path = _gif(), tmp_path / "cut.gif"
+    for cut in range(len(blob)):
+        path.write_bytes(blob[:cut])
+        try:
+            cogvideo_c.load_video(str(path))
+        except OSError as err:
+            assert "cut.gif" in str(err)
+
+
+def test_a_gif_past_the_decompression_bomb_limit_is_an_os_error(v2v, cpu_memory_checked, tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: Pillow's DecompressionBombError (not an OSError) escaped load_video."""
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(_gif(screen=(65535, 65535)))
+    with pytest.raises(OSError, match=r"bomb.gif' is too large to decode: Image size \(4294836225 pixels\)"):
+        v2v(video=str(bomb), prompt="a panda", max_sequence_length=16)
+
+
+def test_a_huge_broadcast_video_is_refused_before_it_is_copied(v2v, fun, cpu_memory_checked):
+    """Found by tests/fuzz/fuzz_media.py: a broadcast view of huge dimensions was copied by the preprocessing (a
+    MemoryError)."""
+    video = np.broadcast_to(np.float32(0.5), (9, 16, 2**40, 3))
+    with pytest.raises(
+        cogvideo_c.OutOfMemoryError, match=r"`video` holds 474989023199232 values .*preprocessing them needs"
+    ):
+        v2v(video=video, prompt="a panda", max_sequence_length=16)
+    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"`control_video` holds \d+ values"):
+        fun(control_video=video, prompt="a panda", max_sequence_length=16)
+
+
+@pytest.mark.parametrize("video", [np.broadcast_to(np.float32(0.5), (2**31, 1, 16, 16, 3)),
+                                   [np.broadcast_to(np.float32(0.5), (2**30, 1, 16, 16, 3))] * 2])  # fmt: skip
+def test_a_huge_batch_of_videos_is_refused_before_it_is_split(v2v, cpu_memory_checked, video):
+    """Found by tests/fuzz/fuzz_media.py: a 5-D broadcast view of 2**31 videos was split into as many views (a
+    MemoryError) before any size was checked."""
+    with pytest.raises(cogvideo_c.OutOfMemoryError, match=r"`video` holds 1649267441664 values .*preprocessing"):
+        v2v(video=video, prompt="a panda", max_sequence_length=16)
+
+
+_DECODE_UNDER_LIMIT = r"""
+import resource, sys, cogvideo_c
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+try:
+    frames = cogvideo_c.load_video(sys.argv[1])
+    print("decoded", len(frames))
+except cogvideo_c.OutOfMemoryError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_gif_whose_frames_cannot_fit_is_refused_before_they_are_decoded(tmp_path):
+    """Found by tests/fuzz/fuzz_media.py: a 9 KB GIF with a 12000x12000 screen decodes to 432 MB a frame; its 16
+    frames were decoded whatever the memory (a MemoryError under the worker's address-space limit, the OOM killer
+    without one). Under a 3 GiB limit the frame that would not fit is refused first."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "screen.gif"
+    path.write_bytes(_gif(frames_=16, screen=(12000, 12000)))
+    proc = subprocess.run([sys.executable, "-c", _DECODE_UNDER_LIMIT, str(path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: video" in proc.stdout and "decoding frame" in proc.stdout, proc.stdout
+    assert re.search(
+        r"decoding frame \d+ needs \d+ bytes \(the frames, 432000000 bytes each, and the decoder's "
+        r"working memory\), more than the \d+ bytes of memory available",
+        proc.stdout,
+    ), proc.stdout
+
+
+def test_a_short_image_and_video_fuzz_run_finds_nothing():
+    """tests/fuzz/fuzz_media.py (odd arrays, PIL images and mutated image / video files through the i2v, v2v and
+    Fun-Control pipelines), briefly."""
+    short_fuzz_run("fuzz_media", 40)
 
 
 def test_tiles_that_change_the_latent_size_are_refused(v2v, cpu_memory_checked):

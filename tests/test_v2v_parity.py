@@ -40,12 +40,14 @@ def _arrays():
 
 
 def load_pipeline(case, **kwargs):
-    """The case's pipeline from its folder, with the case's scheduler and VAE tiling."""
+    """The case's pipeline from its folder, with the case's scheduler and VAE tiling (kwargs: from_pretrained's,
+    for the Fun case's components too)."""
     if case["pipeline"] == "video2video":
         folder = FIXTURES / "pipeline" / case["pipeline_dir"]
         pipe = cogvideo_c.CogVideoXVideoToVideoPipeline.from_pretrained(str(folder), **kwargs)
     else:
-        base = cogvideo_c.CogVideoXPipeline.from_pretrained(str(FIXTURES / "pipeline" / case["components_from"]))
+        base = cogvideo_c.CogVideoXPipeline.from_pretrained(str(FIXTURES / "pipeline" / case["components_from"]),
+                                                            **kwargs)  # fmt: skip
         pipe = cogvideo_c.CogVideoXFunControlPipeline.from_pretrained(
             str(V2V / case["pipeline_dir"]), tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
             **kwargs,

@@ -16,29 +16,11 @@
 #include "../../csrc/models/transformer.h"
 #include "../../csrc/ops/backend.h"
 #include "cvx_test.h"
+#include "tiny_5b.h"
 
 #ifndef CVX_FIXTURES
 #error "build with -DCVX_FIXTURES='\"<repo>/tests/fixtures\"' (tests/c/Makefile does)"
 #endif
-
-/* tests/fixtures/pipeline/tiny_5b/transformer/config.json */
-static const cvx_transformer_config CFG = {
-    .num_attention_heads = 2,
-    .attention_head_dim = 16,
-    .in_channels = 4,
-    .out_channels = 4,
-    .flip_sin_to_cos = 1,
-    .freq_shift = 0,
-    .time_embed_dim = 2,
-    .text_embed_dim = 32,
-    .num_layers = 2,
-    .attention_bias = 1,
-    .patch_bias = 1,
-    .norm_elementwise_affine = 1,
-    .patch_size = 2,
-    .max_text_seq_length = 16,
-    .norm_eps = 1e-5f,
-};
 
 static const char *const MODULES[8] = {"transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k",
                                        "transformer_blocks.0.attn1.to_v", "transformer_blocks.0.attn1.to_out.0",
@@ -95,7 +77,8 @@ static void lifecycle(void) {
     if (!CVX_EXPECT(opened == CVX_OK, "open the tiny 5b transformer: %s", cvx_error_message())) return;
     CVX_EXPECT(cvx_st_open(CVX_FIXTURES "/lora/attn/pytorch_lora_weights.safetensors", &lora) == CVX_OK,
                "open the attn adapter: %s", cvx_error_message());
-    CVX_EXPECT(cvx_transformer_create(&CFG, model, CVX_F32, 0, &rs.tr) == CVX_OK, "create: %s", cvx_error_message());
+    CVX_EXPECT(cvx_transformer_create(&TINY_5B, model, CVX_F32, 0, &rs.tr) == CVX_OK, "create: %s",
+               cvx_error_message());
     cvx_st_close(model);
     if (!rs.tr || !lora) goto done;
     const int64_t hshape[5] = {2, 3, 4, 2, 4}, tshape[3] = {2, 16, 32};
@@ -174,7 +157,7 @@ static void load_faults(void) {
     if (cvx_st_open(CVX_FIXTURES "/pipeline/tiny_5b/transformer/diffusion_pytorch_model.safetensors", &model) !=
             CVX_OK ||
         cvx_st_open(CVX_FIXTURES "/lora/attn/pytorch_lora_weights.safetensors", &lora) != CVX_OK ||
-        cvx_transformer_create(&CFG, model, CVX_BF16, 0, &tr) != CVX_OK) {
+        cvx_transformer_create(&TINY_5B, model, CVX_BF16, 0, &tr) != CVX_OK) {
         (void)CVX_EXPECT(0, "bf16 tiny 5b and its adapter: %s", cvx_error_message());
         goto done;
     }
@@ -256,7 +239,7 @@ static void bad_sizes(void) {
     cvx_transformer *tr = NULL;
     if (cvx_st_open(CVX_FIXTURES "/pipeline/tiny_5b/transformer/diffusion_pytorch_model.safetensors", &model) !=
             CVX_OK ||
-        cvx_transformer_create(&CFG, model, CVX_F32, 0, &tr) != CVX_OK) {
+        cvx_transformer_create(&TINY_5B, model, CVX_F32, 0, &tr) != CVX_OK) {
         (void)CVX_EXPECT(0, "tiny 5b: %s", cvx_error_message());
         cvx_st_close(model);
         return;

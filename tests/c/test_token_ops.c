@@ -654,6 +654,23 @@ static void test_attention(void) {
     }
 }
 
+/* NaN through the polynomial exp (softmax's exp-sum, GELU's tanh): NaN out, no undefined float-to-int conversion
+ * (found by tests/fuzz/fuzz_lora.c: a NaN in a LoRA adapter's tensors reaches both; UBSan halts on the conversion). */
+static void test_nan_through_exp(void) {
+    cvx_ctx cpu = {.be = &cvx_backend_cpu, .device = CVX_DEVICE_CPU};
+    float x[16];
+    for (int i = 0; i < 16; i++) x[i] = i % 5 == 0 ? NAN : (float)i * 0.25f; /* NaN in vector lanes and the tail */
+    const float sum = cvx_exp_shifted_sum(x, 16, 1.0f);
+    CVX_EXPECT(isnan(sum), "exp-sum over NaN inputs: %g, not NaN", (double)sum);
+    for (int i = 0; i < 16; i++)
+        CVX_EXPECT(i % 5 == 0 ? isnan(x[i]) : fabsf(x[i] - expf((float)i * 0.25f - 1.0f)) <= 1e-6f * x[i],
+                   "exp(%d) = %g", i, (double)x[i]);
+    for (int i = 0; i < 16; i++) x[i] = i % 5 == 0 ? NAN : (float)i * 0.25f;
+    CVX_EXPECT(cvx_gelu_tanh(&cpu, x, 16) == CVX_OK, "gelu: %s", cvx_error_message());
+    for (int i = 0; i < 16; i++)
+        CVX_EXPECT(i % 5 == 0 ? isnan(x[i]) : isfinite(x[i]), "gelu(%d) = %g", i, (double)x[i]);
+}
+
 int main(void) {
     cvx_ops_init();
     const int64_t start = live_bytes();
@@ -666,6 +683,7 @@ int main(void) {
     test_activations();
     test_rope();
     test_attention();
+    test_nan_through_exp();
     expect_no_leak("all token ops", start);
     cvx_mem_stats s;
     cvx_mem_get_stats(CVX_DEVICE_CPU, &s);

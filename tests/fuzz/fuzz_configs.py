@@ -10,23 +10,18 @@ TypeError is one too: a config value of the wrong type must be a ValueError nami
     python tests/fuzz/fuzz_configs.py --cases 200 --seed 3
     python tests/fuzz/fuzz_configs.py --replay 3:17            # re-run case 17 of seed 3 here, with its traceback
 
-Cases are deterministic in (seed, index). The worker runs cases one after another and reports each on its own pipe;
-a crash or hang costs one worker, and the next starts at the following case. Exit status 1 when anything was found.
+Cases are deterministic in (seed, index); the worker loop is fuzz_loop.py's. Exit status 1 when anything was found.
 """
 
-import argparse
 import copy
 import json
 import math
 import os
 import random
-import select
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import traceback
+
+import fuzz_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIPELINE = os.path.join(HERE, "..", "fixtures", "pipeline", "tiny_2b")
@@ -39,7 +34,6 @@ JSON_FILES = (  # (file, weight): the model configs carry the sizes, so they get
     ("tokenizer/tokenizer_config.json", 1),
 )
 DEEP = "__cvx_fuzz_deep__"  # placeholder for nesting deeper than json.dumps can write: spliced in as text
-MEMORY_LIMIT = 8 * 2**30  # the worker's address space: a config that asks for more must be refused, not swap
 
 INTERESTING = [
     0, 1, 2, 3, 4, 7, 8, -1, -2, 16, 17, 255, 2**16, 2**20, 2**31 - 1, 2**31, 2**32, 2**32 + 8, 2**53 + 1, 2**62,
@@ -160,129 +154,15 @@ def run_case(folder):
     return np.asarray(frames).shape
 
 
-def worker(seed, start, stop, scratch):
-    """Runs cases [start, stop), reporting 'begin i' / 'end i outcome detail' lines on the original stdout."""
-    import resource
-
-    import cogvideo_c
-
-    clean = (ValueError, OSError, NotImplementedError, cogvideo_c.OutOfMemoryError)
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    report = os.fdopen(os.dup(1), "w", buffering=1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # whatever the library prints must not garble the protocol
-    os.dup2(devnull, 2)
-    for index in range(start, stop):
-        folder = os.path.join(scratch, f"case{index}")
-        target = make_case(seed, index, folder)
-        report.write(f"begin {index} {target}\n")
-        try:
-            outcome, detail = "ok", str(run_case(folder))
-        except BaseException as err:  # noqa: BLE001 - classifying every exception is the point (PanicException too)
-            outcome, detail = "clean" if isinstance(err, clean) else "unclean", f"{type(err).__name__}: {err}"
-        shutil.rmtree(folder, ignore_errors=True)
-        report.write(f"end {index} {outcome} {' '.join(detail.split())[:300]}\n")
+def fuzz(seed, cases, seconds, case_timeout):
+    """Runs up to `cases` cases (or for `seconds`); returns the counts, the clean refusals and the findings."""
+    return fuzz_loop.fuzz(__file__, seed, cases, seconds, case_timeout)
 
 
-def fuzz(seed, cases, seconds, case_timeout, log=print):
-    """Runs up to `cases` cases (or for `seconds`); returns the counts and the findings."""
-    scratch = tempfile.mkdtemp(prefix="cvx_fuzz_configs_")
-    counts = {"ok": 0, "clean": 0, "unclean": 0, "crash": 0, "hang": 0}
-    findings, rejections = [], {}
-    deadline = time.monotonic() + seconds if seconds else math.inf
-    index = 0
-    try:
-        while index < cases and time.monotonic() < deadline:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--seed", str(seed), "--start", str(index),
-                   "--stop", str(cases), "--scratch", scratch]  # fmt: skip
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-            current, target = None, None
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([proc.stdout], [], [], case_timeout)
-                if not ready:  # no line within the case timeout: the current case hangs
-                    proc.kill()
-                    proc.wait()
-                    counts["hang"] += 1
-                    findings.append((index if current is None else current, target, "hang", f"> {case_timeout} s"))
-                    index = (index if current is None else current) + 1
-                    break
-                line = proc.stdout.readline()
-                if not line:  # the worker died
-                    rc = proc.wait()
-                    if current is not None:
-                        counts["crash"] += 1
-                        findings.append((current, target, "crash", f"worker exit status {rc}"))
-                        index = current + 1
-                    else:
-                        index = cases  # it finished its range (or could not start: nothing more to do)
-                        if rc != 0:
-                            findings.append((index, None, "crash", f"worker failed to start (exit status {rc})"))
-                            counts["crash"] += 1
-                    break
-                parts = line.rstrip("\n").split(" ", 3)
-                if parts[0] == "begin":
-                    current, target = int(parts[1]), parts[2]
-                elif parts[0] == "end":
-                    outcome, detail = parts[2], parts[3] if len(parts) > 3 else ""
-                    counts[outcome] += 1
-                    if outcome == "clean":
-                        name = detail.split(":", 1)[0]
-                        rejections[name] = rejections.get(name, 0) + 1
-                    elif outcome == "unclean":
-                        findings.append((current, target, "unclean exception", detail))
-                    index, current = current + 1, None
-            else:
-                proc.kill()
-                proc.wait()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return counts, rejections, findings
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cases", type=int, default=10**9, help="at most this many cases")
-    parser.add_argument("--seconds", type=float, default=0, help="stop starting cases after this long (0: no limit)")
-    parser.add_argument("--case-timeout", type=float, default=60.0)
-    parser.add_argument("--replay", metavar="SEED:INDEX", help="run one case here and print its traceback")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--scratch", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.seed, args.start, args.stop, args.scratch)
-        return 0
-    if args.replay:
-        seed, index = (int(x) for x in args.replay.split(":"))
-        with tempfile.TemporaryDirectory() as tmp:
-            target = make_case(seed, index, tmp)
-            print(f"case {seed}:{index} mutates {target}:")
-            with open(os.path.join(tmp, target), encoding="utf-8", errors="replace") as f:
-                print(f.read()[:2000])
-            try:
-                print("result:", run_case(tmp))
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-        return 0
-    if not args.seconds and args.cases == 10**9:
-        parser.error("give --seconds or --cases")
-    start = time.monotonic()
-    counts, rejections, findings = fuzz(args.seed, args.cases, args.seconds, args.case_timeout)
-    total = sum(counts.values())
-    print(
-        f"python config fuzz (seed {args.seed}): {total} cases in {time.monotonic() - start:.0f} s: "
-        f"{counts['ok']} ran, {counts['clean']} cleanly refused "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(rejections.items())) or 'none'}), "
-        f"{counts['unclean']} unclean exceptions, {counts['crash']} crashes, {counts['hang']} hangs"
-    )
-    for index, target, kind, detail in findings:
-        print(f"  {kind}: case {args.seed}:{index} ({target}): {detail}")
-    if findings:
-        print(f"  replay one with: python {os.path.relpath(__file__)} --replay SEED:INDEX")
-    return 1 if findings else 0
+def _describe(folder, target):
+    with open(os.path.join(folder, target), encoding="utf-8", errors="replace") as f:
+        print(f.read()[:2000])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fuzz_loop.main(sys.modules[__name__], "config", _describe))

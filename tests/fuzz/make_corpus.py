@@ -74,6 +74,21 @@ def main():
     write("index", "outside", json.dumps({"weight_map": {"a": "../a.safetensors", "c": "/b.safetensors"}}))
     write("index", "missing", json.dumps({"weight_map": {"zz": "a.safetensors"}}))
 
+    # the LoRA target: the committed adapters of tests/fixtures/lora (made by diffusers/peft for the tiny 5b model)
+    for name in ("attn", "alpha", "wide"):
+        with open(os.path.join(HERE, "..", "fixtures", "lora", name, "pytorch_lora_weights.safetensors"), "rb") as f:
+            write("lora", name, f.read())
+    q = "transformer.transformer_blocks.0.attn1.to_q"
+    a16 = {"dtype": "F16", "shape": [2, 32], "data_offsets": [0, 128]}
+    write("lora", "f16", safetensors({f"{q}.lora_A.weight": a16, f"{q}.lora_B.weight": {**a16, "shape": [32, 2],
+                                      "data_offsets": [128, 256]}}, bytes(range(256))))  # fmt: skip
+    bf = {"dtype": "BF16", "shape": [1, 32], "data_offsets": [0, 64]}
+    write("lora", "rank1_bf16_odd", safetensors({"transformer.proj_out.lora_A.weight": bf,
+                                                 "transformer.proj_out.lora_B.weight": {**bf, "shape": [16, 1],
+                                                 "data_offsets": [64, 96]}}, bytes(96), pad=False))  # fmt: skip
+    write("lora", "a_only", safetensors({f"{q}.lora_A.weight": {**a16, "dtype": "F32", "data_offsets": [0, 256]}},
+                                        bytes(256)))  # fmt: skip
+
     write("json", "object", '{"a": [1, -2.5e-3, true, false, null, {}, []], "b": {"c": "d"}}')
     write("json", "escapes", '["\\"\\\\\\/\\b\\f\\n\\r\\t", "\\u00e9\\ud83d\\ude00", "caf\u00e9"]')
     write("json", "numbers", "[0, -0, 9223372036854775807, -9223372036854775808, 9223372036854775808, 1E+2, 0.1]")

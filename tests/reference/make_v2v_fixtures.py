@@ -220,8 +220,10 @@ def generators(gen):
     return [np.random.default_rng(s) for s in gen] if isinstance(gen, list) else np.random.default_rng(gen)
 
 
-def run_case(c, configs, arrays) -> dict:
-    pipe = load(c)
+def run_case(c, configs, arrays, pipe=None) -> dict:
+    """One case on a fresh pipeline: `pipe`, or the case's folder loaded in float32 (make_dtype16_fixtures.py passes
+    16-bit ones)."""
+    pipe = load(c) if pipe is None else pipe
     folder_scheduler = pipe.scheduler
     pipe.scheduler, config_in = make_scheduler(c["scheduler"], folder_scheduler, configs)
     if c["tiling"]:

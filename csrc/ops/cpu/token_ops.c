@@ -107,7 +107,9 @@ static inline float exp_poly(float x) {
         int32_t i;
         float f;
     } scale;
-    scale.i = ((int32_t)n + 127) << 23;
+    /* a NaN input passes both clamps: converting it to int would be undefined behaviour (a NaN weight, e.g. in a
+     * LoRA adapter, reaches softmax and GELU); y is NaN then, and so stays the result */
+    scale.i = ((int32_t)(n == n ? n : 0.0f) + 127) << 23;
     return y * scale.f;
 }
 
