@@ -908,8 +908,9 @@ def _issue10_markdown(args, summary: dict, errors: list) -> list[str]:
          f"{', '.join(LORA_TARGETS)}; load_lora_adapter before the strategy's hooks), {vdt}, median of up to "
          f"{args.steps}; x base = the step without the adapter:", True),
         ("i2v_rows", f"Image-to-video call (CogVideoXImageToVideoPipeline, {json.dumps(i2v_sizes(args.tiny))}, "
-         f"guidance 6, prompt embeddings given, VAE tiling; pipe.to / enable_model_cpu_offload / "
-         f"enable_sequential_cpu_offload), {vdt}, median of {args.i2v_calls} after one warm-up call:", False),
+         f"guidance 6, prompt embeddings given, VAE tiling{' off (--tiny)' if args.tiny else ''}; pipe.to / "
+         f"enable_model_cpu_offload / enable_sequential_cpu_offload), {vdt}, median of {args.i2v_calls} after "
+         "one warm-up call:", False),
     ):  # fmt: skip
         rows = summary.get(key) or []
         if not rows:
