@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """GPU benchmark against diffusers, same machine, same run (issue 9): the CogVideoX transformer per denoising step
-and the VAE's tiled decode, per dtype and offload strategy, with the issue's goals as PASS/FAIL.
+and the VAE's tiled decode, per dtype and offload strategy, with the issue's goals as PASS/FAIL; and issue 10's
+calls: the transformer step with a LoRA loaded unfused, and an image-to-video pipeline call.
 
     python benchmarks/bench_gpu.py --out DIR [--model 2b|5b] [--dtypes bfloat16 float16]
         [--strategies none model sequential group] [--steps 3] [--warmup 1] [--no-vae] [--no-tiled-attention]
+        [--no-lora] [--no-i2v] [--i2v-calls 1]
         [--budget-s S] [--work DIR] [--torch-python PY] [--cvx-python PY] [--cvx-device cuda] [--tiny]
 
 What runs (each in its own child process, so that peaks and allocator caches are clean):
@@ -29,6 +31,20 @@ What runs (each in its own child process, so that peaks and allocator caches are
     CVX_CUDA_ATTENTION=tiled (the cuBLAS-tiled twin; strategy none).
   * vae (one child per side, first dtype): tiled decode (enable_tiling() defaults) of latents [1, 16, 13, 60, 90]
     -> [1, 3, 49, 480, 720]; one untimed decode of 2 latent frames first, then one timed decode.
+  * LoRA (first dtype; --no-lora skips it): the transformer children again with a rank-64 LoRA (lora_alpha 64) on
+    every block's attn1 to_q / to_k / to_v / to_out.0 (peft's random init, saved by diffusers' save_lora_weights
+    in make-models, bfloat16), loaded unfused with model.load_lora_adapter before the strategy's hooks; strategies
+    none / model / sequential; the table also gives each side's step over its own step without the adapter.
+  * i2v (first dtype; --no-i2v skips it): CogVideoXImageToVideoPipeline on a folder make-models writes (the
+    benchmark's transformer config as 5b-I2V-style: in_channels 32, RoPE, a learned positional table sized to the
+    request; the benchmark's VAE; a one-layer T5 of the text width, never run: the calls pass prompt_embeds and
+    negative_prompt_embeds [1, 226, 4096]), a random 480x720 image, 13 frames, 2 steps, guidance 6, VAE
+    enable_tiling(), output_type "np"; per strategy a fresh load and pipe.to(device) / enable_model_cpu_offload /
+    enable_sequential_cpu_offload on both sides; one warm-up call (reported as the first), then --i2v-calls timed.
+    diffusers' randn_tensor is replaced by NumPy draws (tests/reference/_reference_common.numpy_randn_tensor_into)
+    so that both sides draw the same noise and the frames are compared.
+  These children run after the first dtype's transformer and VAE children and before the tiled-attention twin and
+  the second dtype (the budget skips what does not fit, last first).
 Peaks: torch.cuda.max_memory_allocated (diffusers; reset before each strategy) and memory_stats(device)
 ["allocated_bytes.all.peak"] (ours; reset likewise): weights on the device + activations + staging.
 
@@ -82,6 +98,10 @@ TINY_VAE = {
     "block_out_channels": [8, 8, 8, 8], "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 2,
 }  # fmt: skip
 TINY_TILING = {"tile_sample_min_height": 32, "tile_sample_min_width": 32}  # smaller than the 64x64 frames
+LORA_RANK = {False: 64, True: 4}  # tiny: rank 4 (the tiny blocks are 32 wide)
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attn1 of every block, as CogVideoX fine-tunes are published
+I2V = {"frames": 13, "steps": 2}  # the image-to-video call: 13 frames (4 latent frames) 480x720, 2 steps, CFG
+I2V_STRATEGIES = ("none", "model", "sequential")
 
 
 def sizes(tiny: bool) -> dict:
@@ -102,6 +122,25 @@ def transformer_config(args) -> dict:
     return dict(MODELS[args.model])
 
 
+def i2v_sizes(tiny: bool) -> dict:
+    """The image-to-video request: the benchmark's frame size, fewer frames (tiny: the tiny 9)."""
+    s = sizes(tiny)
+    frames = 9 if tiny else I2V["frames"]
+    return {"height": s["height"], "width": s["width"], "num_frames": frames, "num_inference_steps": I2V["steps"]}
+
+
+def i2v_transformer_config(args) -> dict:
+    """The model's transformer as a 5b-I2V-style one: image latents beside the noise (in_channels x 2), RoPE and a
+    learned positional table sized to the request (so that the table is used, not the sin-cos fallback)."""
+    s, r = sizes(args.tiny), i2v_sizes(args.tiny)
+    cfg = transformer_config(args)
+    lat = 4 if args.tiny else 16
+    cfg.update(in_channels=2 * lat, out_channels=lat, use_rotary_positional_embeddings=True,
+               use_learned_positional_embeddings=True, sample_height=s["height"] // 8, sample_width=s["width"] // 8,
+               sample_frames=r["num_frames"])  # fmt: skip
+    return cfg
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # environment
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,7 +154,7 @@ for mod in ("filelock", "huggingface_hub", "numpy", "regex", "requests", "safete
             "accelerate", "diffusers", "torch"):
     if importlib.util.find_spec(mod) is None:
         r["missing"].append(mod)
-for mod in ("torch", "diffusers", "accelerate", "huggingface_hub", "safetensors"):
+for mod in ("torch", "diffusers", "accelerate", "huggingface_hub", "safetensors", "peft"):  # peft: the LoRA rows
     try:
         r[mod] = importlib.import_module(mod).__version__
     except Exception as e:
@@ -211,13 +250,64 @@ def child_make_models(args) -> None:
         tr = CogVideoXTransformer3DModel(**transformer_config(args)).eval()
         tr.to("cpu", torch.bfloat16).save_pretrained(work / "transformer", safe_serialization=True)
         n_tr = sum(p.numel() for p in tr.parameters())
+        res = {"transformer_parameters": n_tr}
+        try:
+            res["lora_bytes"] = _make_lora(args, tr, work / "lora")
+        except Exception as e:  # peft missing or an API change: the LoRA rows say why, the rest runs
+            res["lora_error"] = f"{type(e).__name__}: {e}"
         del tr
         vae = AutoencoderKLCogVideoX(**(TINY_VAE if args.tiny else {})).eval()
         vae.to("cpu", torch.bfloat16).save_pretrained(work / "vae", safe_serialization=True)
-        n_vae = sum(p.numel() for p in vae.parameters())
-    res = {"transformer_parameters": n_tr, "vae_parameters": n_vae, "seconds": time.perf_counter() - t0}
-    print(f"[make-models] transformer {n_tr:,} and VAE {n_vae:,} parameters (bfloat16) in {res['seconds']:.1f} s")
+        n_vae = res["vae_parameters"] = sum(p.numel() for p in vae.parameters())
+        try:
+            res["i2v_transformer_parameters"] = _make_i2v(args, vae, work / "i2v")
+        except Exception as e:
+            res["i2v_error"] = f"{type(e).__name__}: {e}"
+    res["seconds"] = time.perf_counter() - t0
+    print(
+        f"[make-models] transformer {n_tr:,} and VAE {n_vae:,} parameters (bfloat16) in {res['seconds']:.1f} s; "
+        + ", ".join(f"{k} {v}" for k, v in res.items() if k.endswith(("_error", "i2v_transformer_parameters")))
+    )
     Path(args.result).write_text(json.dumps(res))
+
+
+def _make_lora(args, tr, folder: Path) -> int:
+    """A rank-64 LoRA on every block's attention projections (peft's random init: init_lora_weights=False gives
+    nn.Linear's init to both A and B, an update of a fraction of the input's scale), saved by diffusers'
+    save_lora_weights in bfloat16; the adapter is removed again."""
+    import torch
+    from diffusers import CogVideoXPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    r = LORA_RANK[args.tiny]
+    tr.add_adapter(LoraConfig(r=r, lora_alpha=r, target_modules=LORA_TARGETS, init_lora_weights=False), "bench")
+    sd = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in
+          get_peft_model_state_dict(tr, adapter_name="bench").items()}  # fmt: skip
+    CogVideoXPipeline.save_lora_weights(str(folder), transformer_lora_layers=sd)
+    tr.delete_adapters("bench")
+    return sum(v.numel() * v.element_size() for v in sd.values())
+
+
+def _make_i2v(args, vae, folder: Path) -> int:
+    """A CogVideoXImageToVideoPipeline folder: the i2v transformer (i2v_transformer_config), the benchmark's VAE, a
+    one-layer T5 of the text width (the calls pass prompt_embeds: it is never run) and the fixtures' tokenizer."""
+    import torch
+    import transformers
+    from bench_pipelines import SCHEDULER, TOKENIZER
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+
+    tr = CogVideoXTransformer3DModel(**i2v_transformer_config(args)).eval()
+    with open(TOKENIZER.parent / "text_encoder" / "config.json") as f:
+        vocab = json.load(f)["vocab_size"]
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=vocab, d_model=sizes(args.tiny)["text"][2], d_kv=64, num_heads=2, d_ff=64, num_layers=1,
+        is_encoder_decoder=False, use_cache=False)).eval()  # fmt: skip
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=transformers.AutoTokenizer.from_pretrained(str(TOKENIZER)), text_encoder=t5, vae=vae,
+        transformer=tr, scheduler=CogVideoXDDIMScheduler(**SCHEDULER))  # fmt: skip
+    pipe.to("cpu", torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
+    return sum(p.numel() for p in tr.parameters())
 
 
 class _Steps:
@@ -275,6 +365,9 @@ def _torch_strategy(args, strategy: str, inputs: tuple) -> dict:
     h, e, t = inputs
     rec: dict = {}
     model = CogVideoXTransformer3DModel.from_pretrained(work / "transformer", torch_dtype=dtype).eval()
+    if args.lora:  # unfused, before the strategy's hooks (as a pipeline's load_lora_weights before offloading)
+        model.load_lora_adapter(str(work / "lora"), prefix="transformer", adapter_name="bench",
+                                weight_name="pytorch_lora_weights.safetensors")  # fmt: skip
     rot = _torch_rope(model, sizes(args.tiny), dev)
     if cuda:
         torch.cuda.empty_cache()
@@ -304,7 +397,7 @@ def _torch_strategy(args, strategy: str, inputs: tuple) -> dict:
     out = timed.pop("out").float().cpu().numpy()
     rec.update(timed)
     rec["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
-    _finish(rec, out, work, f"tr_diffusers_{args.dtype}_{strategy}", strategy == "none")
+    _finish(rec, out, work, f"tr_{'lora_' if args.lora else ''}diffusers_{args.dtype}_{strategy}", strategy == "none")
     if hook is not None:
         hook.offload()
     return rec
@@ -347,6 +440,10 @@ def _cvx_strategy(args, cvx, strategy: str, inputs: tuple, attention: str) -> di
     s = sizes(args.tiny)
     rec: dict = {}
     model = cvx.CogVideoXTransformer3DModel.from_pretrained(str(work / "transformer"), torch_dtype=args.dtype)
+    if args.lora:  # unfused: its low-rank weights join their block's group (they stream with it)
+        model.load_lora_adapter(str(work / "lora"), prefix="transformer", adapter_name="bench",
+                                weight_name="pytorch_lora_weights.safetensors")  # fmt: skip
+        rec["lora_bytes"] = model.lora_bytes
     rot = None
     if model.config.use_rotary_positional_embeddings:
         rot = model.rotary_positional_embeddings(s["height"], s["width"], s["latent_frames"])
@@ -358,7 +455,7 @@ def _cvx_strategy(args, cvx, strategy: str, inputs: tuple, attention: str) -> di
     rec.update(timed)
     rec["peak_bytes"] = cvx.max_memory_allocated(dev)
     rec["memory_stats"] = dict(cvx.memory_stats(dev))
-    tag = f"tr_ours{'_tiled' if attention == 'tiled' else ''}_{args.dtype}_{strategy}"
+    tag = f"tr_{'lora_' if args.lora else ''}ours{'_tiled' if attention == 'tiled' else ''}_{args.dtype}_{strategy}"
     _finish(rec, out, work, tag, strategy == "none")
     model.to("cpu")
     return rec
@@ -438,6 +535,110 @@ def child_vae(args) -> None:
     _finish(res, out, work, f"vae_{args.side}_{args.dtype}", True)
     print(f"[vae {args.side} {args.dtype}] decode {res['decode_s']:.3f} s, peak {_gib(res['peak_bytes'])}", flush=True)
     Path(args.result).write_text(json.dumps(res))
+
+
+def _pipeline_strategy(pipe, strategy: str, dev: str) -> None:
+    """The strategy through the pipeline's own methods (the same names on both sides)."""
+    if strategy == "none":
+        pipe.to(dev)
+    elif strategy == "model":
+        pipe.enable_model_cpu_offload(device=dev)
+    else:
+        pipe.enable_sequential_cpu_offload(device=dev)
+
+
+def _i2v_call_torch(args, strategy: str, image, embeds) -> dict:
+    """One strategy on a freshly loaded diffusers CogVideoXImageToVideoPipeline, offloaded as its methods do."""
+    import torch
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    dev, cuda = args.torch_device, args.torch_device == "cuda"
+    dtype = getattr(torch, args.dtype)
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(str(Path(args.work) / "i2v"), torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if not args.tiny:  # (the tiny 32-pixel tiles do not give whole latents of a 64-pixel image, in either)
+        pipe.vae.enable_tiling()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    _pipeline_strategy(pipe, strategy, dev)
+    pos, neg = (torch.from_numpy(x).to(dev, dtype) for x in embeds)
+
+    def call():
+        gen = np.random.default_rng(args.seed)
+        out = pipe(image=image, prompt_embeds=pos, negative_prompt_embeds=neg, generator=gen, output_type="np",
+                   **i2v_sizes(args.tiny)).frames  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
+    rec = _Steps(args).run(call)
+    rec["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    pipe.maybe_free_model_hooks()
+    return rec
+
+
+def _i2v_call_cvx(args, cvx, strategy: str, image, embeds) -> dict:
+    """One strategy on a freshly loaded cogvideo_c CogVideoXImageToVideoPipeline, with the same methods."""
+    dev = args.cvx_device
+    pipe = cvx.CogVideoXImageToVideoPipeline.from_pretrained(str(Path(args.work) / "i2v"), torch_dtype=args.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if not args.tiny:  # (the tiny 32-pixel tiles do not give whole latents of a 64-pixel image, in either)
+        pipe.vae.enable_tiling()
+    cvx.reset_peak_memory_stats(dev)
+    _pipeline_strategy(pipe, strategy, dev)
+    pos, neg = embeds
+    rec = _Steps(args).run(lambda: pipe(image=image, prompt_embeds=pos, negative_prompt_embeds=neg,
+                                        generator=np.random.default_rng(args.seed), output_type="np",
+                                        **i2v_sizes(args.tiny)).frames)  # fmt: skip
+    rec["peak_bytes"] = cvx.max_memory_allocated(dev)
+    rec["memory_stats"] = dict(cvx.memory_stats(dev))
+    if strategy == "none":
+        pipe.to("cpu")
+    return rec
+
+
+def child_i2v(args) -> None:
+    """The image-to-video call (prompt embeddings given: the T5 stage is the text-to-video one, benchmarked there)
+    per strategy, each on a fresh load; one warm-up call (reported as the first), then --i2v-calls timed ones."""
+    import PIL.Image
+
+    args.steps = args.i2v_calls  # the timed calls per strategy (_Steps' count)
+    work = Path(args.work)
+    res = {"side": args.side, "dtype": args.dtype, "request": i2v_sizes(args.tiny), "strategies": {}}
+    with np.load(work / "inputs.npz") as f:
+        image = PIL.Image.fromarray(f["image"])
+        embeds = (np.ascontiguousarray(f["text"][:1]), np.ascontiguousarray(f["text"][1:]))
+    if args.side == "diffusers":
+        import diffusers
+        import torch
+
+        sys.path.insert(0, str(HERE.parent.parent / "tests" / "reference"))
+        from diffusers.models.autoencoders import vae as vae_module
+        from diffusers.pipelines.cogvideo import pipeline_cogvideox_image2video
+
+        from _reference_common import numpy_randn_tensor_into
+
+        # the same NumPy draws as ours from the same seed (the fixtures' way): the frames can be compared
+        numpy_randn_tensor_into((vae_module, pipeline_cogvideox_image2video), [])
+        diffusers.utils.logging.set_verbosity_error()
+        torch.set_grad_enabled(False)
+        res["version"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
+        run = lambda strategy: _i2v_call_torch(args, strategy, image, embeds)  # noqa: E731
+    else:
+        cvx = import_cogvideo_c(res)
+        res["version"] = f"cogvideo_c {cvx.__version__}"
+        run = lambda strategy: _i2v_call_cvx(args, cvx, strategy, image, embeds)  # noqa: E731
+    for strategy in args.strategies:
+        try:
+            rec = run(strategy)
+            out = rec.pop("out")
+            _finish(rec, out, work, f"i2v_{args.side}_{args.dtype}_{strategy}", strategy == "none")
+        except Exception as err:
+            rec = {"error": f"{type(err).__name__}: {err}"}
+        res["strategies"][strategy] = rec
+        print(f"[i2v {args.side} {args.dtype} {strategy}] " + _brief(rec), flush=True)
+        Path(args.result).write_text(json.dumps(res))
 
 
 def _gib(b) -> str:
@@ -587,7 +788,54 @@ def summarise(args, env: dict, results: dict) -> dict:
         peak = max(ours_seq, ours_vae) if ours_seq and ours_vae else None
         goals.append({"dtype": vdt, "goal": "our peak, sequential offload + VAE tiling <= 3 GB (2b; T5 stage not run)",
                       "measured": peak, "pass": None if peak is None else peak <= GOAL_PEAK_BYTES})  # fmt: skip
-    return {"rows": rows, "goals": goals, "vae": vae}
+    extra = _issue10_rows(args, results, goals)
+    return {"rows": rows, "goals": goals, "vae": vae, **extra}
+
+
+def _pair_row(strategy: str, ref: dict, ours: dict) -> dict:
+    d_step, d_peak, d_rec = _step(ref, strategy)
+    o_step, o_peak, o_rec = _step(ours, strategy)
+    return {"strategy": strategy, "diffusers_s": d_step, "ours_s": o_step, "diffusers_peak_bytes": d_peak,
+            "ours_peak_bytes": o_peak, "diffusers_first_s": d_rec.get("first_call_s"),
+            "ours_first_s": o_rec.get("first_call_s"),
+            "time_ratio": o_step / d_step if d_step and o_step else None,
+            "peak_ratio": o_peak / d_peak if d_peak and o_peak else None,
+            "errors": {k: v["error"] for k, v in (("diffusers", d_rec), ("ours", o_rec)) if "error" in v}}  # fmt: skip
+
+
+def _issue10_rows(args, results: dict, goals: list) -> dict:
+    """The LoRA step and the image-to-video call (first dtype): rows per strategy and (info) goals."""
+    work, vdt = Path(args.work), args.dtypes[0]
+    out = {"lora_rows": [], "i2v_rows": []}
+    make = results.get("make_models", {})
+    ref, ours = results.get(f"tr_lora_diffusers_{vdt}"), results.get(f"tr_lora_ours_{vdt}")
+    if ref is not None or ours is not None or "lora_error" in make:
+        for strategy in (x for x in args.strategies if x in I2V_STRATEGIES):
+            row = _pair_row(strategy, ref or {"error": make.get("lora_error", "not run")}, ours or {})
+            base_d, _, _ = _step(results.get(f"tr_diffusers_{vdt}", {}), strategy)
+            base_o, _, _ = _step(results.get(f"tr_ours_{vdt}", {}), strategy)
+            row["diffusers_vs_base"] = row["diffusers_s"] / base_d if row["diffusers_s"] and base_d else None
+            row["ours_vs_base"] = row["ours_s"] / base_o if row["ours_s"] and base_o else None
+            out["lora_rows"].append(row)
+        diff = agreement(work, f"tr_lora_diffusers_{vdt}_none", f"tr_lora_ours_{vdt}_none")
+        _info_goals(goals, vdt, "LoRA unfused step", out["lora_rows"], diff)
+    ref, ours = results.get("i2v_diffusers"), results.get("i2v_ours")
+    if ref is not None or ours is not None or "i2v_error" in make:
+        for strategy in (x for x in args.strategies if x in I2V_STRATEGIES):
+            out["i2v_rows"].append(_pair_row(strategy, ref or {"error": make.get("i2v_error", "not run")}, ours or {}))
+        diff = agreement(work, f"i2v_diffusers_{vdt}_none", f"i2v_ours_{vdt}_none")
+        _info_goals(goals, vdt, "image-to-video call", out["i2v_rows"], diff)
+    return out
+
+
+def _info_goals(goals: list, dtype: str, what: str, rows: list, diff) -> None:
+    """(info) lines: the first row's time ratio (strategy none) and the outputs' agreement."""
+    ratio = next((r["time_ratio"] for r in rows if r["strategy"] == "none"), None)
+    goals.append({"dtype": dtype, "goal": f"(info) {what}, ours / diffusers (no offload)", "measured": ratio,
+                  "pass": None})  # fmt: skip
+    if diff is not None:
+        goals.append({"dtype": dtype, "goal": f"(info) {what}, max abs(ours - diffusers) / max abs(diffusers)",
+                      "measured": diff, "pass": None})  # fmt: skip
 
 
 def _f(x, fmt="{:.3f}") -> str:
@@ -636,6 +884,7 @@ def markdown(args, env: dict, summary: dict) -> str:
             f"| {side} | {_f(v.get('decode_s'))} | {_mib_or_dash(v.get('peak_bytes'))} | "
             f"{_mib_or_dash(v.get('weights_bytes'))} |"
         )
+    lines += _issue10_markdown(args, summary, errors)
     lines += ["", "| dtype | goal | measured | result |", "|---|---|---:|---|"]
     for g in summary["goals"]:
         m = g["measured"]
@@ -647,6 +896,37 @@ def markdown(args, env: dict, summary: dict) -> str:
         lines += [f"- {dt} {st} {side}: {e}" for dt, st, side, e in errors]
     lines += ["", f"Command: `{' '.join(sys.argv)}`", ""]
     return "\n".join(lines)
+
+
+def _issue10_markdown(args, summary: dict, errors: list) -> list[str]:
+    """The LoRA step and image-to-video tables (errors appended to `errors`)."""
+    vdt, lines = args.dtypes[0], []
+    head = ("| strategy | diffusers (s) | ours (s) | ours / diffusers | diffusers first (s) | ours first (s) | "
+            "diffusers peak (MiB) | ours peak (MiB) | peak ours / diffusers |")  # fmt: skip
+    for key, title, extra in (
+        ("lora_rows", f"Transformer step with a LoRA loaded unfused (rank {LORA_RANK[args.tiny]} on every block's "
+         f"{', '.join(LORA_TARGETS)}; load_lora_adapter before the strategy's hooks), {vdt}, median of up to "
+         f"{args.steps}; x base = the step without the adapter:", True),
+        ("i2v_rows", f"Image-to-video call (CogVideoXImageToVideoPipeline, {json.dumps(i2v_sizes(args.tiny))}, "
+         f"guidance 6, prompt embeddings given, VAE tiling{' off (--tiny)' if args.tiny else ''}; pipe.to / "
+         f"enable_model_cpu_offload / enable_sequential_cpu_offload), {vdt}, median of {args.i2v_calls} after "
+         "one warm-up call:", False),
+    ):  # fmt: skip
+        rows = summary.get(key) or []
+        if not rows:
+            continue
+        lines += ["", title, "", head + (" diffusers x base | ours x base |" if extra else ""),
+                  "|---|" + "---:|" * (8 + 2 * extra)]  # fmt: skip
+        for r in rows:
+            errors += [(vdt, f"{key[:-5]} {r['strategy']}", side, e) for side, e in r["errors"].items()]
+            line = (f"| {r['strategy']} | {_f(r['diffusers_s'])} | {_f(r['ours_s'])} | {_f(r['time_ratio'], '{:.2f}x')}"
+                    f" | {_f(r['diffusers_first_s'])} | {_f(r['ours_first_s'])} | "
+                    f"{_mib_or_dash(r['diffusers_peak_bytes'])} | {_mib_or_dash(r['ours_peak_bytes'])} | "
+                    f"{_f(r['peak_ratio'], '{:.2f}x')} |")  # fmt: skip
+            if extra:
+                line += f" {_f(r['diffusers_vs_base'], '{:.2f}x')} | {_f(r['ours_vs_base'], '{:.2f}x')} |"
+            lines.append(line)
+    return lines
 
 
 def plot(path: Path, args, summary: dict) -> str | None:
@@ -693,7 +973,8 @@ def parent(args) -> int:
     rng = np.random.default_rng(args.seed)
     np.savez(work / "inputs.npz", latents=rng.standard_normal(s["latents"], dtype=np.float32),
              text=rng.standard_normal(s["text"], dtype=np.float32), timestep=np.full(2, 999, dtype=np.int64),
-             vae_latents=rng.standard_normal(s["vae_latents"], dtype=np.float32))  # fmt: skip
+             vae_latents=rng.standard_normal(s["vae_latents"], dtype=np.float32),
+             image=rng.integers(0, 256, (s["height"], s["width"], 3), dtype=np.uint8))  # fmt: skip
     results: dict = {}
     torch_ok, cvx_ok = "diffusers" not in env["problems"], "ours" not in env["problems"]
     tp, cp = args.torch_python, args.cvx_python
@@ -711,6 +992,19 @@ def parent(args) -> int:
             if i == 0 and args.vae:
                 plan.append(("vae_diffusers", torch_ok, tp, ["--child", "vae", "--side", "diffusers", *dt], None))
                 plan.append(("vae_ours", cvx_ok, cp, ["--child", "vae", "--side", "ours", *dt], None))
+            # issue 10's calls, first dtype only, before the tiled twin and the second dtype (their numbers are owed)
+            lora_ok = i == 0 and args.lora_bench and "lora_error" not in results["make_models"]
+            lstrat = ["--strategies", *[x for x in args.strategies if x != "group"]]
+            if lora_ok and len(lstrat) > 1:
+                plan.append((f"tr_lora_diffusers_{dtype}", torch_ok, tp, ["--child", "transformer-torch", *dt, *lstrat,
+                                                                          "--lora"], None))  # fmt: skip
+                plan.append((f"tr_lora_ours_{dtype}", cvx_ok, cp, ["--child", "transformer-cvx", *dt, *lstrat,
+                                                                   "--lora"], None))  # fmt: skip
+            istrat = [x for x in args.strategies if x in I2V_STRATEGIES]
+            if i == 0 and args.i2v and istrat and "i2v_error" not in results["make_models"]:
+                for side, ok, py in (("diffusers", torch_ok, tp), ("ours", cvx_ok, cp)):
+                    child = ["--child", "i2v", "--side", side, *dt, "--strategies", *istrat]
+                    plan.append((f"i2v_{side}", ok, py, child + ["--i2v-calls", str(args.i2v_calls)], None))
             if args.tiled_attention and "none" in args.strategies:
                 tiled = {"CVX_CUDA_ATTENTION": "tiled"}
                 plan.append((f"tr_ours_tiled_{dtype}", cvx_ok, cp, ["--child", "transformer-cvx", *dt,
@@ -751,6 +1045,11 @@ def main() -> int:
     ap.add_argument("--no-vae", dest="vae", action="store_false", help="skip the VAE decode")
     ap.add_argument("--no-tiled-attention", dest="tiled_attention", action="store_false",
                     help="skip our run with the cuBLAS-tiled attention twin")  # fmt: skip
+    ap.add_argument("--no-lora", dest="lora_bench", action="store_false",
+                    help="skip the transformer step with a LoRA loaded unfused (first dtype)")  # fmt: skip
+    ap.add_argument("--no-i2v", dest="i2v", action="store_false", help="skip the image-to-video call (first dtype)")
+    ap.add_argument("--i2v-calls", type=int, default=1, help="timed image-to-video calls per strategy")
+    ap.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)  # a transformer child: with the LoRA
     ap.add_argument("--tiny", action="store_true", help="tiny configs: the whole flow in seconds, e.g. on a CPU")
     ap.add_argument("--work", default=None, help="folder for the checkpoints and outputs (default: a temp folder)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
@@ -759,14 +1058,14 @@ def main() -> int:
     ap.add_argument("--cvx-python", default=sys.executable, help="interpreter with cogvideo_c")
     ap.add_argument("--cvx-device", default="cuda", choices=["cuda", "emu", "cpu"], help="where ours runs")
     ap.add_argument("--torch-device", default=None, help=argparse.SUPPRESS)  # set by the environment check
-    ap.add_argument("--child", choices=["make-models", "transformer-torch", "transformer-cvx", "vae"],
+    ap.add_argument("--child", choices=["make-models", "transformer-torch", "transformer-cvx", "vae", "i2v"],
                     help=argparse.SUPPRESS)  # fmt: skip
     ap.add_argument("--side", choices=["diffusers", "ours"], help=argparse.SUPPRESS)
     ap.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.steps < 1 or args.warmup < 1:
-        ap.error("--steps and --warmup must be >= 1")
+    if args.steps < 1 or args.warmup < 1 or args.i2v_calls < 1:
+        ap.error("--steps, --warmup and --i2v-calls must be >= 1")
     if args.child is None:
         if not args.out:
             ap.error("--out is required")
@@ -774,7 +1073,7 @@ def main() -> int:
             print("note: --tiny with --model 5b: a tiny config with RoPE", file=sys.stderr)
         return parent(args)
     {"make-models": child_make_models, "transformer-torch": child_transformer_torch,
-     "transformer-cvx": child_transformer_cvx, "vae": child_vae}[args.child](args)  # fmt: skip
+     "transformer-cvx": child_transformer_cvx, "vae": child_vae, "i2v": child_i2v}[args.child](args)  # fmt: skip
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU machine (issue 9): install, the C CUDA op tests, the GPU pytest suite and
-# the benchmark against diffusers, inside one time budget, every stage logged under $OUT, a failed stage not stopping
-# the next. Prepare here first (downloads the wheels the device lacks into .gpu-carry/, ignored by git):
+# the benchmark against diffusers (transformer step, tiled VAE decode, and issue 10's LoRA step and image-to-video
+# call, each under none / model / sequential offload), inside one time budget, every stage logged under $OUT, a
+# failed stage not stopping the next. Prepare here first (downloads the wheels the device lacks into .gpu-carry/, ignored by git):
 #
 #     bash benchmarks/prepare_gpu_carry.sh
 #
@@ -19,7 +20,8 @@
 #   OUT                       output folder (default: ./gpu-check-out)
 #   GPU_CHECK_BUDGET_S        total wall-clock budget (default 480: the issue's 8 minutes)
 #   GPU_CHECK_PYTHON          interpreter (default python3: the device's, with torch)
-#   GPU_CHECK_BENCH_ARGS      extra bench_gpu.py arguments, e.g. "--model 5b --dtypes bfloat16"
+#   GPU_CHECK_BENCH_ARGS      extra bench_gpu.py arguments, e.g. "--model 5b --dtypes bfloat16" (or "--no-lora
+#                             --no-i2v": issue 9's rows only)
 #   GPU_CHECK_SKIP_INSTALL=1  use the cogvideo_c already installed (a rerun on a warm machine)
 #   GPU_CHECK_TINY=1          without a GPU: still run the benchmark stage, with --tiny (a check of this script)
 #   CVX_CUDA_ARCHS            nvcc architectures (default here 90: H100/H200)
