@@ -80,10 +80,13 @@ class BuildExt(build_ext):
                     objects.append(obj)
                 lib64 = os.path.join(cuda, "lib64")
                 ext.extra_objects += objects
-                ext.sources.append(os.path.join("csrc", "ops", "cuda", "table.c"))
-                ext.define_macros.append(("CVX_WITH_CUDA", "1"))
+                ext.sources += [os.path.join("csrc", "ops", "cuda", f) for f in ("table.c", "blas_loader.c")]
+                ext.define_macros += [("CVX_WITH_CUDA", "1"), ("CVX_CUDA_LIB_DIR", '"' + lib64 + '"')]
+                ext.include_dirs.append(os.path.join(cuda, "include"))
                 ext.library_dirs.append(lib64)
-                ext.libraries += ["cublasLt", "cublas", "cudart", "stdc++"]
+                # cuBLAS(Lt) are not linked: blas_loader.c loads them when the CUDA backend first starts (mapping
+                # libcublasLt at import would make ~150 MiB resident in every process, GPU or not)
+                ext.libraries += ["cudart", "dl", "stdc++"]
                 ext.extra_link_args.append("-Wl,-rpath," + lib64)
                 archs_text = ", ".join("sm_" + a for a in archs)
                 print(f"cogvideo_c: CUDA toolkit found at {cuda}: building the CUDA backend for {archs_text}")

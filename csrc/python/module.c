@@ -309,6 +309,18 @@ static PyObject *py_empty_cache(PyObject *self, PyObject *noargs) {
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+#if defined(CVX_WITH_CUDA) && !defined(CVX_CUDA_EMULATED)
+#include "../ops/cuda/blas_api.h"
+/* cuBLAS(Lt) loaded now instead of at the backend's first start (tests: the loader runs without a GPU). */
+static PyObject *py_cuda_blas_load(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    cvx_status st;
+    Py_BEGIN_ALLOW_THREADS st = cvx_cuda_blas_load();
+    Py_END_ALLOW_THREADS if (st != CVX_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+#endif
+
 #ifdef CVX_WITH_CUDA
 /* Selects the process's GPU (the first call; another index later is a ValueError). */
 static cvx_status cuda_init(int index) {
@@ -1457,6 +1469,10 @@ static PyMethodDef module_methods[] = {
     {"set_memory_limit", py_set_memory_limit, METH_VARARGS, "set_memory_limit(device, bytes); bytes <= 0 removes it"},
     {"build_info", py_build_info, METH_NOARGS, "what was compiled"},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "CUDA devices the runtime reports (0 without CUDA)"},
+#if defined(CVX_WITH_CUDA) && !defined(CVX_CUDA_EMULATED)
+    {"cuda_blas_load", py_cuda_blas_load, METH_NOARGS,
+     "cuda_blas_load(): loads cuBLAS and cuBLASLt (otherwise loaded when the CUDA backend first starts)"},
+#endif
     {"empty_cache", py_empty_cache, METH_NOARGS,
      "empty_cache(): the CUDA allocator's cached blocks back to the driver"},
     {"cuda_mem_get_info", py_cuda_mem_get_info, METH_VARARGS,

@@ -1,10 +1,9 @@
 /* The CUDA runtime state of the process: one device, chosen by the first cvx_cuda_init, with a compute stream (every
  * op), a copy stream (weight groups), cuBLAS and cuBLASLt handles bound to the compute stream and their workspace.
  * Device memory, the copy queue and the fences are in alloc.cu and queue.cu. */
-#include <cublasLt.h>
-#include <cublas_v2.h>
 #include <pthread.h>
 
+#include "blas_api.h"
 #include "common.cuh"
 
 namespace {
@@ -83,6 +82,7 @@ static cvx_status init_locked(int device_index) {
     CVX_CU(cudaSetDevice(device_index));
     CVX_CU(cudaStreamCreateWithFlags(&S.compute, cudaStreamNonBlocking));
     CVX_CU(cudaStreamCreateWithFlags(&S.copy, cudaStreamNonBlocking));
+    CVX_CHECK(cvx_cuda_blas_load());
     if (cublasCreate(&S.blas) != CUBLAS_STATUS_SUCCESS) return CVX_FAIL(CVX_ERR_INTERNAL, "cuda: cublasCreate failed");
     if (cublasSetStream(S.blas, S.compute) != CUBLAS_STATUS_SUCCESS)
         return CVX_FAIL(CVX_ERR_INTERNAL, "cuda: cublasSetStream failed");

@@ -12,11 +12,10 @@
  *   everything else        cublasGemmEx (batch 1) or cublasGemmStridedBatchedEx, then scale_add_bias for a bias.
  * f32 inputs: CUBLAS_COMPUTE_32F without CUBLAS_TF32_TENSOR_OP_MATH (the handle keeps CUBLAS_DEFAULT_MATH) is full
  * f32, as PyTorch's matmul with allow_tf32 = False. f16/bf16 inputs: tensor cores, f32 accumulation. */
-#include <cublasLt.h>
-#include <cublas_v2.h>
 #include <limits.h>
 #include <string.h>
 
+#include "blas_api.h"
 #include "common.cuh"
 
 namespace {
