@@ -37,8 +37,9 @@ print(json.dumps({"after_cpu_work": after_cpu_work, "peak_mib": peak_mib, "after
 """
 
 
-def test_cublas_is_mapped_only_when_loaded_and_the_loader_resolves_every_function():
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+def test_cublas_is_mapped_only_when_loaded_and_the_loader_resolves_every_function(tmp_path):
+    # from another folder: in the checkout root the sources (without a built _C) would shadow the installed package
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["after_cpu_work"] == [], f"cuBLAS mapped before the CUDA backend started: {got['after_cpu_work']}"

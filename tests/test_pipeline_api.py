@@ -343,10 +343,12 @@ except cogvideo_c.OutOfMemoryError as err:
 """
 
 
-def test_the_memory_bound_is_the_address_space_limit_when_lower():
+def test_the_memory_bound_is_the_address_space_limit_when_lower(tmp_path):
     """Found by tests/fuzz/fuzz_media.py (its workers run under a 8 GiB RLIMIT_AS): sizes below the machine's memory
-    but above the process's limit passed the up-front checks and failed later as a MemoryError."""
-    proc = subprocess.run([sys.executable, "-c", _UNDER_RLIMIT], capture_output=True, text=True, timeout=60)
+    but above the process's limit passed the up-front checks and failed later as a MemoryError. (Run from another
+    folder: in the checkout root the unbuilt sources would shadow the installed package.)"""
+    proc = subprocess.run([sys.executable, "-c", _UNDER_RLIMIT], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"refused: .*needs 12 GiB, more than this machine's (4|[0-3][.\d]*) GiB", proc.stdout), proc.stdout
 

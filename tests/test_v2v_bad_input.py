@@ -168,7 +168,7 @@ def test_a_gif_whose_frames_cannot_fit_is_refused_before_they_are_decoded(tmp_pa
     path = tmp_path / "screen.gif"
     path.write_bytes(_gif(frames_=16, screen=(12000, 12000)))
     proc = subprocess.run([sys.executable, "-c", _DECODE_UNDER_LIMIT, str(path)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+                          timeout=120, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused: video" in proc.stdout and "decoding frame" in proc.stdout, proc.stdout
     assert re.search(
