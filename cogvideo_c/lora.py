@@ -54,16 +54,21 @@ def _resolve_file(path, weight_name=None, subfolder=None):
     return path
 
 
-def _file_metadata(path):
-    """diffusers' adapter metadata (a dict) from the file's __metadata__, or None. Call it only after the C core has
+def _read_header(f, path):
+    """(header dict, offset of the data) of the safetensors file open as `f`. Call it only after the C core has
     validated the file (safetensors_index: the header's length against the file, its JSON, __metadata__ a
-    string-to-string object); this reads only the header's JSON."""
+    string-to-string object)."""
+    (length,) = struct.unpack("<Q", f.read(8))
+    try:
+        return json.loads(f.read(length)), 8 + length
+    except (ValueError, RecursionError) as e:  # what the C parser accepts and Python's does not (not UTF-8)
+        raise ValueError(f"{path}: its safetensors header is not JSON Python can read ({e})") from None
+
+
+def _file_metadata(path):
+    """diffusers' adapter metadata (a dict) from the validated file's __metadata__, or None."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        try:
-            header = json.loads(f.read(length))
-        except (ValueError, RecursionError) as e:  # what the C parser accepts and Python's does not (not UTF-8)
-            raise ValueError(f"{path}: its safetensors header is not JSON Python can read ({e})") from None
+        header, _ = _read_header(f, path)
     raw = (header.get("__metadata__") or {}).get(LORA_ADAPTER_METADATA_KEY)
     if not raw:
         return None
@@ -79,9 +84,7 @@ def _file_metadata(path):
 def _read_arrays(path, index):
     """{name: float32 ndarray} of every tensor of a validated safetensors file (lora_state_dict's result)."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-        base = 8 + length
+        header, base = _read_header(f, path)
         out = {}
         for name in index:
             info = header[name]

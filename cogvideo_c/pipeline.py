@@ -942,11 +942,14 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
         """Hook (f): the initial latents' shape (what check_inputs holds `latents` to, and the planner sizes), with
         CogVideoX 1.5's padding to whole temporal patches; num_frames as the user gave it."""
         frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        pt = self.transformer.config.patch_size_t
-        if pt is not None and frames % pt:
-            frames += pt - frames % pt
+        frames += self._padding_frames(frames)
         s = self.vae_scale_factor_spatial
         return (videos, frames, self.transformer.config.in_channels, height // s, width // s)
+
+    def _padding_frames(self, latent_frames):
+        """The latent frames CogVideoX 1.5 (patch_size_t) adds to fill whole temporal patches; 0 for 1.0 models."""
+        pt = self.transformer.config.patch_size_t
+        return pt - latent_frames % pt if pt is not None and latent_frames % pt else 0
 
     def _check_spatial_size(self, height, width):
         """height and width in pixels must be multiples of vae_scale_factor_spatial x patch_size (16 for the
@@ -1077,11 +1080,7 @@ class CogVideoXPipeline(CogVideoXLoraLoaderMixin, DiffusionPipeline):
             r.batch_size = len(r.prompt_embeds)
         r.videos = r.batch_size * r.num_videos_per_prompt
         r.do_cfg = r.guidance_scale > 1.0
-        latent_frames = (r.num_frames - 1) // self.vae_scale_factor_temporal + 1
-        pt = self.transformer.config.patch_size_t
-        r.additional_frames = 0
-        if pt is not None and latent_frames % pt != 0:
-            r.additional_frames = pt - latent_frames % pt
+        r.additional_frames = self._padding_frames((r.num_frames - 1) // self.vae_scale_factor_temporal + 1)
         r.requested_frames = r.num_frames
         r.num_frames = r.num_frames + r.additional_frames * self.vae_scale_factor_temporal
         return r
